@@ -1,0 +1,36 @@
+# Two commands do all the set-up on a fresh Debian machine with Python 3.11:
+#   make demo   the main job end to end on embedded defaults
+#   make test   the whole test suite against real peers
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test venv system services lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip wheel setuptools
+	$(PY) -m pip install -q -e '.[ml,test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+system:
+	bash deploy/scripts/ensure-system.sh
+
+services:
+	bash deploy/scripts/ensure-system.sh test
+	bash deploy/scripts/ensure-services.sh
+
+demo: system venv
+	$(VENV)/bin/ribnode demo
+
+test: services venv
+	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: venv
+	$(PY) -m mypy src/ribnode
+
+clean:
+	rm -rf var demo-output .pytest_cache

@@ -1,0 +1,5 @@
+import sys
+
+from ribnode.cli import main
+
+sys.exit(main())

@@ -1,0 +1,204 @@
+"""Settings model. Every URL, port, AE title and path of ribnode is read from here.
+
+Each section belongs to one part of the house; add a field to the section that owns it and
+document it in ``docs/configuration.md``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+CONFIG_ENV = "RIBNODE_CONFIG"
+
+
+class AllowedSender(BaseModel):
+    """A calling AE title allowed to associate, optionally bound to a host address."""
+
+    ae_title: str
+    host: str | None = None
+
+
+class ListenerSettings(BaseModel):
+    """The DICOM C-STORE/C-ECHO listener (``ribnode serve``)."""
+
+    ae_title: str = "RIBNODE"
+    bind_address: str = "127.0.0.1"
+    port: int = 11112
+    max_associations: int = 10
+    # Sender allow-list. ``open_mode`` accepts any caller: for the demo only.
+    open_mode: bool = False
+    allowed_senders: list[AllowedSender] = Field(default_factory=list)
+    # DICOM TLS (PS3.15 B.1). Off when ``tls_cert`` is unset.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    tls_verify_client: bool = False
+
+
+class SpoolSettings(BaseModel):
+    """Where received instances are written before C-STORE success goes back."""
+
+    directory: Path = Path("var/spool")
+    # Study completion: quiet period with no new instance, and the longest wait.
+    quiet_period_s: float = 5.0
+    max_wait_s: float = 600.0
+
+
+class LedgerSettings(BaseModel):
+    """The job ledger: SQLite file by default, PostgreSQL by URL."""
+
+    url: str = "sqlite:///var/ribnode.sqlite"
+
+
+class BrokerSettings(BaseModel):
+    """The Celery broker. The default needs no server (kombu filesystem transport)."""
+
+    url: str = "filesystem://"
+    folder: Path = Path("var/broker")
+    gpu_queue: str = "ribnode.gpu"
+    cpu_queue: str = "ribnode.cpu"
+    max_retries: int = 5
+    retry_backoff_s: float = 2.0
+    retry_backoff_max_s: float = 300.0
+
+
+class RoutingSettings(BaseModel):
+    """Routing rules: which received instances go to the rib pipeline.
+
+    ``rules`` is a boolean expression tree (see ``ribnode.node.routing``). Empty means the
+    default rule: CR or DX, body part CHEST or absent, single-frame grayscale.
+    """
+
+    rules: dict[str, Any] | None = None
+
+
+class ModelSettings(BaseModel):
+    """The two models and where they run."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    segmentation_weights: Path | None = None  # None: the shipped ONNX model
+    suppression_weights: Path | None = None  # None: the shipped ONNX model
+    suppression_steps: int = 4
+    backend: Literal["onnx", "torch"] = "onnx"
+    intra_op_threads: int = 0  # 0: let the runtime choose
+
+
+class OutputSettings(BaseModel):
+    """The DICOM objects written back (dicom_sr)."""
+
+    content_qualification: Literal["RESEARCH", "PRODUCT", "SERVICE"] = "RESEARCH"
+    burned_in_label: bool = False
+    institution_name: str | None = None
+    node_id: str = "ribnode-1"
+
+
+class DestinationSettings(BaseModel):
+    """One export destination."""
+
+    name: str
+    kind: Literal["folder", "stow", "cstore"]
+    # folder
+    path: Path | None = None
+    # stow (DICOMweb STOW-RS)
+    url: str | None = None
+    username: str | None = None
+    password: str | None = None
+    bearer_token: str | None = None
+    tls_verify: bool = True
+    # cstore
+    ae_title: str | None = None
+    host: str | None = None
+    port: int | None = None
+    tls_ca: Path | None = None
+
+
+class ExportSettings(BaseModel):
+    """Delivery of the results to one or more destinations, with retries."""
+
+    destinations: list[DestinationSettings] = Field(
+        default_factory=lambda: [
+            DestinationSettings(name="local", kind="folder", path=Path("var/outbox"))
+        ]
+    )
+    max_attempts: int = 8
+    backoff_s: float = 2.0
+    backoff_max_s: float = 300.0
+
+
+class Settings(BaseSettings):
+    """All of ribnode's settings."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RIBNODE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    log_level: str = "INFO"
+    var_dir: Path = Path("var")
+    listener: ListenerSettings = Field(default_factory=ListenerSettings)
+    spool: SpoolSettings = Field(default_factory=SpoolSettings)
+    ledger: LedgerSettings = Field(default_factory=LedgerSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    models: ModelSettings = Field(default_factory=ModelSettings)
+    outputs: OutputSettings = Field(default_factory=OutputSettings)
+    export: ExportSettings = Field(default_factory=ExportSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        yaml_path = os.environ.get(CONFIG_ENV)
+        if yaml_path:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_path))
+        return tuple(sources)
+
+
+def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
+    node = target
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def load_settings(
+    config_file: Path | str | None = None, overrides: dict[str, Any] | None = None
+) -> Settings:
+    """Build the settings: defaults < YAML file < environment < ``overrides``.
+
+    ``overrides`` maps dotted names (``"listener.port"``) to values, typically from CLI flags;
+    ``None`` values are ignored so an unset flag never hides the environment.
+    """
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ValueError(f"config file {path} does not exist")
+        yaml.safe_load(path.read_text())  # fail early on malformed YAML
+        os.environ[CONFIG_ENV] = str(path)
+    base = Settings()
+    if not overrides:
+        return base
+    merged = base.model_dump()
+    for dotted, value in overrides.items():
+        if value is not None:
+            _set_dotted(merged, dotted, value)
+    return Settings.model_validate(merged)

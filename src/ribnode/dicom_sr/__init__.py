@@ -1,0 +1,1 @@
+"""ribnode.dicom_sr"""
