@@ -1,0 +1,1 @@
+"""Fixtures that start real peers for the tests (owned by the peers/export engineer)."""
