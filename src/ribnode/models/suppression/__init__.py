@@ -1,0 +1,1 @@
+"""ribnode.models.suppression"""
