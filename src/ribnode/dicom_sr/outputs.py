@@ -1,0 +1,121 @@
+"""Build the three objects written back for one source radiograph: SC, SEG and SR.
+
+``build_outputs`` is the one entry point the worker calls. It is a pure function of its inputs
+(and ``created``): the UIDs derive from the source SOP Instance UID, the weights hashes and the
+object kind, so a re-run replaces its earlier results in the PACS instead of duplicating them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydicom
+
+from ribnode.config.settings import OutputSettings
+from ribnode.dicom_sr import sc as sc_module
+from ribnode.dicom_sr import seg as seg_module
+from ribnode.dicom_sr import sr as sr_module
+from ribnode.dicom_sr.provenance import (
+    ProcessingContext,
+    add_private_block,
+    model_record,
+)
+from ribnode.dicom_sr.uids import combined_sha256, derived_uid, device_observer_uid
+from ribnode.models.info import SegmentationResult, SuppressionResult
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OutputSet:
+    """The three datasets for one source instance, and their provenance records.
+
+    ``provenance`` maps the kind ("sc", "seg", "sr") to a JSON-able record; the node ledger
+    stores it in ``output_objects`` and the private block of each object repeats it.
+    """
+
+    sc: pydicom.Dataset
+    seg: pydicom.Dataset
+    sr: pydicom.Dataset
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def datasets(self) -> list[pydicom.Dataset]:
+        """SC, SEG, SR: the order to send them in (the SR references the other two)."""
+        return [self.sc, self.seg, self.sr]
+
+
+def _check_inputs(
+    source: pydicom.Dataset, segmentation: SegmentationResult, suppression: SuppressionResult
+) -> str:
+    for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID",
+                    "Rows", "Columns", "BitsAllocated", "BitsStored", "PhotometricInterpretation"):
+        if keyword not in source:
+            raise ValueError(f"source dataset has no {keyword}; it cannot be a radiograph")
+    if segmentation.mask.shape != suppression.soft_stored.shape:
+        raise ValueError(
+            f"mask shape {segmentation.mask.shape} differs from the suppressed image's "
+            f"{suppression.soft_stored.shape}"
+        )
+    return str(source.SOPInstanceUID)
+
+
+def _record(
+    kind: str, dataset: pydicom.Dataset, source_uid: str, segmentation: SegmentationResult,
+    suppression: SuppressionResult, created: datetime.datetime,
+) -> dict[str, Any]:
+    models = {"sc": [suppression, segmentation], "seg": [segmentation],
+              "sr": [segmentation, suppression]}[kind]
+    return {
+        "kind": kind,
+        "sop_instance_uid": str(dataset.SOPInstanceUID),
+        "series_instance_uid": str(dataset.SeriesInstanceUID),
+        "study_instance_uid": str(dataset.StudyInstanceUID),
+        "sop_class_uid": str(dataset.SOPClassUID),
+        "source_sop_instance_uid": source_uid,
+        "models": [model_record(result.model) for result in models],
+        "seed": suppression.seed if kind != "seg" else None,
+        "steps": suppression.steps if kind != "seg" else None,
+        "working_size": suppression.working_size if kind != "seg" else None,
+        "created": created.isoformat(),
+    }
+
+
+def build_outputs(
+    source: pydicom.Dataset,
+    segmentation: SegmentationResult,
+    suppression: SuppressionResult,
+    settings: OutputSettings,
+    created: datetime.datetime | None = None,
+) -> OutputSet:
+    """SC, SEG and SR for ``source``, with deterministic UIDs and provenance records."""
+    source_uid = _check_inputs(source, segmentation, suppression)
+    created = created if created is not None else datetime.datetime.now().astimezone()
+    context = ProcessingContext(
+        created=created, node_id=settings.node_id,
+        content_qualification=settings.content_qualification,
+        institution_name=settings.institution_name,
+    )
+    seg_sha = segmentation.model.weights_sha256
+    both_sha = combined_sha256(seg_sha, suppression.model.weights_sha256)
+    sc = sc_module.build_sc(source, suppression, segmentation, settings, context, sc_module.ScUids(
+        derived_uid(source_uid, both_sha, "sc.series"), derived_uid(source_uid, both_sha, "sc")))
+    seg = seg_module.build_seg(source, segmentation, context, seg_module.SegUids(
+        derived_uid(source_uid, seg_sha, "seg.series"), derived_uid(source_uid, seg_sha, "seg"),
+        derived_uid(source_uid, seg_sha, "seg.dimension")))
+    sr = sr_module.build_sr(source, seg, sc, segmentation, suppression, context, sr_module.SrUids(
+        derived_uid(source_uid, both_sha, "sr.series"), derived_uid(source_uid, both_sha, "sr"),
+        derived_uid(source_uid, both_sha, "sr.tracking"), device_observer_uid(both_sha)))
+    provenance = {
+        kind: _record(kind, dataset, source_uid, segmentation, suppression, created)
+        for kind, dataset in (("sc", sc), ("seg", seg), ("sr", sr))
+    }
+    provenance["sr"]["measurements"] = sr_module.measure(source, segmentation, suppression).__dict__
+    if settings.private_block:
+        for kind, dataset in (("sc", sc), ("seg", seg), ("sr", sr)):
+            add_private_block(dataset, provenance[kind])
+    logger.info("built SC %s, SEG %s, SR %s for source %s", sc.SOPInstanceUID,
+                seg.SOPInstanceUID, sr.SOPInstanceUID, source_uid)
+    return OutputSet(sc=sc, seg=seg, sr=sr, provenance=provenance)

@@ -1,0 +1,167 @@
+"""Provenance written into every output: Contributing Equipment, the private block, the record.
+
+The standard attributes carry the provenance (PS3.3 C.12.1.1.7 Contributing Equipment Sequence,
+IHE AI Results); the optional private block "RIBNODE 1" only repeats it for QA tools that look
+for a private flag.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import highdicom as hd
+import pydicom
+from pydicom.sr.codedict import codes
+
+from ribnode import __version__ as RIBNODE_VERSION
+from ribnode.models.info import ModelInfo
+
+logger = logging.getLogger(__name__)
+
+MANUFACTURER = "ribnode"
+MODEL_NAME = "ribnode"
+
+#: Private block: creator, odd group and element offsets (PS3.5 7.8.1).
+PRIVATE_CREATOR = "RIBNODE 1"
+PRIVATE_GROUP = 0x0071
+PRIVATE_AI_GENERATED = 0x01  # CS "YES"
+PRIVATE_PROVENANCE = 0x02  # UT JSON, the object's provenance record
+
+_LO_MAX = 64
+_ST_MAX = 1024
+
+
+@dataclass(frozen=True)
+class ProcessingContext:
+    """What every object of one run shares: when, where and by which software version."""
+
+    created: datetime.datetime
+    node_id: str
+    content_qualification: str
+    institution_name: str | None = None
+    software_version: str = RIBNODE_VERSION
+
+
+def _lo(value: str) -> str:
+    """Clip to a Long String (LO, 64 characters) so a long model name cannot break the object."""
+    if len(value) > _LO_MAX:
+        logger.warning("value %r clipped to %d characters (LO)", value, _LO_MAX)
+    return value[:_LO_MAX]
+
+
+def contribution_description(
+    model: ModelInfo, *, seed: int | None = None, steps: int | None = None,
+    working_size: int | None = None,
+) -> str:
+    """Contribution Description (ST, 1024 chars): weights hash and the run's parameters."""
+    parts = [f"{model.name} {model.version}", f"weights sha256:{model.weights_sha256}"]
+    if steps is not None:
+        parts.append(f"steps {steps}")
+    if seed is not None:
+        parts.append(f"seed {seed}")
+    if working_size is not None:
+        parts.append(f"working resolution {working_size}x{working_size}")
+    for key in sorted(model.parameters):
+        parts.append(f"{key} {model.parameters[key]}")
+    return "; ".join(parts)[:_ST_MAX]
+
+
+def model_equipment(
+    model: ModelInfo, purpose: str, context: ProcessingContext, description: str,
+) -> hd.ContributingEquipment:
+    """One Contributing Equipment item for a model.
+
+    ``purpose`` is ``"synthesizing"`` (109100, on the SC) or ``"processing"`` (109102, on the
+    SEG and SR).
+    """
+    codes_by_purpose = {
+        "synthesizing": codes.DCM.SynthesizingEquipment,
+        "processing": codes.DCM.ProcessingEquipment,
+    }
+    if purpose not in codes_by_purpose:
+        raise ValueError(f"purpose {purpose!r} is not one of {sorted(codes_by_purpose)}")
+    return hd.ContributingEquipment(
+        manufacturer=MANUFACTURER,
+        purpose_of_reference=codes_by_purpose[purpose],
+        manufacturer_model_name=_lo(model.name),
+        software_versions=[_lo(model.version), _lo(context.software_version)],
+        device_serial_number=_lo(context.node_id),
+        institution_name=context.institution_name,
+        contribution_datetime=context.created,
+        contribution_description=description,
+    )
+
+
+def pin_contribution_times(dataset: pydicom.Dataset, created: datetime.datetime) -> None:
+    """Give every Contributing Equipment item the run's time.
+
+    highdicom stamps its own item with ``now()``; pinning it to ``created`` makes an object
+    a pure function of its inputs, so a re-run writes identical bytes.
+    """
+    for item in dataset.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = pydicom.valuerep.DT(created)
+
+
+def equipment_kwargs(context: ProcessingContext) -> dict[str, Any]:
+    """General Equipment and SOP Common keyword arguments for highdicom constructors."""
+    kwargs: dict[str, Any] = {
+        "manufacturer": MANUFACTURER,
+        "manufacturer_model_name": MODEL_NAME,
+        "software_versions": context.software_version,
+        "device_serial_number": _lo(context.node_id),
+        "content_qualification": context.content_qualification,
+        "content_date": context.created.date(),
+        "content_time": context.created.time().replace(tzinfo=None),
+        "series_date": context.created.date(),
+        "series_time": context.created.time().replace(tzinfo=None),
+    }
+    if context.institution_name:
+        kwargs["institution_name"] = _lo(context.institution_name)
+    return kwargs
+
+
+def add_private_block(dataset: pydicom.Dataset, record: dict[str, Any]) -> None:
+    """Private block "RIBNODE 1" in group 0071: AI-generated flag and the provenance JSON."""
+    block = dataset.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
+    block.add_new(PRIVATE_AI_GENERATED, "CS", "YES")
+    block.add_new(PRIVATE_PROVENANCE, "UT", json.dumps(record, sort_keys=True))
+
+
+def read_private_block(dataset: pydicom.Dataset) -> dict[str, Any] | None:
+    """The provenance JSON of the private block, or None when the object has none."""
+    try:
+        block = dataset.private_block(PRIVATE_GROUP, PRIVATE_CREATOR)
+    except KeyError:
+        return None
+    value = block[PRIVATE_PROVENANCE].value
+    text = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+    result: dict[str, Any] = json.loads(text)
+    return result
+
+
+def model_record(model: ModelInfo) -> dict[str, Any]:
+    """JSON-able description of one model for the provenance record."""
+    return {
+        "name": model.name,
+        "version": model.version,
+        "weights_sha256": model.weights_sha256,
+        "parameters": {key: _jsonable(value) for key, value in model.parameters.items()},
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    """Parameters may hold numpy scalars or paths; keep the record JSON-able."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    return str(value)

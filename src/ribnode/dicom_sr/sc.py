@@ -1,0 +1,245 @@
+"""Secondary Capture of the bone-suppressed image (PS3.3 A.8.1, highdicom ``sc.SCImage``).
+
+The SC keeps the source's matrix, bit depth and photometric interpretation, so a viewer hangs
+it beside the original with the same look; every standard flag for synthetic content is set:
+Synthetic Data YES, Conversion Type SYN, Source Image Sequence (121322), Derivation
+Description, Contributing Equipment (109100 Synthesizing Equipment), Series Description
+"AI SYNTHETIC ...".
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from ribnode.config.settings import OutputSettings
+from ribnode.dicom_sr.geometry import source_spacing
+from ribnode.dicom_sr.label import burn_label
+from ribnode.dicom_sr.provenance import (
+    MANUFACTURER,
+    ProcessingContext,
+    contribution_description,
+    equipment_kwargs,
+    model_equipment,
+    pin_contribution_times,
+)
+from ribnode.models.info import SegmentationResult, SuppressionResult
+
+logger = logging.getLogger(__name__)
+
+SERIES_NUMBER = 9901
+SERIES_DESCRIPTION = "AI SYNTHETIC bone-suppressed (not original)"
+
+#: Source image for image processing operation (PS3.16 CID 7202).
+PURPOSE_SOURCE_FOR_PROCESSING = hd.sr.CodedConcept(
+    "121322", "DCM", "Source image for image processing operation"
+)
+
+
+#: JPEG baseline/extended, JPEG-LS near-lossless, JPEG 2000, HTJ2K (lossy variants).
+LOSSY_SYNTAXES = frozenset({
+    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81",
+    "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.203",
+})
+
+
+@dataclass(frozen=True)
+class ScUids:
+    """Series and SOP Instance UID of the SC."""
+
+    series_instance_uid: str
+    sop_instance_uid: str
+
+
+def check_pixels(source: Dataset, pixels: np.ndarray) -> tuple[int, bool]:
+    """Validate ``pixels`` against the source's matrix and depth; return (bits stored, signed)."""
+    rows, columns = int(source.Rows), int(source.Columns)
+    if pixels.shape != (rows, columns):
+        raise ValueError(
+            f"bone-suppressed image has shape {pixels.shape}, expected the source matrix "
+            f"{(rows, columns)}"
+        )
+    bits_stored = int(source.BitsStored)
+    signed = int(source.get("PixelRepresentation", 0)) == 1
+    expected = {8: (np.uint8,), 16: (np.uint16, np.int16)}.get(int(source.BitsAllocated))
+    if expected is None or pixels.dtype.type not in expected:
+        raise ValueError(
+            f"bone-suppressed image has dtype {pixels.dtype}, expected one of {expected} for "
+            f"Bits Allocated {source.BitsAllocated}"
+        )
+    low = -(1 << (bits_stored - 1)) if signed else 0
+    high = (1 << (bits_stored - 1)) - 1 if signed else (1 << bits_stored) - 1
+    if pixels.size and (int(pixels.min()) < low or int(pixels.max()) > high):
+        raise ValueError(
+            f"bone-suppressed values span [{pixels.min()}, {pixels.max()}], outside the "
+            f"{bits_stored}-bit range [{low}, {high}] of the source"
+        )
+    return bits_stored, signed
+
+
+def window_for(pixels: np.ndarray, slope: float, intercept: float) -> tuple[float, float]:
+    """Window Center/Width (PS3.3 C.11.2.1.2) from the 0.5-99.5 percentiles of the output.
+
+    Computed in Modality LUT output units (rescaled), on every 4th pixel: a robust window for
+    the image actually written, not the source's window copied blindly.
+    """
+    sample = pixels[::4, ::4].astype(np.float64) * slope + intercept
+    low, high = np.percentile(sample, [0.5, 99.5])
+    width = max(float(high - low), 1.0)
+    return float((low + high) / 2.0), width
+
+
+def derivation_description(suppression: SuppressionResult) -> str:
+    """Derivation Description (ST): what was done, by which model, and that it is not real."""
+    model = suppression.model
+    return (
+        f"AI bone suppression ({model.name} v{model.version}, weights "
+        f"sha256:{model.weights_sha256[:16]}, {suppression.steps} steps, seed {suppression.seed}): "
+        "ribs and clavicles removed; not an acquired radiograph"
+    )
+
+
+def _source_image_item(source: Dataset) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = source.SOPClassUID
+    item.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    item.PurposeOfReferenceCodeSequence = [PURPOSE_SOURCE_FOR_PROCESSING]
+    item.SpatialLocationsPreserved = "YES"
+    return item
+
+
+def _copy_if_present(target: Dataset, source: Dataset, keywords: tuple[str, ...]) -> None:
+    for keyword in keywords:
+        if keyword in source and source[keyword].value not in (None, ""):
+            setattr(target, keyword, source[keyword].value)
+
+
+def _set_pixel_module(sc: Dataset, source: Dataset, bits_stored: int, signed: bool) -> None:
+    """Restore the source's depth: highdicom writes Bits Stored = Bits Allocated, unsigned."""
+    sc.BitsStored = bits_stored
+    sc.HighBit = bits_stored - 1
+    sc.PixelRepresentation = 1 if signed else 0
+    if "RescaleSlope" in source or "RescaleIntercept" in source:
+        # Modality LUT (PS3.3 C.11.1): stored values keep the source's meaning.
+        sc.RescaleIntercept = source.get("RescaleIntercept", 0)
+        sc.RescaleSlope = source.get("RescaleSlope", 1)
+        sc.RescaleType = source.get("RescaleType", "US") or "US"
+
+
+def _set_lossy_history(sc: Dataset, source: Dataset) -> None:
+    """Lossy Image Compression (PS3.3 C.7.6.1.1.5): once lossy, derived images stay lossy."""
+    file_meta = getattr(source, "file_meta", None)
+    syntax = getattr(file_meta, "TransferSyntaxUID", None) if file_meta is not None else None
+    lossy_syntax = syntax in LOSSY_SYNTAXES
+    if source.get("LossyImageCompression") == "01" or lossy_syntax:
+        sc.LossyImageCompression = "01"
+        _copy_if_present(
+            sc, source, ("LossyImageCompressionRatio", "LossyImageCompressionMethod")
+        )
+    else:
+        sc.LossyImageCompression = "00"
+
+
+def _set_spacing(sc: Dataset, source: Dataset) -> None:
+    spacing = source_spacing(source)
+    if spacing is None:
+        return
+    sc.PixelSpacing = [
+        pydicom.valuerep.DSfloat(spacing.row_mm, auto_format=True),
+        pydicom.valuerep.DSfloat(spacing.col_mm, auto_format=True),
+    ]
+    if spacing.attribute == "ImagerPixelSpacing":
+        # Basic Pixel Spacing Calibration macro (PS3.3 10.7.1.3): say what the value means.
+        sc.PixelSpacingCalibrationDescription = (
+            "Imager Pixel Spacing of the source (detector plane, not corrected for magnification)"
+        )
+
+
+def build_sc(
+    source: Dataset,
+    suppression: SuppressionResult,
+    segmentation: SegmentationResult,
+    settings: OutputSettings,
+    context: ProcessingContext,
+    uids: ScUids,
+) -> hd.sc.SCImage:
+    """The bone-suppressed Secondary Capture, on the source matrix with the source's depth."""
+    bits_stored, signed = check_pixels(source, suppression.soft_stored)
+    photometric = str(source.PhotometricInterpretation)
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ValueError(f"source photometric {photometric!r}, expected MONOCHROME1/2")
+    pixels = suppression.soft_stored
+    slope = float(source.get("RescaleSlope", 1) or 1)
+    intercept = float(source.get("RescaleIntercept", 0) or 0)
+    center, width = window_for(pixels, slope, intercept)
+    if settings.burned_in_label:
+        pixels = burn_label(pixels, photometric, bits_stored, signed)
+    bits_allocated = int(source.BitsAllocated)
+    unsigned = pixels.view(np.uint16) if pixels.dtype == np.int16 else pixels
+    suppression_item = model_equipment(
+        suppression.model, "synthesizing", context,
+        contribution_description(
+            suppression.model, seed=suppression.seed, steps=suppression.steps,
+            working_size=suppression.working_size,
+        ),
+    )
+    segmentation_item = model_equipment(
+        segmentation.model, "processing", context,
+        contribution_description(segmentation.model) + "; rib mask that bounds the suppression",
+    )
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=source,
+        pixel_array=unsigned,
+        photometric_interpretation=photometric,
+        bits_allocated=bits_allocated,
+        coordinate_system="PATIENT",
+        series_instance_uid=uids.series_instance_uid,
+        series_number=SERIES_NUMBER,
+        sop_instance_uid=uids.sop_instance_uid,
+        instance_number=int(source.get("InstanceNumber", 1) or 1),
+        patient_orientation=("L", "F"),  # replaced by the source's own value below
+        transfer_syntax_uid=pydicom.uid.ExplicitVRLittleEndian,
+        contributing_equipment=[suppression_item, segmentation_item],
+        series_description=SERIES_DESCRIPTION,
+        **{k: v for k, v in equipment_kwargs(context).items() if k != "manufacturer"},
+        manufacturer=MANUFACTURER,
+    )
+    _finish_sc(sc, source, suppression, settings, context, bits_stored, signed)
+    sc.WindowCenter = pydicom.valuerep.DSfloat(center, auto_format=True)
+    sc.WindowWidth = pydicom.valuerep.DSfloat(width, auto_format=True)
+    sc.WindowCenterWidthExplanation = "ribnode: 0.5-99.5 percentile of the output"
+    return sc
+
+
+def _finish_sc(
+    sc: Dataset, source: Dataset, suppression: SuppressionResult, settings: OutputSettings,
+    context: ProcessingContext, bits_stored: int, signed: bool,
+) -> None:
+    """Set what highdicom's constructor does not: synthetic flags, references, geometry."""
+    _set_pixel_module(sc, source, bits_stored, signed)
+    sc.SyntheticData = "YES"
+    sc.ConversionType = "SYN"
+    sc.SecondaryCaptureDeviceManufacturer = MANUFACTURER
+    sc.SecondaryCaptureDeviceManufacturerModelName = suppression.model.name[:64]
+    sc.SecondaryCaptureDeviceSoftwareVersions = [
+        suppression.model.version[:64], context.software_version
+    ]
+    sc.DateOfSecondaryCapture = pydicom.valuerep.DA(context.created.date())
+    sc.TimeOfSecondaryCapture = pydicom.valuerep.TM(context.created.time().replace(tzinfo=None))
+    sc.SourceImageSequence = [_source_image_item(source)]
+    sc.DerivationDescription = derivation_description(suppression)
+    sc.BurnedInAnnotation = "YES" if settings.burned_in_label else "NO"
+    if "PatientOrientation" in source and source.PatientOrientation:
+        sc.PatientOrientation = source.PatientOrientation
+    else:
+        sc.PatientOrientation = None  # Type 2: present and empty when the source has none
+    _copy_if_present(sc, source, ("BodyPartExamined", "Laterality", "ImageLaterality"))
+    _set_spacing(sc, source)
+    _set_lossy_history(sc, source)
+    pin_contribution_times(sc, context.created)
