@@ -101,6 +101,8 @@ class OutputSettings(BaseModel):
     burned_in_label: bool = False
     institution_name: str | None = None
     node_id: str = "ribnode-1"
+    # Private block "RIBNODE 1" (group 0071): AI-generated flag + provenance JSON.
+    private_block: bool = True
 
 
 class DestinationSettings(BaseModel):
