@@ -44,6 +44,10 @@ class ListenerSettings(BaseModel):
     tls_key: Path | None = None
     tls_ca: Path | None = None
     tls_verify_client: bool = False
+    # Largest PDU we accept (0: no limit). Large PDUs cut per-PDU overhead on big images.
+    max_pdu_size: int = 0
+    # ACSE/DIMSE/network timeout for one association, seconds.
+    network_timeout_s: float = 60.0
 
 
 class SpoolSettings(BaseModel):
@@ -53,6 +57,8 @@ class SpoolSettings(BaseModel):
     # Study completion: quiet period with no new instance, and the longest wait.
     quiet_period_s: float = 5.0
     max_wait_s: float = 600.0
+    # How often the completion thread looks for quiet studies and unsent jobs, seconds.
+    completion_poll_s: float = 0.5
 
 
 class LedgerSettings(BaseModel):
@@ -71,6 +77,8 @@ class BrokerSettings(BaseModel):
     max_retries: int = 5
     retry_backoff_s: float = 2.0
     retry_backoff_max_s: float = 300.0
+    # A job the broker refused stays "received"; enqueueing is retried this often, seconds.
+    enqueue_retry_s: float = 3.0
 
 
 class RoutingSettings(BaseModel):
