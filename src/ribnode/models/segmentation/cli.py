@@ -1,9 +1,116 @@
-"""Subcommands of this model package (registered by ribnode.models.cli)."""
+"""Subcommands of this model package (registered by ribnode.models.cli).
+
+``train-seg``, ``eval-seg`` and ``infer``. Heavy libraries (torch, onnxruntime) are imported
+inside the handlers only, so ``ribnode --help`` stays fast.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DATA = Path("../shared/data/jsrt-bse-512")
 
 
 def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Register this package's subcommands on the ``ribnode`` parser."""
+    _add_train(sub)
+    _add_eval(sub)
+    _add_infer(sub)
+
+
+def _add_train(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    parser = sub.add_parser("train-seg", help="train the rib-segmentation U-Net and export it to ONNX")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                        help="folder with source/ and target/ PNG pairs (default %(default)s)")
+    parser.add_argument("--output", type=Path, default=Path("runs/rib-segmentation"),
+                        help="run folder: checkpoint.pt, split, history, exported ONNX + JSON")
+    parser.add_argument("--epochs", type=int, default=36)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--working-size", type=int, default=256)
+    parser.add_argument("--held-out", type=int, default=24, help="cases held out (stratified)")
+    parser.add_argument("--seed", type=int, default=20260121)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--synthetic", type=int, default=0,
+                        help="synthetic radiographs (exact rib masks) added to training")
+    parser.add_argument("--base", type=int, default=16, help="U-Net channels at full resolution")
+    parser.add_argument("--depth", type=int, default=5, help="U-Net resolution levels")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--no-inverted", dest="inverted", action="store_false",
+                        help="PNGs are already bone-bright (the shared data is inverted)")
+    parser.add_argument("--no-resume", dest="resume", action="store_false",
+                        help="start afresh even if OUTPUT/checkpoint.pt exists")
+    parser.add_argument("--install", action="store_true",
+                        help="also copy the exported ONNX + JSON over the shipped weights")
+    parser.set_defaults(handler=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ribnode.models.segmentation.export import export_run, install_weights
+    from ribnode.models.segmentation.train import TrainConfig, train
+    from ribnode.models.segmentation.unet import UNetConfig
+
+    config = TrainConfig(
+        data=str(args.data), output=str(args.output), working_size=args.working_size,
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        held_out=args.held_out, seed=args.seed, threads=args.threads, inverted=args.inverted,
+        synthetic=args.synthetic, device=args.device,
+        unet=UNetConfig(base=args.base, depth=args.depth).as_dict(),
+    )
+    checkpoint = train(config, resume=args.resume)
+    onnx_path = export_run(checkpoint)
+    print(f"checkpoint {checkpoint}\nweights {onnx_path}")
+    if args.install:
+        print(f"installed {install_weights(onnx_path)}")
+    return 0
+
+
+def _add_eval(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    parser = sub.add_parser("eval-seg", help="Dice, IoU and HD95 of the rib segmentation on PNG pairs")
+    parser.add_argument("--data", type=Path, required=True,
+                        help="folder with source/ and target/ PNG pairs (and optional masks/)")
+    parser.add_argument("--weights", type=Path, default=None, help="ONNX weights (default: shipped)")
+    parser.add_argument("--cases", default=None,
+                        help="'held-out' (the split in the weights' JSON), 'train', or a comma list")
+    parser.add_argument("--no-inverted", dest="inverted", action="store_false",
+                        help="PNGs are already bone-bright (the shared data is inverted)")
+    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
+    parser.set_defaults(handler=_eval)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from ribnode.models.segmentation.evaluate import evaluate_folder, format_report
+
+    report = evaluate_folder(args.data, weights=args.weights, cases=args.cases,
+                             inverted=args.inverted, threads=args.threads)
+    print(format_report(report))
+    if args.json is not None:
+        import json
+
+        args.json.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+def _add_infer(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    parser = sub.add_parser(
+        "infer", help="run the models on DICOM files or bone-bright grayscale PNGs")
+    parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT")
+    parser.add_argument("--output", type=Path, required=True, help="folder for <stem>-ribs.png")
+    parser.add_argument("--weights", type=Path, default=None, help="segmentation ONNX weights")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads")
+    parser.set_defaults(handler=_infer)
+
+
+def _infer(args: argparse.Namespace) -> int:
+    from ribnode.models.infer import run_infer
+
+    for written in run_infer(args.inputs, args.output, weights=args.weights,
+                             device=args.device, threads=args.threads):
+        print(written)
+    return 0

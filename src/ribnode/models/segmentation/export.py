@@ -1,0 +1,100 @@
+"""Export of a trained U-Net checkpoint to ONNX, with its JSON config beside it.
+
+Opset 17, dynamic batch, height and width (multiples of ``2**(depth-1)``). BatchNorm is
+folded into the convolutions by the exporter in eval mode. The JSON records everything the
+ONNX Runtime segmenter and a reader of the model card need: working size, normalisation,
+threshold, training data, split, seed, and the sha256 of the ONNX file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ribnode.models.info import sha256_file
+from ribnode.models.segmentation.normalisation import NORMALISATION
+from ribnode.models.segmentation.train import load_model
+from ribnode.models.segmentation.unet import UNet, count_parameters
+
+logger = logging.getLogger(__name__)
+logger.addHandler(logging.NullHandler())
+
+OPSET = 17
+INPUT_NAME = "image"
+OUTPUT_NAME = "logits"
+MODEL_NAME = "ribnode rib-segmentation"
+MODEL_VERSION = "1.0.0"
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+
+def export_onnx(model: UNet, path: Path, size: int = 256) -> Path:
+    """Write ``model`` (eval mode) as ONNX with dynamic batch/height/width; return ``path``."""
+    model = model.eval()
+    example = torch.zeros(1, model.config.in_channels, size, size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(
+        model, (example,), str(path), opset_version=OPSET, dynamo=False,
+        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+        dynamic_axes={INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
+                      OUTPUT_NAME: {0: "batch", 2: "height", 3: "width"}},
+    )
+    return path
+
+
+def model_config(model: UNet, state: dict[str, Any], onnx_path: Path) -> dict[str, Any]:
+    """The JSON config saved beside the ONNX weights."""
+    train = state["config"]
+    split_file = Path(train["output"]) / "split.json"
+    split = json.loads(split_file.read_text()) if split_file.is_file() else None
+    history = state.get("history", [])
+    return {
+        "name": MODEL_NAME,
+        "version": MODEL_VERSION,
+        "weights": onnx_path.name,
+        "sha256": sha256_file(onnx_path),
+        "format": {"onnx_opset": OPSET, "input": INPUT_NAME, "output": OUTPUT_NAME,
+                   "output_kind": "logits (apply sigmoid)", "layout": "N x 1 x H x W float32",
+                   "size_multiple": model.config.multiple},
+        "working_size": train["working_size"],
+        "normalisation": NORMALISATION,
+        "input_convention": "bone-bright [0, 1] image resampled to working_size x working_size "
+                            "(pixel-centre aligned), then normalised",
+        "threshold": 0.5,
+        "architecture": {"kind": "U-Net", **model.config.as_dict(),
+                         "parameters": count_parameters(model)},
+        "training": {
+            "data": "JSRT radiographs with BSE-JSRT bone-suppressed targets, 512x512 "
+                    "(../shared/data/jsrt-bse-512), masks by the reference derivation "
+                    "(../shared/tools/derive_rib_masks.py, threshold 0.02)",
+            "config": train,
+            "epochs_completed": state.get("epoch"),
+            "split": split,
+            "final_epoch": history[-1] if history else None,
+        },
+        "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def export_run(checkpoint: Path, onnx_path: Path | None = None) -> Path:
+    """Export a training checkpoint to ONNX + JSON (default: beside the checkpoint)."""
+    model, state = load_model(checkpoint)
+    onnx_path = onnx_path or checkpoint.parent / "rib-segmentation.onnx"
+    export_onnx(model, onnx_path, size=state["config"]["working_size"])
+    config = model_config(model, state, onnx_path)
+    onnx_path.with_suffix(".json").write_text(json.dumps(config, indent=1) + "\n")
+    logger.info("exported %s (sha256 %s)", onnx_path, config["sha256"])
+    return onnx_path
+
+
+def install_weights(onnx_path: Path, target_dir: Path = WEIGHTS_DIR) -> Path:
+    """Copy an exported ONNX file and its JSON over the shipped weights."""
+    target = target_dir / "rib-segmentation.onnx"
+    shutil.copyfile(onnx_path, target)
+    shutil.copyfile(onnx_path.with_suffix(".json"), target.with_suffix(".json"))
+    return target

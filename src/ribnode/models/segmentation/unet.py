@@ -1,0 +1,96 @@
+"""The rib-segmentation network: a small 2-D U-Net (Ronneberger et al. 2015) in PyTorch.
+
+Only training and ONNX export import this module; inference runs the exported graph in
+ONNX Runtime (``ribnode.models.segmentation.runtime``) and never imports torch.
+
+Design: ``depth`` resolution levels with ``base * 2**level`` channels, two 3x3 convolutions
+with BatchNorm and ReLU per level (BatchNorm folds into the convolutions at export, so it
+costs nothing at inference), max-pool down, bilinear upsampling plus a 1x1 convolution up
+(no transposed convolutions: they leave checkerboard artefacts on thin structures such as
+ribs). The network returns logits; the sigmoid is applied by the loss and at inference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Architecture hyper-parameters, saved in the weights' JSON config."""
+
+    in_channels: int = 1
+    out_channels: int = 1
+    base: int = 16
+    depth: int = 5  # resolution levels, including the bottleneck
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @property
+    def multiple(self) -> int:
+        """Input height and width must be multiples of this."""
+        return 2 ** (self.depth - 1)
+
+
+class DoubleConv(nn.Sequential):
+    """(3x3 conv, BatchNorm, ReLU) twice."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class Up(nn.Module):
+    """Bilinear x2 upsampling, 1x1 channel reduction, concatenation with the skip, DoubleConv."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(in_channels, out_channels, 1)
+        self.conv = DoubleConv(2 * out_channels, out_channels)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return self.conv(torch.cat([skip, self.reduce(x)], dim=1))
+
+
+class UNet(nn.Module):
+    """U-Net returning one logit map the size of the input."""
+
+    def __init__(self, config: UNetConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or UNetConfig()
+        if self.config.depth < 2:
+            raise ValueError(f"UNet depth must be >= 2, got {self.config.depth}")
+        widths = [self.config.base * 2**level for level in range(self.config.depth)]
+        self.down = nn.ModuleList([DoubleConv(self.config.in_channels, widths[0])])
+        self.down.extend(DoubleConv(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.up = nn.ModuleList(Up(b, a) for a, b in zip(widths[:-1], widths[1:]))
+        self.head = nn.Conv2d(widths[0], self.config.out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips: list[torch.Tensor] = []
+        for level, block in enumerate(self.down):
+            if level:
+                x = F.max_pool2d(x, 2)
+            x = block(x)
+            skips.append(x)
+        x = skips.pop()
+        for block in reversed(self.up):
+            x = block(x, skips.pop())
+        return self.head(x)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
