@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -130,7 +130,29 @@ class DestinationSettings(BaseModel):
     ae_title: str | None = None
     host: str | None = None
     port: int | None = None
-    tls_ca: Path | None = None
+    tls_ca: Path | None = None  # cstore: DICOM TLS on when set; stow: CA bundle to verify with
+    # export (owned by the export code, ribnode.node.export)
+    calling_ae_title: str | None = None  # cstore: our AE title; None -> listener.ae_title
+    tls_cert: Path | None = None  # client certificate (mutual TLS), stow and cstore
+    tls_key: Path | None = None
+    timeout_s: float = 30.0  # connect/response timeout of one send
+
+    @model_validator(mode="after")
+    def _check_kind_fields(self) -> "DestinationSettings":
+        """Each kind names its address: folder a path, stow a URL, cstore AE, host and port."""
+        required = {"folder": ("path",), "stow": ("url",), "cstore": ("ae_title", "host", "port")}
+        missing = [f for f in required[self.kind] if getattr(self, f) is None]
+        if missing:
+            raise ValueError(
+                f"export destination {self.name!r} of kind {self.kind!r} needs {', '.join(missing)}"
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError(f"export destination {self.name!r}: set tls_cert and tls_key together")
+        if self.bearer_token is not None and self.username is not None:
+            raise ValueError(
+                f"export destination {self.name!r}: use either basic auth or a bearer token"
+            )
+        return self
 
 
 class ExportSettings(BaseModel):
@@ -144,6 +166,17 @@ class ExportSettings(BaseModel):
     max_attempts: int = 8
     backoff_s: float = 2.0
     backoff_max_s: float = 300.0
+
+    @model_validator(mode="after")
+    def _check_unique_names(self) -> "ExportSettings":
+        """Deliveries are tracked per destination name, so names must be unique."""
+        names = [d.name for d in self.destinations]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"export destination names must be unique; repeated: {duplicates}")
+        if self.max_attempts < 1:
+            raise ValueError(f"export.max_attempts must be at least 1, not {self.max_attempts}")
+        return self
 
 
 class Settings(BaseSettings):
