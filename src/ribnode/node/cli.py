@@ -1,9 +1,114 @@
-"""Subcommands of this part of the house (see ribnode.cli)."""
+"""Subcommands of this part of the house (see ribnode.cli): ``serve`` and ``status``."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import signal
+import threading
+from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Register this part's subcommands on the ``ribnode`` parser."""
+    serve = sub.add_parser(
+        "serve",
+        help="run the DICOM listener and the study-completion thread",
+        description=(
+            "Run the C-STORE/C-ECHO listener (spool + ledger) and the study-completion thread "
+            "that turns quiet studies into jobs and sends them to the Celery broker."
+        ),
+    )
+    serve.add_argument("--ae-title", help="listener AE title (listener.ae_title)")
+    serve.add_argument("--bind", help="bind address (listener.bind_address)")
+    serve.add_argument("--port", type=int, help="DICOM port (listener.port)")
+    serve.add_argument("--open", action="store_true", default=None, help="accept any caller (demo only)")
+    serve.add_argument("--spool", help="spool folder (spool.directory)")
+    serve.add_argument("--quiet-period", type=float, help="seconds without a new instance (spool.quiet_period_s)")
+    serve.add_argument("--ledger-url", help="SQLAlchemy URL of the ledger (ledger.url)")
+    serve.add_argument("--broker-url", help="Celery broker URL (broker.url)")
+    serve.set_defaults(handler=serve_command)
+
+    status = sub.add_parser(
+        "status", help="ledger summary: studies, jobs by state, last errors",
+        description="Summarise the ledger: studies, instances and jobs by state, last errors.",
+    )
+    status.add_argument("--ledger-url", help="SQLAlchemy URL of the ledger (ledger.url)")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=status_command)
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from ribnode.config.settings import load_settings
+
+    overrides = {
+        "listener.ae_title": getattr(args, "ae_title", None),
+        "listener.bind_address": getattr(args, "bind", None),
+        "listener.port": getattr(args, "port", None),
+        "listener.open_mode": getattr(args, "open", None),
+        "spool.directory": getattr(args, "spool", None),
+        "spool.quiet_period_s": getattr(args, "quiet_period", None),
+        "ledger.url": getattr(args, "ledger_url", None),
+        "broker.url": getattr(args, "broker_url", None),
+    }
+    return load_settings(args.config, overrides)
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    """``ribnode serve``: listener + completion thread until SIGINT/SIGTERM."""
+    import functools
+
+    from ribnode.node.completion import StudyCompletion
+    from ribnode.node.ledger import AuditEventName, Ledger
+    from ribnode.node.listener import DicomListener
+    from ribnode.workers.app import enqueue_job, make_celery
+
+    settings = _settings(args)
+    ledger = Ledger(settings.ledger.url)
+    app = make_celery(settings)
+    completion = StudyCompletion(settings, ledger, functools.partial(enqueue_job, app))
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    ledger.audit(AuditEventName.APPLICATION_ACTIVITY, detail="ribnode serve started")
+    with DicomListener(settings, ledger) as listener, completion:
+        print(f"ribnode serve: {settings.listener.ae_title} listening on "
+              f"{settings.listener.bind_address}:{listener.port}", flush=True)
+        stop.wait()
+    ledger.audit(AuditEventName.APPLICATION_ACTIVITY, detail="ribnode serve stopped")
+    return 0
+
+
+def status_command(args: argparse.Namespace) -> int:
+    """``ribnode status``: print the ledger summary."""
+    from ribnode.node.ledger import Ledger
+
+    settings = _settings(args)
+    summary = Ledger(settings.ledger.url).summary()
+    if args.json:
+        data = {
+            "studies": summary.studies,
+            "instances": summary.instances,
+            "duplicates": summary.duplicates,
+            "jobs": summary.jobs,
+            "security_alerts": summary.security_alerts,
+            "last_errors": [
+                {"job": j, "state": s, "error": e, "at": at.isoformat()} for j, s, e, at in summary.last_errors
+            ],
+        }
+        print(json.dumps(data, indent=2))
+        return 0
+    print(f"ledger     {settings.ledger.url}")
+    print(f"studies    {summary.studies}")
+    print("instances  " + (", ".join(f"{k} {v}" for k, v in sorted(summary.instances.items())) or "none")
+          + f" (duplicates received: {summary.duplicates})")
+    print("jobs       " + (", ".join(f"{k} {v}" for k, v in sorted(summary.jobs.items())) or "none"))
+    print(f"security alerts (rejected associations): {summary.security_alerts}")
+    if summary.last_errors:
+        print("last errors:")
+        for job_id, state, error, at in summary.last_errors:
+            print(f"  job {job_id} [{state}] {at:%Y-%m-%d %H:%M:%S}Z  {error}")
+    return 0

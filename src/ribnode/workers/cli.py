@@ -1,4 +1,4 @@
-"""Subcommands of this part of the house (see ribnode.cli)."""
+"""Subcommands of this part of the house (see ribnode.cli): ``worker``."""
 
 from __future__ import annotations
 
@@ -7,3 +7,45 @@ import argparse
 
 def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Register this part's subcommands on the ``ribnode`` parser."""
+    worker = sub.add_parser(
+        "worker",
+        help="run a Celery worker that takes jobs from the broker",
+        description=(
+            "Run a Celery worker for ribnode's queues. On another host, give it the same "
+            "settings (ledger URL, broker URL) and the spool folder at the same path "
+            "(see docs/operations.md)."
+        ),
+    )
+    worker.add_argument("-Q", "--queues", help="comma-separated queues (default: the GPU and CPU queues)")
+    worker.add_argument("-c", "--concurrency", type=int, default=1, help="worker processes (default 1)")
+    worker.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"],
+                        help="Celery pool (default prefork)")
+    worker.add_argument("--ledger-url", help="SQLAlchemy URL of the ledger (ledger.url)")
+    worker.add_argument("--broker-url", help="Celery broker URL (broker.url)")
+    worker.add_argument("--spool", help="spool folder (spool.directory)")
+    worker.add_argument("--hostname", help="Celery node name (default ribnode@<host>)")
+    worker.set_defaults(handler=worker_command)
+
+
+def worker_command(args: argparse.Namespace) -> int:
+    """``ribnode worker``: start a Celery worker in this process."""
+    from ribnode.config.settings import load_settings
+    from ribnode.workers.app import make_celery
+
+    settings = load_settings(
+        args.config,
+        {"ledger.url": args.ledger_url, "broker.url": args.broker_url, "spool.directory": args.spool},
+    )
+    app = make_celery(settings)
+    queues = args.queues or f"{settings.broker.gpu_queue},{settings.broker.cpu_queue}"
+    argv = [
+        "worker",
+        "-Q", queues,
+        "-c", str(args.concurrency),
+        "-P", args.pool,
+        "-n", args.hostname or "ribnode@%h",
+        "--loglevel", (args.log_level or "INFO").upper(),
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ]
+    app.worker_main(argv=argv)
+    return 0

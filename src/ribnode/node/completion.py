@@ -1,0 +1,129 @@
+"""Study completion and dispatch: quiet studies become jobs, jobs go to the broker.
+
+A background thread (:class:`StudyCompletion`) polls the ledger. A study whose last instance
+arrived ``quiet_period_s`` ago, or whose oldest pending instance waited ``max_wait_s``, becomes a
+job of its pending instances, committed in the ledger *before* the task is published. An
+instance that arrives after its study was dispatched is pending again and makes a follow-up job
+with only the new instances. When the broker refuses a task, the job stays "received" with the
+error and is retried every ``enqueue_retry_s``; jobs left "received" by a crash are sent on start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from ribnode.config.settings import ModelSettings, Settings
+from ribnode.node.ledger import JobRef, JobState, Ledger
+
+logger = logging.getLogger(__name__)
+logger.addHandler(logging.NullHandler())
+
+# Publishes a job to the broker and returns the task id; raises when the broker is unreachable.
+Enqueue = Callable[[JobRef], str]
+
+SHIPPED_WEIGHTS = Path(__file__).resolve().parent.parent / "models" / "weights"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_versions(models: ModelSettings) -> dict[str, str]:
+    """What the job's results depend on, for the idempotency key: the weights' sha256 (or
+    "absent" while no weights are shipped), the sampling steps and the backend."""
+    weights = {
+        "segmentation": models.segmentation_weights or SHIPPED_WEIGHTS / "rib-segmentation.onnx",
+        "suppression": models.suppression_weights or SHIPPED_WEIGHTS / "rib-suppression.onnx",
+    }
+    out = {name: _sha256(p) if p.is_file() else "absent" for name, p in weights.items()}
+    out["suppression_steps"] = str(models.suppression_steps)
+    out["backend"] = models.backend
+    return out
+
+
+class StudyCompletion:
+    """The completion thread of ``ribnode serve``. ``tick()`` does one pass (tests call it)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        ledger: Ledger,
+        enqueue: Enqueue,
+        versions: dict[str, str] | None = None,
+    ) -> None:
+        self.spool = settings.spool
+        self.retry_s = settings.broker.enqueue_retry_s
+        self.ledger = ledger
+        self.enqueue = enqueue
+        self.versions = versions if versions is not None else model_versions(settings.models)
+        self._next_try: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def tick(self) -> list[JobRef]:
+        """Create jobs for due studies and (re)send unsent jobs; returns the jobs created."""
+        created = []
+        for study_id in self.ledger.due_studies(self.spool.quiet_period_s, self.spool.max_wait_s):
+            job = self.ledger.create_job(study_id, self.versions)
+            if job is not None:
+                logger.info("study %s complete: job %d (%s)", job.study_instance_uid, job.id, job.kind)
+                created.append(job)
+        for job in self.ledger.jobs_in_state(JobState.RECEIVED):
+            self._send(job)
+        return created
+
+    def _send(self, job: JobRef) -> None:
+        now = time.monotonic()
+        if self._next_try.get(job.id, 0.0) > now:
+            return
+        try:
+            task_id = self.enqueue(job)
+        except Exception as exc:  # kombu/redis raise many types; any means "not sent yet"
+            self._next_try[job.id] = now + self.retry_s
+            error = f"enqueue failed, will retry in {self.retry_s:g} s: {type(exc).__name__}: {exc}"
+            logger.warning("job %d: %s", job.id, error)
+            self.ledger.record_enqueue_error(job.id, error)
+            return
+        self._next_try.pop(job.id, None)
+        self.ledger.mark_queued(job.id, task_id)
+        logger.info("job %d queued as task %s", job.id, task_id)
+
+    def run(self) -> None:
+        """Poll until ``stop()``; a ledger error is logged and the next poll tries again."""
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except SQLAlchemyError as exc:
+                logger.error("completion pass failed (ledger): %s", exc)
+            self._stop.wait(self.spool.completion_poll_s)
+
+    def start(self) -> None:
+        """Run in a daemon thread."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self.run, name="study-completion", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread after its current pass."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def __enter__(self) -> StudyCompletion:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

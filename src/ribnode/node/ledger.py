@@ -1,0 +1,526 @@
+"""The ledger: ribnode's state store (SQLAlchemy 2; SQLite file by default, PostgreSQL by URL).
+
+Every write is one short transaction. The listener calls :meth:`Ledger.record_instance` once per
+C-STORE; the completion thread turns quiet studies into jobs; workers move jobs through their
+states. Each job transition is timestamped in ``job_transitions`` with its error text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from ribnode.node.schema import (
+    TERMINAL_JOB_STATES,
+    AuditEvent,
+    AuditEventName,
+    AuditOutcome,
+    Instance,
+    InstanceState,
+    Job,
+    JobState,
+    JobTransition,
+    Study,
+)
+
+logger = logging.getLogger(__name__)
+logger.addHandler(logging.NullHandler())
+
+__all__ = [
+    "AuditEventName",
+    "AuditOutcome",
+    "InstanceCheck",
+    "InstanceState",
+    "JobRef",
+    "JobState",
+    "Ledger",
+    "LedgerError",
+    "LedgerSummary",
+    "ReceivedInstance",
+    "SpooledInstance",
+    "idempotency_key",
+    "utcnow",
+]
+
+
+class LedgerError(RuntimeError):
+    """A ledger operation was asked for something the ledger's state does not allow."""
+
+
+def utcnow() -> datetime:
+    """Naive UTC now: the ledger stores naive UTC so SQLite and PostgreSQL compare alike."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def idempotency_key(study_uid: str, sop_uids: Sequence[str], model_versions: dict[str, str]) -> str:
+    """Job identity: sha256 of the study, the sorted instance set and the model versions."""
+    text = "\n".join([study_uid, *sorted(sop_uids), json.dumps(model_versions, sort_keys=True)])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ReceivedInstance:
+    """What the listener knows about an instance it has just written to the spool."""
+
+    study_instance_uid: str
+    series_instance_uid: str | None
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    modality: str | None
+    path: str  # relative to the spool folder
+    size_bytes: int
+    calling_aet: str | None
+    routed: bool
+    ignore_reason: str | None = None
+    patient_id: str | None = None
+    accession_number: str | None = None
+
+
+@dataclass(frozen=True)
+class JobRef:
+    """A job as the dispatcher and workers see it."""
+
+    id: int
+    study_instance_uid: str
+    idempotency_key: str
+    state: str
+    kind: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class SpooledInstance:
+    """An instance of a job, with its spool path (relative to the spool folder)."""
+
+    id: int
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    path: str
+
+
+@dataclass(frozen=True)
+class InstanceCheck:
+    """What a worker found when it decoded an instance: what the models would be given."""
+
+    rows: int | None = None
+    columns: int | None = None
+    bits_stored: int | None = None
+    photometric: str | None = None
+    transfer_syntax_uid: str | None = None
+    number_of_frames: int | None = None
+    error: str | None = None
+
+
+@dataclass
+class LedgerSummary:
+    """Counts for ``ribnode status``."""
+
+    studies: int = 0
+    instances: dict[str, int] = field(default_factory=dict)
+    duplicates: int = 0
+    jobs: dict[str, int] = field(default_factory=dict)
+    last_errors: list[tuple[int, str, str, datetime]] = field(default_factory=list)
+    security_alerts: int = 0
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """WAL: readers never block the writer; NORMAL sync is durable across process crashes
+    (the spool file itself is fsynced before success goes back)."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=15000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; for a SQLite file, create its folder and set WAL pragmas."""
+    if url.startswith("sqlite"):
+        database = url.split("///", 1)[-1] if "///" in url else ""
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 15})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+
+class Ledger:
+    """Typed access to the ledger tables. Thread safe: one short session per call."""
+
+    def __init__(self, url: str, migrate: bool = True) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer at a time; serialising writers in-process avoids busy waits.
+        self._write_lock = threading.Lock() if url.startswith("sqlite") else None
+        if migrate:
+            self.migrate()
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision."""
+        from ribnode.node.migrations import upgrade
+
+        upgrade(self.engine)
+
+    def dispose(self) -> None:
+        """Close all pooled connections."""
+        self.engine.dispose()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A read session."""
+        with self._sessions() as session:
+            yield session
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        """A write transaction, committed on exit (serialised in-process for SQLite)."""
+        if self._write_lock is None:
+            with self._sessions.begin() as session:
+                yield session
+            return
+        with self._write_lock, self._sessions.begin() as session:
+            yield session
+
+    # -- listener ---------------------------------------------------------------------------
+
+    def is_known(self, sop_instance_uid: str) -> bool:
+        """True when an instance with this SOP Instance UID is already in the ledger."""
+        with self.session() as s:
+            found = s.scalar(select(Instance.id).where(Instance.sop_instance_uid == sop_instance_uid))
+        return found is not None
+
+    def record_instance(self, rec: ReceivedInstance) -> bool:
+        """Record a spooled instance. Returns False (and counts it) when it is a duplicate."""
+        try:
+            with self._write() as s:
+                now = utcnow()
+                study = self._get_or_create_study(s, rec, now)
+                state = InstanceState.PENDING if rec.routed else InstanceState.IGNORED
+                s.add(_instance_row(rec, study.id, now, state))
+                study.last_received_at = now
+                study.instance_count += 1
+            return True
+        except IntegrityError:
+            # Two copies in flight at once: the unique SOP Instance UID decides.
+            if not self.is_known(rec.sop_instance_uid):
+                raise
+            self.count_duplicate(rec.sop_instance_uid)
+            return False
+
+    @staticmethod
+    def _get_or_create_study(s: Session, rec: ReceivedInstance, now: datetime) -> Study:
+        study = s.scalar(select(Study).where(Study.study_instance_uid == rec.study_instance_uid))
+        if study is not None:
+            return study
+        study = Study(
+            study_instance_uid=rec.study_instance_uid,
+            patient_id=rec.patient_id,
+            accession_number=rec.accession_number,
+            calling_aet=rec.calling_aet,
+            first_received_at=now,
+            last_received_at=now,
+            instance_count=0,
+            duplicate_count=0,
+        )
+        s.add(study)
+        s.flush()
+        return study
+
+    def count_duplicate(self, sop_instance_uid: str) -> None:
+        """Count a second copy of an instance already received (it is not processed again)."""
+        with self._write() as s:
+            inst = s.scalar(select(Instance).where(Instance.sop_instance_uid == sop_instance_uid))
+            if inst is None:
+                raise LedgerError(f"no instance {sop_instance_uid!r} to count a duplicate of")
+            inst.duplicate_count += 1
+            s.execute(
+                update(Study)
+                .where(Study.id == inst.study_id)
+                .values(duplicate_count=Study.duplicate_count + 1, last_received_at=utcnow())
+            )
+
+    def audit(
+        self,
+        event_name: AuditEventName | str,
+        outcome: int = AuditOutcome.SUCCESS,
+        **fields: Any,
+    ) -> None:
+        """Record a PS3.15 audit event (``fields``: columns of ``audit_events``)."""
+        with self._write() as s:
+            s.add(AuditEvent(at=utcnow(), event=str(event_name), outcome=outcome, **fields))
+
+    def audit_events(self, event_name: AuditEventName | str | None = None) -> list[AuditEvent]:
+        """Audit events, oldest first, optionally of one kind."""
+        query = select(AuditEvent).order_by(AuditEvent.id)
+        if event_name is not None:
+            query = query.where(AuditEvent.event == str(event_name))
+        with self.session() as s:
+            return list(s.scalars(query))
+
+    def instance(self, sop_instance_uid: str) -> Instance | None:
+        """The ledger row of one instance (detached)."""
+        with self.session() as s:
+            return s.scalar(select(Instance).where(Instance.sop_instance_uid == sop_instance_uid))
+
+    def study(self, study_instance_uid: str) -> Study | None:
+        """The ledger row of one study (detached)."""
+        with self.session() as s:
+            return s.scalar(select(Study).where(Study.study_instance_uid == study_instance_uid))
+
+    # -- completion and dispatch ------------------------------------------------------------
+
+    def due_studies(self, quiet_period_s: float, max_wait_s: float) -> list[int]:
+        """Studies with pending instances that are quiet for ``quiet_period_s`` or whose oldest
+        pending instance waited ``max_wait_s``."""
+        now = utcnow()
+        quiet_before = now - timedelta(seconds=quiet_period_s)
+        wait_before = now - timedelta(seconds=max_wait_s)
+        oldest = func.min(Instance.received_at)
+        query = (
+            select(Study.id)
+            .join(Instance, Instance.study_id == Study.id)
+            .where(Instance.state == InstanceState.PENDING)
+            .group_by(Study.id, Study.last_received_at)
+            .having((Study.last_received_at <= quiet_before) | (oldest <= wait_before))
+        )
+        with self.session() as s:
+            return list(s.scalars(query))
+
+    def create_job(self, study_id: int, model_versions: dict[str, str]) -> JobRef | None:
+        """Make a job of the study's pending instances (committed before it is enqueued).
+
+        Returns None when nothing is pending (another dispatcher took them)."""
+        with self._write() as s:
+            study = s.get(Study, study_id)
+            if study is None:
+                raise LedgerError(f"no study with id {study_id}")
+            pending = list(
+                s.scalars(
+                    select(Instance).where(
+                        Instance.study_id == study_id, Instance.state == InstanceState.PENDING
+                    )
+                )
+            )
+            if not pending:
+                return None
+            previous = s.scalar(select(func.count(Job.id)).where(Job.study_id == study_id))
+            key = idempotency_key(
+                study.study_instance_uid, [i.sop_instance_uid for i in pending], model_versions
+            )
+            now = utcnow()
+            job = Job(
+                study_id=study_id,
+                idempotency_key=key,
+                kind="follow-up" if previous else "initial",
+                state=JobState.RECEIVED,
+                created_at=now,
+                updated_at=now,
+                model_versions=json.dumps(model_versions, sort_keys=True),
+            )
+            s.add(job)
+            s.flush()
+            for inst in pending:
+                inst.state = InstanceState.DISPATCHED
+                inst.job_id = job.id
+            s.add(JobTransition(job_id=job.id, from_state=None, to_state=JobState.RECEIVED, at=now))
+            return _job_ref(job, study.study_instance_uid)
+
+    def jobs_in_state(self, state: JobState | str) -> list[JobRef]:
+        """Jobs in one state, oldest first."""
+        query = (
+            select(Job, Study.study_instance_uid)
+            .join(Study, Study.id == Job.study_id)
+            .where(Job.state == str(state))
+            .order_by(Job.id)
+        )
+        with self.session() as s:
+            return [_job_ref(job, uid) for job, uid in s.execute(query)]
+
+    def job(self, job_id: int) -> JobRef:
+        """One job; raises :class:`LedgerError` when it does not exist."""
+        query = select(Job, Study.study_instance_uid).join(Study).where(Job.id == job_id)
+        with self.session() as s:
+            row = s.execute(query).first()
+        if row is None:
+            raise LedgerError(f"no job with id {job_id}")
+        return _job_ref(row[0], row[1])
+
+    def job_row(self, job_id: int) -> Job:
+        """The full ledger row of a job (detached)."""
+        with self.session() as s:
+            job = s.get(Job, job_id)
+        if job is None:
+            raise LedgerError(f"no job with id {job_id}")
+        return job
+
+    def mark_queued(self, job_id: int, task_id: str) -> bool:
+        """received -> queued after the broker accepted the task (no-op if a worker was faster)."""
+        with self._write() as s:
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(task_id=task_id, enqueue_attempts=Job.enqueue_attempts + 1)
+            )
+            return self._move(s, job_id, JobState.QUEUED, {JobState.RECEIVED})
+
+    def record_enqueue_error(self, job_id: int, error: str) -> None:
+        """The broker refused the task: the job stays "received" with the error."""
+        with self._write() as s:
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(
+                    last_error=error,
+                    enqueue_attempts=Job.enqueue_attempts + 1,
+                    updated_at=utcnow(),
+                )
+            )
+
+    def transition(
+        self,
+        job_id: int,
+        to_state: JobState,
+        error: str | None = None,
+        from_states: set[JobState] | None = None,
+    ) -> bool:
+        """Move a job to ``to_state`` if it is in one of ``from_states`` (any non-terminal
+        state by default). Returns False when the job was not in such a state."""
+        allowed = from_states or (set(JobState) - TERMINAL_JOB_STATES)
+        with self._write() as s:
+            return self._move(s, job_id, to_state, allowed, error)
+
+    @staticmethod
+    def _move(
+        s: Session,
+        job_id: int,
+        to_state: JobState,
+        allowed: set[JobState],
+        error: str | None = None,
+    ) -> bool:
+        job = s.get(Job, job_id, with_for_update=True)
+        if job is None:
+            raise LedgerError(f"no job with id {job_id}")
+        if job.state not in {str(a) for a in allowed}:
+            return False
+        now = utcnow()
+        s.add(JobTransition(job_id=job_id, from_state=job.state, to_state=to_state, at=now, error=error))
+        job.state = str(to_state)
+        job.updated_at = now
+        if error is not None:
+            job.last_error = error
+        if to_state == JobState.RUNNING:
+            job.attempts += 1
+        return True
+
+    def transitions(self, job_id: int) -> list[JobTransition]:
+        """A job's transitions, oldest first."""
+        query = select(JobTransition).where(JobTransition.job_id == job_id).order_by(JobTransition.id)
+        with self.session() as s:
+            return list(s.scalars(query))
+
+    # -- workers -----------------------------------------------------------------------------
+
+    def job_instances(self, job_id: int) -> list[SpooledInstance]:
+        """The instances of a job, in the order they were received."""
+        query = select(Instance).where(Instance.job_id == job_id).order_by(Instance.id)
+        with self.session() as s:
+            return [
+                SpooledInstance(
+                    id=i.id,
+                    sop_instance_uid=i.sop_instance_uid,
+                    sop_class_uid=i.sop_class_uid,
+                    transfer_syntax_uid=i.transfer_syntax_uid,
+                    path=i.path,
+                )
+                for i in s.scalars(query)
+            ]
+
+    def record_check(self, instance_id: int, check: InstanceCheck) -> None:
+        """Store what a worker found when it decoded an instance."""
+        values: dict[str, Any] = {
+            "rows": check.rows,
+            "columns": check.columns,
+            "bits_stored": check.bits_stored,
+            "photometric": check.photometric,
+            "number_of_frames": check.number_of_frames,
+            "error": check.error,
+            "validated_at": utcnow(),
+        }
+        if check.transfer_syntax_uid:
+            values["transfer_syntax_uid"] = check.transfer_syntax_uid
+        with self._write() as s:
+            s.execute(update(Instance).where(Instance.id == instance_id).values(**values))
+
+    # -- status ------------------------------------------------------------------------------
+
+    def summary(self, errors: int = 10) -> LedgerSummary:
+        """Studies, instances and jobs by state, and the last job errors."""
+        out = LedgerSummary()
+        with self.session() as s:
+            out.studies = s.scalar(select(func.count(Study.id))) or 0
+            rows = s.execute(select(Instance.state, func.count(Instance.id)).group_by(Instance.state))
+            out.instances = {state: n for state, n in rows}
+            out.duplicates = s.scalar(select(func.coalesce(func.sum(Study.duplicate_count), 0))) or 0
+            out.jobs = {st: n for st, n in s.execute(select(Job.state, func.count(Job.id)).group_by(Job.state))}
+            last = s.execute(
+                select(Job.id, Job.state, Job.last_error, Job.updated_at)
+                .where(Job.last_error.is_not(None))
+                .order_by(Job.updated_at.desc())
+                .limit(errors)
+            )
+            out.last_errors = [(i, st, err, at) for i, st, err, at in last]
+            out.security_alerts = (
+                s.scalar(
+                    select(func.count(AuditEvent.id)).where(
+                        AuditEvent.event == str(AuditEventName.SECURITY_ALERT)
+                    )
+                )
+                or 0
+            )
+        return out
+
+
+def _instance_row(rec: ReceivedInstance, study_id: int, now: datetime, state: InstanceState) -> Instance:
+    return Instance(
+        study_id=study_id,
+        series_instance_uid=rec.series_instance_uid,
+        sop_instance_uid=rec.sop_instance_uid,
+        sop_class_uid=rec.sop_class_uid,
+        transfer_syntax_uid=rec.transfer_syntax_uid,
+        modality=rec.modality,
+        path=rec.path,
+        size_bytes=rec.size_bytes,
+        calling_aet=rec.calling_aet,
+        received_at=now,
+        state=str(state),
+        ignore_reason=rec.ignore_reason,
+        duplicate_count=0,
+    )
+
+
+def _job_ref(job: Job, study_uid: str) -> JobRef:
+    return JobRef(
+        id=job.id,
+        study_instance_uid=study_uid,
+        idempotency_key=job.idempotency_key,
+        state=job.state,
+        kind=job.kind,
+        attempts=job.attempts,
+    )

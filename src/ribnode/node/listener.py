@@ -1,0 +1,392 @@
+"""The DICOM listener: C-ECHO and C-STORE SCP for every storage SOP class (pynetdicom).
+
+The C-STORE handler saves, records and returns a status; it never raises and never runs
+inference (PS3.4 Annex B.2.3 statuses):
+
+* 0x0000 once the instance is fsynced and renamed into the spool and recorded in the ledger
+  (a second copy of a known SOP Instance UID is counted and acknowledged, not stored again);
+* 0xC210 "cannot understand" when the dataset cannot be decoded (truncated, no identifiers);
+* 0xA700 "out of resources" when the spool or the ledger cannot take it (ENOSPC, ...).
+
+Unknown callers are refused at association time (A-ASSOCIATE-RJ, "calling AE title not
+recognised") and recorded as a PS3.15 "Security Alert".
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import (
+    ALL_TRANSFER_SYNTAXES,
+    AE,
+    AllStoragePresentationContexts,
+    evt,
+)
+from pynetdicom.acse import ACSE
+from pynetdicom.events import Event
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+from sqlalchemy.exc import SQLAlchemyError
+
+from ribnode.config.settings import AllowedSender, ListenerSettings, Settings
+from ribnode.node.ledger import AuditEventName, AuditOutcome, Ledger, ReceivedInstance
+from ribnode.node.routing import RoutingRule
+from ribnode.node.spool import Spool
+
+logger = logging.getLogger(__name__)
+logger.addHandler(logging.NullHandler())
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+CANNOT_UNDERSTAND = 0xC210
+
+
+class ListenerError(RuntimeError):
+    """The listener cannot start (bad TLS files, port in use, ...)."""
+
+
+# -- sender allow-list ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SenderPolicy:
+    """Who may associate: calling AE titles, each optionally bound to a host address."""
+
+    allowed: tuple[AllowedSender, ...]
+    open_mode: bool = False
+
+    def allows(self, calling_aet: str, host: str) -> bool:
+        """True when ``calling_aet`` from ``host`` may associate."""
+        if self.open_mode:
+            return True
+        aet = calling_aet.strip()
+        return any(s.ae_title.strip() == aet and s.host in (None, "", host) for s in self.allowed)
+
+
+class AllowListACSE(ACSE):
+    """ACSE that refuses callers the :class:`SenderPolicy` does not allow (PS3.8 7.1.1.9:
+    result rejected-permanent, source service-user, reason calling-AE-title-not-recognised)."""
+
+    def __init__(self, assoc: Any, policy: SenderPolicy, ledger: Ledger) -> None:
+        super().__init__(assoc)
+        self._policy = policy
+        self._ledger = ledger
+
+    def _negotiate_as_acceptor(self) -> None:
+        calling = str(self.requestor.primitive.calling_ae_title).strip()  # type: ignore[union-attr]
+        host = str(self.assoc.requestor.address)
+        if self._policy.allows(calling, host):
+            super()._negotiate_as_acceptor()
+            return
+        logger.warning("rejecting association from unknown caller %r at %s", calling, host)
+        _audit_quietly(
+            self._ledger,
+            AuditEventName.SECURITY_ALERT,
+            AuditOutcome.MINOR_FAILURE,
+            source_aet=calling[:16],
+            source_host=host,
+            detail=f"association rejected: calling AE {calling!r} from {host} is not allowed",
+        )
+        self.send_reject(0x01, 0x01, 0x03)
+        evt.trigger(self.assoc, evt.EVT_REJECTED, {})
+        self.assoc.kill()
+
+
+class AllowListRequestHandler(RequestHandler):
+    """pynetdicom request handler that installs :class:`AllowListACSE` on each association."""
+
+    def _create_association(self) -> Any:
+        assoc = super()._create_association()
+        server = self.server
+        assoc.acse = AllowListACSE(assoc, server.ribnode_policy, server.ribnode_ledger)  # type: ignore[attr-defined]
+        return assoc
+
+
+def _audit_quietly(ledger: Ledger, name: AuditEventName, outcome: int, **fields: Any) -> None:
+    """Audit from a DICOM handler: a ledger failure is logged, never raised into pynetdicom."""
+    try:
+        ledger.audit(name, outcome, **fields)
+    except SQLAlchemyError as exc:
+        logger.error("could not record audit event %s: %s", name, exc)
+
+
+# -- C-STORE -------------------------------------------------------------------------------
+
+
+class UndecodableError(ValueError):
+    """The C-STORE dataset cannot be decoded or lacks what ribnode needs to file it."""
+
+
+@dataclass
+class StoreContext:
+    """What the C-STORE handler needs, passed in (no module globals)."""
+
+    spool: Spool
+    ledger: Ledger
+    routing: RoutingRule
+    # Per association: {study uid: [count, {sop classes}]}, flushed to the audit on release.
+    transfers: dict[int, dict[str, list[Any]]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def note_transfer(self, assoc_id: int, study_uid: str, sop_class: str) -> None:
+        """Count one stored instance for the association's audit record."""
+        with self.lock:
+            studies = self.transfers.setdefault(assoc_id, defaultdict(lambda: [0, set()]))
+            entry = studies[study_uid]
+            entry[0] += 1
+            entry[1].add(sop_class)
+
+
+def _expected_native_length(ds: Dataset) -> int:
+    """Bytes a native (uncompressed) Pixel Data must hold (PS3.5 8.1.1), rounded down."""
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    bits = int(ds.BitsAllocated) * int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1))
+    return bits * frames // 8
+
+
+def decode_store_dataset(event: Event) -> Dataset:
+    """The C-STORE dataset with its file meta; raises :class:`UndecodableError` when it is
+    truncated or lacks the identifiers needed to file it."""
+    try:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        study_uid = str(ds.StudyInstanceUID)
+        sop_uid = str(ds.SOPInstanceUID)
+    except Exception as exc:  # pydicom raises many types on bad input; all mean "undecodable"
+        raise UndecodableError(f"dataset cannot be decoded: {type(exc).__name__}: {exc}") from exc
+    if not study_uid or not sop_uid:
+        raise UndecodableError("dataset has no Study or SOP Instance UID")
+    requested = str(event.request.AffectedSOPInstanceUID or "")
+    if requested and requested != sop_uid:
+        raise UndecodableError(f"SOP Instance UID {sop_uid} differs from the request's {requested}")
+    _check_pixel_data(ds, event.context.transfer_syntax)
+    return ds
+
+
+def _check_pixel_data(ds: Dataset, transfer_syntax: Any) -> None:
+    """Catch truncation: pydicom reads a truncated stream silently."""
+    if "Rows" not in ds or "BitsAllocated" not in ds:
+        return
+    if "PixelData" not in ds:
+        raise UndecodableError("image dataset without Pixel Data (truncated?)")
+    if getattr(transfer_syntax, "is_encapsulated", False):
+        return  # a truncated fragment stream leaves pydicom with no attributes at all
+    try:
+        expected = _expected_native_length(ds)
+    except (TypeError, ValueError) as exc:
+        raise UndecodableError(f"bad image geometry: {exc}") from exc
+    actual = len(ds.PixelData)
+    if actual < expected:
+        raise UndecodableError(f"Pixel Data holds {actual} bytes, {expected} expected (truncated)")
+
+
+def _received(ds: Dataset, event: Event, path: str, size: int, routing: RoutingRule) -> ReceivedInstance:
+    decision = routing(ds)
+    return ReceivedInstance(
+        study_instance_uid=str(ds.StudyInstanceUID),
+        series_instance_uid=str(ds.get("SeriesInstanceUID", "")) or None,
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        sop_class_uid=str(event.request.AffectedSOPClassUID or ds.get("SOPClassUID", "")),
+        transfer_syntax_uid=str(event.context.transfer_syntax),
+        modality=str(ds.get("Modality", "")) or None,
+        path=path,
+        size_bytes=size,
+        calling_aet=str(event.assoc.requestor.ae_title).strip()[:16],
+        routed=decision.routed,
+        ignore_reason=decision.reason,
+        patient_id=str(ds.get("PatientID", ""))[:64] or None,
+        accession_number=str(ds.get("AccessionNumber", ""))[:64] or None,
+    )
+
+
+def handle_c_store(event: Event, ctx: StoreContext) -> int:
+    """EVT_C_STORE handler: spool, record, answer. Never raises."""
+    try:
+        return _store(event, ctx)
+    except Exception:  # the listener must stay up whatever happens; log with traceback
+        logger.exception("unexpected error storing an instance; answering 0xA700")
+        return OUT_OF_RESOURCES
+
+
+def _store(event: Event, ctx: StoreContext) -> int:
+    calling = str(event.assoc.requestor.ae_title).strip()
+    try:
+        ds = decode_store_dataset(event)
+    except UndecodableError as exc:
+        logger.warning("C-STORE from %s refused (0xC210): %s", calling, exc)
+        _audit_failure(ctx, event, AuditOutcome.MINOR_FAILURE, f"0xC210 {exc}")
+        return CANNOT_UNDERSTAND
+    study_uid, sop_uid = str(ds.StudyInstanceUID), str(ds.SOPInstanceUID)
+    try:
+        if ctx.ledger.is_known(sop_uid):
+            ctx.ledger.count_duplicate(sop_uid)
+            logger.info("duplicate SOP Instance UID %s from %s: counted, not stored again", sop_uid, calling)
+            return SUCCESS
+        data = event.encoded_dataset()
+        path = ctx.spool.write(study_uid, sop_uid, data)
+        ctx.ledger.record_instance(_received(ds, event, path, len(data), ctx.routing))
+    except (OSError, SQLAlchemyError) as exc:
+        logger.error("C-STORE of %s from %s failed (0xA700): %s", sop_uid, calling, exc)
+        _audit_failure(ctx, event, AuditOutcome.SERIOUS_FAILURE, f"0xA700 {exc}", study_uid)
+        return OUT_OF_RESOURCES
+    ctx.note_transfer(id(event.assoc), study_uid, str(event.request.AffectedSOPClassUID))
+    return SUCCESS
+
+
+def _audit_failure(
+    ctx: StoreContext, event: Event, outcome: int, detail: str, study_uid: str | None = None
+) -> None:
+    _audit_quietly(
+        ctx.ledger,
+        AuditEventName.INSTANCES_TRANSFERRED,
+        outcome,
+        source_aet=str(event.assoc.requestor.ae_title).strip()[:16],
+        source_host=str(event.assoc.requestor.address),
+        destination_aet=str(event.assoc.acceptor.ae_title).strip(),
+        study_instance_uid=study_uid,
+        sop_class_uids=str(event.request.AffectedSOPClassUID),
+        instance_count=0,
+        detail=detail[:2000],
+    )
+
+
+def handle_association_end(event: Event, ctx: StoreContext) -> None:
+    """EVT_RELEASED / EVT_ABORTED: one PS3.15 "DICOM Instances Transferred" per study."""
+    with ctx.lock:
+        studies = ctx.transfers.pop(id(event.assoc), {})
+    for study_uid, (count, classes) in studies.items():
+        _audit_quietly(
+            ctx.ledger,
+            AuditEventName.INSTANCES_TRANSFERRED,
+            AuditOutcome.SUCCESS,
+            source_aet=str(event.assoc.requestor.ae_title).strip()[:16],
+            source_host=str(event.assoc.requestor.address),
+            destination_aet=str(event.assoc.acceptor.ae_title).strip(),
+            study_instance_uid=study_uid,
+            sop_class_uids=" ".join(sorted(classes)),
+            instance_count=count,
+            detail="received" + (" (association aborted)" if event.event == evt.EVT_ABORTED else ""),
+        )
+
+
+# -- TLS and the server ----------------------------------------------------------------------
+
+
+def make_ssl_context(settings: ListenerSettings) -> ssl.SSLContext | None:
+    """A server TLS context (PS3.15 B.1) from the settings; None when TLS is off."""
+    if settings.tls_cert is None:
+        return None
+    if settings.tls_key is None:
+        raise ListenerError("listener.tls_cert is set but listener.tls_key is not")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
+        if settings.tls_ca is not None:
+            context.load_verify_locations(cafile=str(settings.tls_ca))
+    except (OSError, ssl.SSLError) as exc:
+        raise ListenerError(f"cannot load TLS files {settings.tls_cert}, {settings.tls_key}: {exc}") from exc
+    if settings.tls_verify_client:
+        if settings.tls_ca is None:
+            raise ListenerError("listener.tls_verify_client needs listener.tls_ca")
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+class DicomListener:
+    """The C-STORE/C-ECHO SCP. ``start()`` returns once the port is bound; use as a context
+    manager or call ``stop()``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        ledger: Ledger,
+        spool: Spool | None = None,
+        routing: RoutingRule | None = None,
+    ) -> None:
+        self.settings = settings.listener
+        self.ledger = ledger
+        self.context = StoreContext(
+            spool=spool or Spool(settings.spool.directory),
+            ledger=ledger,
+            routing=routing or RoutingRule(settings.routing.rules),
+        )
+        self._server: ThreadedAssociationServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def _make_ae(self) -> AE:
+        ae = AE(ae_title=self.settings.ae_title)
+        ae.maximum_associations = self.settings.max_associations
+        ae.maximum_pdu_size = self.settings.max_pdu_size
+        ae.network_timeout = self.settings.network_timeout_s
+        ae.acse_timeout = self.settings.network_timeout_s
+        ae.dimse_timeout = self.settings.network_timeout_s
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        return ae
+
+    def start(self) -> None:
+        """Bind the port and serve associations in a background thread."""
+        ae = self._make_ae()
+        handlers = [
+            (evt.EVT_C_STORE, handle_c_store, [self.context]),
+            (evt.EVT_RELEASED, handle_association_end, [self.context]),
+            (evt.EVT_ABORTED, handle_association_end, [self.context]),
+        ]
+        address = (self.settings.bind_address, self.settings.port)
+        try:
+            server = ae.make_server(
+                address,
+                ssl_context=make_ssl_context(self.settings),
+                evt_handlers=handlers,
+                server_class=ThreadedAssociationServer,
+                request_handler=AllowListRequestHandler,
+            )
+        except OSError as exc:
+            raise ListenerError(f"cannot listen on {address[0]}:{address[1]}: {exc}") from exc
+        server.ribnode_policy = SenderPolicy(  # type: ignore[attr-defined]
+            tuple(self.settings.allowed_senders), self.settings.open_mode
+        )
+        server.ribnode_ledger = self.ledger  # type: ignore[attr-defined]
+        ae._servers.append(server)  # server.shutdown() removes itself from this list
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, name="dicom-listener", daemon=True)
+        self._thread.start()
+        logger.info(
+            "listening as %s on %s:%d%s", self.settings.ae_title, address[0], self.port,
+            " (TLS)" if self.settings.tls_cert else "",
+        )
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when configured as 0)."""
+        if self._server is None:
+            return self.settings.port
+        return int(self._server.server_address[1])
+
+    def stop(self) -> None:
+        """Stop accepting, close the socket and wait for the server thread."""
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        for assoc in list(self._server.active_associations):
+            assoc.join(timeout=5)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = None
+        logger.info("listener stopped")
+
+    def __enter__(self) -> DicomListener:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,51 @@
+"""Alembic migrations of the ledger schema, run programmatically (no alembic.ini needed).
+
+``upgrade(engine)`` brings a database to the newest revision; ``ribnode`` calls it when it opens
+the ledger. To add a revision after changing ``ribnode.node.schema``::
+
+    .venv/bin/python -m ribnode.node.migrations revision "what changed"
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine
+
+HERE = Path(__file__).resolve().parent
+
+
+def alembic_config(engine: Engine | None = None) -> Config:
+    """An Alembic config pointing at this folder (and at ``engine`` when given)."""
+    config = Config()
+    config.set_main_option("script_location", str(HERE))
+    if engine is not None:
+        config.attributes["engine"] = engine
+    return config
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Upgrade the ledger behind ``engine`` to ``revision``."""
+    alembic_logger = logging.getLogger("alembic")
+    if alembic_logger.level == logging.NOTSET:  # its INFO chatter is noise at every start
+        alembic_logger.setLevel(logging.WARNING)
+    command.upgrade(alembic_config(engine), revision)
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m ribnode.node.migrations revision MESSAGE [URL]``: autogenerate a revision."""
+    from ribnode.node.ledger import make_engine
+
+    if len(argv) < 2 or argv[0] != "revision":
+        print("usage: python -m ribnode.node.migrations revision MESSAGE [URL]")
+        return 2
+    url = argv[2] if len(argv) > 2 else "sqlite:///var/alembic-autogen.sqlite"
+    engine = make_engine(url)
+    upgrade(engine)
+    command.revision(alembic_config(engine), message=argv[1], autogenerate=True)
+    return 0
+

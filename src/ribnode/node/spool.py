@@ -1,0 +1,94 @@
+"""The spool: durable, atomic storage of received instances, one folder per study.
+
+An instance is written to a temporary file in its study folder, fsynced, renamed into place
+with ``os.replace`` (atomic on POSIX) and the folder is fsynced, all before the C-STORE success
+status goes back. Readers therefore never see a partial file, and a crash after "success" never
+loses the instance. Layout: ``<spool>/<StudyInstanceUID>/<SOPInstanceUID>.dcm``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+logger.addHandler(logging.NullHandler())
+
+# PS3.5 9.1: a UID is digits and dots, at most 64 characters.
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+# Owner read/write, group read: workers in the service group may read the spool, others not.
+FILE_MODE = 0o640
+
+
+def safe_name(uid: str) -> str:
+    """A file-system name for a UID. Valid UIDs are used as they are; anything else (which
+    could hold ``/`` or ``..``) becomes ``x`` plus a hash, so a sender can never write outside
+    the spool."""
+    if len(uid) <= 64 and _UID.match(uid):
+        return uid
+    return "x" + hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()[:40]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """The spool folder. ``write`` is safe to call from many association threads at once."""
+
+    def __init__(self, directory: Path | str) -> None:
+        self.directory = Path(directory).resolve()
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def relative_path(self, study_uid: str, sop_uid: str) -> str:
+        """Where an instance lives, relative to the spool folder (stored in the ledger)."""
+        return f"{safe_name(study_uid)}/{safe_name(sop_uid)}.dcm"
+
+    def path(self, relative: str) -> Path:
+        """The absolute path of a spool-relative path from the ledger."""
+        return self.directory / relative
+
+    def write(self, study_uid: str, sop_uid: str, data: bytes) -> str:
+        """Write ``data`` durably and atomically; return the spool-relative path.
+
+        Raises OSError (ENOSPC, EDQUOT, EIO, ...) with no partial file left behind."""
+        relative = self.relative_path(study_uid, sop_uid)
+        target = self.path(relative)
+        folder = target.parent
+        if not folder.is_dir():
+            folder.mkdir(exist_ok=True)
+            _fsync_dir(self.directory)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                os.fchmod(fh.fileno(), FILE_MODE)
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            _unlink_quietly(Path(tmp))
+            raise
+        _fsync_dir(folder)
+        return relative
+
+    def exists(self, relative: str) -> bool:
+        """True when the spool file for a ledger path is present."""
+        return self.path(relative).is_file()
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # the original write error matters more; log this one
+        logger.warning("could not remove temporary spool file %s: %s", path, exc)

@@ -1,0 +1,99 @@
+"""The Celery app of ribnode, built from the settings (no broker URL is hard-coded).
+
+``make_celery(settings)`` is what code calls. ``ribnode.workers.app:app`` exists for
+``celery -A`` and ``ribnode worker``: it is built lazily from ``load_settings()`` on first use.
+
+Reliability settings (celery ``userguide/tasks.rst``, ``optimizing.rst``): acknowledge late so a
+task whose worker dies is delivered again, prefetch one (long GPU work), reject on worker loss,
+ignore results (the ledger is the state store). GPU work and CPU work (export) have their own
+queues. Publishing does not retry inside Celery: the completion thread keeps unsent jobs in the
+ledger and retries them itself, so a broker outage never blocks the listener.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+from ribnode.config.settings import BrokerSettings, Settings, load_settings
+from ribnode.node.ledger import JobRef
+
+logger = logging.getLogger(__name__)
+logger.addHandler(logging.NullHandler())
+
+PROCESS_STUDY = "ribnode.process_study"
+
+
+def transport_options(broker: BrokerSettings) -> dict[str, Any]:
+    """Transport options: folders for the embedded filesystem broker, timeouts for Redis."""
+    if broker.url.startswith("filesystem"):
+        folder = Path(broker.folder).resolve()
+        queue_dir, processed = folder / "queue", folder / "processed"
+        for path in (queue_dir, processed):
+            path.mkdir(parents=True, exist_ok=True)
+        return {
+            "data_folder_in": str(queue_dir),
+            "data_folder_out": str(queue_dir),
+            "processed_folder": str(processed),
+            "store_processed": False,
+        }
+    # Redis: a message not acknowledged within the visibility timeout is delivered again, so
+    # it must exceed the longest job (with acks_late, a job is acknowledged when it ends).
+    return {"visibility_timeout": 3600, "socket_connect_timeout": 3, "socket_timeout": 10}
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app for ``settings`` (tasks from ``ribnode.workers.tasks``)."""
+    broker = settings.broker
+    app = Celery("ribnode", broker=broker.url, include=["ribnode.workers.tasks"])
+    app.conf.update(
+        broker_transport_options=transport_options(broker),
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=3,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        result_backend=None,
+        task_default_queue=broker.cpu_queue,
+        task_routes={PROCESS_STUDY: {"queue": broker.gpu_queue}},
+        task_serializer="json",
+        accept_content=["json"],
+        worker_hijack_root_logger=False,
+        worker_enable_remote_control=not broker.url.startswith("filesystem"),
+        worker_send_task_events=False,
+    )
+    app.ribnode_settings = settings  # type: ignore[attr-defined]
+    return app
+
+
+def enqueue_job(app: Celery, job: JobRef) -> str:
+    """Publish the study task for a committed job; returns the task id (the job's
+    idempotency key, so a re-publish is recognisably the same task). Raises when the broker
+    cannot take it."""
+    settings: Settings = app.ribnode_settings  # type: ignore[attr-defined]
+    result = app.send_task(
+        PROCESS_STUDY,
+        args=[job.id],
+        task_id=job.idempotency_key,
+        queue=settings.broker.gpu_queue,
+        retry=False,
+    )
+    return str(result.id)
+
+
+@functools.lru_cache(maxsize=1)
+def default_app() -> Celery:
+    """The app built from ``load_settings()`` (environment and ``RIBNODE_CONFIG``)."""
+    return make_celery(load_settings())
+
+
+def __getattr__(name: str) -> Any:
+    """``ribnode.workers.app:app`` for ``celery -A``, built on first access."""
+    if name == "app":
+        return default_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,87 @@
+"""Jobs: the plain functions a worker task calls (no Celery here).
+
+``run_job`` claims a job, hands each of its spooled instances to ``process_instance`` and moves
+the job to its final state. In issue 2 ``process_instance`` decodes and validates the image and
+records what the models will be given (matrix, bits, photometric, transfer syntax); the model
+pipeline replaces that one call without touching the task plumbing.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from ribnode.config.settings import Settings
+from ribnode.node.ledger import (
+    InstanceCheck,
+    JobState,
+    Ledger,
+    SpooledInstance,
+)
+from ribnode.node.schema import TERMINAL_JOB_STATES
+from ribnode.node.spool import Spool
+
+logger = logging.getLogger(__name__)
+logger.addHandler(logging.NullHandler())
+
+CLAIMABLE = {JobState.RECEIVED, JobState.QUEUED, JobState.RUNNING}
+
+
+def process_instance(path: Path, settings: Settings) -> InstanceCheck:
+    """Decode one spooled instance and describe it; a decoding problem is returned in
+    ``error`` (permanent: retrying cannot fix the file). OSError propagates (transient: the
+    spool may be on a share that is not mounted yet)."""
+    try:
+        ds = pydicom.dcmread(path)
+        geometry = InstanceCheck(
+            rows=int(ds.Rows),
+            columns=int(ds.Columns),
+            bits_stored=int(ds.BitsStored),
+            photometric=str(ds.PhotometricInterpretation),
+            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+            number_of_frames=int(ds.get("NumberOfFrames", 1) or 1),
+        )
+        pixels = ds.pixel_array
+    except OSError:
+        raise
+    except (InvalidDicomError, AttributeError, ValueError, TypeError, RuntimeError, NotImplementedError) as exc:
+        return InstanceCheck(error=f"cannot decode {path.name}: {type(exc).__name__}: {exc}")
+    expected = (geometry.rows, geometry.columns)
+    if pixels.shape[-2:] != expected:
+        return InstanceCheck(error=f"decoded shape {pixels.shape} differs from Rows x Columns {expected}")
+    return geometry
+
+
+def _check_all(instances: list[SpooledInstance], spool: Spool, settings: Settings, ledger: Ledger) -> list[str]:
+    """Process each instance, record what was found; return the errors."""
+    errors = []
+    for inst in instances:
+        check = process_instance(spool.path(inst.path), settings)
+        ledger.record_check(inst.id, check)
+        if check.error:
+            logger.warning("instance %s: %s", inst.sop_instance_uid, check.error)
+            errors.append(f"{inst.sop_instance_uid}: {check.error}")
+    return errors
+
+
+def run_job(job_id: int, settings: Settings, ledger: Ledger) -> None:
+    """Run one job to "done" (or "failed" when no instance can be used). Idempotent: a job
+    already finished is left alone, so a duplicate delivery does nothing."""
+    job = ledger.job(job_id)
+    if job.state in TERMINAL_JOB_STATES:
+        logger.info("job %d already %s: nothing to do", job_id, job.state)
+        return
+    if not ledger.transition(job_id, JobState.RUNNING, from_states=CLAIMABLE):
+        logger.info("job %d is %s, not claimable", job_id, ledger.job(job_id).state)
+        return
+    instances = ledger.job_instances(job_id)
+    errors = _check_all(instances, Spool(settings.spool.directory), settings, ledger)
+    if instances and len(errors) == len(instances):
+        ledger.transition(job_id, JobState.FAILED, error="no usable instance: " + "; ".join(errors)[:4000])
+        return
+    summary = f"{len(errors)} of {len(instances)} instances unusable: " + "; ".join(errors) if errors else None
+    ledger.transition(job_id, JobState.DONE, error=summary[:4000] if summary else None)
+    logger.info("job %d done (%d instances)", job_id, len(instances))
