@@ -96,15 +96,28 @@ def model_equipment(
     )
 
 
-def pin_contribution_times(dataset: pydicom.Dataset, created: datetime.datetime) -> None:
-    """Give every Contributing Equipment item the run's time.
+def pin_times(dataset: pydicom.Dataset, created: datetime.datetime) -> None:
+    """Give Instance Creation and every Contributing Equipment item the run's time.
 
-    highdicom stamps its own item with ``now()``; pinning it to ``created`` makes an object
-    a pure function of its inputs, so a re-run writes identical bytes.
+    highdicom stamps them with ``now()``; pinning them to ``created`` makes an object a pure
+    function of its inputs, so a re-run with the same ``created`` writes identical bytes.
     """
+    dataset.InstanceCreationDate = pydicom.valuerep.DA(created.date())
+    dataset.InstanceCreationTime = pydicom.valuerep.TM(created.time().replace(tzinfo=None))
     for item in dataset.get("ContributingEquipmentSequence", []):
         if "ContributionDateTime" in item:
             item.ContributionDateTime = pydicom.valuerep.DT(created)
+
+
+def mark_synthetic_if_source_is(dataset: pydicom.Dataset, source: pydicom.Dataset) -> None:
+    """Synthetic Data (0008,001C) YES on a SEG or SR derived from a synthetic source.
+
+    The SEG and SR describe the *acquired* image, so they are only synthetic when it is. The
+    attribute is Type 3: it is left out otherwise (an explicit NO adds nothing and trips
+    dictionaries that predate it).
+    """
+    if str(source.get("SyntheticData", "")).upper() == "YES":
+        dataset.SyntheticData = "YES"
 
 
 def equipment_kwargs(context: ProcessingContext) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from ribnode.dicom_sr.provenance import (
     contribution_description,
     equipment_kwargs,
     model_equipment,
-    pin_contribution_times,
+    pin_times,
 )
 from ribnode.models.info import SegmentationResult, SuppressionResult
 
@@ -154,11 +154,10 @@ def _set_spacing(sc: Dataset, source: Dataset) -> None:
         pydicom.valuerep.DSfloat(spacing.row_mm, auto_format=True),
         pydicom.valuerep.DSfloat(spacing.col_mm, auto_format=True),
     ]
-    if spacing.attribute == "ImagerPixelSpacing":
-        # Basic Pixel Spacing Calibration macro (PS3.3 10.7.1.3): say what the value means.
-        sc.PixelSpacingCalibrationDescription = (
-            "Imager Pixel Spacing of the source (detector plane, not corrected for magnification)"
-        )
+    # From Imager Pixel Spacing the value is at the detector plane (PS3.3 10.7.1.1). The
+    # Basic Pixel Spacing Calibration macro cannot say so: its description is only allowed
+    # with a Calibration Type (GEOMETRY/FIDUCIAL), neither of which applies. The provenance
+    # record and docs/dicom-conformance.md state it.
 
 
 def build_sc(
@@ -242,4 +241,4 @@ def _finish_sc(
     _copy_if_present(sc, source, ("BodyPartExamined", "Laterality", "ImageLaterality"))
     _set_spacing(sc, source)
     _set_lossy_history(sc, source)
-    pin_contribution_times(sc, context.created)
+    pin_times(sc, context.created)

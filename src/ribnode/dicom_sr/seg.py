@@ -19,10 +19,11 @@ from pydicom.sr.codedict import codes
 from ribnode.dicom_sr.geometry import Spacing, source_spacing
 from ribnode.dicom_sr.provenance import (
     ProcessingContext,
+    mark_synthetic_if_source_is,
     contribution_description,
     equipment_kwargs,
     model_equipment,
-    pin_contribution_times,
+    pin_times,
 )
 from ribnode.models.info import SegmentationResult
 
@@ -124,13 +125,13 @@ def build_seg(
         **equipment_kwargs(context),
     )
     _finish_seg(seg, source, uids)
-    pin_contribution_times(seg, context.created)
+    pin_times(seg, context.created)
     return seg
 
 
 def _finish_seg(seg: Dataset, source: Dataset, uids: SegUids) -> None:
     """Geometry and flags highdicom leaves to the caller on a projection radiograph."""
-    seg.SyntheticData = "YES" if source.get("SyntheticData") == "YES" else "NO"
+    mark_synthetic_if_source_is(seg, source)
     # General Image, Type 2C: required without Image Orientation/Position (PS3.3 C.7.6.1).
     orientation = source.get("PatientOrientation")
     seg.PatientOrientation = orientation if orientation else None

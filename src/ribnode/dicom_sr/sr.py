@@ -20,10 +20,11 @@ from pydicom.sr.codedict import codes
 from ribnode.dicom_sr.geometry import Spacing, source_spacing
 from ribnode.dicom_sr.provenance import (
     ProcessingContext,
+    mark_synthetic_if_source_is,
     contribution_description,
     equipment_kwargs,
     model_equipment,
-    pin_contribution_times,
+    pin_times,
 )
 from ribnode.dicom_sr.seg import RIB, SEGMENT_LABEL, SEGMENT_NUMBER, algorithm_parameters
 from ribnode.models.info import ModelInfo, SegmentationResult, SuppressionResult
@@ -210,6 +211,6 @@ def build_sr(
         )],
         **kwargs,
     )
-    sr.SyntheticData = "YES" if source.get("SyntheticData") == "YES" else "NO"
-    pin_contribution_times(sr, context.created)
+    mark_synthetic_if_source_is(sr, source)
+    pin_times(sr, context.created)
     return sr
