@@ -1,0 +1,139 @@
+"""Helpers for the node and workers tests: settings on temporary folders, a running listener,
+small synthetic DICOM instances, and waiting for ledger states."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    PYDICOM_IMPLEMENTATION_UID,
+    generate_uid,
+)
+
+from ribnode.config.settings import Settings, load_settings
+from ribnode.node.ledger import Ledger
+from ribnode.node.listener import DicomListener
+
+CALLING_AETS = ("STORESCU", "ECHOSCU", "ORTHANC", "PYNETDICOM", "BENCH")
+DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
+BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
+
+T = TypeVar("T")
+
+
+def make_settings(tmp: Path, port: int, **overrides: Any) -> Settings:
+    """Settings on folders under ``tmp``: SQLite ledger, filesystem broker, known senders."""
+    base: dict[str, Any] = {
+        "listener.port": port,
+        "listener.allowed_senders": [{"ae_title": a} for a in CALLING_AETS],
+        "spool.directory": str(tmp / "spool"),
+        "spool.quiet_period_s": 0.5,
+        "spool.completion_poll_s": 0.1,
+        "ledger.url": f"sqlite:///{tmp / 'ledger.sqlite'}",
+        "broker.folder": str(tmp / "broker"),
+        "broker.enqueue_retry_s": 0.5,
+        "var_dir": str(tmp),
+    }
+    base.update(overrides)
+    return load_settings(overrides=base)
+
+
+@contextmanager
+def running_listener(settings: Settings, ledger: Ledger | None = None) -> Iterator[DicomListener]:
+    """A started listener (and its ledger) for the duration of the block."""
+    ledger = ledger or Ledger(settings.ledger.url)
+    listener = DicomListener(settings, ledger)
+    listener.start()
+    try:
+        yield listener
+    finally:
+        listener.stop()
+
+
+def dx_dataset(
+    study_uid: str | None = None,
+    rows: int = 64,
+    columns: int = 64,
+    seed: int = 0,
+    **attrs: Any,
+) -> Dataset:
+    """A small valid DX chest instance (MONOCHROME2, 12 bits in 16) with new UIDs."""
+    rng = np.random.default_rng(seed)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = DX_FOR_PRESENTATION
+    ds.SOPClassUID = DX_FOR_PRESENTATION
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.StudyInstanceUID = study_uid or generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.PatientID = "RIBNODE-TEST"
+    ds.PatientName = "Test^Synthetic"
+    ds.Modality = "DX"
+    ds.BodyPartExamined = "CHEST"
+    ds.ViewPosition = "PA"
+    ds.Rows, ds.Columns = rows, columns
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = rng.integers(0, 4096, (rows, columns), dtype=np.uint16).tobytes()
+    for key, value in attrs.items():
+        setattr(ds, key, value)
+    return ds
+
+
+def write_dataset(ds: Dataset, path: Path) -> Path:
+    """Write ``ds`` as a DICOM file (with preamble and file meta)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def wait_for(predicate: Callable[[], T | None], timeout_s: float = 30.0, what: str = "condition") -> T:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def c_store(
+    port: int,
+    sources: list[Dataset | Path],
+    calling_aet: str = "PYNETDICOM",
+    called_aet: str = "RIBNODE",
+    ssl_context: Any = None,
+) -> list[int]:
+    """Send instances with a pynetdicom SCU (files are sent as they are, undecoded); return
+    the C-STORE status of each. Raises AssertionError when the association is refused."""
+    from pynetdicom import AE, StoragePresentationContexts
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    ae = AE(ae_title=calling_aet)
+    ae.requested_contexts = StoragePresentationContexts[:127]  # PS3.8: at most 128 contexts
+    ae.add_requested_context(Verification)
+    tls_args = (ssl_context, "") if ssl_context is not None else None
+    assoc = ae.associate("127.0.0.1", port, ae_title=called_aet, tls_args=tls_args)
+    if not assoc.is_established:
+        raise AssertionError(f"association from {calling_aet} to port {port} not established")
+    try:
+        statuses = []
+        for source in sources:
+            status = assoc.send_c_store(source)
+            statuses.append(int(status.Status) if "Status" in status else -1)
+        return statuses
+    finally:
+        assoc.release()
