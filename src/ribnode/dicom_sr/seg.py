@@ -48,7 +48,10 @@ class SegUids:
 
 
 def algorithm_parameters(segmentation: SegmentationResult) -> list[str]:
-    """Segmentation Algorithm parameters (LO each): threshold and the weights hash."""
+    """Algorithm parameters as "key=value": threshold, the weights hash, the rest sorted.
+
+    Not clipped: SEG Algorithm Parameters is LT and TID 4019 parameters are TEXT.
+    """
     params = dict(segmentation.model.parameters)
     threshold = params.pop("threshold", None)
     values = []
@@ -56,7 +59,7 @@ def algorithm_parameters(segmentation: SegmentationResult) -> list[str]:
         values.append(f"threshold={threshold}")
     values.append(f"weights_sha256={segmentation.model.weights_sha256}")
     values.extend(f"{key}={params[key]}" for key in sorted(params))
-    return [value[:64] for value in values]
+    return values
 
 
 def algorithm_identification(segmentation: SegmentationResult) -> hd.AlgorithmIdentificationSequence:

@@ -1,0 +1,118 @@
+"""build_outputs as a whole: determinism, provenance, private block, torch-free import."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pydicom
+
+from ribnode.config.settings import OutputSettings
+from ribnode.dicom_sr import OutputSet, build_outputs, derived_uid
+from ribnode.dicom_sr.provenance import read_private_block
+from ribnode.dicom_sr.uids import combined_sha256
+from tests.dicom_sr.conftest import write_outputs
+from tests.dicom_sr.inputs import CREATED, SEG_MODEL, SUP_MODEL, model_inputs, synthetic_dx
+
+DxOutputs = tuple[pydicom.Dataset, OutputSet, dict[str, Path]]
+
+
+def _uids(outputs: OutputSet) -> list[tuple[str, str]]:
+    return [(str(d.SeriesInstanceUID), str(d.SOPInstanceUID)) for d in outputs.datasets()]
+
+
+def test_rerun_gives_identical_objects(tmp_path: Path) -> None:
+    source = synthetic_dx(rows=96, columns=80)
+    segmentation, suppression = model_inputs(source)
+    first = write_outputs(build_outputs(source, segmentation, suppression, OutputSettings(),
+                                        created=CREATED), tmp_path / "a")
+    second = write_outputs(build_outputs(source, segmentation, suppression, OutputSettings(),
+                                         created=CREATED), tmp_path / "b")
+    for kind in ("sc", "seg", "sr"):
+        assert first[kind].read_bytes() == second[kind].read_bytes(), kind
+
+
+def test_uids_stable_across_time_and_distinct_per_kind() -> None:
+    source = synthetic_dx(rows=64, columns=64)
+    segmentation, suppression = model_inputs(source)
+    now = build_outputs(source, segmentation, suppression, OutputSettings())
+    later = build_outputs(source, segmentation, suppression, OutputSettings(),
+                          created=CREATED + datetime.timedelta(days=3))
+    assert _uids(now) == _uids(later)
+    flat = [uid for pair in _uids(now) for uid in pair]
+    assert len(set(flat)) == 6
+    both = combined_sha256(SEG_MODEL.weights_sha256, SUP_MODEL.weights_sha256)
+    assert now.sc.SOPInstanceUID == derived_uid(source.SOPInstanceUID, both, "sc")
+    assert now.seg.SOPInstanceUID == derived_uid(source.SOPInstanceUID, SEG_MODEL.weights_sha256, "seg")
+
+
+def test_new_weights_give_new_uids() -> None:
+    source = synthetic_dx(rows=64, columns=64)
+    segmentation, suppression = model_inputs(source)
+    base = build_outputs(source, segmentation, suppression, OutputSettings(), created=CREATED)
+    new_sup = dataclasses.replace(SUP_MODEL, weights_sha256="c3" * 32)
+    segmentation2, suppression2 = model_inputs(source, sup_model=new_sup)
+    other = build_outputs(source, segmentation2, suppression2, OutputSettings(), created=CREATED)
+    assert other.sc.SOPInstanceUID != base.sc.SOPInstanceUID
+    assert other.sr.SOPInstanceUID != base.sr.SOPInstanceUID
+    # The SEG depends on the segmentation weights only: it is the same object.
+    assert other.seg.SOPInstanceUID == base.seg.SOPInstanceUID
+
+
+def test_provenance_record(dx_outputs: DxOutputs) -> None:
+    source, outputs, _ = dx_outputs
+    record = json.loads(json.dumps(outputs.provenance))
+    assert set(record) == {"sc", "seg", "sr"}
+    for kind, dataset in zip(("sc", "seg", "sr"), outputs.datasets()):
+        item = record[kind]
+        assert item["kind"] == kind
+        assert item["sop_instance_uid"] == dataset.SOPInstanceUID
+        assert item["series_instance_uid"] == dataset.SeriesInstanceUID
+        assert item["sop_class_uid"] == dataset.SOPClassUID
+        assert item["source_sop_instance_uid"] == source.SOPInstanceUID
+        assert item["created"] == CREATED.isoformat()
+        assert {m["weights_sha256"] for m in item["models"]} >= {SEG_MODEL.weights_sha256}
+    assert record["sc"]["seed"] == 42 and record["sc"]["steps"] == 4
+    assert record["sc"]["working_size"] == 512
+    assert record["seg"]["seed"] is None
+
+
+def test_private_block_repeats_the_provenance(dx_outputs: DxOutputs) -> None:
+    _, outputs, paths = dx_outputs
+    for kind in ("sc", "seg", "sr"):
+        dataset = pydicom.dcmread(paths[kind])
+        assert read_private_block(dataset) == json.loads(json.dumps(outputs.provenance[kind]))
+        assert dataset.private_block(0x0071, "RIBNODE 1")[0x01].value == "YES"
+
+
+def test_private_block_can_be_switched_off() -> None:
+    source = synthetic_dx(rows=64, columns=64)
+    segmentation, suppression = model_inputs(source)
+    outputs = build_outputs(source, segmentation, suppression,
+                            OutputSettings(private_block=False), created=CREATED)
+    assert all(read_private_block(d) is None for d in outputs.datasets())
+
+
+def test_settings_reach_every_object() -> None:
+    source = synthetic_dx(rows=64, columns=64)
+    segmentation, suppression = model_inputs(source)
+    settings = OutputSettings(content_qualification="PRODUCT", node_id="node-7",
+                              institution_name="General Hospital")
+    outputs = build_outputs(source, segmentation, suppression, settings, created=CREATED)
+    for dataset in outputs.datasets():
+        assert dataset.ContentQualification == "PRODUCT"
+        assert dataset.DeviceSerialNumber == "node-7"
+        assert dataset.InstitutionName == "General Hospital"
+        assert dataset.Manufacturer == "ribnode"
+
+
+def test_dicom_sr_imports_no_torch() -> None:
+    code = ("import sys, ribnode.dicom_sr; "
+            "bad = [m for m in ('torch', 'onnxruntime', 'diffusers') if m in sys.modules]; "
+            "sys.exit(', '.join(bad) or None)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
