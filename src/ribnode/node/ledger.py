@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -211,11 +213,16 @@ class Ledger:
         try:
             with self._write() as s:
                 now = utcnow()
-                study = self._get_or_create_study(s, rec, now)
+                study_id = self._study_id(s, rec, now)
                 state = InstanceState.PENDING if rec.routed else InstanceState.IGNORED
-                s.add(_instance_row(rec, study.id, now, state))
-                study.last_received_at = now
-                study.instance_count += 1
+                s.add(_instance_row(rec, study_id, now, state))
+                s.flush()
+                # One SQL update, not read-modify-write: concurrent associations add up.
+                s.execute(
+                    update(Study)
+                    .where(Study.id == study_id)
+                    .values(instance_count=Study.instance_count + 1, last_received_at=now)
+                )
             return True
         except IntegrityError:
             # Two copies in flight at once: the unique SOP Instance UID decides.
@@ -224,35 +231,49 @@ class Ledger:
             self.count_duplicate(rec.sop_instance_uid)
             return False
 
-    @staticmethod
-    def _get_or_create_study(s: Session, rec: ReceivedInstance, now: datetime) -> Study:
-        study = s.scalar(select(Study).where(Study.study_instance_uid == rec.study_instance_uid))
-        if study is not None:
-            return study
-        study = Study(
-            study_instance_uid=rec.study_instance_uid,
-            patient_id=rec.patient_id,
-            accession_number=rec.accession_number,
-            calling_aet=rec.calling_aet,
-            first_received_at=now,
-            last_received_at=now,
-            instance_count=0,
-            duplicate_count=0,
+    def _study_id(self, s: Session, rec: ReceivedInstance, now: datetime) -> int:
+        """The study's id, inserting it if new (INSERT .. ON CONFLICT DO NOTHING, so two
+        associations opening the same study at once both succeed)."""
+        query = select(Study.id).where(Study.study_instance_uid == rec.study_instance_uid)
+        found = s.scalar(query)
+        if found is not None:
+            return found
+        insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+        s.execute(
+            insert(Study)
+            .values(
+                study_instance_uid=rec.study_instance_uid,
+                patient_id=rec.patient_id,
+                accession_number=rec.accession_number,
+                calling_aet=rec.calling_aet,
+                first_received_at=now,
+                last_received_at=now,
+                instance_count=0,
+                duplicate_count=0,
+            )
+            .on_conflict_do_nothing(index_elements=["study_instance_uid"])
         )
-        s.add(study)
-        s.flush()
-        return study
+        study_id = s.scalar(query)
+        if study_id is None:
+            raise LedgerError(f"study {rec.study_instance_uid} vanished while being created")
+        return study_id
 
     def count_duplicate(self, sop_instance_uid: str) -> None:
         """Count a second copy of an instance already received (it is not processed again)."""
         with self._write() as s:
-            inst = s.scalar(select(Instance).where(Instance.sop_instance_uid == sop_instance_uid))
-            if inst is None:
+            study_id = s.scalar(
+                select(Instance.study_id).where(Instance.sop_instance_uid == sop_instance_uid)
+            )
+            if study_id is None:
                 raise LedgerError(f"no instance {sop_instance_uid!r} to count a duplicate of")
-            inst.duplicate_count += 1
+            s.execute(
+                update(Instance)
+                .where(Instance.sop_instance_uid == sop_instance_uid)
+                .values(duplicate_count=Instance.duplicate_count + 1)
+            )
             s.execute(
                 update(Study)
-                .where(Study.id == inst.study_id)
+                .where(Study.id == study_id)
                 .values(duplicate_count=Study.duplicate_count + 1, last_received_at=utcnow())
             )
 

@@ -1,0 +1,115 @@
+"""The ledger on SQLite and on the PostgreSQL server of the machine (real connections)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect
+
+from ribnode.node.ledger import (
+    InstanceCheck,
+    InstanceState,
+    JobState,
+    Ledger,
+    LedgerError,
+    ReceivedInstance,
+    idempotency_key,
+)
+
+VERSIONS = {"segmentation": "a" * 64, "suppression": "b" * 64}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_ledger(request, tmp_path: Path):
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    else:
+        url = request.getfixturevalue("postgres_fresh_url")
+    led = Ledger(url)
+    yield led
+    led.dispose()
+
+
+def received(study: str, sop: str, routed: bool = True) -> ReceivedInstance:
+    return ReceivedInstance(
+        study_instance_uid=study, series_instance_uid="9.9", sop_instance_uid=sop,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.1", transfer_syntax_uid="1.2.840.10008.1.2.1",
+        modality="CR", path=f"{study}/{sop}.dcm", size_bytes=10, calling_aet="TEST",
+        routed=routed, ignore_reason=None if routed else "Modality 'CT' fails in ['CR', 'DX']",
+    )
+
+
+def test_migrations_create_every_table(any_ledger: Ledger) -> None:
+    tables = set(inspect(any_ledger.engine).get_table_names())
+    assert {"studies", "instances", "jobs", "job_transitions", "audit_events", "deliveries",
+            "output_objects", "alembic_version"} <= tables
+    any_ledger.migrate()  # idempotent
+
+
+def test_instances_duplicates_and_jobs(any_ledger: Ledger) -> None:
+    led = any_ledger
+    assert led.record_instance(received("1.1", "1.1.1"))
+    assert led.record_instance(received("1.1", "1.1.2"))
+    assert led.record_instance(received("1.1", "1.1.3", routed=False))
+    assert not led.record_instance(received("1.1", "1.1.1"))  # duplicate: counted
+    assert led.instance("1.1.1").duplicate_count == 1
+    assert led.due_studies(quiet_period_s=3600, max_wait_s=3600) == []
+    [study_id] = led.due_studies(quiet_period_s=0, max_wait_s=3600)
+    job = led.create_job(study_id, VERSIONS)
+    assert job.state == JobState.RECEIVED and job.kind == "initial"
+    assert job.idempotency_key == idempotency_key("1.1", ["1.1.2", "1.1.1"], VERSIONS)
+    assert [i.sop_instance_uid for i in led.job_instances(job.id)] == ["1.1.1", "1.1.2"]
+    assert led.instance("1.1.3").state == InstanceState.IGNORED
+    assert led.create_job(study_id, VERSIONS) is None  # nothing pending any more
+    # A late instance makes a follow-up job with only itself.
+    led.record_instance(received("1.1", "1.1.4"))
+    follow = led.create_job(led.due_studies(0, 3600)[0], VERSIONS)
+    assert follow.kind == "follow-up"
+    assert [i.sop_instance_uid for i in led.job_instances(follow.id)] == ["1.1.4"]
+
+
+def test_job_transitions_are_timestamped_and_guarded(any_ledger: Ledger) -> None:
+    led = any_ledger
+    led.record_instance(received("2.1", "2.1.1"))
+    job = led.create_job(led.due_studies(0, 3600)[0], VERSIONS)
+    led.record_enqueue_error(job.id, "broker down")
+    assert led.job(job.id).state == JobState.RECEIVED
+    assert led.mark_queued(job.id, "task-1")
+    assert not led.mark_queued(job.id, "task-1")  # only from received
+    assert led.transition(job.id, JobState.RUNNING, from_states={JobState.QUEUED})
+    led.record_check(led.job_instances(job.id)[0].id, InstanceCheck(rows=10, columns=12, bits_stored=12,
+                                                                      photometric="MONOCHROME2"))
+    assert led.transition(job.id, JobState.DONE)
+    assert not led.transition(job.id, JobState.RUNNING)  # terminal
+    states = [(t.from_state, t.to_state) for t in led.transitions(job.id)]
+    assert states == [(None, "received"), ("received", "queued"), ("queued", "running"), ("running", "done")]
+    times = [t.at for t in led.transitions(job.id)]
+    assert times == sorted(times)
+    row = led.instance("2.1.1")
+    assert (row.rows, row.columns, row.bits_stored, row.photometric) == (10, 12, 12, "MONOCHROME2")
+    summary = led.summary()
+    assert summary.jobs == {"done": 1} and summary.last_errors[0][2] == "broker down"
+    with pytest.raises(LedgerError):
+        led.job(9999)
+
+
+def test_concurrent_writers_one_study(any_ledger: Ledger) -> None:
+    """Eight threads, like eight associations, writing the same new study at once."""
+    errors: list[BaseException] = []
+
+    def write(n: int) -> None:
+        try:
+            for i in range(10):
+                any_ledger.record_instance(received("3.1", f"3.1.{n}.{i}"))
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert any_ledger.study("3.1").instance_count == 80
