@@ -166,6 +166,9 @@ class ExportSettings(BaseModel):
     max_attempts: int = 8
     backoff_s: float = 2.0
     backoff_max_s: float = 300.0
+    # Where the worker keeps the objects it made until every destination has them
+    # (``<staging_dir>/<StudyUID>/<SeriesUID>/<SOPUID>.dcm``); shared like the spool.
+    staging_dir: Path = Path("var/outputs")
 
     @model_validator(mode="after")
     def _check_unique_names(self) -> "ExportSettings":
