@@ -59,6 +59,18 @@ def test_sc_keeps_monochrome1_and_15_bits(
         assert sc.LossyImageCompressionRatio == source.LossyImageCompressionRatio
 
 
+def test_patient_and_study_modules_copied(
+    rg1_outputs: tuple[str, pydicom.Dataset, OutputSet, dict[str, Path]],
+) -> None:
+    _, source, outputs, _ = rg1_outputs
+    for dataset in outputs.datasets():
+        for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+                        "StudyInstanceUID", "StudyDate", "StudyTime",
+                        "StudyID", "AccessionNumber", "StudyDescription",
+                        "ReferringPhysicianName"):
+            assert dataset.get(keyword) == source.get(keyword), (dataset.Modality, keyword)
+
+
 def test_seg_mask_round_trip_on_the_source_matrix(
     rg1_outputs: tuple[str, pydicom.Dataset, OutputSet, dict[str, Path]],
 ) -> None:

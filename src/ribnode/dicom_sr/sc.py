@@ -217,10 +217,13 @@ def build_sc(
 
 
 def _finish_sc(
-    sc: Dataset, source: Dataset, suppression: SuppressionResult, settings: OutputSettings,
+    sc: hd.sc.SCImage, source: Dataset, suppression: SuppressionResult, settings: OutputSettings,
     context: ProcessingContext, bits_stored: int, signed: bool,
 ) -> None:
     """Set what highdicom's constructor does not: synthetic flags, references, geometry."""
+    # Patient and Study modules in full (Study Description, Patient's Age, Other Patient IDs,
+    # ...): ``from_ref_dataset`` copies only the attributes its constructor takes.
+    sc.copy_patient_and_study_information(source)
     _set_pixel_module(sc, source, bits_stored, signed)
     sc.SyntheticData = "YES"
     sc.ConversionType = "SYN"
