@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -110,7 +111,10 @@ def _add_infer(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
 def _infer(args: argparse.Namespace) -> int:
     from ribnode.models.infer import run_infer
 
-    for written in run_infer(args.inputs, args.output, weights=args.weights,
-                             device=args.device, threads=args.threads):
+    report = run_infer(args.inputs, args.output, weights=args.weights,
+                       device=args.device, threads=args.threads)
+    for written in report.written:
         print(written)
-    return 0
+    for path, reason in report.failed.items():
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    return 1 if report.failed else 0

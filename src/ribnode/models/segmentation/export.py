@@ -20,7 +20,7 @@ import torch
 from ribnode.models.info import sha256_file
 from ribnode.models.segmentation.normalisation import NORMALISATION
 from ribnode.models.segmentation.train import load_model
-from ribnode.models.segmentation.unet import UNet, count_parameters
+from ribnode.models.segmentation.unet import UNet, UNetConfig, count_parameters, fold_batchnorm
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
@@ -34,8 +34,8 @@ WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 
 def export_onnx(model: UNet, path: Path, size: int = 256) -> Path:
-    """Write ``model`` (eval mode) as ONNX with dynamic batch/height/width; return ``path``."""
-    model = model.eval()
+    """Write ``model`` (eval mode, BatchNorm folded) as ONNX, dynamic batch/height/width."""
+    model = fold_batchnorm(model)
     example = torch.zeros(1, model.config.in_channels, size, size)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.onnx.export(
@@ -66,7 +66,7 @@ def model_config(model: UNet, state: dict[str, Any], onnx_path: Path) -> dict[st
         "input_convention": "bone-bright [0, 1] image resampled to working_size x working_size "
                             "(pixel-centre aligned), then normalised",
         "threshold": 0.5,
-        "architecture": {"kind": "U-Net", **model.config.as_dict(),
+        "architecture": {"kind": "U-Net", **model.config.as_dict(), "exported_batchnorm_folded": True,
                          "parameters": count_parameters(model)},
         "training": {
             "data": "JSRT radiographs with BSE-JSRT bone-suppressed targets, 512x512 "
@@ -98,3 +98,24 @@ def install_weights(onnx_path: Path, target_dir: Path = WEIGHTS_DIR) -> Path:
     shutil.copyfile(onnx_path, target)
     shutil.copyfile(onnx_path.with_suffix(".json"), target.with_suffix(".json"))
     return target
+
+
+def unet_from_onnx(path: Path) -> UNet:
+    """Rebuild the (BatchNorm-folded) torch U-Net from an exported ONNX file and its JSON.
+
+    The initializers carry the folded module's parameter names; every parameter must be
+    found with its exact shape, so a mismatch fails loudly instead of running half a network.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    config = json.loads(path.with_suffix(".json").read_text())["architecture"]
+    keys = {k: config[k] for k in ("in_channels", "out_channels", "base", "depth")}
+    model = UNet(UNetConfig(**keys, batchnorm=False)).eval()
+    initializers = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+    state = model.state_dict()
+    missing = sorted(k for k in state if k not in initializers)
+    if missing:
+        raise ValueError(f"{path}: no initializer for {missing[:5]} (of {len(missing)} missing)")
+    model.load_state_dict({k: torch.from_numpy(initializers[k].copy()) for k in state})
+    return model

@@ -23,7 +23,7 @@ import torch
 from torch.nn import functional as F
 
 from ribnode.models.segmentation.data import case_ids, load_pair, split_cases
-from ribnode.models.segmentation.normalisation import normalise, resample
+from ribnode.models.segmentation.normalisation import normalise, to_working
 from ribnode.models.segmentation.unet import UNet, UNetConfig, count_parameters
 
 logger = logging.getLogger(__name__)
@@ -58,9 +58,13 @@ def seed_everything(seed: int) -> None:
 
 
 def prepare_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Working-size normalised image and soft (area-fraction) mask target."""
-    working = normalise(resample(image, (size, size), "linear"))
-    soft = resample(mask.astype(np.float32), (size, size), "linear")
+    """Working-size normalised image and soft mask target.
+
+    The image takes exactly the inference path (``to_working`` then ``normalise``); the mask
+    is resampled the same way, so the target is the fraction of rib in each working pixel.
+    """
+    working = normalise(to_working(image, size))
+    soft = to_working(mask.astype(np.float32), size)
     return working, np.clip(soft, 0.0, 1.0)
 
 

@@ -12,7 +12,8 @@ ribs). The network returns logits; the sigmoid is applied by the loss and at inf
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,8 +28,9 @@ class UNetConfig:
     out_channels: int = 1
     base: int = 16
     depth: int = 5  # resolution levels, including the bottleneck
+    batchnorm: bool = True  # False: BatchNorm folded into biased convolutions (exported form)
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @property
@@ -38,15 +40,18 @@ class UNetConfig:
 
 
 class DoubleConv(nn.Sequential):
-    """(3x3 conv, BatchNorm, ReLU) twice."""
+    """(3x3 conv, BatchNorm, ReLU) twice; without BatchNorm the convolutions carry a bias."""
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, batchnorm: bool = True) -> None:
+        def norm() -> nn.Module:
+            return nn.BatchNorm2d(out_channels) if batchnorm else nn.Identity()
+
         super().__init__(
-            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=not batchnorm),
+            norm(),
             nn.ReLU(inplace=True),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=not batchnorm),
+            norm(),
             nn.ReLU(inplace=True),
         )
 
@@ -54,10 +59,10 @@ class DoubleConv(nn.Sequential):
 class Up(nn.Module):
     """Bilinear x2 upsampling, 1x1 channel reduction, concatenation with the skip, DoubleConv."""
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, batchnorm: bool = True) -> None:
         super().__init__()
         self.reduce = nn.Conv2d(in_channels, out_channels, 1)
-        self.conv = DoubleConv(2 * out_channels, out_channels)
+        self.conv = DoubleConv(2 * out_channels, out_channels, batchnorm)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
@@ -73,9 +78,10 @@ class UNet(nn.Module):
         if self.config.depth < 2:
             raise ValueError(f"UNet depth must be >= 2, got {self.config.depth}")
         widths = [self.config.base * 2**level for level in range(self.config.depth)]
-        self.down = nn.ModuleList([DoubleConv(self.config.in_channels, widths[0])])
-        self.down.extend(DoubleConv(a, b) for a, b in zip(widths[:-1], widths[1:]))
-        self.up = nn.ModuleList(Up(b, a) for a, b in zip(widths[:-1], widths[1:]))
+        bn = self.config.batchnorm
+        self.down = nn.ModuleList([DoubleConv(self.config.in_channels, widths[0], bn)])
+        self.down.extend(DoubleConv(a, b, bn) for a, b in zip(widths[:-1], widths[1:]))
+        self.up = nn.ModuleList(Up(b, a, bn) for a, b in zip(widths[:-1], widths[1:]))
         self.head = nn.Conv2d(widths[0], self.config.out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -94,3 +100,28 @@ class UNet(nn.Module):
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@torch.no_grad()
+def fold_batchnorm(model: UNet) -> UNet:
+    """An eval-mode copy of ``model`` with every BatchNorm folded into its convolution.
+
+    Same function (up to float rounding), fewer layers. It is the form exported to ONNX, so
+    the ONNX initializers carry exactly this module's parameter names and a torch model can be
+    rebuilt from the shipped ONNX file (parity tests on the shipped weights).
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    model = model.eval()
+    if not model.config.batchnorm:
+        return model
+    folded = UNet(replace(model.config, batchnorm=False)).eval()
+    folded.load_state_dict(model.state_dict(), strict=False)
+    pairs = zip((m for m in model.modules() if isinstance(m, DoubleConv)),
+                (m for m in folded.modules() if isinstance(m, DoubleConv)))
+    for source, target in pairs:
+        for index in (0, 3):
+            fused = fuse_conv_bn_eval(source[index], source[index + 1])
+            target[index].weight.copy_(fused.weight)
+            target[index].bias.copy_(fused.bias)
+    return folded

@@ -1,0 +1,71 @@
+"""``ribnode infer``: run the models on DICOM files or bone-bright grayscale PNGs.
+
+For each input it writes ``<stem>-ribs.png`` (0/255, the input's exact Rows x Columns). The
+rib-suppression part adds ``<stem>-soft.png`` here. Inputs that cannot be chest radiographs
+(colour, multi-frame, too small, undecodable) are reported by name and skipped; the others
+are still processed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ribnode.models.preprocess import InputError, Radiograph, read_png, read_radiograph
+
+logger = logging.getLogger(__name__)
+logger.addHandler(logging.NullHandler())
+
+PNG_SUFFIXES = {".png"}
+
+
+@dataclass
+class InferReport:
+    """What ``run_infer`` wrote, and which inputs it could not use (path -> reason)."""
+
+    written: list[Path] = field(default_factory=list)
+    failed: dict[Path, str] = field(default_factory=dict)
+
+    def __iter__(self) -> Iterator[Path]:
+        return iter(self.written)
+
+
+def read_input(path: Path) -> Radiograph:
+    """A PNG (bone-bright, 8/16-bit) or a DICOM file as a ``Radiograph``."""
+    if path.suffix.lower() in PNG_SUFFIXES:
+        return read_png(path)
+    return read_radiograph(path)
+
+
+def write_mask_png(mask: np.ndarray, path: Path) -> Path:
+    """A boolean mask as an 8-bit PNG with values 0 and 255."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.where(np.asarray(mask, dtype=bool), 255, 0).astype(np.uint8)).save(path)
+    return path
+
+
+def run_infer(inputs: Sequence[Path], output: Path, weights: Path | None = None,
+              device: str = "auto", threads: int = 0) -> InferReport:
+    """Segment every input; write ``OUTPUT/<stem>-ribs.png`` for each one that decodes."""
+    from ribnode.models.segmentation import RibSegmenter
+
+    segmenter = RibSegmenter(weights=weights, device=device, threads=threads)
+    report = InferReport()
+    for path in inputs:
+        path = Path(path)
+        try:
+            radiograph = read_input(path)
+        except (InputError, FileNotFoundError, IsADirectoryError) as error:
+            logger.error("%s: skipped: %s", path, error)
+            report.failed[path] = str(error)
+            continue
+        segmentation = segmenter(radiograph)
+        report.written.append(write_mask_png(segmentation.mask, output / f"{path.stem}-ribs.png"))
+        logger.info("%s: %dx%d, rib fraction %.3f", path, *segmentation.mask.shape,
+                    float(segmentation.mask.mean()))
+    return report

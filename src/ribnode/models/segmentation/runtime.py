@@ -1,0 +1,137 @@
+"""Rib segmentation served by ONNX Runtime: ``RibSegmenter``.
+
+No torch here: the worker loads the exported graph with onnxruntime (CUDAExecutionProvider
+when available, else CPU). The image goes to the working size, is normalised by the same
+function used in training, and the probability map returns to the *source* matrix through
+``to_source`` (exact geometry, same Rows x Columns) before thresholding.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ribnode.models.info import ModelInfo, SegmentationResult, sha256_file
+from ribnode.models.segmentation.normalisation import normalise, to_source, to_working
+
+if TYPE_CHECKING:
+    from ribnode.models.preprocess import Radiograph
+
+logger = logging.getLogger(__name__)
+logger.addHandler(logging.NullHandler())
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+DEFAULT_WEIGHTS = WEIGHTS_DIR / "rib-segmentation.onnx"
+INSTALL_HINT = "onnxruntime is needed for inference: pip install 'ribnode[ml]' (or onnxruntime-gpu)"
+
+
+def _import_onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as error:  # optional backend: fail with an install hint
+        raise ImportError(INSTALL_HINT) from error
+    return onnxruntime
+
+
+def select_providers(device: str, available: list[str]) -> list[str]:
+    """ORT execution providers for ``device`` ("auto", "cpu", "cuda") given what is installed."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    cuda = "CUDAExecutionProvider" in available
+    if device == "cuda" and not cuda:
+        raise ValueError(
+            f"device 'cuda' requested but onnxruntime offers only {available}; "
+            "install onnxruntime-gpu or use device 'auto'/'cpu'")
+    if device in ("auto", "cuda") and cuda:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def load_config(weights: Path) -> dict[str, Any]:
+    """The JSON config beside ``weights``; checks that its sha256 names these weights."""
+    config_path = weights.with_suffix(".json")
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{weights}: no config {config_path.name} beside the weights")
+    config = json.loads(config_path.read_text())
+    digest = sha256_file(weights)
+    if config.get("sha256") not in (None, digest):
+        raise ValueError(
+            f"{config_path} names weights sha256 {config['sha256']}, but {weights} has {digest}")
+    config["sha256"] = digest
+    return config
+
+
+class RibSegmenter:
+    """Ribs and clavicles of a chest radiograph, as a mask on the source matrix."""
+
+    def __init__(self, weights: Path | None = None, device: str = "auto", threads: int = 0,
+                 threshold: float = 0.5) -> None:
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        if threads < 0:
+            raise ValueError(f"threads must be >= 0 (0: runtime default), got {threads}")
+        self.weights = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+        if not self.weights.is_file():
+            raise FileNotFoundError(
+                f"segmentation weights {self.weights} not found; train them with "
+                "'ribnode train-seg --install' or pass weights=")
+        self.config = load_config(self.weights)
+        self.working_size = int(self.config["working_size"])
+        self.threshold = threshold
+        self.session = self._session(device, threads)
+        self.providers = list(self.session.get_providers())
+        self.info = ModelInfo(
+            name=self.config.get("name", "ribnode rib-segmentation"),
+            version=str(self.config.get("version", "0")),
+            weights_sha256=self.config["sha256"],
+            parameters={"working_size": self.working_size, "threshold": threshold,
+                        "normalisation": self.config.get("normalisation"),
+                        "providers": self.providers,
+                        "parameters": self.config.get("architecture", {}).get("parameters")},
+        )
+        logger.info("rib segmenter %s (%s) on %s", self.weights.name,
+                    self.info.weights_sha256[:12], self.providers)
+
+    def _session(self, device: str, threads: int) -> Any:
+        ort = _import_onnxruntime()
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.inter_op_num_threads = 1
+        if threads:
+            options.intra_op_num_threads = threads
+        providers = select_providers(device, list(ort.get_available_providers()))
+        return ort.InferenceSession(str(self.weights), sess_options=options, providers=providers)
+
+    def predict_working(self, image: np.ndarray) -> np.ndarray:
+        """Rib probability (float32, [0, 1]) at working size for a bone-bright 2-D image.
+
+        An image not already ``working_size`` square is first resampled to it.
+        """
+        image = np.asarray(image, dtype=np.float32)
+        if image.ndim != 2:
+            raise ValueError(f"expected a 2-D grayscale image, got shape {image.shape}")
+        if image.shape != (self.working_size, self.working_size):
+            image = to_working(image, self.working_size)
+        batch = normalise(image)[None, None]
+        name = self.session.get_inputs()[0].name
+        logits = self.session.run(None, {name: batch})[0][0, 0]
+        return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
+
+    def __call__(self, radiograph: Radiograph) -> SegmentationResult:
+        """Segment one radiograph; mask and probability on its source Rows x Columns."""
+        return self.segment_image(radiograph.image)
+
+    def segment_image(self, image: np.ndarray) -> SegmentationResult:
+        """Segment a bone-bright [0, 1] 2-D image; mask and probability on the same matrix."""
+        image = np.asarray(image, dtype=np.float32)
+        if image.ndim != 2:
+            raise ValueError(f"image must be 2-D, got shape {image.shape}")
+        working = self.predict_working(to_working(image, self.working_size))
+        probability = np.clip(to_source(working, image.shape, "linear"), 0.0, 1.0)
+        mask = probability > self.threshold
+        return SegmentationResult(mask=mask, probability=probability.astype(np.float32),
+                                  model=self.info)
