@@ -13,7 +13,7 @@ import pydicom
 
 from ribnode.config.settings import OutputSettings
 from ribnode.dicom_sr import OutputSet, build_outputs, derived_uid
-from ribnode.dicom_sr.provenance import read_private_block
+from ribnode.dicom_sr.provenance import describe_standard, read_private_block
 from ribnode.dicom_sr.uids import combined_sha256
 from tests.dicom_sr.conftest import write_outputs
 from tests.dicom_sr.inputs import CREATED, SEG_MODEL, SUP_MODEL, model_inputs, synthetic_dx
@@ -116,3 +116,28 @@ def test_dicom_sr_imports_no_torch() -> None:
             "sys.exit(', '.join(bad) or None)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_qa_reads_the_provenance_from_standard_attributes_alone(tmp_path: Path) -> None:
+    source = synthetic_dx(rows=64, columns=64)
+    segmentation, suppression = model_inputs(source)
+    outputs = build_outputs(source, segmentation, suppression,
+                            OutputSettings(private_block=False), created=CREATED)
+    paths = write_outputs(outputs, tmp_path)
+    for kind, path in paths.items():
+        info = describe_standard(pydicom.dcmread(path))
+        assert source.SOPInstanceUID in info["derived_from"], kind
+        assert info["content_qualification"] == "RESEARCH"
+        models = {item["model"]: item for item in info["ai_equipment"]}
+        seg_item = models["ribnode rib-segmentation"]
+        assert SEG_MODEL.weights_sha256 in seg_item["contribution_description"]
+        assert seg_item["software_versions"][0] == SEG_MODEL.version
+        assert seg_item["contribution_datetime"].startswith("20261121010203")
+        if kind != "seg":
+            sup_item = models["ribnode rib-suppression"]
+            assert SUP_MODEL.weights_sha256 in sup_item["contribution_description"]
+    sc = describe_standard(pydicom.dcmread(paths["sc"]))
+    assert sc["synthetic_data"] == "YES"
+    assert sc["series_description"].startswith("AI SYNTHETIC")
+    synthesizing = [i for i in sc["ai_equipment"] if "109100" in i["purpose"]]
+    assert [i["model"] for i in synthesizing] == ["ribnode rib-suppression"]

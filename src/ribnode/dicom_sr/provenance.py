@@ -178,3 +178,47 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(key): _jsonable(item) for key, item in value.items()}
     return str(value)
+
+
+def _source_uids(dataset: pydicom.Dataset) -> list[str]:
+    """Instances an object was derived from: Source Image Sequence, else the SR's evidence."""
+    uids = [str(item.ReferencedSOPInstanceUID) for item in dataset.get("SourceImageSequence", [])]
+    if uids:
+        return uids
+    return [
+        str(instance.ReferencedSOPInstanceUID)
+        for study in dataset.get("CurrentRequestedProcedureEvidenceSequence", [])
+        for series in study.get("ReferencedSeriesSequence", [])
+        for instance in series.get("ReferencedSOPSequence", [])
+    ]
+
+
+def describe_standard(dataset: pydicom.Dataset) -> dict[str, Any]:
+    """What QA can read from *standard* attributes alone (no private block): what the object
+    is, whether it is synthetic, which AI made it (model, versions, weights in the
+    Contribution Description), when, and from which instances."""
+    equipment = []
+    for item in dataset.get("ContributingEquipmentSequence", []):
+        purpose = item.PurposeOfReferenceCodeSequence[0]
+        if purpose.CodeValue not in ("109100", "109102") or item.get("Manufacturer") != MANUFACTURER:
+            continue
+        versions = item.get("SoftwareVersions")
+        equipment.append({
+            "purpose": f"({purpose.CodeValue}, {purpose.CodingSchemeDesignator}, "
+                       f"\"{purpose.CodeMeaning}\")",
+            "model": str(item.get("ManufacturerModelName", "")),
+            "software_versions": [str(v) for v in versions] if versions is not None else [],
+            "contribution_datetime": str(item.get("ContributionDateTime", "")),
+            "contribution_description": str(item.get("ContributionDescription", "")),
+        })
+    return {
+        "sop_class": pydicom.uid.UID(dataset.SOPClassUID).name,
+        "sop_instance_uid": str(dataset.SOPInstanceUID),
+        "modality": str(dataset.get("Modality", "")),
+        "series_description": str(dataset.get("SeriesDescription", "")),
+        "synthetic_data": str(dataset.get("SyntheticData", "")) or None,
+        "content_qualification": str(dataset.get("ContentQualification", "")) or None,
+        "derivation_description": str(dataset.get("DerivationDescription", "")) or None,
+        "ai_equipment": equipment,
+        "derived_from": _source_uids(dataset),
+    }
