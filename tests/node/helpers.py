@@ -119,12 +119,16 @@ def c_store(
 ) -> list[int]:
     """Send instances with a pynetdicom SCU (files are sent as they are, undecoded); return
     the C-STORE status of each. Raises AssertionError when the association is refused."""
-    from pynetdicom import AE, StoragePresentationContexts
-    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+    from pydicom import dcmread
+    from pynetdicom import AE
 
     ae = AE(ae_title=calling_aet)
-    ae.requested_contexts = StoragePresentationContexts[:127]  # PS3.8: at most 128 contexts
-    ae.add_requested_context(Verification)
+    pairs = set()
+    for source in sources:
+        meta = source.file_meta if isinstance(source, Dataset) else dcmread(source, stop_before_pixels=True).file_meta
+        pairs.add((str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)))
+    for sop_class, syntax in sorted(pairs):  # one context per pair: the data is sent as it is
+        ae.add_requested_context(sop_class, [syntax])
     tls_args = (ssl_context, "") if ssl_context is not None else None
     assoc = ae.associate("127.0.0.1", port, ae_title=called_aet, tls_args=tls_args)
     if not assoc.is_established:
