@@ -45,6 +45,8 @@ def _add_train(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
                         help="PNGs are already bone-bright (the shared data is inverted)")
     parser.add_argument("--no-resume", dest="resume", action="store_false",
                         help="start afresh even if OUTPUT/checkpoint.pt exists")
+    parser.add_argument("--export-only", action="store_true",
+                        help="skip training: export OUTPUT/checkpoint.pt to ONNX + JSON")
     parser.add_argument("--install", action="store_true",
                         help="also copy the exported ONNX + JSON over the shipped weights")
     parser.set_defaults(handler=_train)
@@ -62,7 +64,12 @@ def _train(args: argparse.Namespace) -> int:
         synthetic=args.synthetic, device=args.device,
         unet=UNetConfig(base=args.base, depth=args.depth).as_dict(),
     )
-    checkpoint = train(config, resume=args.resume)
+    if args.export_only:
+        checkpoint = args.output / "checkpoint.pt"
+        if not checkpoint.is_file():
+            raise SystemExit(f"--export-only: no checkpoint at {checkpoint}")
+    else:
+        checkpoint = train(config, resume=args.resume)
     onnx_path = export_run(checkpoint)
     print(f"checkpoint {checkpoint}\nweights {onnx_path}")
     if args.install:

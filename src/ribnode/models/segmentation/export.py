@@ -47,12 +47,9 @@ def export_onnx(model: UNet, path: Path, size: int = 256) -> Path:
     return path
 
 
-def model_config(model: UNet, state: dict[str, Any], onnx_path: Path) -> dict[str, Any]:
-    """The JSON config saved beside the ONNX weights."""
-    train = state["config"]
-    split_file = Path(train["output"]) / "split.json"
-    split = json.loads(split_file.read_text()) if split_file.is_file() else None
-    history = state.get("history", [])
+def model_config(model: UNet, onnx_path: Path, working_size: int,
+                 training: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON config saved beside the ONNX weights (``training``: where they came from)."""
     return {
         "name": MODEL_NAME,
         "version": MODEL_VERSION,
@@ -61,33 +58,52 @@ def model_config(model: UNet, state: dict[str, Any], onnx_path: Path) -> dict[st
         "format": {"onnx_opset": OPSET, "input": INPUT_NAME, "output": OUTPUT_NAME,
                    "output_kind": "logits (apply sigmoid)", "layout": "N x 1 x H x W float32",
                    "size_multiple": model.config.multiple},
-        "working_size": train["working_size"],
+        "working_size": int(working_size),
         "normalisation": NORMALISATION,
         "input_convention": "bone-bright [0, 1] image resampled to working_size x working_size "
-                            "(pixel-centre aligned), then normalised",
+                            "(ribnode.models.preprocess.to_working, pixel-centre aligned), then "
+                            "normalised",
         "threshold": 0.5,
-        "architecture": {"kind": "U-Net", **model.config.as_dict(), "exported_batchnorm_folded": True,
+        "architecture": {"kind": "U-Net", **model.config.as_dict(), "batchnorm": False,
+                         "trained_with_batchnorm": model.config.batchnorm,
                          "parameters": count_parameters(model)},
-        "training": {
-            "data": "JSRT radiographs with BSE-JSRT bone-suppressed targets, 512x512 "
-                    "(../shared/data/jsrt-bse-512), masks by the reference derivation "
-                    "(../shared/tools/derive_rib_masks.py, threshold 0.02)",
-            "config": train,
-            "epochs_completed": state.get("epoch"),
-            "split": split,
-            "final_epoch": history[-1] if history else None,
-        },
+        "training": training,
         "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def training_record(state: dict[str, Any]) -> dict[str, Any]:
+    """Data, split, seed, configuration and final figures of a training checkpoint."""
+    train = state["config"]
+    split_file = Path(train["output"]) / "split.json"
+    history = state.get("history", [])
+    return {
+        "data": "JSRT radiographs with BSE-JSRT bone-suppressed targets, 512x512 "
+                "(../shared/data/jsrt-bse-512), rib masks by the reference derivation "
+                "(../shared/tools/derive_rib_masks.py, threshold 0.02)",
+        "config": train,
+        "seed": train["seed"],
+        "epochs_completed": state.get("epoch"),
+        "split": json.loads(split_file.read_text()) if split_file.is_file() else None,
+        "final_epoch": history[-1] if history else None,
+    }
+
+
+def write_config(model: UNet, onnx_path: Path, working_size: int,
+                 training: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``<weights>.json`` beside ``onnx_path``; return the config."""
+    config = model_config(model, onnx_path, working_size, training)
+    onnx_path.with_suffix(".json").write_text(json.dumps(config, indent=1) + "\n")
+    return config
 
 
 def export_run(checkpoint: Path, onnx_path: Path | None = None) -> Path:
     """Export a training checkpoint to ONNX + JSON (default: beside the checkpoint)."""
     model, state = load_model(checkpoint)
     onnx_path = onnx_path or checkpoint.parent / "rib-segmentation.onnx"
-    export_onnx(model, onnx_path, size=state["config"]["working_size"])
-    config = model_config(model, state, onnx_path)
-    onnx_path.with_suffix(".json").write_text(json.dumps(config, indent=1) + "\n")
+    size = state["config"]["working_size"]
+    export_onnx(model, onnx_path, size=size)
+    config = write_config(model, onnx_path, size, training_record(state))
     logger.info("exported %s (sha256 %s)", onnx_path, config["sha256"])
     return onnx_path
 

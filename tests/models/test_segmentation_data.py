@@ -1,0 +1,96 @@
+"""Reference rib-mask derivation, split and normalisation of the segmentation training data."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ribnode.models.segmentation.data import (
+    case_ids, load_pair, reference_rib_mask, split_cases, stratum)
+from ribnode.models.segmentation.normalisation import normalise, resample
+
+SHARED = Path(__file__).resolve().parents[3] / "shared"
+TOOL = SHARED / "tools" / "derive_rib_masks.py"
+PAIRS = SHARED / "data" / "jsrt-bse-512"
+
+
+def _synthetic_pair(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Stored-inverted 8-bit source/target with rib-like bands added to the source."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[0:128, 0:128]
+    soft = 0.4 + 0.2 * np.sin(cols / 20.0) + rng.normal(0, 0.005, (128, 128))
+    bands = (np.sin(rows / 4.0 + cols / 30.0) > 0.6) & (cols > 20) & (cols < 108)
+    radiograph = soft + 0.06 * bands
+    to_u8 = lambda x: np.rint(np.clip(1 - x, 0, 1) * 255).astype(np.uint8)  # noqa: E731
+    return to_u8(radiograph), to_u8(soft)
+
+
+@pytest.mark.skipif(not TOOL.is_file(), reason="../shared/tools not beside the checkout")
+def test_reference_mask_equals_the_shared_tool() -> None:
+    spec = importlib.util.spec_from_file_location("derive_rib_masks", TOOL)
+    assert spec is not None and spec.loader is not None
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    source, target = _synthetic_pair()
+    expected = tool.bone_mask(source.astype(np.float64), target.astype(np.float64), 0.02)
+    ours = reference_rib_mask(1 - source / 255.0, 1 - target / 255.0)
+    assert expected.any() and np.array_equal(ours, expected)
+
+
+def test_load_pair_derives_the_mask_and_honours_given_masks(tmp_path: Path) -> None:
+    source, target = _synthetic_pair(1)
+    for sub in ("source", "target"):
+        (tmp_path / sub).mkdir()
+    Image.fromarray(source).save(tmp_path / "source" / "CASE1.png")
+    Image.fromarray(target).save(tmp_path / "target" / "CASE1.png")
+    pair = load_pair(tmp_path, "CASE1", inverted=True, cache_dir=tmp_path / "cache")
+    assert pair.radiograph.shape == pair.mask.shape == (128, 128)
+    assert np.array_equal(pair.mask, reference_rib_mask(1 - source / 255.0, 1 - target / 255.0))
+    assert list((tmp_path / "cache" / "masks").glob("CASE1-*.png"))  # cached outside the data
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(np.full((128, 128), 255, np.uint8)).save(tmp_path / "masks" / "CASE1.png")
+    assert load_pair(tmp_path, "CASE1", cache_dir=None).mask.all()
+    assert case_ids(tmp_path) == ["CASE1"]
+
+
+def test_split_is_fixed_stratified_and_disjoint() -> None:
+    ids = [f"JPCLN{i:03d}" for i in range(36)] + [f"JPCNN{i:03d}" for i in range(92)]
+    train, held = split_cases(ids, 24, seed=7)
+    assert (train, held) == split_cases(list(reversed(ids)), 24, seed=7)
+    assert len(held) == 24 and len(train) == 104 and not set(train) & set(held)
+    assert sum(stratum(c) == "JPCLN" for c in held) == 7
+    assert split_cases(ids, 24, seed=8)[1] != held
+    with pytest.raises(ValueError, match="held_out"):
+        split_cases(ids, 0, seed=7)
+
+
+def test_normalise_windows_percentiles_to_unit_range() -> None:
+    image = np.linspace(0.2, 0.6, 10000, dtype=np.float32).reshape(100, 100)
+    out = normalise(image)
+    assert out.dtype == np.float32 and out.min() == 0.0 and out.max() == 1.0
+    assert np.allclose(normalise(image * 3 + 1), out, atol=1e-5)  # gain/offset invariant
+    assert not normalise(np.ones((8, 8))).any()
+    with pytest.raises(ValueError, match="2-D"):
+        normalise(np.zeros((2, 2, 2)))
+
+
+def test_resample_round_trip_keeps_geometry() -> None:
+    mask = np.zeros((300, 217), dtype=np.float32)
+    mask[100:200, 50:150] = 1
+    small = resample(mask, (150, 150))
+    back = resample(small, (300, 217)) > 0.5
+    rows, cols = np.nonzero(back)
+    assert back.shape == (300, 217)
+    assert abs(rows.mean() - 149.5) < 0.6 and abs(cols.mean() - 99.5) < 0.6  # no half-pixel shift
+
+
+@pytest.mark.skipif(not PAIRS.is_dir(), reason="../shared/data not beside the checkout")
+def test_shared_pairs_give_plausible_rib_masks() -> None:
+    ids = case_ids(PAIRS)
+    assert len(ids) == 128
+    pair = load_pair(PAIRS, ids[0])
+    assert pair.mask.shape == (512, 512) and 0.02 < pair.mask.mean() < 0.3
