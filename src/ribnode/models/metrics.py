@@ -92,3 +92,79 @@ def segmentation_metrics(prediction: np.ndarray, reference: np.ndarray,
     if spacing is not None:
         figures["hd95_mm"] = hd95(prediction, reference, spacing)
     return figures
+
+
+# -- Rib suppression (``shared/guides/metrics.md``; float64, bone-bright [0, 1]) -------------
+
+
+def _as_float_images(*images: np.ndarray) -> list[np.ndarray]:
+    arrays = [np.asarray(image, dtype=np.float64) for image in images]
+    for array in arrays[1:]:
+        if array.shape != arrays[0].shape:
+            raise ValueError(f"images of shapes {[a.shape for a in arrays]} differ in shape")
+    for array in arrays:
+        if array.dtype.kind != "f":
+            raise TypeError(f"suppression metrics need float images, got {array.dtype}")
+    return arrays
+
+
+def bone_suppression_ratio(radiograph: np.ndarray, reference: np.ndarray, prediction: np.ndarray) -> float:
+    """BSR = 1 - sum((y - p)^2) / sum((x - y)^2): identity scores 0, perfect 1."""
+    x, y, p = _as_float_images(radiograph, reference, prediction)
+    bone_energy = float(((x - y) ** 2).sum())
+    if bone_energy == 0.0:
+        raise ValueError("radiograph equals its reference: the bone suppression ratio is undefined")
+    return 1.0 - float(((y - p) ** 2).sum()) / bone_energy
+
+
+def published_bsr(radiograph: np.ndarray, reference: np.ndarray, prediction: np.ndarray) -> float:
+    """BS-LDM's one-sided variant: ``p += mean(y - p)``, ``b = max(y - p, 0)``,
+    ``1 - sum(b^2) / sum((x - y)^2)``."""
+    x, y, p = _as_float_images(radiograph, reference, prediction)
+    p = p + (y - p).mean()
+    residual = np.maximum(y - p, 0.0)
+    bone_energy = float(((x - y) ** 2).sum())
+    if bone_energy == 0.0:
+        raise ValueError("radiograph equals its reference: the bone suppression ratio is undefined")
+    return 1.0 - float((residual ** 2).sum()) / bone_energy
+
+
+def psnr(reference: np.ndarray, prediction: np.ndarray) -> float:
+    """PSNR in dB with data range 1 (skimage's definition); ``inf`` for identical images."""
+    y, p = _as_float_images(reference, prediction)
+    mse = float(((y - p) ** 2).mean())
+    return math.inf if mse == 0.0 else 10.0 * math.log10(1.0 / mse)
+
+
+def ssim(reference: np.ndarray, prediction: np.ndarray) -> float:
+    """SSIM (skimage ``structural_similarity``, data range 1, float64)."""
+    from skimage.metrics import structural_similarity
+
+    y, p = _as_float_images(reference, prediction)
+    return float(structural_similarity(y, p, data_range=1.0))
+
+
+def outside_mask_change(radiograph: np.ndarray, prediction: np.ndarray, region: np.ndarray) -> float:
+    """``max |p - x|`` over the pixels outside ``region`` (the rib mask dilated by 5 px)."""
+    x, p = _as_float_images(radiograph, prediction)
+    region = np.asarray(region, dtype=bool)
+    if region.shape != x.shape:
+        raise ValueError(f"region {region.shape} differs from the images {x.shape}")
+    outside = ~region
+    return float(np.abs(p - x)[outside].max()) if outside.any() else 0.0
+
+
+def suppression_metrics(radiograph: np.ndarray, reference: np.ndarray, prediction: np.ndarray,
+                        region: np.ndarray) -> dict[str, float]:
+    """All suppression figures of one image: BSR, PSNR gain over identity, PSNR, SSIM,
+    published-style BSR and outside-mask change (``region``: rib mask dilated by 5 px)."""
+    x, y, p = _as_float_images(radiograph, reference, prediction)
+    value = psnr(y, p)
+    return {
+        "bsr": bone_suppression_ratio(x, y, p),
+        "psnr_gain_db": value - psnr(y, x),
+        "psnr_db": value,
+        "ssim": ssim(y, p),
+        "bsr_published": published_bsr(x, y, p),
+        "outside_mask_change": outside_mask_change(x, p, region),
+    }

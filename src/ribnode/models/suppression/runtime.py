@@ -1,0 +1,164 @@
+"""``RibSuppressor``: the shipped rib-suppression model on a decoded radiograph.
+
+ONNX Runtime path (default): the exported denoiser plus the numpy DDIM twin, no torch needed.
+Torch path: the diffusers ``UNet2DModel`` and diffusers' ``DDIMScheduler``. Both start from
+the same seeded numpy noise; the seed comes from the SOP Instance UID (``seed_from_uid``) and
+is recorded in the result, so the same input gives the same output bit for bit per backend.
+
+The output is ``p = x - B * R``: ``B`` the estimated bone layer (>= 0) upsampled to the source
+matrix, ``R`` the segmentation mask dilated by 5 px at 512 (scaled to the source). Outside
+``R`` the stored pixels are returned unchanged (``Radiograph.subtract_layer``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ribnode.models.info import ModelInfo, SegmentationResult, SuppressionResult, sha256_file
+from ribnode.models.preprocess import Radiograph, dilate_mask, to_working
+from ribnode.models.suppression.data import region_radius
+from ribnode.models.suppression.network import SuppressionConfig
+from ribnode.models.suppression.pipeline import SuppressionPipeline, TorchDenoiser
+from ribnode.models.suppression.scheduler import DiffusersDDIM, NumpyDDIM
+from ribnode.models.suppression.upsample import upsample_bone
+
+logger = logging.getLogger(__name__)
+logger.addHandler(logging.NullHandler())
+
+MODEL_NAME = "ribnode rib-suppression"
+MODEL_VERSION = "1.0.0"
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+DEFAULT_ONNX = WEIGHTS_DIR / "rib-suppression.onnx"
+DEFAULT_TORCH = WEIGHTS_DIR / "rib-suppression.pt"
+BACKENDS = ("onnx", "torch")
+
+
+def seed_from_uid(sop_instance_uid: str) -> int:
+    """A 63-bit sampling seed from a SOP Instance UID (sha256, first 8 bytes, top bit dropped)."""
+    if not sop_instance_uid:
+        raise ValueError("sop_instance_uid is empty: cannot derive a sampling seed")
+    digest = hashlib.sha256(sop_instance_uid.strip().encode("ascii")).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def config_path(weights: Path) -> Path:
+    """The config json of a weights file: ``<stem>.json`` beside it, else ``config.json``."""
+    beside = weights.with_suffix(".json")
+    if beside.is_file():
+        return beside
+    run = weights.parent / "config.json"
+    if run.is_file():
+        return run
+    raise FileNotFoundError(f"no config for {weights}: expected {beside} or {run}")
+
+
+class OrtDenoiser:
+    """The exported denoiser on ONNX Runtime (CUDA when asked for and available, else CPU)."""
+
+    def __init__(self, path: Path, device: str = "auto", threads: int = 0) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:  # optional backend: say how to get it
+            raise ImportError("the onnx backend needs onnxruntime: pip install 'ribnode[ml]'") from exc
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+        available = ort.get_available_providers()
+        providers = ["CPUExecutionProvider"]
+        if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
+            providers.insert(0, "CUDAExecutionProvider")
+        elif device == "cuda":
+            raise RuntimeError(f"device 'cuda' asked for but onnxruntime offers only {available}")
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.providers = self.session.get_providers()
+
+    def __call__(self, model_input: np.ndarray, timesteps: np.ndarray) -> np.ndarray:
+        return self.session.run(["bone"], {"sample": np.ascontiguousarray(model_input, np.float32),
+                                           "timestep": timesteps.astype(np.int64)})[0]
+
+
+def _torch_denoiser(weights: Path, config: SuppressionConfig, device: str, threads: int) -> tuple[Any, str]:
+    try:
+        import torch
+    except ImportError as exc:
+        raise ImportError("the torch backend needs torch and diffusers: pip install 'ribnode[ml]'") from exc
+    from ribnode.models.suppression.network import build_unet
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    unet = build_unet(config.network)
+    unet.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return TorchDenoiser(unet, device), device
+
+
+class RibSuppressor:
+    """Rib and clavicle suppression of one radiograph (see the module docstring)."""
+
+    def __init__(self, weights: Path | None = None, steps: int = 4, device: str = "auto",
+                 backend: str = "onnx", threads: int = 0, upsampling: str = "linear") -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend {backend!r}: expected one of {BACKENDS}")
+        if device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device {device!r}: expected auto, cpu or cuda")
+        if int(steps) < 1:
+            raise ValueError(f"steps {steps}: expected >= 1")
+        path = Path(weights) if weights is not None else (DEFAULT_ONNX if backend == "onnx" else DEFAULT_TORCH)
+        if not path.is_file():
+            raise FileNotFoundError(f"suppression weights {path} not found")
+        self.config = SuppressionConfig.load(config_path(path))
+        self.steps, self.backend, self.upsampling = int(steps), backend, upsampling
+        if backend == "onnx":
+            denoiser: Any = OrtDenoiser(path, device, threads)
+            self.device = "cuda" if "CUDAExecutionProvider" in denoiser.providers else "cpu"
+            sampler: Any = NumpyDDIM(self.config.scheduler)
+        else:
+            denoiser, self.device = _torch_denoiser(path, self.config, device, threads)
+            sampler = DiffusersDDIM(self.config.scheduler)
+        self.pipeline = SuppressionPipeline(denoiser, sampler, self.config)
+        self.working_size = self.config.working_size
+        self.info = ModelInfo(MODEL_NAME, MODEL_VERSION, sha256_file(path), {
+            "backend": backend, "device": self.device, "mode": self.config.mode,
+            "steps": self.steps if self.config.mode == "diffusion" else 1,
+            "working_size": self.working_size, "scheduler": "DDIM", "upsampling": upsampling,
+            "region_dilation_px_512": self.config.mask_dilation_px_512,
+        })
+
+    def region(self, mask: np.ndarray) -> np.ndarray:
+        """Where the output may differ from the input: ``mask`` dilated by 5 px at 512 (scaled)."""
+        return dilate_mask(mask, region_radius(mask.shape, self.config.mask_dilation_px_512))
+
+    def bone_layer(self, image: np.ndarray, region: np.ndarray, seed: int, steps: int | None = None) -> np.ndarray:
+        """The bone layer to subtract on the source matrix of ``image`` (zero outside ``region``)."""
+        size = self.working_size
+        estimate = self.pipeline(to_working(image, size)[None], to_working(region.astype(np.float32), size)[None],
+                                 steps or self.steps, [seed])
+        bone = upsample_bone(estimate.bone[0], image.shape, self.upsampling, guide=image)
+        bone[~region] = 0.0
+        return bone
+
+    def __call__(self, radiograph: Radiograph, segmentation: SegmentationResult,
+                 seed: int | None = None) -> SuppressionResult:
+        """Suppress the ribs of ``radiograph`` inside the dilated ``segmentation`` mask."""
+        start = time.perf_counter()
+        if segmentation.mask.shape != radiograph.shape:
+            raise ValueError(f"segmentation mask {segmentation.mask.shape} does not match the "
+                             f"radiograph {radiograph.shape}")
+        if seed is None:
+            if not radiograph.sop_instance_uid:
+                raise ValueError("no seed given and the radiograph has no SOP Instance UID to derive one")
+            seed = seed_from_uid(radiograph.sop_instance_uid)
+        region = self.region(segmentation.mask)
+        bone = self.bone_layer(radiograph.image, region, seed)
+        soft = radiograph.subtract_layer(bone, region)
+        seconds = time.perf_counter() - start
+        steps = self.steps if self.config.mode == "diffusion" else 1
+        logger.info("suppressed %s in %.2f s (seed %d, %d steps)", radiograph.sop_instance_uid, seconds, seed, steps)
+        return SuppressionResult(soft, bone, region, int(seed), steps, self.working_size, self.info, seconds)

@@ -1,0 +1,253 @@
+"""``ribnode train-suppression``: train the bone-layer denoiser on the JSRT / BSE-JSRT pairs.
+
+Diffusion (default): x0 ("sample") prediction of the scaled bone layer ``b0`` from
+``x_t = sqrt(abar_t) b0 + sqrt(1 - abar_t) eps`` conditioned on the normalised radiograph and
+the dilated rib mask. Regression (the measured alternative): the same UNet, noisy channel
+zero, timestep 0, one step.
+
+Augmentation: horizontal flips, random crops, synthetic nodules and noise added to the
+*input radiograph only* (the bone target is unchanged), so the network learns that nodules are
+not bone. Fixed seed, tqdm progress bar, checkpoints every ``checkpoint_every`` steps
+(resumable). The learning rate follows a cosine to zero over ``max(step / steps,
+elapsed / time_limit)``, so a run on a loaded machine still ends annealed within its time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ribnode.models.info import sha256_file
+from ribnode.models.preprocess import to_working
+from ribnode.models.suppression.data import (
+    WorkingPair, load_pairs, normalise, split_held_out, to_working_pair,
+)
+from ribnode.models.suppression.lesions import add_nodules, sample_training_nodules
+from ribnode.models.suppression.network import (
+    NetworkConfig, SuppressionConfig, build_scheduler, build_unet,
+)
+from ribnode.models.segmentation.data import case_ids
+
+logger = logging.getLogger(__name__)
+logger.addHandler(logging.NullHandler())
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """What one training run does."""
+
+    data: Path
+    out: Path
+    mode: str = "diffusion"
+    steps: int = 1500
+    batch: int = 8
+    crop: int = 128
+    lr: float = 1e-3
+    warmup: int = 50
+    time_limit_min: float = 45.0
+    seed: int = 0
+    threads: int = 1
+    checkpoint_every: int = 100
+    nodule_prob: float = 0.8
+    inverted: bool = True
+    working_size: int = 256
+    ema_decay: float = 0.999
+    loss_outside_weight: float = 0.1
+    resume: bool = True
+
+
+class Batcher:
+    """Draws augmented training batches from working-size pairs."""
+
+    def __init__(self, pairs: list[WorkingPair], config: SuppressionConfig, options: TrainOptions,
+                 rng: np.random.Generator) -> None:
+        self.pairs, self.config, self.options, self.rng = pairs, config, options, rng
+
+    def sample(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(condition (B,2,H,W): radiograph + region, bone target (B,1,H,W), weight (B,1,H,W))."""
+        conds, targets, weights = [], [], []
+        for _ in range(self.options.batch):
+            cond, target, weight = self._one(self.pairs[self.rng.integers(len(self.pairs))])
+            conds.append(cond)
+            targets.append(target)
+            weights.append(weight)
+        return (torch.from_numpy(np.stack(conds)), torch.from_numpy(np.stack(targets)),
+                torch.from_numpy(np.stack(weights)))
+
+    def _augmented_input(self, pair: WorkingPair) -> np.ndarray:
+        image = pair.radiograph.astype(np.float64)
+        if self.rng.random() < self.options.nodule_prob:
+            scale = max(image.shape) / 512.0
+            found = sample_training_nodules(self.rng, pair.rib_mask, int(self.rng.integers(1, 7)),
+                                            (2.0 * scale, 14.0 * scale))
+            image = add_nodules(image, found)
+        if self.rng.random() < 0.5:
+            image = image + self.rng.normal(0.0, self.rng.uniform(0.0, 0.01), image.shape)
+        return to_working(image.astype(np.float32), self.options.working_size)
+
+    def _one(self, pair: WorkingPair) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        image = self._augmented_input(pair)
+        norm, lo, hi = normalise(image, self.config.percentiles)
+        bone = pair.bone / (hi - lo) * self.config.bone_scale
+        stack = np.stack([norm, pair.region, bone]).astype(np.float32)
+        if self.rng.random() < 0.5:
+            stack = stack[:, :, ::-1]
+        crop, size = self.options.crop, stack.shape[-1]
+        if crop < size:
+            r0, c0 = self.rng.integers(0, size - crop + 1, size=2)
+            stack = stack[:, r0:r0 + crop, c0:c0 + crop]
+        stack = np.ascontiguousarray(stack)
+        region = stack[1:2]
+        weight = self.options.loss_outside_weight + (1 - self.options.loss_outside_weight) * region
+        return stack[:2], stack[2:3], weight.astype(np.float32)
+
+
+def _lr_factor(progress: float, step: int, warmup: int) -> float:
+    warm = min(1.0, (step + 1) / max(1, warmup))
+    return warm * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _model_input(noisy: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    return torch.cat([noisy, cond], dim=1)
+
+
+def training_loss(unet: torch.nn.Module, scheduler: Any, config: SuppressionConfig,
+                  cond: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
+                  generator: torch.Generator) -> torch.Tensor:
+    """Weighted MSE of the x0 prediction (diffusion) or of the direct bone estimate (regression)."""
+    batch = target.shape[0]
+    if config.mode == "diffusion":
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator)
+        noise = torch.randn(target.shape, generator=generator)
+        noisy = scheduler.add_noise(target, noise, t)
+    else:
+        t = torch.zeros(batch, dtype=torch.long)
+        noisy = torch.zeros_like(target)
+    pred = unet(_model_input(noisy, cond), t).sample
+    return (weight * (pred - target) ** 2).sum() / weight.sum()
+
+
+def _checkpoint(path: Path, unet: torch.nn.Module, ema: dict[str, torch.Tensor],
+                optimiser: torch.optim.Optimizer, step: int, elapsed: float, rng_state: Any,
+                generator: torch.Generator) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": unet.state_dict(), "ema": ema, "optimiser": optimiser.state_dict(),
+                "step": step, "elapsed": elapsed, "rng": rng_state,
+                "generator": generator.get_state()}, tmp)
+    tmp.replace(path)
+
+
+def train(options: TrainOptions) -> Path:
+    """Train one model; writes ``OUT/model.pt`` (EMA weights) and ``OUT/config.json``."""
+    torch.manual_seed(options.seed)
+    torch.set_num_threads(options.threads)
+    rng = np.random.default_rng(options.seed)
+    generator = torch.Generator().manual_seed(options.seed)
+    options.out.mkdir(parents=True, exist_ok=True)
+    config = SuppressionConfig(network=NetworkConfig(sample_size=options.working_size), mode=options.mode)
+    train_ids, held_ids = split_held_out(case_ids(options.data))
+    pairs = [to_working_pair(p, options.working_size) for p in load_pairs(options.data, train_ids, options.inverted)]
+    unet, scheduler = build_unet(config.network), build_scheduler(config.scheduler)
+    optimiser = torch.optim.AdamW(unet.parameters(), lr=options.lr, weight_decay=1e-4)
+    ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
+    step, elapsed = 0, 0.0
+    ckpt = options.out / "checkpoint.pt"
+    if options.resume and ckpt.is_file():
+        state = torch.load(ckpt, weights_only=False)
+        unet.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        ema, step, elapsed = state["ema"], state["step"], state["elapsed"]
+        rng.bit_generator.state = state["rng"]
+        generator.set_state(state["generator"])
+        logger.info("resumed from %s at step %d", ckpt, step)
+    batcher = Batcher(pairs, config, options, rng)
+    losses = _loop(unet, scheduler, config, optimiser, ema, batcher, options, generator, step, elapsed, ckpt)
+    return _finish(unet, ema, config, options, train_ids, held_ids, losses)
+
+
+def _loop(unet: torch.nn.Module, scheduler: Any, config: SuppressionConfig,
+          optimiser: torch.optim.Optimizer, ema: dict[str, torch.Tensor], batcher: Batcher,
+          options: TrainOptions, generator: torch.Generator, step: int, elapsed: float,
+          ckpt: Path) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    start = time.monotonic() - elapsed
+    limit = options.time_limit_min * 60.0
+    history: list[tuple[int, float, float]] = []
+    running = None
+    bar = tqdm(total=options.steps, initial=step, desc=f"train-suppression ({config.mode})", mininterval=10)
+    unet.train()
+    while step < options.steps:
+        progress = max(step / options.steps, (time.monotonic() - start) / limit)
+        if progress >= 1.0:
+            logger.warning("time limit %.0f min reached at step %d of %d", options.time_limit_min, step, options.steps)
+            break
+        for group in optimiser.param_groups:
+            group["lr"] = options.lr * _lr_factor(progress, step, options.warmup)
+        cond, target, weight = batcher.sample()
+        loss = training_loss(unet, scheduler, config, cond, target, weight, generator)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimiser.step()
+        _update_ema(ema, unet, options.ema_decay, step)
+        step += 1
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{running:.5f}", refresh=False)
+        if step % options.checkpoint_every == 0 or step == options.steps:
+            history.append((step, running, time.monotonic() - start))
+            _checkpoint(ckpt, unet, ema, optimiser, step, time.monotonic() - start,
+                        batcher.rng.bit_generator.state, generator)
+            logger.info("step %d loss %.5f lr %.2e %.0f s", step, running, optimiser.param_groups[0]["lr"],
+                        time.monotonic() - start)
+    bar.close()
+    return {"steps_done": step, "seconds": time.monotonic() - start, "history": history}
+
+
+@torch.no_grad()
+def _update_ema(ema: dict[str, torch.Tensor], unet: torch.nn.Module, decay: float, step: int) -> None:
+    d = min(decay, (1.0 + step) / (10.0 + step))
+    for key, value in unet.state_dict().items():
+        if value.dtype.is_floating_point:
+            ema[key].mul_(d).add_(value.detach(), alpha=1.0 - d)
+        else:
+            ema[key].copy_(value)
+
+
+def _finish(unet: torch.nn.Module, ema: dict[str, torch.Tensor], config: SuppressionConfig,
+            options: TrainOptions, train_ids: list[str], held_ids: list[str],
+            record: dict[str, Any]) -> Path:
+    unet.load_state_dict(ema)
+    weights = options.out / "model.pt"
+    torch.save(unet.state_dict(), weights)
+    training = {
+        "data": str(options.data), "train_cases": train_ids, "held_out_cases": held_ids,
+        "split_rule": "sorted ids per stratum (JPCLN, JPCNN); every 5th held out (index 4, 9, ...)",
+        "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(options).items()},
+        "steps_done": record["steps_done"], "seconds": round(record["seconds"], 1),
+        "history": record["history"], "torch": torch.__version__, "weights_pt_sha256": sha256_file(weights),
+    }
+    replace(config, training=training).save(options.out / "config.json")
+    logger.info("wrote %s (%d steps, %.0f s)", weights, record["steps_done"], record["seconds"])
+    return weights
+
+
+def load_trained(run_dir: Path) -> tuple[torch.nn.Module, SuppressionConfig]:
+    """The trained UNet (eval mode) and its config from a training output folder."""
+    config = SuppressionConfig.load(run_dir / "config.json")
+    unet = build_unet(config.network)
+    unet.load_state_dict(torch.load(run_dir / "model.pt", weights_only=True))
+    return unet.eval(), config
+
+
+def record_json(path: Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
