@@ -129,7 +129,7 @@ def c_store(
         pairs.add((str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)))
     for sop_class, syntax in sorted(pairs):  # one context per pair: the data is sent as it is
         ae.add_requested_context(sop_class, [syntax])
-    tls_args = (ssl_context, "") if ssl_context is not None else None
+    tls_args = (ssl_context, "localhost") if ssl_context is not None else None
     assoc = ae.associate("127.0.0.1", port, ae_title=called_aet, tls_args=tls_args)
     if not assoc.is_established:
         raise AssertionError(f"association from {calling_aet} to port {port} not established")
@@ -181,3 +181,15 @@ class RedisProcess:
             self.process.terminate()
             self.process.wait(timeout=20)
             self.process = None
+
+
+@contextmanager
+def celery_worker(app: Any, settings: Settings) -> Iterator[None]:
+    """A real Celery worker (solo pool) consuming ribnode's queues in this process."""
+    from celery.contrib.testing.worker import start_worker
+
+    import ribnode.workers.tasks  # noqa: F401  (registers the task with the app)
+
+    with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=20,
+                      queues=[settings.broker.gpu_queue, settings.broker.cpu_queue]):
+        yield

@@ -5,33 +5,19 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from celery import Celery
-from celery.contrib.testing.worker import start_worker
 
 from ribnode.config.settings import Settings
 from ribnode.node.completion import StudyCompletion
 from ribnode.node.ledger import JobState, Ledger
 from ribnode.workers.app import enqueue_job, make_celery
 from ribnode.workers.tasks import retry_delay
-from tests.node.helpers import c_store, dx_dataset, make_settings, running_listener, wait_for
+from tests.node.helpers import celery_worker as worker, c_store, dx_dataset, make_settings, running_listener, wait_for
 from tests.peers.fixtures import free_port
 
 VERSIONS = {"segmentation": "test", "suppression": "test"}
-
-
-@contextmanager
-def worker(app: Celery, settings: Settings) -> Iterator[None]:
-    """A real Celery worker consuming ribnode's queues in this process."""
-    import ribnode.workers.tasks  # noqa: F401  (registers the task with the app)
-
-    with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=20,
-                      queues=[settings.broker.gpu_queue, settings.broker.cpu_queue]):
-        yield
 
 
 @pytest.fixture(params=["filesystem", "redis"])
