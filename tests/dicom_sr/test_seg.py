@@ -109,3 +109,16 @@ def test_mask_shape_is_checked() -> None:
                                segmentation.model)
     with pytest.raises(ValueError, match="shape"):
         build_outputs(source, wrong, suppression, OutputSettings(), created=CREATED)
+
+
+def test_source_without_patient_orientation(tmp_path: Path) -> None:
+    """Patient Orientation is Type 2(C): written empty on SC and SEG when the source has none."""
+    source = synthetic_dx(rows=64, columns=64)
+    del source.PatientOrientation
+    segmentation, suppression = model_inputs(source)
+    outputs = build_outputs(source, segmentation, suppression, OutputSettings(), created=CREATED)
+    paths = write_outputs(outputs, tmp_path)
+    for kind in ("sc", "seg"):
+        assert_valid(paths[kind])
+        dataset = pydicom.dcmread(paths[kind])
+        assert "PatientOrientation" in dataset and not dataset.PatientOrientation

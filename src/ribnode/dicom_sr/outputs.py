@@ -24,7 +24,7 @@ from ribnode.dicom_sr.provenance import (
     model_record,
 )
 from ribnode.dicom_sr.uids import combined_sha256, derived_uid, device_observer_uid
-from ribnode.models.info import SegmentationResult, SuppressionResult
+from ribnode.models.info import ModelInfo, SegmentationResult, SuppressionResult
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +66,11 @@ def _record(
     kind: str, dataset: pydicom.Dataset, source_uid: str, segmentation: SegmentationResult,
     suppression: SuppressionResult, created: datetime.datetime,
 ) -> dict[str, Any]:
-    models = {"sc": [suppression, segmentation], "seg": [segmentation],
-              "sr": [segmentation, suppression]}[kind]
+    models: dict[str, list[ModelInfo]] = {
+        "sc": [suppression.model, segmentation.model],
+        "seg": [segmentation.model],
+        "sr": [segmentation.model, suppression.model],
+    }
     return {
         "kind": kind,
         "sop_instance_uid": str(dataset.SOPInstanceUID),
@@ -75,7 +78,7 @@ def _record(
         "study_instance_uid": str(dataset.StudyInstanceUID),
         "sop_class_uid": str(dataset.SOPClassUID),
         "source_sop_instance_uid": source_uid,
-        "models": [model_record(result.model) for result in models],
+        "models": [model_record(model) for model in models[kind]],
         "seed": suppression.seed if kind != "seg" else None,
         "steps": suppression.steps if kind != "seg" else None,
         "working_size": suppression.working_size if kind != "seg" else None,

@@ -237,10 +237,8 @@ def _finish_sc(
     sc.SourceImageSequence = [_source_image_item(source)]
     sc.DerivationDescription = derivation_description(suppression)
     sc.BurnedInAnnotation = "YES" if settings.burned_in_label else "NO"
-    if "PatientOrientation" in source and source.PatientOrientation:
-        sc.PatientOrientation = source.PatientOrientation
-    else:
-        sc.PatientOrientation = None  # Type 2: present and empty when the source has none
+    # Type 2: the source's value, or present and empty when the source has none.
+    sc["PatientOrientation"].value = source.get("PatientOrientation") or None
     _copy_if_present(sc, source, ("BodyPartExamined", "Laterality", "ImageLaterality"))
     _set_spacing(sc, source)
     _set_lossy_history(sc, source)

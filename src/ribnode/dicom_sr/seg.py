@@ -136,8 +136,7 @@ def _finish_seg(seg: Dataset, source: Dataset, uids: SegUids) -> None:
     """Geometry and flags highdicom leaves to the caller on a projection radiograph."""
     mark_synthetic_if_source_is(seg, source)
     # General Image, Type 2C: required without Image Orientation/Position (PS3.3 C.7.6.1).
-    orientation = source.get("PatientOrientation")
-    seg.PatientOrientation = orientation if orientation else None
+    seg.add_new("PatientOrientation", "CS", source.get("PatientOrientation") or None)
     _copy_body_part(seg, source)
     shared = seg.SharedFunctionalGroupsSequence[0]
     if "PixelMeasuresSequence" in shared and source_pixel_spacing(source) is None:
