@@ -117,6 +117,7 @@ def export_settings(
             "var_dir": str(tmp_path / "var"),
             "ledger": {"url": ledger_url},
             "listener": {"ae_title": "RIBNODE"},
+            "broker": {"url": "filesystem://", "folder": str(tmp_path / "broker")},
             "export": {
                 "destinations": [d.model_dump() for d in destinations],
                 "max_attempts": max_attempts,

@@ -39,6 +39,14 @@ def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
     status.add_argument("--ledger-url", help="SQLAlchemy URL of the ledger (ledger.url)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=status_command)
+    _add_resend(sub)
+
+
+def _add_resend(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """``ribnode resend JOB`` (owned by the export code, ``ribnode.node.export_cli``)."""
+    from ribnode.node.export_cli import add_resend_parser
+
+    add_resend_parser(sub)
 
 
 def _settings(args: argparse.Namespace) -> Any:

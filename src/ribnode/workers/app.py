@@ -49,7 +49,11 @@ def transport_options(broker: BrokerSettings) -> dict[str, Any]:
 def make_celery(settings: Settings) -> Celery:
     """A Celery app for ``settings`` (tasks from ``ribnode.workers.tasks``)."""
     broker = settings.broker
-    app = Celery("ribnode", broker=broker.url, include=["ribnode.workers.tasks"])
+    app = Celery(
+        "ribnode",
+        broker=broker.url,
+        include=["ribnode.workers.tasks", "ribnode.workers.export_tasks"],
+    )
     app.conf.update(
         broker_transport_options=transport_options(broker),
         broker_connection_retry_on_startup=True,

@@ -1,0 +1,72 @@
+"""The export task (CPU queue): thin. It calls :func:`ribnode.node.export.export_job` and asks
+Celery to run it again when a destination is due for a retry.
+
+The retry schedule lives in the ledger (``deliveries.next_attempt_at``, backoff with jitter,
+``export.max_attempts``), not in Celery: a task lost with a worker or a broker loses no
+delivery, because :func:`requeue_due_exports` (called by a sweeper, or ``ribnode resend``)
+finds overdue exporting jobs in the ledger and enqueues them again. Two tasks for one job are
+harmless: a delivery is claimed by one exporter at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from celery import Celery, Task, shared_task
+from sqlalchemy.exc import OperationalError
+
+from ribnode.config.settings import Settings
+from ribnode.node.delivery_ledger import DeliveryLedger
+from ribnode.node.export import export_job
+from ribnode.node.ledger import Ledger, utcnow
+from ribnode.workers.tasks import worker_context
+
+logger = logging.getLogger(__name__)
+logger.addHandler(logging.NullHandler())
+
+EXPORT_JOB = "ribnode.export_job"
+LEDGER_RETRY_S = 5.0  # the ledger itself was unreachable
+
+
+@shared_task(bind=True, name=EXPORT_JOB, acks_late=True, max_retries=None)
+def export_job_task(self: Task, job_id: int) -> None:
+    """Attempt the job's due deliveries; come back when the next one is due."""
+    settings, ledger = worker_context(self.app)
+    try:
+        report = export_job(job_id, settings, ledger)
+    except OperationalError as exc:
+        logger.warning("job %d: ledger unavailable (%s); export retried in %.0f s",
+                       job_id, exc, LEDGER_RETRY_S)
+        raise self.retry(exc=exc, countdown=LEDGER_RETRY_S) from exc
+    if report.retry_in_s is not None:
+        logger.info("job %d: %s pending; next attempt in %.1f s",
+                    job_id, ", ".join(report.pending), report.retry_in_s)
+        raise self.retry(countdown=max(0.05, report.retry_in_s))
+    logger.info("job %d export finished: %s", job_id, report.state)
+
+
+def schedule_export(app: Celery, settings: Settings, job_id: int, countdown_s: float = 0.0) -> str:
+    """Publish the export task of a job on the CPU queue; the task id. Raises when the broker
+    cannot take it (the job stays "exporting" in the ledger; see :func:`requeue_due_exports`)."""
+    result = app.send_task(
+        EXPORT_JOB,
+        args=[job_id],
+        queue=settings.broker.cpu_queue,
+        countdown=countdown_s or None,
+        retry=False,
+    )
+    return str(result.id)
+
+
+def requeue_due_exports(
+    app: Celery, settings: Settings, ledger: Ledger, overdue_s: float = 60.0
+) -> list[int]:
+    """Enqueue the export of every exporting job with a delivery overdue by ``overdue_s``
+    (its task was lost with a worker or the broker). Returns the job ids enqueued."""
+    due = DeliveryLedger(ledger).jobs_due(utcnow() - timedelta(seconds=overdue_s))
+    for job_id in due:
+        schedule_export(app, settings, job_id)
+    if due:
+        logger.warning("re-enqueued the export of overdue jobs %s", due)
+    return due

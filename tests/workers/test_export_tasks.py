@@ -1,0 +1,94 @@
+"""The export task through a real broker and worker, and ``ribnode resend`` on the command line."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import yaml
+from celery import Celery
+from celery.contrib.testing.worker import start_worker
+from pydicom.uid import generate_uid
+
+from ribnode.cli import main
+from ribnode.config.settings import Settings
+from ribnode.node.export import export_job, stage_outputs
+from ribnode.node.ledger import JobState, Ledger
+from ribnode.workers.app import make_celery
+from ribnode.workers.export_tasks import requeue_due_exports, schedule_export
+from tests.node.export_helpers import cstore, export_settings, make_output_set, make_running_job
+from tests.peers.fixtures import free_port
+
+
+@contextmanager
+def export_worker(app: Celery, settings: Settings) -> Iterator[None]:
+    """A real Celery worker on the CPU queue, in this process."""
+    import ribnode.workers.export_tasks  # noqa: F401  (registers the task)
+
+    with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=20,
+                      queues=[settings.broker.cpu_queue]):
+        yield
+
+
+def _wait_state(ledger: Ledger, job_id: int, state: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while ledger.job(job_id).state != state:
+        assert time.monotonic() < deadline, f"job {job_id} is {ledger.job(job_id).state}, not {state}"
+        time.sleep(0.1)
+
+
+def _job(settings: Settings, ledger: Ledger) -> tuple[int, str]:
+    study, source = generate_uid(), generate_uid()
+    job_id = make_running_job(ledger, study, source)
+    stage_outputs(job_id, [make_output_set(study, source)], settings, ledger)
+    return job_id, study
+
+
+def test_export_task_waits_for_the_pacs(tmp_path: Path, orthanc_factory) -> None:  # type: ignore[no-untyped-def]
+    pacs = orthanc_factory()
+    pacs.stop()
+    settings = export_settings(tmp_path, f"sqlite:///{tmp_path / 'ledger.sqlite'}",
+                               [cstore("pacs", pacs.dicom_port)], max_attempts=100)
+    ledger = Ledger(settings.ledger.url)
+    app = make_celery(settings)
+    job_id, study = _job(settings, ledger)
+    schedule_export(app, settings, job_id)
+    with export_worker(app, settings):
+        time.sleep(1.0)  # several attempts against the stopped PACS
+        assert ledger.job(job_id).state == JobState.EXPORTING
+        threading.Thread(target=pacs.start).start()
+        _wait_state(ledger, job_id, JobState.DONE)
+    assert len(pacs.series_of_study(study)) == 3
+    # Nothing is overdue once the job is done.
+    assert requeue_due_exports(app, settings, ledger, overdue_s=0) == []
+    ledger.dispose()
+
+
+def test_resend_command(tmp_path: Path, orthanc_factory, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    http_port, dicom_port = free_port(), free_port()
+    settings = export_settings(tmp_path, f"sqlite:///{tmp_path / 'ledger.sqlite'}",
+                               [cstore("pacs", dicom_port)], max_attempts=1)
+    config = tmp_path / "ribnode.yaml"
+    config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    # ``--config`` exports RIBNODE_CONFIG; monkeypatch restores the environment afterwards.
+    monkeypatch.setenv("RIBNODE_CONFIG", str(config))
+    ledger = Ledger(settings.ledger.url)
+    job_id, study = _job(settings, ledger)
+    assert export_job(job_id, settings, ledger).state == JobState.DEAD
+
+    assert main(["--config", str(config), "resend", "999"]) == 2
+    pacs = orthanc_factory(http_port=http_port, dicom_port=dicom_port)
+    assert main(["--config", str(config), "resend", str(job_id), "--here"]) == 0
+    assert ledger.job(job_id).state == JobState.DONE
+    assert len(pacs.series_of_study(study)) == 3
+
+    # Without --here the export is queued; a worker delivers it again: still one copy each.
+    assert main(["--config", str(config), "resend", str(job_id)]) == 0
+    assert ledger.job(job_id).state == JobState.EXPORTING
+    with export_worker(make_celery(settings), settings):
+        _wait_state(ledger, job_id, JobState.DONE)
+    assert len(pacs.instances()) == 3
+    ledger.dispose()
