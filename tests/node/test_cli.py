@@ -1,0 +1,71 @@
+"""The commands as an operator runs them: ``ribnode serve`` and ``ribnode worker`` as separate
+processes sharing one YAML settings file (ledger, broker folder, spool), dcmtk storescu in,
+``ribnode status`` out."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.node.helpers import dx_dataset, wait_for, write_dataset
+from tests.peers.fixtures import echoscu, free_port, storescu
+
+RIBNODE = [sys.executable, "-m", "ribnode"]
+
+
+def _status(config: Path) -> dict:
+    out = subprocess.run([*RIBNODE, "--config", str(config), "status", "--json"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_serve_worker_status(tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "ribnode.yaml"
+    config.write_text(yaml.safe_dump({
+        "listener": {"port": port, "allowed_senders": [{"ae_title": "STORESCU"}, {"ae_title": "ECHOSCU"}]},
+        "spool": {"directory": str(tmp_path / "spool"), "quiet_period_s": 0.5},
+        "ledger": {"url": f"sqlite:///{tmp_path / 'ledger.sqlite'}"},
+        "broker": {"url": "filesystem://", "folder": str(tmp_path / "broker")},
+    }))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("RIBNODE_CONFIG", None)
+    log = (tmp_path / "serve.log").open("w")
+    serve = subprocess.Popen([*RIBNODE, "--config", str(config), "serve"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    work_log = (tmp_path / "worker.log").open("w")
+    work = subprocess.Popen([*RIBNODE, "--config", str(config), "worker", "--pool", "solo"],
+                            stdout=work_log, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_for(lambda: echoscu(port, called_aet="RIBNODE", calling_aet="ECHOSCU").returncode == 0, 60, "serve")
+        files = [write_dataset(dx_dataset(study_uid="1.2.826.0.1.3680043.10.999.1", seed=i), tmp_path / f"{i}.dcm")
+                 for i in range(2)]
+        result = storescu(files, port, called_aet="RIBNODE")
+        assert result.returncode == 0, result.stderr
+        status = wait_for(lambda: (s := _status(config))["jobs"].get("done") and s, 90, "the job to be done")
+        assert status["studies"] == 1 and status["instances"] == {"dispatched": 2}
+    finally:
+        for proc in (serve, work):
+            proc.send_signal(signal.SIGTERM)
+        for proc in (serve, work):
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        log.close()
+        work_log.close()
+    assert serve.returncode == 0, (tmp_path / "serve.log").read_text()[-3000:]
+    text = subprocess.run([*RIBNODE, "--config", str(config), "status"], capture_output=True, text=True).stdout
+    assert "done 1" in text
+
+
+def test_help_lists_commands() -> None:
+    out = subprocess.run([*RIBNODE, "--help"], capture_output=True, text=True, timeout=60).stdout
+    for command in ("serve", "worker", "status"):
+        assert command in out
