@@ -130,12 +130,13 @@ def export_settings(
 
 
 def stow(name: str, url: str, **kw: Any) -> DestinationSettings:
-    return DestinationSettings(name=name, kind="stow", url=url, timeout_s=10, **kw)
+    return DestinationSettings(name=name, kind="stow", url=url, **{"timeout_s": 10, **kw})
 
 
 def cstore(name: str, port: int, ae_title: str = "ORTHANC", **kw: Any) -> DestinationSettings:
     return DestinationSettings(
-        name=name, kind="cstore", ae_title=ae_title, host="127.0.0.1", port=port, timeout_s=10, **kw
+        name=name, kind="cstore", ae_title=ae_title, host="127.0.0.1", port=port,
+        **{"timeout_s": 10, **kw},
     )
 
 

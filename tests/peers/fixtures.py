@@ -6,7 +6,7 @@ PostgreSQL and Redis (``make services`` starts the last two).
 
 Helpers importable by tests (``from tests.peers.fixtures import ...``):
     free_port() -> int
-    dciodvfy(path) -> (errors, warnings)          assert_dicom_valid(path) -> warnings
+    dciodvfy(path) -> (errors, warnings)   (raw)  assert_dicom_valid(path) -> warnings
     dcmdump(path, *options) -> str                dsrdump(path, *options) -> str
     echoscu(port, called_aet=..., calling_aet=..., host=...) -> CompletedProcess
     storescu(paths, port, called_aet=..., calling_aet=..., host=..., options=()) -> CompletedProcess
@@ -68,9 +68,23 @@ def dciodvfy(path: Path | str) -> tuple[list[str], list[str]]:
     return errors, warnings
 
 
+#: dicom3tools 2022 (Debian) predates Synthetic Data (0008,001C, DICOM 2024b) and reports it as
+#: an unknown even-group attribute, an "Error" that is only its old dictionary
+#: (../shared/guides/dicom-outputs.md, "Viewer pitfalls"). Exactly that line is tolerated.
+KNOWN_DICTIONARY_GAPS = ("(0008,001c)",)
+
+
+def _dictionary_gap(line: str) -> bool:
+    return "not a recognized standard attribute" in line and any(
+        tag in line.lower() for tag in KNOWN_DICTIONARY_GAPS
+    )
+
+
 def assert_dicom_valid(path: Path | str) -> list[str]:
-    """Fail the test if ``dciodvfy`` reports any ``Error`` line; return its warnings."""
+    """Fail the test if ``dciodvfy`` reports any ``Error`` line (other than the Synthetic Data
+    dictionary gap of dicom3tools 2022); return its warnings."""
     errors, warnings = dciodvfy(path)
+    errors = [line for line in errors if not _dictionary_gap(line)]
     if errors:
         pytest.fail(f"dciodvfy reports {len(errors)} error(s) in {path}:\n" + "\n".join(errors))
     return warnings

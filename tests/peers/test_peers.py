@@ -152,6 +152,16 @@ def test_dciodvfy_finds_errors_and_passes_valid(tmp_path: Path, rg1_files: dict[
     sc = _secondary_capture(tmp_path)
     assert dciodvfy(sc)[0] == []
     assert_dicom_valid(sc)
+    # Synthetic Data (0008,001C) is newer than dicom3tools' dictionary: tolerated, nothing else.
+    ds = pydicom.dcmread(sc)
+    ds.add_new(0x0008001C, "CS", "YES")
+    ds.save_as(sc)
+    assert any("(0008,001c)" in line for line in dciodvfy(sc)[0])
+    assert_dicom_valid(sc)
+    del ds.PatientOrientation  # type 2C in the SC Image module here: a real error
+    ds.save_as(sc)
+    with pytest.raises(pytest.fail.Exception):
+        assert_dicom_valid(sc)
 
 
 def test_dcmdump_and_dsrdump(rg1_files: dict[str, Path]) -> None:

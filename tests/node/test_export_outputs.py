@@ -1,0 +1,77 @@
+"""The real ribnode objects (dicom_sr SC, SEG, SR) delivered to stock-configured Orthancs, by
+STOW-RS and by C-STORE, in the clear and over DICOM TLS with certificates made in the test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+import pytest
+from dicomweb_client import DICOMwebClient
+
+from ribnode.config.settings import OutputSettings
+from ribnode.dicom_sr import build_outputs
+from ribnode.node.export import TransientDeliveryError, deliver, export_job, stage_outputs
+from ribnode.node.ledger import JobState, Ledger
+from ribnode.node.orthanc import OrthancServer
+from tests.dicom_sr.inputs import model_inputs, synthetic_dx
+from tests.node.export_helpers import cstore, export_settings, make_running_job, stow
+from tests.node.test_tls import pki  # noqa: F401  (pytest fixture: CA, server and client certs)
+from tests.peers.fixtures import assert_dicom_valid
+
+# What a PACS administrator leaves on: unknown SOP classes refused.
+STOCK = {"UnknownSopClassAccepted": False}
+
+
+def _real_outputs():  # type: ignore[no-untyped-def]
+    source = synthetic_dx()
+    segmentation, suppression = model_inputs(source)
+    return source, build_outputs(source, segmentation, suppression, OutputSettings())
+
+
+def test_real_outputs_by_stow_and_cstore(tmp_path: Path, orthanc_factory) -> None:  # type: ignore[no-untyped-def]
+    web: OrthancServer = orthanc_factory(ae_title="WEB", extra_config=STOCK)
+    dimse: OrthancServer = orthanc_factory(ae_title="DIMSE", extra_config=STOCK)
+    source, outputs = _real_outputs()
+    settings = export_settings(tmp_path, f"sqlite:///{tmp_path / 'ledger.sqlite'}", [
+        stow("web", web.dicomweb_url), cstore("dimse", dimse.dicom_port, ae_title="DIMSE")])
+    ledger = Ledger(settings.ledger.url)
+    job_id = make_running_job(ledger, str(source.StudyInstanceUID), str(source.SOPInstanceUID))
+    paths = stage_outputs(job_id, [outputs], settings, ledger)
+    for path in paths:
+        assert_dicom_valid(path)
+    assert export_job(job_id, settings, ledger).state == JobState.DONE
+    ledger.dispose()
+
+    expected = {str(d.SOPClassUID) for d in outputs.datasets()}
+    for pacs in (web, dimse):
+        series = pacs.series_of_study(str(source.StudyInstanceUID))
+        assert {s["MainDicomTags"]["Modality"] for s in series} == {"OT", "SEG", "SR"}
+        stored = {pacs.rest("GET", f"/instances/{i}/simplified-tags").json()["SOPClassUID"]
+                  for i in pacs.instances()}
+        assert stored == expected
+    found = DICOMwebClient(web.dicomweb_url).search_for_series(
+        study_instance_uid=str(source.StudyInstanceUID))
+    descriptions = {s.get("0008103E", {}).get("Value", [""])[0] for s in found}
+    assert any(d.startswith("AI SYNTHETIC") for d in descriptions)
+
+
+def test_cstore_over_dicom_tls(tmp_path: Path, orthanc_factory, pki: dict[str, Path]) -> None:  # noqa: F811  # type: ignore[no-untyped-def]
+    pacs: OrthancServer = orthanc_factory(extra_config={
+        **STOCK,
+        "DicomTlsEnabled": True,
+        "DicomTlsCertificate": str(pki["server"]),
+        "DicomTlsPrivateKey": str(pki["server_key"]),
+        "DicomTlsTrustedCertificates": str(pki["ca"]),
+        "DicomTlsRemoteCertificateRequired": True,
+    })
+    source, outputs = _real_outputs()
+    secure = cstore("pacs", pacs.dicom_port, tls_ca=pki["ca"], tls_cert=pki["client"],
+                    tls_key=pki["client_key"])
+    with pytest.raises(TransientDeliveryError):  # plain DICOM to a TLS port: no association
+        deliver(outputs.datasets(), cstore("pacs", pacs.dicom_port, timeout_s=3))
+    assert pacs.instances() == []
+    deliver(outputs.datasets(), secure)
+    assert len(pacs.series_of_study(str(source.StudyInstanceUID))) == 3
+    stored = pacs.rest("GET", f"/instances/{pacs.instances()[0]}/file").content
+    assert pydicom.dcmread(__import__("io").BytesIO(stored)).StudyInstanceUID == source.StudyInstanceUID
