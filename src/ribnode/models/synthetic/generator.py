@@ -60,17 +60,28 @@ class SyntheticChest:
 
 @dataclass(frozen=True)
 class _Grid:
-    """Pixel-centre coordinates in mm: X from the midline (image right = patient left), Y down."""
+    """Pixel centres in patient millimetres: X from the midline (image right = patient left),
+    Y down from the top of the field. The patient may be scaled and off-centre on the detector:
+    ``detector = patient * scale + offset``."""
 
-    x: np.ndarray  # (1, cols)
-    y: np.ndarray  # (rows, 1)
-    pixel_mm: float
+    x: np.ndarray  # (1, cols) patient X of each column
+    y: np.ndarray  # (rows, 1) patient Y of each row
+    pixel_mm: float  # detector pixel spacing
     shape: tuple[int, int]
+    scale: float = 1.0
+    offset: tuple[float, float] = (0.0, 0.0)  # (x, y) mm on the detector
+
+    @property
+    def mm_per_px(self) -> float:
+        """Patient millimetres per pixel."""
+        return self.pixel_mm / self.scale
 
     def to_pixel(self, x_mm: float, y_mm: float) -> tuple[float, float]:
-        """(row, col) of a point in mm: pixel (i, j) has its centre at ((i + .5) p, ...)."""
-        col = (x_mm + self.shape[1] * self.pixel_mm / 2.0) / self.pixel_mm - 0.5
-        return (y_mm / self.pixel_mm - 0.5, col)
+        """(row, col) of a patient point: pixel (i, j) has its centre at ((i + .5) p, ...)."""
+        dx = x_mm * self.scale + self.offset[0]
+        dy = y_mm * self.scale + self.offset[1]
+        col = (dx + self.shape[1] * self.pixel_mm / 2.0) / self.pixel_mm - 0.5
+        return (dy / self.pixel_mm - 0.5, col)
 
     def box(self, x0: float, x1: float, y0: float, y1: float) -> tuple[slice, slice]:
         """Row and column slices covering the mm rectangle (clipped to the matrix)."""
@@ -81,12 +92,13 @@ class _Grid:
         return rows, cols
 
 
-def _make_grid(shape: tuple[int, int]) -> _Grid:
+def _make_grid(shape: tuple[int, int], scale: float = 1.0,
+               offset: tuple[float, float] = (0.0, 0.0)) -> _Grid:
     rows, cols = shape
     pixel = FIELD_OF_VIEW_MM / rows
-    y = ((np.arange(rows, dtype=np.float32) + 0.5) * pixel)[:, None]
-    x = ((np.arange(cols, dtype=np.float32) + 0.5) * pixel - cols * pixel / 2.0)[None, :]
-    return _Grid(x=x, y=y, pixel_mm=pixel, shape=shape)
+    y = (((np.arange(rows, dtype=np.float32) + 0.5) * pixel - offset[1]) / scale)[:, None]
+    x = (((np.arange(cols, dtype=np.float32) + 0.5) * pixel - cols * pixel / 2.0 - offset[0]) / scale)[None, :]
+    return _Grid(x=x, y=y, pixel_mm=pixel, shape=shape, scale=scale, offset=offset)
 
 
 def _chord(u2: np.ndarray) -> np.ndarray:
@@ -117,6 +129,9 @@ def _sample_anatomy(rng: np.random.Generator) -> dict[str, Any]:
     u = rng.uniform
     lung_width = u(118.0, 142.0)
     return {
+        "patient_scale": u(0.9, 1.06),  # body size and magnification
+        "patient_dx": u(-12.0, 12.0),  # positioning on the detector (mm)
+        "patient_dy": u(-12.0, 18.0),
         "body_half_width": lung_width + u(22.0, 36.0),
         "body_half_depth": u(95.0, 118.0),
         "shoulder_y": u(38.0, 55.0),
@@ -244,14 +259,14 @@ def _spine(grid: _Grid, p: dict[str, Any]) -> np.ndarray:
         rows, cols = grid.box(-half_w - 10.0, half_w + 10.0, cy - half_h - 6.0, cy + half_h + 6.0)
         if rows.start >= rows.stop:
             continue
-        sub = _Grid(grid.x[:, cols], grid.y[rows, :], grid.pixel_mm, grid.shape)
+        sub = _Grid(grid.x[:, cols], grid.y[rows, :], grid.pixel_mm, grid.shape, grid.scale, grid.offset)
         body = _ellipsoid(sub, 0.0, cy, half_w, half_h, 16.0) ** 1.0
         rim = body - _ellipsoid(sub, 0.0, cy, half_w - 2.0, half_h - 1.5, 14.0)
-        extra[rows, cols] += 0.6 * ((MU_TRABECULAR - MU_SOFT) * body + (MU_CORTICAL - MU_TRABECULAR) * rim)
+        extra[rows, cols] += 0.4 * ((MU_TRABECULAR - MU_SOFT) * body + (MU_CORTICAL - MU_TRABECULAR) * rim)
         for side in (-1.0, 1.0):  # pedicles: cortical rings seen end-on
             ped = _ellipsoid(sub, side * 0.72 * half_w, cy - 0.25 * half_h, 4.5, 6.5, 12.0)
             core = _ellipsoid(sub, side * 0.72 * half_w, cy - 0.25 * half_h, 3.0, 4.8, 10.0)
-            extra[rows, cols] += 0.5 * (MU_CORTICAL - MU_SOFT) * (ped - core)
+            extra[rows, cols] += 0.35 * (MU_CORTICAL - MU_SOFT) * (ped - core)
     return extra
 
 
@@ -483,14 +498,14 @@ def generate_chest(seed: int, size: int | tuple[int, int] = 512, nodules: int = 
         raise ValueError(f"size {size}, nodules {nodules}: expected >= 64 px a side, nodules >= 0")
     rng = np.random.default_rng(seed)
     p = _sample_anatomy(rng)
-    grid = _make_grid(shape)
+    grid = _make_grid(shape, p["patient_scale"], (p["patient_dx"], p["patient_dy"]))
     body = _body(grid, p)
     lung = _lungs(grid, p)
     heart = _heart(grid, p)
     lung = np.maximum(lung - heart, 0.25 * lung * (heart > 0)) * (body > 0)
     lung_mask = lung > 0
     vessels = p["vessel_contrast"] * _vessels(grid, p, rng) * np.clip(lung / 40.0, 0.0, 1.0)
-    texture = _blur(rng.standard_normal(shape).astype(np.float32), 2.5 / grid.pixel_mm)
+    texture = _blur(rng.standard_normal(shape).astype(np.float32), 2.5 / grid.mm_per_px)
     texture *= p["lung_texture"] / max(float(texture.std()), 1e-6)
     placed = _place_nodules(grid, lung, heart, nodules, rng)
     nodule_path = np.zeros(shape, np.float32)
@@ -514,7 +529,7 @@ def generate_chest(seed: int, size: int | tuple[int, int] = 512, nodules: int = 
         radiograph=radiograph,
         soft_tissue=soft,
         rib_mask=rib_mask,
-        nodules=[(*grid.to_pixel(x, y), r / grid.pixel_mm) for x, y, r in placed],
+        nodules=[(*grid.to_pixel(x, y), r / grid.mm_per_px) for x, y, r in placed],
         lung_mask=lung_mask,
         pixel_spacing_mm=grid.pixel_mm,
         parameters={"seed": seed, **p},
