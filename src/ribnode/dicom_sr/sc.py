@@ -16,7 +16,6 @@ import highdicom as hd
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.sr.codedict import codes
 
 from ribnode.config.settings import OutputSettings
 from ribnode.dicom_sr.geometry import source_spacing
@@ -160,6 +159,44 @@ def _set_spacing(sc: Dataset, source: Dataset) -> None:
     # record and docs/dicom-conformance.md state it.
 
 
+def _sc_equipment(
+    suppression: SuppressionResult, segmentation: SegmentationResult, context: ProcessingContext,
+) -> list[hd.ContributingEquipment]:
+    """The suppression model synthesized the image (109100); the segmentation bounded it."""
+    synthesizing = model_equipment(
+        suppression.model, "synthesizing", context,
+        contribution_description(
+            suppression.model, seed=suppression.seed, steps=suppression.steps,
+            working_size=suppression.working_size,
+        ),
+    )
+    processing = model_equipment(
+        segmentation.model, "processing", context,
+        contribution_description(segmentation.model) + "; rib mask that bounds the suppression",
+    )
+    return [synthesizing, processing]
+
+
+def _sc_pixels(
+    source: Dataset, suppression: SuppressionResult, settings: OutputSettings,
+) -> tuple[np.ndarray, int, bool, tuple[float, float]]:
+    """Pixels to write (label burned in if asked), bits stored, signedness and the window."""
+    bits_stored, signed = check_pixels(source, suppression.soft_stored)
+    photometric = str(source.PhotometricInterpretation)
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ValueError(f"source photometric {photometric!r}, expected MONOCHROME1/2")
+    pixels = suppression.soft_stored
+    slope = float(source.get("RescaleSlope", 1) or 1)
+    intercept = float(source.get("RescaleIntercept", 0) or 0)
+    window = window_for(pixels, slope, intercept)  # before the label: the image's own window
+    if settings.burned_in_label:
+        pixels = burn_label(pixels, photometric, bits_stored, signed)
+    # highdicom encodes unsigned words; a signed source is written bit for bit and
+    # Pixel Representation restored afterwards.
+    unsigned = pixels.view(np.uint16) if pixels.dtype == np.int16 else pixels
+    return unsigned, bits_stored, signed, window
+
+
 def build_sc(
     source: Dataset,
     suppression: SuppressionResult,
@@ -169,45 +206,22 @@ def build_sc(
     uids: ScUids,
 ) -> hd.sc.SCImage:
     """The bone-suppressed Secondary Capture, on the source matrix with the source's depth."""
-    bits_stored, signed = check_pixels(source, suppression.soft_stored)
-    photometric = str(source.PhotometricInterpretation)
-    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise ValueError(f"source photometric {photometric!r}, expected MONOCHROME1/2")
-    pixels = suppression.soft_stored
-    slope = float(source.get("RescaleSlope", 1) or 1)
-    intercept = float(source.get("RescaleIntercept", 0) or 0)
-    center, width = window_for(pixels, slope, intercept)
-    if settings.burned_in_label:
-        pixels = burn_label(pixels, photometric, bits_stored, signed)
-    bits_allocated = int(source.BitsAllocated)
-    unsigned = pixels.view(np.uint16) if pixels.dtype == np.int16 else pixels
-    suppression_item = model_equipment(
-        suppression.model, "synthesizing", context,
-        contribution_description(
-            suppression.model, seed=suppression.seed, steps=suppression.steps,
-            working_size=suppression.working_size,
-        ),
-    )
-    segmentation_item = model_equipment(
-        segmentation.model, "processing", context,
-        contribution_description(segmentation.model) + "; rib mask that bounds the suppression",
-    )
+    pixels, bits_stored, signed, (center, width) = _sc_pixels(source, suppression, settings)
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
-        pixel_array=unsigned,
-        photometric_interpretation=photometric,
-        bits_allocated=bits_allocated,
+        pixel_array=pixels,
+        photometric_interpretation=str(source.PhotometricInterpretation),
+        bits_allocated=int(source.BitsAllocated),
         coordinate_system="PATIENT",
         series_instance_uid=uids.series_instance_uid,
         series_number=SERIES_NUMBER,
         sop_instance_uid=uids.sop_instance_uid,
         instance_number=int(source.get("InstanceNumber", 1) or 1),
-        patient_orientation=("L", "F"),  # replaced by the source's own value below
+        patient_orientation=("L", "F"),  # replaced by the source's own value in _finish_sc
         transfer_syntax_uid=pydicom.uid.ExplicitVRLittleEndian,
-        contributing_equipment=[suppression_item, segmentation_item],
+        contributing_equipment=_sc_equipment(suppression, segmentation, context),
         series_description=SERIES_DESCRIPTION,
-        **{k: v for k, v in equipment_kwargs(context).items() if k != "manufacturer"},
-        manufacturer=MANUFACTURER,
+        **equipment_kwargs(context),
     )
     _finish_sc(sc, source, suppression, settings, context, bits_stored, signed)
     sc.WindowCenter = pydicom.valuerep.DSfloat(center, auto_format=True)

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.sr.codedict import codes
 
 from ribnode.dicom_sr.geometry import Spacing, source_spacing
 from ribnode.dicom_sr.provenance import (
