@@ -116,26 +116,22 @@ class OutputSettings(BaseModel):
 class DestinationSettings(BaseModel):
     """One export destination."""
 
-    name: str
-    kind: Literal["folder", "stow", "cstore"]
-    # folder
-    path: Path | None = None
-    # stow (DICOMweb STOW-RS)
-    url: str | None = None
-    username: str | None = None
-    password: str | None = None
-    bearer_token: str | None = None
-    tls_verify: bool = True
-    # cstore
-    ae_title: str | None = None
-    host: str | None = None
-    port: int | None = None
+    name: str  # unique; deliveries are tracked per destination name
+    kind: Literal["folder", "stow", "cstore"]  # local folder, DICOMweb STOW-RS, or DIMSE C-STORE
+    path: Path | None = None  # folder: root of <StudyUID>/<SeriesUID>/<SOPUID>.dcm
+    url: str | None = None  # stow: DICOMweb base URL (STOW-RS posts to <url>/studies)
+    username: str | None = None  # stow: HTTP basic auth user
+    password: str | None = None  # stow: HTTP basic auth password
+    bearer_token: str | None = None  # stow: OAuth bearer token (instead of basic auth)
+    tls_verify: bool = True  # stow: verify the server's HTTPS certificate (keep on)
+    ae_title: str | None = None  # cstore: called AE title of the PACS
+    host: str | None = None  # cstore: PACS host name or address
+    port: int | None = None  # cstore: PACS DICOM port
     tls_ca: Path | None = None  # cstore: DICOM TLS on when set; stow: CA bundle to verify with
-    # export (owned by the export code, ribnode.node.export)
     calling_ae_title: str | None = None  # cstore: our AE title; None -> listener.ae_title
     tls_cert: Path | None = None  # client certificate (mutual TLS), stow and cstore
-    tls_key: Path | None = None
-    timeout_s: float = 30.0  # connect/response timeout of one send
+    tls_key: Path | None = None  # PEM private key of tls_cert
+    timeout_s: float = 30.0  # connect/response timeout of one send, seconds
 
     @model_validator(mode="after")
     def _check_kind_fields(self) -> "DestinationSettings":
@@ -158,14 +154,15 @@ class DestinationSettings(BaseModel):
 class ExportSettings(BaseModel):
     """Delivery of the results to one or more destinations, with retries."""
 
+    # Where results go (several allowed, each tracked and retried on its own); default: a folder
     destinations: list[DestinationSettings] = Field(
         default_factory=lambda: [
             DestinationSettings(name="local", kind="folder", path=Path("var/outbox"))
         ]
     )
-    max_attempts: int = 8
-    backoff_s: float = 2.0
-    backoff_max_s: float = 300.0
+    max_attempts: int = 8  # attempts per destination before the delivery (and job) is dead
+    backoff_s: float = 2.0  # first retry delay; doubles per attempt, full jitter U(0, delay)
+    backoff_max_s: float = 300.0  # cap of the retry delay
     # Where the worker keeps the objects it made until every destination has them
     # (``<staging_dir>/<StudyUID>/<SeriesUID>/<SOPUID>.dcm``); shared like the spool.
     staging_dir: Path = Path("var/outputs")
