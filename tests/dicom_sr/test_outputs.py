@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pydicom
+import pytest
 
 from ribnode.config.settings import OutputSettings
 from ribnode.dicom_sr import OutputSet, build_outputs, derived_uid
@@ -141,3 +142,11 @@ def test_qa_reads_the_provenance_from_standard_attributes_alone(tmp_path: Path) 
     assert sc["series_description"].startswith("AI SYNTHETIC")
     synthesizing = [i for i in sc["ai_equipment"] if "109100" in i["purpose"]]
     assert [i["model"] for i in synthesizing] == ["ribnode rib-suppression"]
+
+
+def test_unknown_source_class_is_named() -> None:
+    source = synthetic_dx(rows=64, columns=64)
+    segmentation, suppression = model_inputs(source)
+    source.SOPClassUID = "1.2.3.4.5"
+    with pytest.raises(ValueError, match="1.2.3.4.5 is not a standard image storage class"):
+        build_outputs(source, segmentation, suppression, OutputSettings(), created=CREATED)

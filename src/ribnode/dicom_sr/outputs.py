@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pydicom
+from highdicom._standard_utils import get_sop_class_iod_map
 
 from ribnode.config.settings import OutputSettings
 from ribnode.dicom_sr import sc as sc_module
@@ -54,6 +55,11 @@ def _check_inputs(
                     "Rows", "Columns", "BitsAllocated", "BitsStored", "PhotometricInterpretation"):
         if keyword not in source:
             raise ValueError(f"source dataset has no {keyword}; it cannot be a radiograph")
+    if str(source.SOPClassUID) not in get_sop_class_iod_map():
+        raise ValueError(
+            f"source SOP Class {source.SOPClassUID} is not a standard image storage class; "
+            "expected CR or DX"
+        )
     if segmentation.mask.shape != suppression.soft_stored.shape:
         raise ValueError(
             f"mask shape {segmentation.mask.shape} differs from the suppressed image's "
