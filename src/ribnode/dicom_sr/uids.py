@@ -3,8 +3,8 @@
 A re-run of the same models on the same source instance must *replace* its earlier results in
 the PACS, never add a second copy, so every Series and SOP Instance UID is a pure function of
 (source SOP Instance UID, weights sha256, object kind): ``pydicom.uid.generate_uid`` hashes the
-entropy sources (SHA-512) into the UID suffix (PS3.5 9.1, "UUID derived" root 2.25 is not used
-because pydicom's prefix keeps UIDs short and recognisable).
+entropy sources (SHA-512) into a decimal suffix under pydicom's root
+``1.2.826.0.1.3680043.8.498.`` (PS3.5 9.1; 64 characters at most).
 """
 
 from __future__ import annotations
