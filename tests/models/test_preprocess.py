@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -412,3 +413,13 @@ def test_read_png_8_and_16_bit_and_colour(tmp_path: Path) -> None:
     Image.fromarray(eight[:10, :10]).save(tmp_path / "tiny.png")
     with pytest.raises(pp.ImageSizeError):
         pp.read_png(tmp_path / "tiny.png")
+
+
+def test_preprocess_and_synthetic_import_no_ml_runtime() -> None:
+    """The node and dicom_sr import these: no torch, onnxruntime or diffusers, no SimpleITK yet."""
+    code = (
+        "import sys, ribnode.models.preprocess, ribnode.models.synthetic; "
+        "print(sorted(m for m in ('torch', 'onnxruntime', 'diffusers', 'SimpleITK') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -25,15 +25,17 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pydicom
-import SimpleITK as sitk
 from pydicom import uid as dicom_uid
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk  # imported where used: keeps ``import preprocess`` light for node
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
@@ -468,7 +470,9 @@ def to_source(
 # -- Mask morphology (SimpleITK) -------------------------------------------------------------
 
 
-def _mask_image(mask: np.ndarray) -> sitk.Image:
+def _mask_image(mask: np.ndarray) -> "sitk.Image":
+    import SimpleITK as sitk
+
     array = np.asarray(mask)
     if array.ndim != 2:
         raise ValueError(f"mask of shape {array.shape}: expected 2-D")
@@ -477,6 +481,8 @@ def _mask_image(mask: np.ndarray) -> sitk.Image:
 
 def dilate_mask(mask: np.ndarray, radius_px: int) -> np.ndarray:
     """Binary dilation by a disc of ``radius_px`` pixels (SimpleITK, ball structuring element)."""
+    import SimpleITK as sitk
+
     radius = int(radius_px)
     if radius < 0:
         raise ValueError(f"radius_px {radius_px}: expected >= 0")
@@ -494,6 +500,8 @@ def clean_mask(
     The same steps as the reference rib-mask derivation (``shared/tools/derive_rib_masks.py``),
     done with SimpleITK.
     """
+    import SimpleITK as sitk
+
     image = _mask_image(mask)
     if open_radius_px > 0:
         r = int(open_radius_px)
