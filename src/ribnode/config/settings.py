@@ -100,6 +100,8 @@ class ModelSettings(BaseModel):
     suppression_steps: int = 4
     backend: Literal["onnx", "torch"] = "onnx"
     intra_op_threads: int = 0  # 0: let the runtime choose
+    # Largest Rows x Columns read_radiograph accepts (checked before decoding pixel data).
+    max_pixels: int = Field(default=8192 * 8192, ge=64 * 64)
 
 
 class OutputSettings(BaseModel):
