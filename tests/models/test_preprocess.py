@@ -269,6 +269,10 @@ def test_undecodable_pixel_data_is_a_decode_error(tmp_path: Path) -> None:
     ds["PixelData"].VR = "OB"
     with pytest.raises(pp.DecodeError, match="1.2.840.10008.1.2.4.70"):
         pp.read_radiograph(_save(ds, tmp_path / "bad.dcm"))
+    truncated = _dataset(_phantom((64, 64), 12), 12)
+    truncated.PixelData = truncated.PixelData[:1000]
+    with pytest.raises(pp.DecodeError, match="cannot decode"):
+        pp.read_radiograph(truncated)
     del ds.PixelData
     with pytest.raises(pp.DecodeError, match="no Pixel Data"):
         pp.read_radiograph(ds)
