@@ -12,7 +12,7 @@ from ribnode.config.settings import OutputSettings
 from ribnode.dicom_sr import build_outputs
 from tests.dicom_sr.conftest import write_outputs
 from tests.dicom_sr.inputs import CREATED, model_inputs, synthetic_dx
-from tests.dicom_sr.validation import assert_valid
+from tests.dicom_sr.validation import assert_valid_and_explained as assert_valid
 
 
 def _with_depth(bits_allocated: int, bits_stored: int, signed: bool) -> pydicom.Dataset:

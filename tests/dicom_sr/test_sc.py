@@ -15,7 +15,7 @@ from ribnode.dicom_sr.label import label_mask
 from ribnode.dicom_sr.sc import SERIES_DESCRIPTION
 from tests.dicom_sr.conftest import write_outputs
 from tests.dicom_sr.inputs import CREATED, model_inputs, synthetic_dx
-from tests.dicom_sr.validation import assert_valid
+from tests.dicom_sr.validation import assert_valid_and_explained as assert_valid
 
 DxOutputs = tuple[pydicom.Dataset, OutputSet, dict[str, Path]]
 

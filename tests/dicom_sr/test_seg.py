@@ -13,7 +13,7 @@ from ribnode.config.settings import OutputSettings
 from ribnode.dicom_sr import OutputSet, build_outputs
 from tests.dicom_sr.conftest import write_outputs
 from tests.dicom_sr.inputs import CREATED, model_inputs, synthetic_dx
-from tests.dicom_sr.validation import assert_valid
+from tests.dicom_sr.validation import assert_valid_and_explained as assert_valid
 
 DxOutputs = tuple[pydicom.Dataset, OutputSet, dict[str, Path]]
 

@@ -13,7 +13,7 @@ from ribnode.config.settings import OutputSettings
 from ribnode.dicom_sr import OutputSet, build_outputs
 from ribnode.dicom_sr.uids import combined_sha256, device_observer_uid
 from tests.dicom_sr.inputs import CREATED, SEG_MODEL, SUP_MODEL, model_inputs, synthetic_dx
-from tests.dicom_sr.validation import assert_valid
+from tests.dicom_sr.validation import assert_valid_and_explained as assert_valid
 from tests.peers.fixtures import dsrdump
 
 DxOutputs = tuple[pydicom.Dataset, OutputSet, dict[str, Path]]

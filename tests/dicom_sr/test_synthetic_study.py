@@ -16,7 +16,7 @@ from ribnode.models.preprocess import read_radiograph
 from ribnode.models.synthetic import generate_chest, write_dicom_study
 from tests.dicom_sr.conftest import write_outputs
 from tests.dicom_sr.inputs import CREATED, SEG_MODEL, SUP_MODEL
-from tests.dicom_sr.validation import assert_valid
+from tests.dicom_sr.validation import assert_valid_and_explained as assert_valid
 
 
 @pytest.mark.parametrize(("photometric", "pixel_spacing"), [("MONOCHROME2", False), ("MONOCHROME1", True)])
