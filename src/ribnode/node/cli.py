@@ -72,17 +72,22 @@ def serve_command(args: argparse.Namespace) -> int:
     from ribnode.node.completion import StudyCompletion
     from ribnode.node.ledger import AuditEventName, Ledger
     from ribnode.node.listener import DicomListener
+    from ribnode.node.recovery import recover_spool
+    from ribnode.node.routing import RoutingRule
+    from ribnode.node.spool import Spool
     from ribnode.workers.app import enqueue_job, make_celery
 
     settings = _settings(args)
     ledger = Ledger(settings.ledger.url)
+    spool = Spool(settings.spool.directory)
+    recover_spool(spool, ledger, RoutingRule(settings.routing.rules))
     app = make_celery(settings)
     completion = StudyCompletion(settings, ledger, functools.partial(enqueue_job, app))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     ledger.audit(AuditEventName.APPLICATION_ACTIVITY, detail="ribnode serve started")
-    with DicomListener(settings, ledger) as listener, completion:
+    with DicomListener(settings, ledger, spool) as listener, completion:
         print(f"ribnode serve: {settings.listener.ae_title} listening on "
               f"{settings.listener.bind_address}:{listener.port}", flush=True)
         stop.wait()
