@@ -481,7 +481,8 @@ def _detect(soft_a: np.ndarray, bone_a: np.ndarray, mask: np.ndarray, grid: _Gri
         images.append(1.0 / (1.0 + np.exp(-(log_a / 4.6 - p["tone_mid"]) / p["tone_width"])))
     full, soft = images
     background = _blur(soft, 25.0 / grid.pixel_mm)  # local contrast, shared (from the soft layer)
-    k = p["local_contrast"]
+    # less enhancement over dense regions (mediastinum, abdomen), as in processed radiographs
+    k = p["local_contrast"] * (1.0 - 0.7 * _smoothstep(background, 0.55, 0.8))
     full = np.clip(full + k * (full - background), 0.0, 1.0)
     soft = np.clip(soft + k * (soft - background), 0.0, 1.0)
     return full.astype(np.float32), soft.astype(np.float32)
