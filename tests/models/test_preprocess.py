@@ -192,6 +192,11 @@ def test_rescale_is_applied_and_window_is_only_a_hint() -> None:
     np.testing.assert_allclose(rescaled.image, plain.image, atol=1e-5)
     assert rescaled.lo == pytest.approx(plain.lo * 2.5 - 1000)
     assert rescaled.window == (40.0, 80.0)
+    voi = Dataset()  # a non-linear VOI LUT (PS3.3 C.11.2): display only, must change nothing
+    voi.LUTDescriptor = [4096, 0, 16]
+    voi.LUTData = (np.sqrt(np.arange(4096) / 4095) * 65535).astype(np.uint16).tolist()
+    with_voi = pp.read_radiograph(_dataset(stored, 12, VOILUTSequence=[voi], VOILUTFunction="SIGMOID"))
+    np.testing.assert_array_equal(with_voi.image, plain.image)
     constant = pp.read_radiograph(
         _dataset(np.full((80, 80), 100, np.uint16), 12, WindowCenter=100, WindowWidth=50)
     )
