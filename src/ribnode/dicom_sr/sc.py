@@ -10,6 +10,7 @@ Description, Contributing Equipment (109100 Synthesizing Equipment), Series Desc
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 
 import highdicom as hd
@@ -207,7 +208,26 @@ def build_sc(
 ) -> hd.sc.SCImage:
     """The bone-suppressed Secondary Capture, on the source matrix with the source's depth."""
     pixels, bits_stored, signed, (center, width) = _sc_pixels(source, suppression, settings)
-    sc = hd.sc.SCImage.from_ref_dataset(
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        sc = _sc_image(source, pixels, suppression, segmentation, context, uids)
+    for warning in caught:
+        # highdicom questions the *source's* values (e.g. a one-component person name); they
+        # are copied as received, so this is logged with the source UID, not a Python warning.
+        logger.info("source %s: %s", source.SOPInstanceUID, warning.message)
+    _finish_sc(sc, source, suppression, settings, context, bits_stored, signed)
+    sc.WindowCenter = pydicom.valuerep.DSfloat(center, auto_format=True)
+    sc.WindowWidth = pydicom.valuerep.DSfloat(width, auto_format=True)
+    sc.WindowCenterWidthExplanation = "ribnode: 0.5-99.5 percentile of the output"
+    return sc
+
+
+def _sc_image(
+    source: Dataset, pixels: np.ndarray, suppression: SuppressionResult,
+    segmentation: SegmentationResult, context: ProcessingContext, uids: ScUids,
+) -> hd.sc.SCImage:
+    """highdicom's SCImage with the source's patient and study, ribnode's equipment."""
+    return hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
         pixel_array=pixels,
         photometric_interpretation=str(source.PhotometricInterpretation),
@@ -223,11 +243,6 @@ def build_sc(
         series_description=SERIES_DESCRIPTION,
         **equipment_kwargs(context),
     )
-    _finish_sc(sc, source, suppression, settings, context, bits_stored, signed)
-    sc.WindowCenter = pydicom.valuerep.DSfloat(center, auto_format=True)
-    sc.WindowWidth = pydicom.valuerep.DSfloat(width, auto_format=True)
-    sc.WindowCenterWidthExplanation = "ribnode: 0.5-99.5 percentile of the output"
-    return sc
 
 
 def _finish_sc(
@@ -235,8 +250,8 @@ def _finish_sc(
     context: ProcessingContext, bits_stored: int, signed: bool,
 ) -> None:
     """Set what highdicom's constructor does not: synthetic flags, references, geometry."""
-    # Patient and Study modules in full (Study Description, Patient's Age, Other Patient IDs,
-    # ...): ``from_ref_dataset`` copies only the attributes its constructor takes.
+    # Patient and Study modules in full (Study Description, Patient's Age, ...):
+    # ``from_ref_dataset`` copies only the attributes its constructor takes.
     sc.copy_patient_and_study_information(source)
     _set_pixel_module(sc, source, bits_stored, signed)
     sc.SyntheticData = "YES"
