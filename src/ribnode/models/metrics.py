@@ -98,13 +98,13 @@ def segmentation_metrics(prediction: np.ndarray, reference: np.ndarray,
 
 
 def _as_float_images(*images: np.ndarray) -> list[np.ndarray]:
+    for image in images:  # integer arrays would wrap around in a - b (metrics guide)
+        if np.asarray(image).dtype.kind != "f":
+            raise TypeError(f"suppression metrics need float images in [0, 1], got {np.asarray(image).dtype}")
     arrays = [np.asarray(image, dtype=np.float64) for image in images]
     for array in arrays[1:]:
         if array.shape != arrays[0].shape:
             raise ValueError(f"images of shapes {[a.shape for a in arrays]} differ in shape")
-    for array in arrays:
-        if array.dtype.kind != "f":
-            raise TypeError(f"suppression metrics need float images, got {array.dtype}")
     return arrays
 
 

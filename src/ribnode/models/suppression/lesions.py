@@ -100,18 +100,15 @@ def retention_and_spurious(p: np.ndarray, p_nodule: np.ndarray, n: np.ndarray,
 
 def placements(rng: np.random.Generator, rib_mask: np.ndarray, lung: np.ndarray, location: str,
                radius: float, count: int) -> list[tuple[float, float]]:
-    """``count`` nodule centres: on ribs (inside ``rib_mask``) or in open lung (``lung`` and not
-    within ``radius`` of a rib), at least ``radius`` px from the border."""
-    from scipy import ndimage
-
+    """``count`` nodule centres: on ribs (inside ``rib_mask``) or in open lung (inside ``lung``,
+    outside ``rib_mask``), at least ``radius`` px from the border."""
     border = int(np.ceil(radius)) + 1
     valid = np.zeros_like(rib_mask, dtype=bool)
     valid[border:-border, border:-border] = True
     if location == "rib":
         pool = rib_mask & valid
     elif location == "lung":
-        near_rib = ndimage.binary_dilation(rib_mask, iterations=int(np.ceil(radius)))
-        pool = lung & ~near_rib & valid
+        pool = lung & ~rib_mask & valid
     else:
         raise ValueError(f"location {location!r}: expected one of {LOCATIONS}")
     candidates = np.argwhere(pool)

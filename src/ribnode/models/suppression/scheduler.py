@@ -48,7 +48,8 @@ class NumpyDDIM:
             raise ValueError("clip_sample=True is not supported by the numpy DDIM (the bone layer is unclipped)")
         self.config = config
         alphas = (1.0 - _betas(config)).astype(np.float32)
-        self.alphas_cumprod = np.cumprod(alphas, dtype=np.float32)
+        # torch.cumprod accumulates float32 input in float64 on CPU; so do we (bit-identical table)
+        self.alphas_cumprod = np.cumprod(alphas.astype(np.float64)).astype(np.float32)
         self.final_alpha_cumprod = np.float32(1.0) if config.set_alpha_to_one else self.alphas_cumprod[0]
 
     def timesteps(self, steps: int) -> list[int]:

@@ -251,3 +251,18 @@ def load_trained(run_dir: Path) -> tuple[torch.nn.Module, SuppressionConfig]:
 
 def record_json(path: Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
+
+
+def install(run_dir: Path, onnx_path: Path) -> Path:
+    """Export a training run to ``onnx_path`` (+ ``.pt`` state dict, + ``.json`` config/record)."""
+    from ribnode.models.suppression.export import check_onnx, export_onnx
+
+    unet, config = load_trained(run_dir)
+    onnx_path = Path(onnx_path)
+    onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    pt_path = onnx_path.with_suffix(".pt")
+    torch.save(unet.state_dict(), pt_path)
+    export_onnx(unet, config, onnx_path, {"pt_sha256": sha256_file(pt_path), "name": "ribnode rib-suppression"})
+    err = check_onnx(unet, onnx_path, config.working_size)
+    logger.info("ONNX parity on a random input: max |torch - ORT| = %.2e", err)
+    return onnx_path

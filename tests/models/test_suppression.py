@@ -1,0 +1,219 @@
+"""Rib suppression: numpy DDIM vs diffusers, seeds, pipeline, ONNX export, RibSuppressor
+(both backends, parity, bit-for-bit reproducibility, outside-region identity), metrics, lesions,
+training smoke test. Tiny random networks keep these fast; the shipped weights are tested in
+``test_suppression_shipped.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ribnode.models.info import ModelInfo, SegmentationResult
+from ribnode.models.metrics import (
+    bone_suppression_ratio, outside_mask_change, psnr, published_bsr, suppression_metrics,
+)
+from ribnode.models.preprocess import Radiograph
+from ribnode.models.suppression.lesions import add_nodules, nodule, retention_and_spurious
+from ribnode.models.suppression.runtime import seed_from_uid
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("diffusers")
+
+from ribnode.models.suppression.export import export_onnx  # noqa: E402
+from ribnode.models.suppression.network import (  # noqa: E402
+    NetworkConfig, SchedulerConfig, SuppressionConfig, build_unet,
+)
+from ribnode.models.suppression.runtime import RibSuppressor  # noqa: E402
+from ribnode.models.suppression.scheduler import DiffusersDDIM, NumpyDDIM  # noqa: E402
+
+WORKING = 32
+UID = "1.2.826.0.1.3680043.8.498.12345678901234567890"
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 2-level UNet2DModel exported to ONNX, with its .pt and .json beside it."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    config = SuppressionConfig(network=NetworkConfig(sample_size=WORKING, block_out_channels=(8, 16),
+                                                     norm_num_groups=4))
+    unet = build_unet(config.network).eval()
+    with torch.no_grad():  # make the untrained output non-trivial (diffusers zero-inits nothing here)
+        unet.conv_out.bias.fill_(0.3)
+    path = tmp_path_factory.mktemp("sup") / "tiny.onnx"
+    torch.save(unet.state_dict(), path.with_suffix(".pt"))
+    export_onnx(unet, config, path)
+    return path
+
+
+def _radiograph(shape: tuple[int, int] = (70, 60), photometric: str = "MONOCHROME2") -> Radiograph:
+    rng = np.random.default_rng(1)
+    image = np.clip(0.5 + 0.2 * rng.standard_normal(shape), 0, 1).astype(np.float32)
+    stored = np.rint(image * 4095).astype(np.uint16)
+    if photometric == "MONOCHROME1":
+        stored = (4095 - stored).astype(np.uint16)
+    return Radiograph(image=image, stored=stored, photometric=photometric, bits_stored=12, lo=0.0,
+                      hi=4095.0, spacing_mm=None, spacing_source=None, sop_instance_uid=UID,
+                      transfer_syntax=None)
+
+
+def _segmentation(shape: tuple[int, int]) -> SegmentationResult:
+    mask = np.zeros(shape, bool)
+    mask[20:30, 10:50] = True
+    return SegmentationResult(mask, mask.astype(np.float32), ModelInfo("seg", "0", "0" * 64))
+
+
+# -- scheduler -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 8, 32])
+@pytest.mark.parametrize("prediction_type", ["sample", "epsilon", "v_prediction"])
+def test_numpy_ddim_matches_diffusers(steps: int, prediction_type: str) -> None:
+    config = SchedulerConfig(prediction_type=prediction_type)
+    ours, theirs = NumpyDDIM(config), DiffusersDDIM(config)
+    np.testing.assert_array_equal(ours.alphas_cumprod, theirs.scheduler.alphas_cumprod.numpy())
+    assert ours.timesteps(steps) == theirs.timesteps(steps)
+    rng = np.random.default_rng(steps)
+    a = b = rng.standard_normal((1, 1, 8, 8), dtype=np.float32)
+    for t in ours.timesteps(steps):
+        output = rng.standard_normal((1, 1, 8, 8), dtype=np.float32)
+        a, b = ours.step(output, t, a, steps), theirs.step(output, t, b, steps)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_last_step_returns_the_x0_prediction() -> None:
+    sched = NumpyDDIM(SchedulerConfig())
+    x0 = np.full((1, 1, 4, 4), 0.7, np.float32)
+    t = sched.timesteps(4)[-1]
+    np.testing.assert_allclose(sched.step(x0, t, np.zeros_like(x0), 4), x0, atol=1e-6)
+
+
+def test_numpy_ddim_rejects_clipping() -> None:
+    with pytest.raises(ValueError, match="clip_sample"):
+        NumpyDDIM(SchedulerConfig(clip_sample=True))
+
+
+# -- seeds ---------------------------------------------------------------------------------
+
+def test_seed_from_uid_is_stable_and_distinct() -> None:
+    assert seed_from_uid(UID) == seed_from_uid(UID)
+    assert seed_from_uid(UID) != seed_from_uid(UID + "1")
+    assert 0 <= seed_from_uid(UID) < 2**63
+    with pytest.raises(ValueError, match="empty"):
+        seed_from_uid("")
+
+
+# -- RibSuppressor with a tiny random net ----------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+def test_suppressor_changes_only_the_region_and_is_reproducible(tiny_weights: Path, backend: str,
+                                                                photometric: str) -> None:
+    weights = tiny_weights if backend == "onnx" else tiny_weights.with_suffix(".pt")
+    sup = RibSuppressor(weights, steps=4, device="cpu", backend=backend, threads=1)
+    radiograph, segmentation = _radiograph(photometric=photometric), _segmentation((70, 60))
+    result = sup(radiograph, segmentation)
+    assert result.seed == seed_from_uid(UID)
+    assert result.soft_stored.dtype == radiograph.stored.dtype and result.soft_stored.shape == (70, 60)
+    assert result.mask.sum() > segmentation.mask.sum()  # dilated
+    np.testing.assert_array_equal(result.soft_stored[~result.mask], radiograph.stored[~result.mask])
+    assert (result.bone >= 0).all() and (result.bone[~result.mask] == 0).all()
+    assert result.bone[result.mask].max() > 0  # the biased tiny net does subtract something
+    again = sup(radiograph, segmentation)
+    np.testing.assert_array_equal(again.soft_stored, result.soft_stored)
+    np.testing.assert_array_equal(again.bone, result.bone)
+    other = sup(radiograph, segmentation, seed=result.seed + 1)
+    assert not np.array_equal(other.bone, result.bone)
+    assert result.model.name == "ribnode rib-suppression" and result.steps == 4
+
+
+def test_bone_is_subtracted_in_the_right_direction(tiny_weights: Path) -> None:
+    sup = RibSuppressor(tiny_weights, device="cpu", threads=1)
+    for photometric in ("MONOCHROME2", "MONOCHROME1"):
+        radiograph = _radiograph(photometric=photometric)
+        result = sup(radiograph, _segmentation((70, 60)))
+        inside = result.mask & (result.bone > 0.01)
+        sign = 1 if photometric == "MONOCHROME1" else -1  # bone-bright decrease
+        delta = result.soft_stored[inside].astype(np.int64) - radiograph.stored[inside]
+        assert (np.sign(delta[delta != 0]) == sign).all()
+
+
+def test_torch_and_onnx_backends_agree(tiny_weights: Path) -> None:
+    radiograph, segmentation = _radiograph(), _segmentation((70, 60))
+    a = RibSuppressor(tiny_weights, device="cpu", threads=1)(radiograph, segmentation)
+    b = RibSuppressor(tiny_weights.with_suffix(".pt"), device="cpu", backend="torch", threads=1)(radiograph, segmentation)
+    np.testing.assert_allclose(a.bone, b.bone, atol=1e-4)
+    assert np.abs(a.soft_stored.astype(np.int64) - b.soft_stored).max() <= 1
+
+
+def test_suppressor_validates(tiny_weights: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="backend"):
+        RibSuppressor(tiny_weights, backend="tensorrt")
+    with pytest.raises(FileNotFoundError):
+        RibSuppressor(tmp_path / "missing.onnx")
+    sup = RibSuppressor(tiny_weights, device="cpu", threads=1)
+    with pytest.raises(ValueError, match="does not match"):
+        sup(_radiograph(), _segmentation((10, 10)))
+
+
+# -- metrics and lesions ----------------------------------------------------------------------
+
+def test_suppression_metrics_identity_and_perfect() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.random((32, 32))
+    x = y + 0.1 * (rng.random((32, 32)) > 0.5)
+    region = np.ones((32, 32), bool)
+    assert bone_suppression_ratio(x, y, x) == 0.0
+    assert bone_suppression_ratio(x, y, y) == 1.0
+    assert published_bsr(x, y, y) == 1.0
+    assert psnr(y, y) == float("inf")
+    figures = suppression_metrics(x, y, 0.5 * (x + y), region)
+    assert figures["bsr"] == pytest.approx(0.75)
+    assert figures["psnr_gain_db"] == pytest.approx(20 * np.log10(2))
+    assert outside_mask_change(x, y, np.zeros((32, 32), bool)) == pytest.approx(np.abs(x - y).max())
+    with pytest.raises(TypeError, match="float"):
+        bone_suppression_ratio(x.astype(np.uint8), y, y)
+
+
+def test_nodule_profile_and_retention() -> None:
+    n = nodule((41, 41), (20.0, 20.0), 5.0, 0.04)
+    assert n.max() == pytest.approx(0.04) and n[20, 26] == 0.0 and n[0, 0] == 0.0
+    x = np.zeros((41, 41))
+    x_n = add_nodules(x, [(20.0, 20.0, 5.0, 0.04)])
+    assert retention_and_spurious(x, x_n, n, (20.0, 20.0), 5.0) == (pytest.approx(1.0), pytest.approx(0.0))
+    half = retention_and_spurious(x, x + 0.5 * n, n, (20.0, 20.0), 5.0)
+    assert half[0] == pytest.approx(0.5)
+
+
+# -- training -----------------------------------------------------------------------------------
+
+def _pairs_dir(root: Path, count: int = 3) -> Path:
+    from ribnode.models.synthetic import generate_chest
+
+    for sub in ("source", "target"):
+        (root / sub).mkdir(parents=True)
+    for i in range(count):
+        chest = generate_chest(seed=i, size=64, nodules=0)
+        for sub, image in (("source", chest.radiograph), ("target", chest.soft_tissue)):
+            inverted = np.rint((1.0 - np.clip(image, 0, 1)) * 255).astype(np.uint8)
+            Image.fromarray(inverted).save(root / sub / f"JPCNN{i:03d}.png")
+    return root
+
+
+def test_train_smoke_and_install(tmp_path: Path) -> None:
+    from ribnode.models.suppression.train import TrainOptions, install, train
+
+    data = _pairs_dir(tmp_path / "pairs", count=6)
+    options = TrainOptions(data=data, out=tmp_path / "run", steps=2, batch=2, crop=32, working_size=32,
+                           checkpoint_every=1, threads=1)
+    train(options)
+    record = SuppressionConfig.load(tmp_path / "run" / "config.json")
+    assert record.training["steps_done"] == 2 and record.training["held_out_cases"] == ["JPCNN004"]
+    onnx_path = install(tmp_path / "run", tmp_path / "w" / "rib-suppression.onnx")
+    assert onnx_path.with_suffix(".pt").is_file() and onnx_path.with_suffix(".json").is_file()
+    sup = RibSuppressor(onnx_path, device="cpu", threads=1)
+    assert sup.working_size == 32
