@@ -432,12 +432,12 @@ def _resample(image: np.ndarray, shape: tuple[int, int], interpolation: str) -> 
     if interpolation == "nearest":
         if array.shape == (rows, cols):
             return array.copy()
-        plane = Image.fromarray(np.ascontiguousarray(array, dtype=np.float32), mode="F")
+        plane = Image.fromarray(np.ascontiguousarray(array, dtype=np.float32))  # float32 -> mode F
         out = plane.resize((cols, rows), Image.Resampling.NEAREST)
         return np.asarray(out).astype(array.dtype)
     if array.shape == (rows, cols):
         return array.astype(np.float32, copy=True)
-    plane = Image.fromarray(np.ascontiguousarray(array, dtype=np.float32), mode="F")
+    plane = Image.fromarray(np.ascontiguousarray(array, dtype=np.float32))  # float32 -> mode F
     return np.asarray(plane.resize((cols, rows), Image.Resampling.BILINEAR), dtype=np.float32)
 
 
