@@ -114,3 +114,23 @@ def test_broker_down_at_enqueue_then_back(tmp_path: Path) -> None:
         assert ledger.job_row(job.id).task_id == job.idempotency_key
     finally:
         redis_server.stop()
+
+
+def test_completion_wakes_when_the_study_is_due(node_settings: Settings, ledger: Ledger,
+                                                listener: DicomListener) -> None:
+    """Once a study is pending, the thread sleeps until its quiet period ends, not until the
+    next poll: latency = quiet period + a few tens of ms, not + up to one poll interval."""
+    settings = node_settings.model_copy(update={"spool": node_settings.spool.model_copy(
+        update={"quiet_period_s": 1.0, "completion_poll_s": 0.8})})
+    sent = Recorder()
+    latencies = []
+    with StudyCompletion(settings, ledger, sent, versions=VERSIONS):
+        for n in range(3):
+            assert c_store(listener.port, [dx_dataset(seed=n)]) == [0]
+            wait_for(lambda: len(sent.jobs) > n, 10, "a job")
+            job = sent.jobs[n]
+            last = max(ledger.instance(i.sop_instance_uid).received_at for i in ledger.job_instances(job.id))
+            queued = [t.at for t in ledger.transitions(job.id) if t.to_state == "queued"][0]
+            latencies.append((queued - last).total_seconds())
+    assert all(1.0 <= lat for lat in latencies), latencies
+    assert sorted(latencies)[1] < 1.0 + 0.3, latencies  # median well under quiet + poll (1.8 s)

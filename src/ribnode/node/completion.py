@@ -99,14 +99,25 @@ class StudyCompletion:
         self.ledger.mark_queued(job.id, task_id)
         logger.info("job %d queued as task %s", job.id, task_id)
 
+    def _next_wait(self) -> float:
+        """Sleep until the next study is due, at most one poll interval (new instances can
+        only make a study due later, so waking on the earliest due time never misses one)."""
+        due_in = self.ledger.seconds_until_due(self.spool.quiet_period_s, self.spool.max_wait_s)
+        poll = self.spool.completion_poll_s
+        if due_in is None:
+            return poll
+        return min(poll, max(0.005, due_in + 0.005))
+
     def run(self) -> None:
         """Poll until ``stop()``; a ledger error is logged and the next poll tries again."""
         while not self._stop.is_set():
+            wait = self.spool.completion_poll_s
             try:
                 self.tick()
+                wait = self._next_wait()
             except SQLAlchemyError as exc:
                 logger.error("completion pass failed (ledger): %s", exc)
-            self._stop.wait(self.spool.completion_poll_s)
+            self._stop.wait(wait)
 
     def start(self) -> None:
         """Run in a daemon thread."""

@@ -324,6 +324,23 @@ class Ledger:
         with self.session() as s:
             return list(s.scalars(query))
 
+    def seconds_until_due(self, quiet_period_s: float, max_wait_s: float) -> float | None:
+        """Seconds until the next study with pending instances becomes due (<= 0: due now);
+        None when nothing is pending. Lets the completion thread wake exactly on time."""
+        query = (
+            select(Study.last_received_at, func.min(Instance.received_at))
+            .join(Instance, Instance.study_id == Study.id)
+            .where(Instance.state == InstanceState.PENDING)
+            .group_by(Study.id, Study.last_received_at)
+        )
+        with self.session() as s:
+            rows = s.execute(query).all()
+        if not rows:
+            return None
+        quiet, wait = timedelta(seconds=quiet_period_s), timedelta(seconds=max_wait_s)
+        due = min(min(last + quiet, oldest + wait) for last, oldest in rows)
+        return (due - utcnow()).total_seconds()
+
     def create_job(self, study_id: int, model_versions: dict[str, str]) -> JobRef | None:
         """Make a job of the study's pending instances (committed before it is enqueued).
 
