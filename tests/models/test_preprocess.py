@@ -291,6 +291,8 @@ def test_unsupported_bit_depth_and_errors_are_value_errors() -> None:
     ds = _dataset(np.zeros((64, 64), np.uint8), 4)
     with pytest.raises(pp.InputError, match="BitsStored 4"):
         pp.read_radiograph(ds)
+    with pytest.raises(pp.InputError, match="RescaleSlope 0.0"):
+        pp.read_radiograph(_dataset(_phantom((64, 64), 12), 12, RescaleSlope=0))
     assert issubclass(pp.DecodeError, ValueError)
 
 

@@ -246,9 +246,21 @@ def _spacing(ds: Dataset) -> tuple[tuple[float, float] | None, str | None]:
     return None, None
 
 
+def _number(ds: Dataset, keyword: str, default: float) -> float:
+    """A single numeric attribute; ``default`` when absent or empty (Type 2/3 attributes)."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return default
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{keyword} {value!r}: expected a single number") from None
+
+
 def _rescale(ds: Dataset) -> tuple[float, float]:
-    slope = float(ds.get("RescaleSlope", 1.0) or 1.0) if "RescaleSlope" in ds else 1.0
-    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    """Rescale Slope/Intercept (PS3.3 C.11.1.1.2): the linear Modality LUT."""
+    slope = _number(ds, "RescaleSlope", 1.0)
+    intercept = _number(ds, "RescaleIntercept", 0.0)
     if not math.isfinite(slope) or slope == 0 or not math.isfinite(intercept):
         raise InputError(f"RescaleSlope {slope}, RescaleIntercept {intercept}: expected finite, slope != 0")
     if "ModalityLUTSequence" in ds:
