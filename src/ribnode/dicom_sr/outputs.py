@@ -7,6 +7,7 @@ object kind, so a re-run replaces its earlier results in the PACS instead of dup
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 from dataclasses import dataclass, field
@@ -92,6 +93,29 @@ def _record(
     }
 
 
+def output_uids(
+    source_uid: str, segmentation_sha256: str, suppression_sha256: str
+) -> tuple[sc_module.ScUids, seg_module.SegUids, sr_module.SrUids]:
+    """Every UID of the three objects (docs/dicom-conformance.md 2.1).
+
+    The SEG depends on the segmentation weights only; the SC and SR on both models.
+    """
+    both = combined_sha256(segmentation_sha256, suppression_sha256)
+    sc = sc_module.ScUids(
+        derived_uid(source_uid, both, "sc.series"), derived_uid(source_uid, both, "sc")
+    )
+    seg = seg_module.SegUids(
+        derived_uid(source_uid, segmentation_sha256, "seg.series"),
+        derived_uid(source_uid, segmentation_sha256, "seg"),
+        derived_uid(source_uid, segmentation_sha256, "seg.dimension"),
+    )
+    sr = sr_module.SrUids(
+        derived_uid(source_uid, both, "sr.series"), derived_uid(source_uid, both, "sr"),
+        derived_uid(source_uid, both, "sr.tracking"), device_observer_uid(both),
+    )
+    return sc, seg, sr
+
+
 def build_outputs(
     source: pydicom.Dataset,
     segmentation: SegmentationResult,
@@ -107,21 +131,19 @@ def build_outputs(
         content_qualification=settings.content_qualification,
         institution_name=settings.institution_name,
     )
-    seg_sha = segmentation.model.weights_sha256
-    both_sha = combined_sha256(seg_sha, suppression.model.weights_sha256)
-    sc = sc_module.build_sc(source, suppression, segmentation, settings, context, sc_module.ScUids(
-        derived_uid(source_uid, both_sha, "sc.series"), derived_uid(source_uid, both_sha, "sc")))
-    seg = seg_module.build_seg(source, segmentation, context, seg_module.SegUids(
-        derived_uid(source_uid, seg_sha, "seg.series"), derived_uid(source_uid, seg_sha, "seg"),
-        derived_uid(source_uid, seg_sha, "seg.dimension")))
-    sr = sr_module.build_sr(source, seg, sc, segmentation, suppression, context, sr_module.SrUids(
-        derived_uid(source_uid, both_sha, "sr.series"), derived_uid(source_uid, both_sha, "sr"),
-        derived_uid(source_uid, both_sha, "sr.tracking"), device_observer_uid(both_sha)))
+    sc_uids, seg_uids, sr_uids = output_uids(
+        source_uid, segmentation.model.weights_sha256, suppression.model.weights_sha256
+    )
+    sc = sc_module.build_sc(source, suppression, segmentation, settings, context, sc_uids)
+    seg = seg_module.build_seg(source, segmentation, context, seg_uids)
+    sr = sr_module.build_sr(source, seg, sc, segmentation, suppression, context, sr_uids)
     provenance = {
         kind: _record(kind, dataset, source_uid, segmentation, suppression, created)
         for kind, dataset in (("sc", sc), ("seg", seg), ("sr", sr))
     }
-    provenance["sr"]["measurements"] = sr_module.measure(source, segmentation, suppression).__dict__
+    provenance["sr"]["measurements"] = dataclasses.asdict(
+        sr_module.measure(source, segmentation, suppression)
+    )
     if settings.private_block:
         for kind, dataset in (("sc", sc), ("seg", seg), ("sr", sr)):
             add_private_block(dataset, provenance[kind])
