@@ -157,6 +157,8 @@ def _side(ds: Dataset, keyword: str) -> int:
 
 def _check_header(ds: Dataset, max_pixels: int) -> None:
     """Reject what cannot be a single-frame grayscale radiograph, before any pixel decoding."""
+    if "PixelData" not in ds:  # SR, KO, presentation states, float/double pixel data...
+        raise DecodeError("no Pixel Data (7FE0,0010) in the dataset: not an image")
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if samples != 1 or photometric not in _MONOCHROME:
@@ -181,8 +183,6 @@ def _check_header(ds: Dataset, max_pixels: int) -> None:
             f"BitsStored {bits} / BitsAllocated {allocated}: expected 8..16 bits stored "
             "in 8 or 16 allocated"
         )
-    if "PixelData" not in ds:
-        raise DecodeError("no Pixel Data (7FE0,0010) in the dataset")
 
 
 def _decode(ds: Dataset) -> np.ndarray:
