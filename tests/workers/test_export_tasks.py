@@ -18,7 +18,7 @@ from ribnode.config.settings import Settings
 from ribnode.node.export import export_job, stage_outputs
 from ribnode.node.ledger import JobState, Ledger
 from ribnode.workers.app import make_celery
-from ribnode.workers.export_tasks import requeue_due_exports, schedule_export
+from ribnode.workers.export_tasks import deliver_outputs, requeue_due_exports
 from tests.node.export_helpers import cstore, export_settings, make_output_set, make_running_job
 from tests.peers.fixtures import free_port
 
@@ -54,8 +54,10 @@ def test_export_task_waits_for_the_pacs(tmp_path: Path, orthanc_factory) -> None
                                [cstore("pacs", pacs.dicom_port)], max_attempts=100)
     ledger = Ledger(settings.ledger.url)
     app = make_celery(settings)
-    job_id, study = _job(settings, ledger)
-    schedule_export(app, settings, job_id)
+    study, source = generate_uid(), generate_uid()
+    job_id = make_running_job(ledger, study, source)
+    report = deliver_outputs(app, job_id, [make_output_set(study, source)], settings, ledger)
+    assert report.state == JobState.EXPORTING and report.pending == ["pacs"]
     with export_worker(app, settings):
         time.sleep(1.0)  # several attempts against the stopped PACS
         assert ledger.job(job_id).state == JobState.EXPORTING
@@ -91,4 +93,17 @@ def test_resend_command(tmp_path: Path, orthanc_factory, monkeypatch) -> None:  
     with export_worker(make_celery(settings), settings):
         _wait_state(ledger, job_id, JobState.DONE)
     assert len(pacs.instances()) == 3
+    ledger.dispose()
+
+
+def test_deliver_outputs_fast_path_needs_no_worker(tmp_path: Path, orthanc) -> None:  # type: ignore[no-untyped-def]
+    settings = export_settings(tmp_path, f"sqlite:///{tmp_path / 'ledger.sqlite'}",
+                               [cstore("pacs", orthanc.dicom_port)])
+    ledger = Ledger(settings.ledger.url)
+    study, source = generate_uid(), generate_uid()
+    job_id = make_running_job(ledger, study, source)
+    report = deliver_outputs(make_celery(settings), job_id, [make_output_set(study, source)],
+                             settings, ledger)
+    assert report.state == JobState.DONE and report.delivered == ["pacs"]
+    assert len(orthanc.series_of_study(study)) == 3
     ledger.dispose()

@@ -61,6 +61,7 @@ __all__ = [
     "DeliveryError",
     "ExportError",
     "ExportReport",
+    "OutputSetLike",
     "PermanentDeliveryError",
     "TransientDeliveryError",
     "backoff_delay",
@@ -218,7 +219,7 @@ def _load_outputs(job_id: int, settings: Settings, deliveries: DeliveryLedger) -
     if not outputs:
         raise ExportError(f"job {job_id} has no output objects recorded; nothing to export")
     staging = Path(settings.export.staging_dir)
-    datasets = []
+    datasets: list[pydicom.Dataset] = []
     for row in outputs:
         path = staging / row.path
         if not path.is_file():

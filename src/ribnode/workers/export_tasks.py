@@ -13,12 +13,15 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
+from collections.abc import Sequence
+
 from celery import Celery, Task, shared_task
+from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import OperationalError
 
 from ribnode.config.settings import Settings
 from ribnode.node.delivery_ledger import DeliveryLedger
-from ribnode.node.export import export_job
+from ribnode.node.export import ExportReport, OutputSetLike, export_job, stage_outputs
 from ribnode.node.ledger import Ledger, utcnow
 from ribnode.workers.tasks import worker_context
 
@@ -57,6 +60,31 @@ def schedule_export(app: Celery, settings: Settings, job_id: int, countdown_s: f
         retry=False,
     )
     return str(result.id)
+
+
+def deliver_outputs(
+    app: Celery,
+    job_id: int,
+    output_sets: Sequence[OutputSetLike],
+    settings: Settings,
+    ledger: Ledger,
+) -> ExportReport:
+    """What the model job calls once its objects are built: stage them, deliver now (no broker
+    round trip on the fast path), and leave any retry to the export task.
+
+    The job ends "done" or "dead" here, or stays "exporting" with the export task scheduled for
+    the next due attempt. A broker that is down at that moment loses nothing: the deliveries
+    are due in the ledger and :func:`requeue_due_exports` finds them.
+    """
+    stage_outputs(job_id, output_sets, settings, ledger)
+    report = export_job(job_id, settings, ledger)
+    if report.retry_in_s is not None:
+        try:
+            schedule_export(app, settings, job_id, countdown_s=max(0.05, report.retry_in_s))
+        except BrokerError as exc:
+            logger.error("job %d: cannot schedule the export retry (%s); it stays exporting "
+                         "until a sweep re-enqueues it", job_id, exc)
+    return report
 
 
 def requeue_due_exports(
