@@ -89,6 +89,14 @@ def test_missing_spool_file_is_transient(node_settings: Settings, ledger: Ledger
 
 def test_process_instance_reports_geometry(tmp_path) -> None:
     path = tmp_path / "x.dcm"
+    dx_dataset(rows=80, columns=96).save_as(path, enforce_file_format=True)
+    check = process_instance(path, None)  # type: ignore[arg-type]
+    assert (check.rows, check.columns, check.bits_stored, check.photometric) == (80, 96, 12, "MONOCHROME2")
+    assert check.transfer_syntax_uid == "1.2.840.10008.1.2.1" and check.error is None
+
+
+def test_process_instance_refuses_what_the_models_cannot_take(tmp_path) -> None:
+    path = tmp_path / "tiny.dcm"
     dx_dataset(rows=40, columns=50).save_as(path, enforce_file_format=True)
     check = process_instance(path, None)  # type: ignore[arg-type]
-    assert (check.rows, check.columns, check.bits_stored, check.photometric) == (40, 50, 12, "MONOCHROME2")
+    assert check.rows is None and "ImageSizeError" in check.error

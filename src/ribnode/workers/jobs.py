@@ -8,11 +8,9 @@ pipeline replaces that one call without touching the task plumbing.
 
 from __future__ import annotations
 
+import errno
 import logging
 from pathlib import Path
-
-import pydicom
-from pydicom.errors import InvalidDicomError
 
 from ribnode.config.settings import Settings
 from ribnode.node.ledger import (
@@ -31,28 +29,27 @@ CLAIMABLE = {JobState.RECEIVED, JobState.QUEUED, JobState.RUNNING}
 
 
 def process_instance(path: Path, settings: Settings) -> InstanceCheck:
-    """Decode one spooled instance and describe it; a decoding problem is returned in
-    ``error`` (permanent: retrying cannot fix the file). OSError propagates (transient: the
-    spool may be on a share that is not mounted yet)."""
+    """Decode one spooled instance exactly as the models will get it
+    (``ribnode.models.preprocess.read_radiograph``) and describe it. An input the models cannot
+    take is returned in ``error`` (permanent: retrying cannot fix the file). A missing file
+    raises OSError (transient: the spool may be on a share that is not mounted yet)."""
+    from ribnode.models.preprocess import InputError, read_radiograph
+
+    if not path.is_file():
+        raise FileNotFoundError(errno.ENOENT, "spool file missing (is the spool mounted here?)", str(path))
     try:
-        ds = pydicom.dcmread(path)
-        geometry = InstanceCheck(
-            rows=int(ds.Rows),
-            columns=int(ds.Columns),
-            bits_stored=int(ds.BitsStored),
-            photometric=str(ds.PhotometricInterpretation),
-            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-            number_of_frames=int(ds.get("NumberOfFrames", 1) or 1),
-        )
-        pixels = ds.pixel_array
-    except OSError:
-        raise
-    except (InvalidDicomError, AttributeError, ValueError, TypeError, RuntimeError, NotImplementedError) as exc:
+        radiograph = read_radiograph(path)
+    except InputError as exc:
         return InstanceCheck(error=f"cannot decode {path.name}: {type(exc).__name__}: {exc}")
-    expected = (geometry.rows, geometry.columns)
-    if pixels.shape[-2:] != expected:
-        return InstanceCheck(error=f"decoded shape {pixels.shape} differs from Rows x Columns {expected}")
-    return geometry
+    rows, columns = radiograph.stored.shape
+    return InstanceCheck(
+        rows=rows,
+        columns=columns,
+        bits_stored=radiograph.bits_stored,
+        photometric=radiograph.photometric,
+        transfer_syntax_uid=radiograph.transfer_syntax,
+        number_of_frames=1,  # read_radiograph refuses multi-frame input
+    )
 
 
 def _check_all(instances: list[SpooledInstance], spool: Spool, settings: Settings, ledger: Ledger) -> list[str]:
