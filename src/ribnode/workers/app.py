@@ -33,13 +33,15 @@ def transport_options(broker: BrokerSettings) -> dict[str, Any]:
     if broker.url.startswith("filesystem"):
         folder = Path(broker.folder).resolve()
         queue_dir, processed = folder / "queue", folder / "processed"
-        for path in (queue_dir, processed):
+        control = folder / "control"  # kombu's default is ./control in the working directory
+        for path in (queue_dir, processed, control):
             path.mkdir(parents=True, exist_ok=True)
         return {
             "data_folder_in": str(queue_dir),
             "data_folder_out": str(queue_dir),
             "processed_folder": str(processed),
             "store_processed": False,
+            "control_folder": str(control),
         }
     # Redis: a message not acknowledged within the visibility timeout is delivered again, so
     # it must exceed the longest job (with acks_late, a job is acknowledged when it ends).
