@@ -118,26 +118,35 @@ class Ribnode:
         self.log.close()
 
 
+def orthanc_rate(files: list[Path], folder: Path, sync: bool) -> float:
+    """Instances/s of one storescu push to a fresh Orthanc."""
+    pacs = OrthancServer(folder, dicomweb=False, extra_config={"SyncStorageArea": sync})
+    pacs.start()
+    try:
+        rate = len(files) / push(files, pacs.dicom_port, "ORTHANC")
+        stored = len(pacs.instances())
+        if stored != len(files):
+            raise RuntimeError(f"Orthanc stored {stored} of {len(files)} instances")
+        return rate
+    finally:
+        pacs.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def throughput(files: list[Path], runs: int, work: Path) -> dict[str, list[float]]:
-    rates: dict[str, list[float]] = {"ribnode": [], "orthanc": []}
+    """Interleaved runs (ribnode, Orthanc with fsync, Orthanc without) so that changing
+    machine load hits all three alike."""
+    rates: dict[str, list[float]] = {"ribnode": [], "orthanc": [], "orthanc-nosync": []}
     for run in range(runs):
         node = Ribnode(work / f"ribnode-{run}")
         try:
             rates["ribnode"].append(len(files) / push(files, node.port, "RIBNODE"))
         finally:
             node.stop()
-        pacs = OrthancServer(work / f"orthanc-{run}", dicomweb=False, extra_config={"SyncStorageArea": True})
-        pacs.start()
-        try:
-            rates["orthanc"].append(len(files) / push(files, pacs.dicom_port, "ORTHANC"))
-            stored = len(pacs.instances())
-            if stored != len(files):
-                raise RuntimeError(f"Orthanc stored {stored} of {len(files)} instances")
-        finally:
-            pacs.stop()
-        print(f"run {run + 1}: ribnode {rates['ribnode'][-1]:.1f}/s, orthanc {rates['orthanc'][-1]:.1f}/s", flush=True)
-        shutil.rmtree(work / f"ribnode-{run}", ignore_errors=True)
-        shutil.rmtree(work / f"orthanc-{run}", ignore_errors=True)
+            shutil.rmtree(work / f"ribnode-{run}", ignore_errors=True)
+        rates["orthanc"].append(orthanc_rate(files, work / f"orthanc-{run}", sync=True))
+        rates["orthanc-nosync"].append(orthanc_rate(files, work / f"orthanc-nosync-{run}", sync=False))
+        print(f"run {run + 1}: " + ", ".join(f"{k} {v[-1]:.1f}/s" for k, v in rates.items()), flush=True)
     return rates
 
 
@@ -178,6 +187,7 @@ def cpu_model() -> str:
 def report(args: argparse.Namespace, rates: dict[str, list[float]], latency: list[tuple[float, float]],
            load: tuple[float, float, float], size_mb: float) -> str:
     rib, orth = statistics.median(rates["ribnode"]), statistics.median(rates["orthanc"])
+    nosync = statistics.median(rates["orthanc-nosync"])
     lines = [
         "## Ingest throughput and study-completion latency (issue 2)",
         "",
@@ -193,14 +203,17 @@ def report(args: argparse.Namespace, rates: dict[str, list[float]], latency: lis
         f"(uncompressed, {size_mb:.2f} MB each), 4 per study, one `storescu` association, loopback.",
         "- ribnode: `ribnode serve` (own process), SQLite WAL ledger, spool on the same disk; each "
         "instance fsynced and renamed before the C-STORE response. Orthanc: Debian package, SQLite "
-        "index, `SyncStorageArea: true`, default `MaximumPduLength`.",
+        "index, default `MaximumPduLength`; runs interleaved (ribnode, Orthanc, Orthanc no-sync).",
         "",
         "| | runs (instances/s) | median instances/s |",
         "|---|---|---|",
         f"| ribnode | {', '.join(f'{r:.1f}' for r in rates['ribnode'])} | **{rib:.1f}** |",
-        f"| Orthanc | {', '.join(f'{r:.1f}' for r in rates['orthanc'])} | **{orth:.1f}** |",
+        f"| Orthanc (`SyncStorageArea: true`) | {', '.join(f'{r:.1f}' for r in rates['orthanc'])} | **{orth:.1f}** |",
+        f"| Orthanc (`SyncStorageArea: false`, no fsync: less durable, for context) | "
+        f"{', '.join(f'{r:.1f}' for r in rates['orthanc-nosync'])} | {nosync:.1f} |",
         "",
-        f"Ratio ribnode / Orthanc (medians): **{rib / orth:.2f}** (target >= 1.0).",
+        f"Ratio ribnode / Orthanc (medians, both fsync): **{rib / orth:.2f}** (target >= 1.0); "
+        f"against Orthanc without fsync: {rib / nosync:.2f}.",
         "",
         "### Completion latency: last instance stored -> job queued",
         "",

@@ -135,7 +135,7 @@ class LedgerSummary:
     instances: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0
     jobs: dict[str, int] = field(default_factory=dict)
-    last_errors: list[tuple[int, str, str, datetime]] = field(default_factory=list)
+    last_errors: list[tuple[int, str, str | None, datetime]] = field(default_factory=list)
     security_alerts: int = 0
 
 

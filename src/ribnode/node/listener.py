@@ -19,7 +19,7 @@ import ssl
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pynetdicom import (
@@ -29,6 +29,7 @@ from pynetdicom import (
     evt,
 )
 from pynetdicom.acse import ACSE
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
@@ -143,6 +144,11 @@ class StoreContext:
             entry[1].add(sop_class)
 
 
+def _request(event: Event) -> C_STORE:
+    """The C-STORE request primitive of a C-STORE event."""
+    return cast(C_STORE, event.request)
+
+
 def _expected_native_length(ds: Dataset) -> int:
     """Bytes a native (uncompressed) Pixel Data must hold (PS3.5 8.1.1), rounded down."""
     frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -162,7 +168,7 @@ def decode_store_dataset(event: Event) -> Dataset:
         raise UndecodableError(f"dataset cannot be decoded: {type(exc).__name__}: {exc}") from exc
     if not study_uid or not sop_uid:
         raise UndecodableError("dataset has no Study or SOP Instance UID")
-    requested = str(event.request.AffectedSOPInstanceUID or "")
+    requested = str(_request(event).AffectedSOPInstanceUID or "")
     if requested and requested != sop_uid:
         raise UndecodableError(f"SOP Instance UID {sop_uid} differs from the request's {requested}")
     _check_pixel_data(ds, event.context.transfer_syntax)
@@ -192,7 +198,7 @@ def _received(ds: Dataset, event: Event, path: str, size: int, routing: RoutingR
         study_instance_uid=str(ds.StudyInstanceUID),
         series_instance_uid=str(ds.get("SeriesInstanceUID", "")) or None,
         sop_instance_uid=str(ds.SOPInstanceUID),
-        sop_class_uid=str(event.request.AffectedSOPClassUID or ds.get("SOPClassUID", "")),
+        sop_class_uid=str(_request(event).AffectedSOPClassUID or ds.get("SOPClassUID", "")),
         transfer_syntax_uid=str(event.context.transfer_syntax),
         modality=str(ds.get("Modality", "")) or None,
         path=path,
@@ -235,7 +241,7 @@ def _store(event: Event, ctx: StoreContext) -> int:
         logger.error("C-STORE of %s from %s failed (0xA700): %s", sop_uid, calling, exc)
         _audit_failure(ctx, event, AuditOutcome.SERIOUS_FAILURE, f"0xA700 {exc}", study_uid)
         return OUT_OF_RESOURCES
-    ctx.note_transfer(id(event.assoc), study_uid, str(event.request.AffectedSOPClassUID))
+    ctx.note_transfer(id(event.assoc), study_uid, str(_request(event).AffectedSOPClassUID))
     return SUCCESS
 
 
@@ -250,7 +256,7 @@ def _audit_failure(
         source_host=str(event.assoc.requestor.address),
         destination_aet=str(event.assoc.acceptor.ae_title).strip(),
         study_instance_uid=study_uid,
-        sop_class_uids=str(event.request.AffectedSOPClassUID),
+        sop_class_uids=str(_request(event).AffectedSOPClassUID),
         instance_count=0,
         detail=detail[:2000],
     )
@@ -328,14 +334,14 @@ class DicomListener:
         ae.acse_timeout = self.settings.network_timeout_s
         ae.dimse_timeout = self.settings.network_timeout_s
         for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+            ae.add_supported_context(cast(str, cx.abstract_syntax), ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
         return ae
 
     def start(self) -> None:
         """Bind the port and serve associations in a background thread."""
         ae = self._make_ae()
-        handlers = [
+        handlers: list[Any] = [
             (evt.EVT_C_STORE, handle_c_store, [self.context]),
             (evt.EVT_RELEASED, handle_association_end, [self.context]),
             (evt.EVT_ABORTED, handle_association_end, [self.context]),
