@@ -121,3 +121,41 @@ def test_cstore_unsupported_sop_class_is_permanent(orthanc_factory) -> None:  # 
     odd.file_meta.MediaStorageSOPClassUID = odd.SOPClassUID
     with pytest.raises(PermanentDeliveryError, match="not accepted"):
         deliver([odd], cstore("pacs", pacs.dicom_port))
+
+
+def test_stow_failed_sop_sequence_is_classified() -> None:
+    from pydicom import Dataset
+
+    from ribnode.node.senders import _stow_failures
+
+    def answer(*reasons: int) -> Dataset:
+        ds = Dataset()
+        items = []
+        for i, reason in enumerate(reasons):
+            item = Dataset()
+            item.ReferencedSOPInstanceUID = f"1.2.3.{i}"
+            item.FailureReason = reason
+            items.append(item)
+        ds.FailedSOPSequence = items
+        return ds
+
+    _stow_failures("pacs", Dataset())  # nothing failed
+    with pytest.raises(TransientDeliveryError, match=r"1\.2\.3\.0 \(0xA700\)"):
+        _stow_failures("pacs", answer(0xA700))
+    with pytest.raises(PermanentDeliveryError, match="refused 2 instance"):
+        _stow_failures("pacs", answer(0xA700, 0xC000))
+
+
+def test_destination_settings_are_checked() -> None:
+    from pydantic import ValidationError
+
+    from ribnode.config.settings import DestinationSettings, ExportSettings
+
+    with pytest.raises(ValidationError, match="'pacs' of kind 'cstore' needs ae_title, port"):
+        DestinationSettings(name="pacs", kind="cstore", host="10.0.0.5")
+    with pytest.raises(ValidationError, match="either basic auth or a bearer token"):
+        DestinationSettings(name="web", kind="stow", url="https://x", username="u", bearer_token="t")
+    with pytest.raises(ValidationError, match="tls_cert and tls_key together"):
+        DestinationSettings(name="web", kind="stow", url="https://x", tls_cert=Path("c.pem"))
+    with pytest.raises(ValidationError, match=r"repeated: \['a'\]"):
+        ExportSettings(destinations=[folder("a", Path("x")), folder("a", Path("y"))])
