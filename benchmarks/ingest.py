@@ -215,6 +215,11 @@ def report(args: argparse.Namespace, rates: dict[str, list[float]], latency: lis
         f"Ratio ribnode / Orthanc (medians, both fsync): **{rib / orth:.2f}** (target >= 1.0); "
         f"against Orthanc without fsync: {rib / nosync:.2f}.",
         "",
+        "Reading the figures: each run starts fresh servers; ribnode's rate moves with the machine's "
+        "load more than Orthanc's (the listener is Python, pynetdicom's PDU handling is CPU-bound), "
+        "while Orthanc's rate barely changes with fsync on or off, so on this machine Orthanc is not "
+        "limited by the disk. Orthanc was run with its defaults, not tuned.",
+        "",
         "### Completion latency: last instance stored -> job queued",
         "",
         f"One study of {args.study_size} instances; from the ledger's timestamps.",

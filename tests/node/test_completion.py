@@ -33,11 +33,13 @@ class Recorder:
 
 
 def test_quiet_period_then_follow_up(node_settings: Settings, ledger: Ledger, listener: DicomListener) -> None:
+    node_settings = node_settings.model_copy(update={"spool": node_settings.spool.model_copy(
+        update={"quiet_period_s": 1.5})})  # long enough that a loaded machine cannot outrun it
     sent = Recorder()
     completion = StudyCompletion(node_settings, ledger, sent, versions=VERSIONS)
     study = generate_uid()
     assert c_store(listener.port, [dx_dataset(study, seed=1), dx_dataset(study, seed=2)]) == [0, 0]
-    assert completion.tick() == []  # quiet period (0.5 s) not over yet
+    assert completion.tick() == []  # quiet period not over yet
     time.sleep(node_settings.spool.quiet_period_s + 0.1)
     [job] = completion.tick()
     assert [j.id for j in sent.jobs] == [job.id]
@@ -121,7 +123,7 @@ def test_completion_wakes_when_the_study_is_due(node_settings: Settings, ledger:
     """Once a study is pending, the thread sleeps until its quiet period ends, not until the
     next poll: latency = quiet period + a few tens of ms, not + up to one poll interval."""
     settings = node_settings.model_copy(update={"spool": node_settings.spool.model_copy(
-        update={"quiet_period_s": 1.0, "completion_poll_s": 0.8})})
+        update={"quiet_period_s": 1.0, "completion_poll_s": 2.0})})
     sent = Recorder()
     latencies = []
     with StudyCompletion(settings, ledger, sent, versions=VERSIONS):
@@ -133,4 +135,4 @@ def test_completion_wakes_when_the_study_is_due(node_settings: Settings, ledger:
             queued = [t.at for t in ledger.transitions(job.id) if t.to_state == "queued"][0]
             latencies.append((queued - last).total_seconds())
     assert all(1.0 <= lat for lat in latencies), latencies
-    assert sorted(latencies)[1] < 1.0 + 0.3, latencies  # median well under quiet + poll (1.8 s)
+    assert sorted(latencies)[1] < 1.0 + 0.5, latencies  # polling alone would give 1.0-3.0 s
