@@ -47,6 +47,14 @@ def seed_from_uid(sop_instance_uid: str) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
+def seed_for(radiograph: Radiograph) -> int:
+    """The seed of a radiograph: from its SOP Instance UID, else from its stored pixels (PNG)."""
+    if radiograph.sop_instance_uid:
+        return seed_from_uid(radiograph.sop_instance_uid)
+    digest = hashlib.sha256(np.ascontiguousarray(radiograph.stored).tobytes()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
 def config_path(weights: Path) -> Path:
     """The config json of a weights file: ``<stem>.json`` beside it, else ``config.json``."""
     beside = weights.with_suffix(".json")
@@ -152,9 +160,7 @@ class RibSuppressor:
             raise ValueError(f"segmentation mask {segmentation.mask.shape} does not match the "
                              f"radiograph {radiograph.shape}")
         if seed is None:
-            if not radiograph.sop_instance_uid:
-                raise ValueError("no seed given and the radiograph has no SOP Instance UID to derive one")
-            seed = seed_from_uid(radiograph.sop_instance_uid)
+            seed = seed_for(radiograph)
         region = self.region(segmentation.mask)
         bone = self.bone_layer(radiograph.image, region, seed)
         soft = radiograph.subtract_layer(bone, region)

@@ -1,0 +1,103 @@
+"""Time the whole rib suppression of one radiograph, and its curve against sampling steps.
+
+From a decoded DICOM dataset (the real RG1 CR chest of pydicom-data, 1955x1841, MONOCHROME1,
+15 bits) to the full-resolution soft-tissue stored pixels: ``read_radiograph`` + rib
+segmentation (``RibSegmenter``) + suppression (``RibSuppressor``: region dilation, working-size
+resampling, DDIM sampling with the ONNX denoiser, upsampling, stored-domain subtraction).
+Batch 1, after warm-up, median of ``--repeats`` runs, wall and process-CPU seconds (the CPU
+figure is less sensitive to other users of a shared machine). Peer in the same run: the torch
+backend (diffusers UNet2DModel + DDIMScheduler) with the same threads.
+
+    .venv/bin/python benchmarks/suppression_speed.py --threads 2 --repeats 5 --steps 1 2 4 8 16 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pydicom
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ribnode.models.preprocess import read_radiograph  # noqa: E402
+from ribnode.models.segmentation import RibSegmenter  # noqa: E402
+from ribnode.models.suppression import RibSuppressor  # noqa: E402
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo, else the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def timed(run: Callable[[], object], repeats: int, warmup: int = 1) -> tuple[float, float, list[float]]:
+    """Median wall seconds, median process-CPU seconds, and all wall times of ``run``."""
+    for _ in range(warmup):
+        run()
+    wall, cpu = [], []
+    for _ in range(repeats):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        run()
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return statistics.median(wall), statistics.median(cpu), wall
+
+
+def rg1() -> pydicom.Dataset:
+    import data_store
+
+    dataset = pydicom.dcmread(Path(data_store.__file__).parent / "data" / "RG1_UNCR.dcm")
+    _ = dataset.pixel_array  # decoded once, outside the timed region (metrics guide: "decoded DICOM")
+    return dataset
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, nargs="+", default=[4])
+    parser.add_argument("--weights", type=Path, default=None)
+    parser.add_argument("--no-peer", dest="peer", action="store_false", help="skip the torch backend")
+    args = parser.parse_args()
+    dataset = rg1()
+    segmenter = RibSegmenter(threads=args.threads, device="cpu")
+    print(f"# rib suppression speed, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+    print(f"machine: {platform.machine()}, {cpu_model()}; threads {args.threads}; "
+          f"input RG1_UNCR {dataset.Rows}x{dataset.Columns}; command: {' '.join(sys.argv)}\n")
+    print("| backend | steps | end to end wall s (median) | CPU s | read+segment wall s | suppress wall s | runs |")
+    print("|---|---|---|---|---|---|---|")
+    backends = ["onnx", "torch"] if args.peer else ["onnx"]
+    for steps in args.steps:
+        for backend in backends:
+            weights = args.weights
+            if weights is not None and backend == "torch":
+                weights = weights.with_suffix(".pt")
+            sup = RibSuppressor(weights, steps=steps, device="cpu", backend=backend, threads=args.threads)
+
+            def whole() -> object:
+                radiograph = read_radiograph(dataset)
+                return sup(radiograph, segmenter(radiograph))
+
+            radiograph = read_radiograph(dataset)
+            segmentation = segmenter(radiograph)
+            wall, cpu, runs = timed(whole, args.repeats)
+            front, _, _ = timed(lambda: segmenter(read_radiograph(dataset)), args.repeats)
+            back, _, _ = timed(lambda: sup(radiograph, segmentation), args.repeats)
+            print(f"| {backend} | {steps} | {wall:.2f} | {cpu:.2f} | {front:.2f} | {back:.2f} | "
+                  f"{', '.join(f'{r:.2f}' for r in runs)} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""The shipped rib-suppression weights: RG1 end to end, reproducibility, ORT/torch parity,
+and a quality guard on held-out pairs (skipped where ``../shared`` data is absent).
+
+Slower than ``test_suppression.py`` (a 1955x1841 radiograph, the real network).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ribnode.models.info import ModelInfo, SegmentationResult
+from ribnode.models.preprocess import read_radiograph
+from ribnode.models.suppression.runtime import DEFAULT_ONNX, DEFAULT_TORCH, RibSuppressor, seed_from_uid
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not DEFAULT_ONNX.is_file(), reason="shipped suppression weights not present"),
+]
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def rg1() -> tuple[object, SegmentationResult]:
+    """The real RG1 CR chest and a rib mask for it (the shipped segmenter if present)."""
+    data_store = pytest.importorskip("data_store")
+    radiograph = read_radiograph(Path(data_store.__file__).parent / "data" / "RG1_UNCR.dcm")
+    try:
+        from ribnode.models.segmentation import RibSegmenter
+
+        segmentation = RibSegmenter(device="cpu", threads=1)(radiograph)
+    except FileNotFoundError:  # no shipped segmenter: a fixed band mask over the lungs
+        mask = np.zeros(radiograph.shape, bool)
+        for row in range(500, 1500, 90):
+            mask[row:row + 30, 250:1600] = True
+        segmentation = SegmentationResult(mask, mask.astype(np.float32), ModelInfo("band", "0", "0" * 64))
+    return radiograph, segmentation
+
+
+def test_rg1_end_to_end_is_reproducible_and_local(rg1: tuple) -> None:
+    radiograph, segmentation = rg1
+    sup = RibSuppressor(device="cpu", threads=1)
+    result = sup(radiograph, segmentation)
+    assert result.seed == seed_from_uid(radiograph.sop_instance_uid)
+    assert result.soft_stored.shape == radiograph.shape and result.soft_stored.dtype == radiograph.stored.dtype
+    np.testing.assert_array_equal(result.soft_stored[~result.mask], radiograph.stored[~result.mask])
+    changed = result.soft_stored != radiograph.stored
+    assert changed.any() and not (changed & ~result.mask).any()
+    # bone is removed: MONOCHROME1 stored values rise (darker bone) where anything changed
+    delta = result.soft_stored[changed].astype(np.int64) - radiograph.stored[changed]
+    assert radiograph.photometric == "MONOCHROME1" and (delta > 0).all()
+    again = sup(radiograph, segmentation)
+    np.testing.assert_array_equal(again.soft_stored, result.soft_stored)
+
+
+@pytest.mark.skipif(not DEFAULT_TORCH.is_file(), reason="shipped torch weights not present")
+def test_shipped_onnx_and_torch_agree(rg1: tuple) -> None:
+    pytest.importorskip("torch")
+    radiograph, segmentation = rg1
+    a = RibSuppressor(device="cpu", threads=1)(radiograph, segmentation)
+    b = RibSuppressor(device="cpu", backend="torch", threads=1)(radiograph, segmentation)
+    assert np.abs(a.bone - b.bone).max() < 1e-4
+    assert np.abs(a.soft_stored.astype(np.int64) - b.soft_stored).max() <= 1
+
+
+def test_held_out_quality_guard() -> None:
+    """Mean BSR on three held-out pairs stays well above doing nothing (regression guard)."""
+    from ribnode.models.metrics import bone_suppression_ratio
+    from ribnode.models.suppression.data import DEFAULT_DATA, load_pairs
+
+    if not (DEFAULT_DATA / "source").is_dir():
+        pytest.skip(f"{DEFAULT_DATA} not present")
+    sup = RibSuppressor(device="cpu", threads=1)
+    pairs = load_pairs(DEFAULT_DATA, sup.config.training["held_out_cases"][:3])
+    values = []
+    for pair in pairs:
+        x = pair.radiograph.astype(np.float64)
+        p = x - sup.bone_layer(pair.radiograph, sup.region(pair.rib_mask), seed=0)
+        values.append(bone_suppression_ratio(x, pair.soft_tissue.astype(np.float64), p))
+    assert np.mean(values) > 0.6
