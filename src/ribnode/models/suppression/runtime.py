@@ -152,6 +152,20 @@ class RibSuppressor:
         bone[~region] = 0.0
         return bone
 
+    def bone_layers(self, images: list[np.ndarray], region: np.ndarray, seed: int,
+                    steps: int | None = None) -> list[np.ndarray]:
+        """``bone_layer`` of several same-shape images sharing one region and seed, in one batch."""
+        size = self.working_size
+        working = np.stack([to_working(image, size) for image in images])
+        regions = np.repeat(to_working(region.astype(np.float32), size)[None], len(images), axis=0)
+        estimate = self.pipeline(working, regions, steps or self.steps, [seed] * len(images))
+        out = []
+        for bone_w, image in zip(estimate.bone, images):
+            bone = upsample_bone(bone_w, image.shape, self.upsampling, guide=image)
+            bone[~region] = 0.0
+            out.append(bone)
+        return out
+
     def __call__(self, radiograph: Radiograph, segmentation: SegmentationResult,
                  seed: int | None = None) -> SuppressionResult:
         """Suppress the ribs of ``radiograph`` inside the dilated ``segmentation`` mask."""
