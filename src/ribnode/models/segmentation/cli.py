@@ -38,6 +38,8 @@ def _add_train(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--synthetic", type=int, default=0,
                         help="synthetic radiographs (exact rib masks) added to training")
+    parser.add_argument("--intensity-aug", type=float, default=1.0,
+                        help="scale of the gamma/contrast/brightness augmentation (0: none)")
     parser.add_argument("--base", type=int, default=16, help="U-Net channels at full resolution")
     parser.add_argument("--depth", type=int, default=5, help="U-Net resolution levels")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -61,7 +63,7 @@ def _train(args: argparse.Namespace) -> int:
         data=str(args.data), output=str(args.output), working_size=args.working_size,
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
         held_out=args.held_out, seed=args.seed, threads=args.threads, inverted=args.inverted,
-        synthetic=args.synthetic, device=args.device,
+        synthetic=args.synthetic, device=args.device, intensity_augmentation=args.intensity_aug,
         unet=UNetConfig(base=args.base, depth=args.depth).as_dict(),
     )
     if args.export_only:
@@ -112,6 +114,12 @@ def _add_infer(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     parser.add_argument("--weights", type=Path, default=None, help="segmentation ONNX weights")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--steps", type=int, default=4, help="rib-suppression DDIM steps")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="suppression seed (default: from the SOP Instance UID, or the PNG pixels)")
+    parser.add_argument("--suppression-weights", type=Path, default=None, help="rib-suppression ONNX weights")
+    parser.add_argument("--no-soft", dest="suppress", action="store_false",
+                        help="segment only (no <stem>-soft.png)")
     parser.set_defaults(handler=_infer)
 
 
@@ -119,7 +127,8 @@ def _infer(args: argparse.Namespace) -> int:
     from ribnode.models.infer import run_infer
 
     report = run_infer(args.inputs, args.output, weights=args.weights,
-                       device=args.device, threads=args.threads)
+                       device=args.device, threads=args.threads, steps=args.steps, seed=args.seed,
+                       suppression_weights=args.suppression_weights, suppress=args.suppress)
     for written in report.written:
         print(written)
     for path, reason in report.failed.items():

@@ -46,6 +46,7 @@ class TrainConfig:
     threads: int = 1
     inverted: bool = True
     synthetic: int = 0  # synthetic radiographs added to training (ribnode.models.synthetic)
+    intensity_augmentation: float = 1.0  # scales the gamma/contrast/brightness ranges (0: none)
     device: str = "auto"
     unet: dict[str, int] = field(default_factory=lambda: UNetConfig().as_dict())
 
@@ -94,9 +95,15 @@ def synthetic_tensors(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor] 
     return torch.from_numpy(np.stack(images)[:, None]), torch.from_numpy(np.stack(masks)[:, None])
 
 
-def augment(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random geometric and photometric augmentation of a batch (same geometry for the mask)."""
+def augment(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator,
+            intensity: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random geometric and photometric augmentation of a batch (same geometry for the mask).
+
+    ``intensity`` scales the gamma (exp(+-0.4)), contrast (+-20 %) and brightness (+-0.08)
+    ranges. The reference labels threshold the *absolute* bone-layer intensity, so strong
+    photometric changes blur the cue that decides how much of a rib is labelled; weak ones
+    still cover detector-to-detector variety after the per-image normalisation.
+    """
     n = images.shape[0]
 
     def uniform(low: float, high: float, *shape: int) -> torch.Tensor:
@@ -115,9 +122,10 @@ def augment(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generato
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     images = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
     masks = F.grid_sample(masks, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    gamma = torch.exp(uniform(-0.4, 0.4, 1, 1, 1))
+    gamma = torch.exp(intensity * uniform(-0.4, 0.4, 1, 1, 1))
     images = images.clamp(0, 1) ** gamma
-    images = (images - 0.5) * uniform(0.8, 1.2, 1, 1, 1) + 0.5 + uniform(-0.08, 0.08, 1, 1, 1)
+    contrast = 1.0 + intensity * uniform(-0.2, 0.2, 1, 1, 1)
+    images = (images - 0.5) * contrast + 0.5 + intensity * uniform(-0.08, 0.08, 1, 1, 1)
     images = _random_blur(images, generator)
     images = images + uniform(0.0, 0.03, 1, 1, 1) * torch.randn(images.shape, generator=generator)
     return images.clamp(0, 1), masks
@@ -232,7 +240,8 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
                    mininterval=5.0, leave=False)
         for step in bar:
             batch = order[step * config.batch_size : (step + 1) * config.batch_size]
-            images, masks = augment(train_x[batch], train_y[batch], generator)
+            images, masks = augment(train_x[batch], train_y[batch], generator,
+                                    config.intensity_augmentation)
             loss = dice_bce_loss(model(images.to(device)), masks.to(device))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
