@@ -2,8 +2,10 @@
 
 ``run_job`` claims a job, hands each of its spooled instances to ``process_instance`` and moves
 the job to its final state. In issue 2 ``process_instance`` decodes and validates the image and
-records what the models will be given (matrix, bits, photometric, transfer syntax); the model
-pipeline replaces that one call without touching the task plumbing.
+records what the models will be given (matrix, bits, photometric, transfer syntax). The worker
+task passes a model step (``ribnode.workers.pipeline_step.ModelStep``): then each instance goes
+through the rib pipeline and ``dicom_sr.build_outputs``, and the objects are staged and
+delivered (job "exporting", then "done"), without touching the task plumbing.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import errno
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ribnode.config.settings import Settings
 from ribnode.node.ledger import (
@@ -21,6 +24,10 @@ from ribnode.node.ledger import (
 )
 from ribnode.node.schema import TERMINAL_JOB_STATES
 from ribnode.node.spool import Spool
+
+if TYPE_CHECKING:
+    from ribnode.dicom_sr import OutputSet
+    from ribnode.workers.pipeline_step import ModelStep
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
@@ -52,21 +59,35 @@ def process_instance(path: Path, settings: Settings) -> InstanceCheck:
     )
 
 
-def _check_all(instances: list[SpooledInstance], spool: Spool, settings: Settings, ledger: Ledger) -> list[str]:
-    """Process each instance, record what was found; return the errors."""
-    errors = []
+def _check_all(instances: list[SpooledInstance], spool: Spool, settings: Settings, ledger: Ledger,
+               step: ModelStep | None = None) -> tuple[list[str], list[OutputSet]]:
+    """Process each instance (through ``step`` when given), record what was found; return the
+    errors and the objects built."""
+    errors: list[str] = []
+    output_sets: list[OutputSet] = []
     for inst in instances:
-        check = process_instance(spool.path(inst.path), settings)
+        if step is None:
+            check = process_instance(spool.path(inst.path), settings)
+        else:
+            outcome = step(spool.path(inst.path), settings)
+            check = outcome.check
+            if outcome.outputs is not None:
+                output_sets.append(outcome.outputs)
         ledger.record_check(inst.id, check)
         if check.error:
             logger.warning("instance %s: %s", inst.sop_instance_uid, check.error)
             errors.append(f"{inst.sop_instance_uid}: {check.error}")
-    return errors
+    return errors, output_sets
 
 
-def run_job(job_id: int, settings: Settings, ledger: Ledger) -> None:
+def run_job(job_id: int, settings: Settings, ledger: Ledger, step: ModelStep | None = None) -> None:
     """Run one job to "done" (or "failed" when no instance can be used). Idempotent: a job
-    already finished is left alone, so a duplicate delivery does nothing."""
+    already finished is left alone, so a duplicate delivery does nothing.
+
+    With ``step`` (the worker task always passes one) the usable instances go through the
+    models and their objects are delivered: the job goes "exporting", then "done" (or stays
+    "exporting" while a destination is retried). Without it, the instances are only decoded
+    and validated."""
     job = ledger.job(job_id)
     if job.state in TERMINAL_JOB_STATES:
         logger.info("job %d already %s: nothing to do", job_id, job.state)
@@ -75,9 +96,14 @@ def run_job(job_id: int, settings: Settings, ledger: Ledger) -> None:
         logger.info("job %d is %s, not claimable", job_id, ledger.job(job_id).state)
         return
     instances = ledger.job_instances(job_id)
-    errors = _check_all(instances, Spool(settings.spool.directory), settings, ledger)
+    errors, output_sets = _check_all(instances, Spool(settings.spool.directory), settings, ledger, step)
     if instances and len(errors) == len(instances):
         ledger.transition(job_id, JobState.FAILED, error="no usable instance: " + "; ".join(errors)[:4000])
+        return
+    if step is not None and output_sets:
+        state = step.deliver(job_id, output_sets, settings, ledger)
+        logger.info("job %d %s: %d instance(s) processed, %d unusable", job_id, state,
+                    len(output_sets), len(errors))
         return
     summary = f"{len(errors)} of {len(instances)} instances unusable: " + "; ".join(errors) if errors else None
     ledger.transition(job_id, JobState.DONE, error=summary[:4000] if summary else None)

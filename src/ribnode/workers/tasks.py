@@ -38,10 +38,11 @@ def process_study(self: Task, job_id: int) -> None:
     """Run one job. A transient error retries with backoff; after ``broker.max_retries``
     retries the job is "dead" with the reason."""
     from ribnode.workers.jobs import run_job
+    from ribnode.workers.pipeline_step import model_step
 
     settings, ledger = worker_context(self.app)
     try:
-        run_job(job_id, settings, ledger)
+        run_job(job_id, settings, ledger, step=model_step(self.app, settings))
     except Exception as exc:  # any error left by run_job is treated as transient: retry
         error = f"{type(exc).__name__}: {exc}"
         retries = int(self.request.retries or 0)

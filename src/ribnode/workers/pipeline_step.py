@@ -1,0 +1,140 @@
+"""The model step of a job: one spooled radiograph -> the rib pipeline -> the three DICOM objects.
+
+``run_job`` (``ribnode.workers.jobs``) calls a :class:`ModelStep` for each routed instance of
+a job and hands the objects it built to :meth:`ModelStep.deliver`, which stages them (ledger
+``output_objects``, job "exporting") and makes the first delivery attempt; retries go to the
+export task on the CPU queue (``ribnode.workers.export_tasks``).
+
+The models are loaded once per worker process: :func:`model_step` keeps the step on the Celery
+app object of that process (built after the prefork pool forked, on the first job), never in a
+module global.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pydicom
+import pydicom.errors
+
+from ribnode.config.settings import ModelSettings, Settings
+from ribnode.node.ledger import InstanceCheck, Ledger
+
+if TYPE_CHECKING:
+    from ribnode.dicom_sr import OutputSet
+    from ribnode.models.pipeline import PipelineOutput, RibPipeline
+
+logger = logging.getLogger(__name__)
+logger.addHandler(logging.NullHandler())
+
+APP_ATTRIBUTE = "ribnode_model_step"
+
+
+@dataclass(frozen=True)
+class InstanceOutcome:
+    """What the model step made of one instance: the ledger check, and the objects (or None
+    when the input cannot be used; ``check.error`` says why)."""
+
+    check: InstanceCheck
+    outputs: OutputSet | None = None
+    seconds: float = 0.0
+
+
+def describe(output: PipelineOutput) -> InstanceCheck:
+    """The ledger's record of what the models were given."""
+    radiograph = output.radiograph
+    rows, columns = radiograph.stored.shape
+    return InstanceCheck(
+        rows=rows,
+        columns=columns,
+        bits_stored=radiograph.bits_stored,
+        photometric=radiograph.photometric,
+        transfer_syntax_uid=radiograph.transfer_syntax,
+        number_of_frames=1,  # read_radiograph refuses multi-frame input
+    )
+
+
+class ModelStep:
+    """The rib pipeline and ``dicom_sr.build_outputs`` for one worker process.
+
+    ``app`` is the Celery app used to schedule export retries (None: retries are left to
+    ``requeue_due_exports``, e.g. when called outside a worker).
+    """
+
+    def __init__(self, settings: Settings, app: Any = None,
+                 pipeline: RibPipeline | None = None) -> None:
+        from ribnode.models.pipeline import RibPipeline
+
+        start = time.perf_counter()
+        self.models: ModelSettings = settings.models.model_copy(deep=True)
+        self.pipeline = pipeline if pipeline is not None else RibPipeline(settings.models)
+        self.app = app
+        seg, sup = self.pipeline.models
+        logger.info("models loaded in %.2f s: %s %s (%s), %s %s (%s, %d steps)",
+                    time.perf_counter() - start, seg.name, seg.version, seg.weights_sha256[:12],
+                    sup.name, sup.version, sup.weights_sha256[:12], self.pipeline.suppressor.steps)
+
+    def __call__(self, path: Path, settings: Settings) -> InstanceOutcome:
+        """Run the models on one spooled instance and build its SC, SEG and SR.
+
+        An input the models cannot take (``preprocess.InputError``) is returned in
+        ``check.error``: permanent, retrying cannot fix the file. A missing file raises
+        ``OSError`` (transient: the spool may be on a share that is not mounted yet).
+        """
+        from ribnode.dicom_sr import build_outputs
+        from ribnode.models.preprocess import InputError
+
+        if not path.is_file():
+            raise FileNotFoundError(errno.ENOENT, "spool file missing (is the spool mounted here?)",
+                                    str(path))
+        start = time.perf_counter()
+        try:
+            source = pydicom.dcmread(path)
+            output = self.pipeline(source)
+        except (InputError, pydicom.errors.InvalidDicomError) as exc:
+            return InstanceOutcome(
+                InstanceCheck(error=f"cannot decode {path.name}: {type(exc).__name__}: {exc}"))
+        try:
+            outputs = build_outputs(source, output.segmentation, output.suppression,
+                                    settings.outputs)
+        except ValueError as exc:  # a source dicom_sr cannot derive from (named in the message)
+            return InstanceOutcome(InstanceCheck(
+                error=f"cannot build outputs for {path.name}: {exc}"))
+        seconds = time.perf_counter() - start
+        logger.info("instance %s: models %.2f s (segmentation %.2f, suppression %.2f), "
+                    "objects %.2f s", source.SOPInstanceUID, output.seconds,
+                    output.segmentation_seconds, output.suppression_seconds,
+                    seconds - output.seconds)
+        return InstanceOutcome(describe(output), outputs, seconds)
+
+    def deliver(self, job_id: int, output_sets: Sequence[OutputSet], settings: Settings,
+                ledger: Ledger) -> str:
+        """Stage the objects (job "exporting"), attempt delivery now, and schedule any retry on
+        the CPU queue. Returns the job's state afterwards."""
+        from ribnode.node.export import export_job, stage_outputs
+        from ribnode.workers.export_tasks import deliver_outputs
+
+        if self.app is not None:
+            report = deliver_outputs(self.app, job_id, output_sets, settings, ledger)
+            return report.state
+        stage_outputs(job_id, output_sets, settings, ledger)
+        return export_job(job_id, settings, ledger).state
+
+
+def model_step(app: Any, settings: Settings) -> ModelStep:
+    """The model step of this worker process, built on first use and kept on ``app``.
+
+    Rebuilt when the model settings changed (another weights file, steps or device), so a
+    process never runs models that its settings do not name.
+    """
+    step: ModelStep | None = getattr(app, APP_ATTRIBUTE, None)
+    if step is None or step.models != settings.models:
+        step = ModelStep(settings, app)
+        setattr(app, APP_ATTRIBUTE, step)
+    return step
