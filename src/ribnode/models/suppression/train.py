@@ -62,6 +62,7 @@ class TrainOptions:
     ema_decay: float = 0.999
     loss_outside_weight: float = 0.1
     resume: bool = True
+    device: str = "auto"  # "cuda" when available, else "cpu"
 
 
 class Batcher:
@@ -127,9 +128,10 @@ def training_loss(unet: torch.nn.Module, scheduler: Any, config: SuppressionConf
     if config.mode == "diffusion":
         t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator)
         noise = torch.randn(target.shape, generator=generator)
+        t, noise = t.to(target.device), noise.to(target.device)
         noisy = scheduler.add_noise(target, noise, t)
     else:
-        t = torch.zeros(batch, dtype=torch.long)
+        t = torch.zeros(batch, dtype=torch.long, device=target.device)
         noisy = torch.zeros_like(target)
     pred = unet(_model_input(noisy, cond), t).sample
     return (weight * (pred - target) ** 2).sum() / weight.sum()
@@ -155,13 +157,14 @@ def train(options: TrainOptions) -> Path:
     config = SuppressionConfig(network=NetworkConfig(sample_size=options.working_size), mode=options.mode)
     train_ids, held_ids = split_held_out(case_ids(options.data))
     pairs = [to_working_pair(p, options.working_size) for p in load_pairs(options.data, train_ids, options.inverted)]
-    unet, scheduler = build_unet(config.network), build_scheduler(config.scheduler)
+    device = options.device if options.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    unet, scheduler = build_unet(config.network).to(device), build_scheduler(config.scheduler)
     optimiser = torch.optim.AdamW(unet.parameters(), lr=options.lr, weight_decay=1e-4)
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
     step, elapsed = 0, 0.0
     ckpt = options.out / "checkpoint.pt"
     if options.resume and ckpt.is_file():
-        state = torch.load(ckpt, weights_only=False)
+        state = torch.load(ckpt, weights_only=False, map_location=device)
         unet.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
         ema, step, elapsed = state["ema"], state["step"], state["elapsed"]
@@ -192,7 +195,7 @@ def _loop(unet: torch.nn.Module, scheduler: Any, config: SuppressionConfig,
             break
         for group in optimiser.param_groups:
             group["lr"] = options.lr * _lr_factor(progress, step, options.warmup)
-        cond, target, weight = batcher.sample()
+        cond, target, weight = (t.to(next(unet.parameters()).device) for t in batcher.sample())
         loss = training_loss(unet, scheduler, config, cond, target, weight, generator)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -228,7 +231,7 @@ def _finish(unet: torch.nn.Module, ema: dict[str, torch.Tensor], config: Suppres
             record: dict[str, Any]) -> Path:
     unet.load_state_dict(ema)
     weights = options.out / "model.pt"
-    torch.save(unet.state_dict(), weights)
+    torch.save({k: v.cpu() for k, v in unet.state_dict().items()}, weights)
     training = {
         "data": str(options.data), "train_cases": train_ids, "held_out_cases": held_ids,
         "split_rule": "sorted ids per stratum (JPCLN, JPCNN); every 5th held out (index 4, 9, ...)",
