@@ -168,6 +168,7 @@ def _lesions(args: argparse.Namespace) -> int:
             pair = load_pairs(data, [case], args.inverted)[0]
             image, rib_mask = pair.radiograph, pair.rib_mask
         else:
+            assert segmenter is not None  # made above for --mask segmenter
             image = read_png_unit(data / "source" / f"{case}.png", args.inverted).astype(np.float32)
             rib_mask = segmenter.segment_image(image).mask
         trials += lesion_trials(suppressor, case, image, rib_mask, args.placements, rng, seed=args.seed)

@@ -74,7 +74,8 @@ def check_onnx(unet: Any, path: Path, size: int, atol: float = 1e-4) -> float:
     with torch.no_grad():
         expected = unet(torch.from_numpy(sample), torch.from_numpy(timestep)).sample.numpy()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run([OUTPUT_NAME], {"sample": sample, "timestep": timestep})[0]
+    outputs: list[Any] = session.run([OUTPUT_NAME], {"sample": sample, "timestep": timestep})
+    got = np.asarray(outputs[0])
     err = float(np.abs(got - expected).max())
     if err > atol:
         raise AssertionError(f"ONNX/torch mismatch {err:.2e} > {atol:.0e}")

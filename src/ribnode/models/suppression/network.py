@@ -11,10 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # torch/diffusers only where the network is built
-    from diffusers import UNet2DModel
+from typing import Any
 
 IN_CHANNELS = 3  # noisy bone, radiograph, rib mask
 OUT_CHANNELS = 1
@@ -140,7 +137,7 @@ class SuppressionConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
-def build_unet(config: NetworkConfig) -> "UNet2DModel":
+def build_unet(config: NetworkConfig) -> Any:
     """A freshly initialised denoiser for ``config`` (imports diffusers)."""
     from diffusers import UNet2DModel
 

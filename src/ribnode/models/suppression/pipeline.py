@@ -69,6 +69,7 @@ class SuppressionPipeline:
         steps = int(steps or self.config.default_steps)
         norm, scale = self._condition(images)
         cond = np.stack([norm, regions.astype(np.float32)], axis=1)
+        timesteps: tuple[int, ...]
         if self.config.mode == "regression":
             raw, timesteps = self._regress(cond), (0,)
             steps = 1
