@@ -1,0 +1,193 @@
+"""End to end with a real PACS: Orthanc (Debian package, DICOMweb plugin) forwards a study to
+ribnode by C-STORE; ribnode runs both models and returns SC, SEG and SR by STOW-RS; the three
+series must land in the same study, reference the source, render, and validate.
+
+Two studies go through one node: the real RG1 CR chest of pydicom-data (1955x1841,
+MONOCHROME1) and a synthetic DX chest from ``ribnode.models.synthetic``.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+from ribnode.models.preprocess import dilate_mask
+from ribnode.models.suppression.data import region_radius
+from ribnode.models.synthetic import generate_chest, write_dicom_study
+from ribnode.node.delivery_ledger import DeliveryLedger
+from ribnode.node.ledger import JobState
+from ribnode.node.orthanc import OrthancServer
+from tests.node.helpers import wait_for
+from tests.peers.fixtures import pydicom_data_dir
+from tests.workers.e2e import (
+    AI_DESCRIPTIONS,
+    Node,
+    check_object,
+    e2e_settings,
+    job_of_study,
+    json_value,
+    qido_series,
+    referenced_uids,
+    require_weights,
+    running_node,
+    stow_destination,
+    wado_metadata,
+    wait_for_series,
+)
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[OrthancServer, Node]]:
+    """One Orthanc and one ribnode wired both ways (Orthanc -> C-STORE -> ribnode -> STOW-RS)."""
+    require_weights()
+    tmp = tmp_path_factory.mktemp("e2e")
+    with OrthancServer(tmp / "orthanc") as pacs:
+        settings = e2e_settings(tmp / "node", **{"export.destinations": [stow_destination(pacs)]})
+        with running_node(settings) as node:
+            pacs.add_modality("RIBNODE", settings.listener.ae_title, "127.0.0.1", node.listener.port)
+            yield pacs, node
+
+
+def _round_trip(pacs: OrthancServer, node: Node, source_path: Path) -> dict[str, Any]:
+    """Send the study from Orthanc to ribnode; wait for the three series; return what the
+    checks need."""
+    source = pydicom.dcmread(source_path)
+    study_uid = str(source.StudyInstanceUID)
+    source_id = pacs.upload(source_path)
+    result = pacs.send_to_modality("RIBNODE", [source_id])
+    assert not result.get("FailedInstancesCount"), result
+    series = wait_for_series(pacs, study_uid, 4)
+    job = wait_for(lambda: job_of_study(node.ledger, study_uid), 60, "the job to be done")
+    return {"source": source, "source_id": source_id, "series": series, "job": job}
+
+
+def _orthanc_objects(pacs: OrthancServer, series: list[dict[str, Any]], tmp: Path) -> dict[str, Path]:
+    """The AI objects as Orthanc stored them, by kind, downloaded to ``tmp``."""
+    kinds = {v: k for k, v in AI_DESCRIPTIONS.items()}
+    files: dict[str, Path] = {}
+    for item in series:
+        kind = kinds.get(item["MainDicomTags"].get("SeriesDescription", ""))
+        if kind is None:
+            continue
+        [instance] = item["Instances"]  # exactly one object per AI series
+        path = tmp / f"{kind}.dcm"
+        path.write_bytes(pacs.rest("GET", f"/instances/{instance}/file").content)
+        files[kind] = path
+    assert sorted(files) == ["sc", "seg", "sr"], f"AI series found: {sorted(files)}"
+    return files
+
+
+def _preview(pacs: OrthancServer, instance: str) -> np.ndarray:
+    answer = pacs.rest("GET", f"/instances/{instance}/preview")
+    assert answer.headers["Content-Type"].startswith("image/png")
+    return np.asarray(Image.open(io.BytesIO(answer.content)).convert("L"), dtype=np.int16)
+
+
+def _check_study(pacs: OrthancServer, node: Node, run: dict[str, Any], tmp: Path) -> None:
+    source: pydicom.Dataset = run["source"]
+    study_uid, source_uid = str(source.StudyInstanceUID), str(source.SOPInstanceUID)
+
+    # QIDO-RS: four series in the one study, the three AI ones with their descriptions.
+    qido = qido_series(pacs, study_uid)
+    descriptions = {json_value(item, "0008103E") for item in qido}
+    assert set(AI_DESCRIPTIONS.values()) <= descriptions
+    assert len(qido) == 4
+    modalities = sorted(str(json_value(item, "00080060")) for item in qido)
+    assert {"SEG", "SR"} <= set(modalities)
+
+    # WADO-RS metadata: each AI object references the source instance.
+    ai_series = [item for item in qido if json_value(item, "0008103E") in AI_DESCRIPTIONS.values()]
+    references: dict[str, set[str]] = {}
+    for item in ai_series:
+        [meta] = wado_metadata(pacs, study_uid, json_value(item, "0020000E"))
+        references[json_value(item, "0008103E")] = referenced_uids(meta)
+        assert json_value(meta, "0020000D") == study_uid
+    for description, uids in references.items():
+        assert source_uid in uids, f"{description} does not reference the source {source_uid}"
+
+    # The objects as the PACS holds them: valid, readable, and what the ledger says was made.
+    files = _orthanc_objects(pacs, run["series"], tmp)
+    datasets = {kind: check_object(path, kind) for kind, path in files.items()}
+    sr_refs = references[AI_DESCRIPTIONS["sr"]]
+    assert {str(datasets["sc"].SOPInstanceUID), str(datasets["seg"].SOPInstanceUID)} <= sr_refs
+    made = {row.kind: row for row in DeliveryLedger(node.ledger).outputs(run["job"].id)}
+    for kind, ds in datasets.items():
+        assert made[kind].sop_instance_uid == str(ds.SOPInstanceUID)
+        assert made[kind].source_sop_instance_uid == source_uid
+        assert len(made[kind].weights_sha256) == 64
+
+    # Pixels: the SC equals the source exactly outside the dilated rib mask, differs inside.
+    sc, seg = datasets["sc"], datasets["seg"]
+    original = source.pixel_array.astype(np.int32)
+    suppressed = sc.pixel_array.astype(np.int32)
+    assert suppressed.shape == original.shape and sc.BitsStored == source.BitsStored
+    assert sc.PhotometricInterpretation == source.PhotometricInterpretation
+    mask = np.asarray(seg.pixel_array).reshape(original.shape) > 0
+    assert mask.any(), "the rib segmentation found no ribs"
+    region = dilate_mask(mask, region_radius(mask.shape, 5.0) + 1)
+    changed = suppressed != original
+    assert not changed[~region].any(), f"{int(changed[~region].sum())} pixels changed outside the mask"
+    assert changed[region].any()
+
+    # Orthanc renders the SC: its preview differs from the original's only in the rib region.
+    before = _preview(pacs, run["source_id"])
+    [sc_id] = [s["Instances"][0] for s in run["series"]
+               if s["MainDicomTags"].get("SeriesDescription") == AI_DESCRIPTIONS["sc"]]
+    after = _preview(pacs, sc_id)
+    assert before.shape == after.shape
+    small = np.asarray(Image.fromarray(region).resize(before.shape[::-1], Image.NEAREST))
+    grown = dilate_mask(small, 2)  # preview resampling blurs the border by a pixel or two
+    difference = np.abs(after - before)
+    # Each preview is windowed on its own (the SC's window is computed for the output), so
+    # outside the region the previews may differ by a global window shift of a grey level or
+    # two; inside, the bone removal shows.
+    assert difference[~grown].mean() <= 2.0
+    assert difference[small].mean() > 2 * max(difference[~grown].mean(), 0.25)
+
+
+def test_rg1_cr_chest_round_trip(loop: tuple[OrthancServer, Node], tmp_path: Path) -> None:
+    pacs, node = loop
+    source_path = pydicom_data_dir() / "RG1_UNCR.dcm"
+    run = _round_trip(pacs, node, source_path)
+    _check_study(pacs, node, run, tmp_path)
+    states = [t.to_state for t in node.ledger.transitions(run["job"].id)]
+    assert states == ["received", "queued", "running", "exporting", "done"]
+
+
+def test_synthetic_study_round_trip(loop: tuple[OrthancServer, Node], tmp_path: Path) -> None:
+    pacs, node = loop
+    chest = generate_chest(11, (1200, 1000))
+    # Imager Pixel Spacing only (the usual DX header): see the xfail test below for Pixel Spacing.
+    [source_path] = write_dicom_study(chest, tmp_path / "study", 11, photometric="MONOCHROME1")
+    run = _round_trip(pacs, node, source_path)
+    _check_study(pacs, node, run, tmp_path)
+    assert node.ledger.job(run["job"].id).state == JobState.DONE
+
+
+@pytest.mark.xfail(strict=True, raises=AttributeError, reason=(
+    "known defect found end to end: with a source Pixel Spacing the SEG gets a Pixel Measures "
+    "item without Slice Thickness (none exists for a projection radiograph); dciodvfy accepts "
+    "it but highdicom 0.28 cannot read the SEG back (dicom_sr.seg, to fix there)"))
+def test_highdicom_reads_back_a_seg_made_from_a_pixel_spacing_source(tmp_path: Path) -> None:
+    import highdicom as hd
+
+    from ribnode.config.settings import OutputSettings
+    from ribnode.dicom_sr import build_outputs
+    from ribnode.models.info import ModelInfo, SegmentationResult, SuppressionResult
+
+    chest = generate_chest(5, 256)
+    [path] = write_dicom_study(chest, tmp_path, 5, pixel_spacing=True)
+    source = pydicom.dcmread(path)
+    model = ModelInfo("ribnode test", "0", "0" * 64)
+    mask = chest.rib_mask
+    segmentation = SegmentationResult(mask, mask.astype(np.float32), model)
+    suppression = SuppressionResult(source.pixel_array, np.zeros(mask.shape, np.float32), mask,
+                                    0, 1, 256, model)
+    seg = build_outputs(source, segmentation, suppression, OutputSettings()).seg
+    hd.seg.Segmentation.from_dataset(seg)
