@@ -55,7 +55,7 @@ def export_onnx(unet: Any, config: SuppressionConfig, path: Path, extra: dict[st
             dynamic_axes={"sample": {0: "batch", 2: "height", 3: "width"}, "timestep": {0: "batch"},
                           OUTPUT_NAME: {0: "batch", 2: "height", 3: "width"}},
         )
-    record = {"format": "onnx", "opset": OPSET, "inputs": list(INPUT_NAMES), "output": OUTPUT_NAME,
+    record: dict[str, Any] = {"format": "onnx", "opset": OPSET, "inputs": list(INPUT_NAMES), "output": OUTPUT_NAME,
               "weights_sha256": sha256_file(path), "parameters": int(sum(p.numel() for p in unet.parameters()))}
     record.update(extra or {})
     config.save(path.with_suffix(".json"), record)
