@@ -174,7 +174,7 @@ def write_study(work: Path, size: int, seed: int) -> Path:
     from ribnode.models.synthetic import generate_chest, write_dicom_study
 
     chest = generate_chest(seed, size)
-    [path] = write_dicom_study(chest, work / "study", seed, pixel_spacing=True)
+    [path] = write_dicom_study(chest, work / "study", seed)  # Imager Pixel Spacing, as DX
     return path
 
 
