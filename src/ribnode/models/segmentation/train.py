@@ -48,7 +48,7 @@ class TrainConfig:
     synthetic: int = 0  # synthetic radiographs added to training (ribnode.models.synthetic)
     intensity_augmentation: float = 1.0  # scales the gamma/contrast/brightness ranges (0: none)
     device: str = "auto"
-    unet: dict[str, int] = field(default_factory=lambda: UNetConfig().as_dict())
+    unet: dict[str, Any] = field(default_factory=lambda: UNetConfig().as_dict())
 
 
 def seed_everything(seed: int) -> None:

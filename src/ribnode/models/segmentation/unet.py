@@ -121,7 +121,11 @@ def fold_batchnorm(model: UNet) -> UNet:
                 (m for m in folded.modules() if isinstance(m, DoubleConv)))
     for source, target in pairs:
         for index in (0, 3):
-            fused = fuse_conv_bn_eval(source[index], source[index + 1])
-            target[index].weight.copy_(fused.weight)
-            target[index].bias.copy_(fused.bias)
+            conv, norm, out = source[index], source[index + 1], target[index]
+            assert isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d)
+            assert isinstance(out, nn.Conv2d) and out.bias is not None
+            fused = fuse_conv_bn_eval(conv, norm)
+            assert fused.bias is not None
+            out.weight.copy_(fused.weight)
+            out.bias.copy_(fused.bias)
     return folded
