@@ -103,8 +103,7 @@ def test_delivered_to_every_destination(
 def test_pacs_down_then_back_delivers_once(
     tmp_path: Path, orthanc_factory, ledger_url: str, make_ledger  # type: ignore[no-untyped-def]
 ) -> None:
-    pacs = orthanc_factory()
-    pacs.stop()  # the PACS is down when the export starts
+    pacs = orthanc_factory(start=False)  # the PACS is down when the export starts
     settings = export_settings(
         tmp_path, ledger_url,
         [stow("web", pacs.dicomweb_url), cstore("dimse", pacs.dicom_port)],

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from ribnode.node.orthanc import OrthancServer
-from ribnode.node.orthanc import free_port as _kernel_free_port
+from ribnode.node.orthanc import free_port as _free_port
 
 POSTGRES_URL = "postgresql+psycopg://ribnode:ribnode@127.0.0.1:5432/ribnode_test"
 REDIS_BASE = "redis://127.0.0.1:6379"
@@ -37,8 +37,8 @@ TOOL_TIMEOUT_S = 120
 
 # -- plain helpers --------------------------------------------------------------------------
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    return _kernel_free_port()
+    """A TCP port free on 127.0.0.1 right now, outside the kernel's ephemeral port range."""
+    return _free_port()
 
 
 def _run_tool(args: Sequence[str | os.PathLike[str]], check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -166,14 +166,17 @@ def orthanc_factory(tmp_path: Path) -> Iterator[Callable[..., OrthancServer]]:
     """A function that starts Orthanc servers in ``tmp_path``; all are stopped at teardown.
 
     Keyword arguments go to ``OrthancServer`` (``modalities``, ``ae_title``, ``username``...).
-    The returned server is already started.
+    The returned server is started, unless ``start=False``: then its ports and URLs are known
+    but nothing listens yet (a PACS that is down; ``server.start()`` brings it up).
     """
     servers: list[OrthancServer] = []
 
-    def make(**kw: Any) -> OrthancServer:
+    def make(start: bool = True, **kw: Any) -> OrthancServer:
+        if not start:
+            kw.setdefault("fixed_ports", True)  # its address is handed out before it runs
         server = OrthancServer(tmp_path / f"orthanc-{len(servers)}", **kw)
         servers.append(server)
-        return server.start()
+        return server.start() if start else server
 
     yield make
     for server in servers:

@@ -63,7 +63,8 @@ def test_free_port_is_bindable(free_port: int) -> None:
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", free_port))
-    assert 1024 <= free_port <= 65535
+    low, high = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    assert 1024 <= free_port <= 65535 and not low <= free_port <= high
 
 
 def test_orthanc_upload_and_qido(orthanc: OrthancServer, rg1_files: dict[str, Path]) -> None:
@@ -199,3 +200,11 @@ def test_redis(redis_url: str) -> None:
         assert client.get("k") == b"v"
     finally:
         client.close()
+
+
+def test_orthanc_factory_can_leave_it_down(orthanc_factory) -> None:  # type: ignore[no-untyped-def]
+    pacs = orthanc_factory(start=False)
+    assert not pacs.running
+    assert echoscu(pacs.dicom_port, called_aet="ORTHANC").returncode != 0
+    pacs.start()
+    assert echoscu(pacs.dicom_port, called_aet="ORTHANC").returncode == 0

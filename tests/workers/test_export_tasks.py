@@ -15,6 +15,7 @@ from pydicom.uid import generate_uid
 
 from ribnode.cli import main
 from ribnode.config.settings import Settings
+from ribnode.node.delivery_ledger import DeliveryLedger
 from ribnode.node.export import export_job, stage_outputs
 from ribnode.node.ledger import JobState, Ledger
 from ribnode.workers.app import make_celery
@@ -48,8 +49,7 @@ def _job(settings: Settings, ledger: Ledger) -> tuple[int, str]:
 
 
 def test_export_task_waits_for_the_pacs(tmp_path: Path, orthanc_factory) -> None:  # type: ignore[no-untyped-def]
-    pacs = orthanc_factory()
-    pacs.stop()
+    pacs = orthanc_factory(start=False)
     settings = export_settings(tmp_path, f"sqlite:///{tmp_path / 'ledger.sqlite'}",
                                [cstore("pacs", pacs.dicom_port)], max_attempts=100)
     ledger = Ledger(settings.ledger.url)
@@ -106,4 +106,72 @@ def test_deliver_outputs_fast_path_needs_no_worker(tmp_path: Path, orthanc) -> N
                              settings, ledger)
     assert report.state == JobState.DONE and report.delivered == ["pacs"]
     assert len(orthanc.series_of_study(study)) == 3
+    ledger.dispose()
+
+
+def test_worker_killed_mid_export(tmp_path: Path, orthanc_factory, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A `ribnode worker` process is SIGKILLed while it retries against a stopped PACS (the kill
+    lands right after it claimed its third attempt). The next worker takes the job up (its
+    start-up sweep or the queued retry) once the dead worker's claim has expired, and delivers
+    it: the PACS holds exactly one copy of each object."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    pacs = orthanc_factory(start=False)
+    # timeout 1 s: a send killed midway holds its claim (lease) for 5 s at most.
+    settings = export_settings(tmp_path, f"sqlite:///{tmp_path / 'ledger.sqlite'}",
+                               [cstore("pacs", pacs.dicom_port, timeout_s=1)], max_attempts=1000)
+    config = tmp_path / "ribnode.yaml"
+    config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    monkeypatch.setenv("RIBNODE_CONFIG", str(config))
+    ledger = Ledger(settings.ledger.url)
+    app = make_celery(settings)
+    study, source = generate_uid(), generate_uid()
+    job_id = make_running_job(ledger, study, source)
+    report = deliver_outputs(app, job_id, [make_output_set(study, source)], settings, ledger)
+    assert report.state == JobState.EXPORTING
+
+    log = (tmp_path / "worker.log").open("wb")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "ribnode", "--config", str(config), "worker",
+         "-Q", settings.broker.cpu_queue, "--pool", "solo", "--hostname", f"kill-{os.getpid()}@%h"],
+        stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while DeliveryLedger(ledger).deliveries(job_id)[0].attempts < 3:
+            assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, (tmp_path / "worker.log").read_text()[-3000:]
+            time.sleep(0.1)
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=30)
+        log.close()
+    attempts = DeliveryLedger(ledger).deliveries(job_id)[0].attempts
+    time.sleep(1.0)
+    assert DeliveryLedger(ledger).deliveries(job_id)[0].attempts == attempts  # nobody left
+    assert ledger.job(job_id).state == JobState.EXPORTING
+
+    pacs.start()
+    with export_worker(make_celery(settings), settings):
+        _wait_state(ledger, job_id, JobState.DONE)
+    assert len(pacs.instances()) == 3
+    assert len(pacs.series_of_study(study)) == 3
+    ledger.dispose()
+
+
+def test_worker_start_sweep_recovers_a_lost_export_task(tmp_path: Path, orthanc_factory) -> None:  # type: ignore[no-untyped-def]
+    pacs = orthanc_factory(start=False)
+    settings = export_settings(tmp_path, f"sqlite:///{tmp_path / 'ledger.sqlite'}",
+                               [cstore("pacs", pacs.dicom_port)], max_attempts=10)
+    ledger = Ledger(settings.ledger.url)
+    job_id, study = _job(settings, ledger)
+    assert export_job(job_id, settings, ledger).state == JobState.EXPORTING  # no task queued
+    pacs.start()
+    time.sleep(0.3)  # the retry is due
+    with export_worker(make_celery(settings), settings):
+        _wait_state(ledger, job_id, JobState.DONE, timeout_s=30)
+    assert len(pacs.series_of_study(study)) == 3
     ledger.dispose()

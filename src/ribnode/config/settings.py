@@ -165,6 +165,9 @@ class ExportSettings(BaseModel):
     max_attempts: int = 8  # attempts per destination before the delivery (and job) is dead
     backoff_s: float = 2.0  # first retry delay; doubles per attempt, full jitter U(0, delay)
     backoff_max_s: float = 300.0  # cap of the retry delay
+    # Workers re-enqueue exports whose next attempt is overdue (task lost with a killed worker
+    # or the broker) this often, seconds, and once at start; 0 turns the sweep off
+    sweep_interval_s: float = 30.0
     # Where the worker keeps the objects it made until every destination has them
     # (``<staging_dir>/<StudyUID>/<SeriesUID>/<SOPUID>.dcm``); shared like the spool.
     staging_dir: Path = Path("var/outputs")

@@ -295,8 +295,10 @@ def _attempt(
 
 
 def _lease_s(destination: DestinationSettings, count: int) -> float:
-    """How long a claim holds a delivery: long enough for a slow send of every object."""
-    return max(60.0, destination.timeout_s * (2 + count))
+    """How long a claim holds a delivery: long enough for a send of every object to time out
+    (association, then each C-STORE response). A worker killed mid-send delays the next
+    attempt by at most this much."""
+    return max(5.0, destination.timeout_s * (2 + count))
 
 
 def export_job(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -61,9 +62,30 @@ class DicomModality:
         }
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' local ports (Linux; else the default)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port(host: str = HOST) -> int:
-    """A TCP port that is free on ``host`` right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A TCP port that is free on ``host`` right now, chosen *outside* the kernel's ephemeral
+    range: a port handed out for a server that starts later (or restarts) cannot then be taken
+    by some outgoing connection in between, only by another explicit pick (rare)."""
+    low, high = _ephemeral_range()
+    candidates = [p for p in range(10000, 32768) if not low <= p <= high] or list(range(1024, low))
+    for _ in range(200):
+        port = random.choice(candidates)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # crowded: let the kernel pick
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
@@ -123,11 +145,13 @@ class OrthancServer:
         startup_timeout_s: float = 30.0,
         request_timeout_s: float = 60.0,
         extra_config: Mapping[str, Any] | None = None,
+        fixed_ports: bool = False,
     ) -> None:
         if (username is None) != (password is None):
             raise ValueError("username and password must be given together (or neither)")
         self.work_dir = Path(work_dir).resolve()
-        self._fixed_ports = http_port is not None and dicom_port is not None
+        # Keep the ports even on a clash (fail instead) once they are handed out.
+        self._fixed_ports = fixed_ports or (http_port is not None and dicom_port is not None)
         self.http_port = http_port if http_port is not None else free_port()
         self.dicom_port = dicom_port if dicom_port is not None else free_port()
         self.ae_title = ae_title

@@ -74,6 +74,9 @@ def make_celery(settings: Settings) -> Celery:
         worker_send_task_events=False,
     )
     app.ribnode_settings = settings  # type: ignore[attr-defined]
+    from ribnode.workers.export_tasks import ExportSweep  # the export sweep (bootstep)
+
+    app.steps["worker"].add(ExportSweep)
     return app
 
 

@@ -11,13 +11,16 @@ harmless: a delivery is claimed by one exporter at a time.
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import timedelta
 
 from collections.abc import Sequence
 
-from celery import Celery, Task, shared_task
+from typing import Any
+
+from celery import Celery, Task, bootsteps, shared_task
 from kombu.exceptions import OperationalError as BrokerError
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from ribnode.config.settings import Settings
 from ribnode.node.delivery_ledger import DeliveryLedger
@@ -98,3 +101,50 @@ def requeue_due_exports(
     if due:
         logger.warning("re-enqueued the export of overdue jobs %s", due)
     return due
+
+
+def sweep_once(app: Celery, settings: Settings, overdue_s: float) -> list[int]:
+    """One sweep with a short-lived ledger connection (safe in a forking worker)."""
+    ledger = Ledger(settings.ledger.url, migrate=False)
+    try:
+        return requeue_due_exports(app, settings, ledger, overdue_s=overdue_s)
+    except (SQLAlchemyError, BrokerError) as exc:
+        logger.warning("export sweep failed (%s); trying again at the next sweep", exc)
+        return []
+    finally:
+        ledger.dispose()
+
+
+class ExportSweep(bootsteps.StartStopStep):
+    """Worker bootstep: sweep once at start (a restarted worker picks up exports whose task
+    died with its predecessor), then every ``export.sweep_interval_s`` for exports overdue by
+    twice that (a task lost with a broker). Duplicates are harmless: deliveries are claimed.
+    A daemon thread, so that stopping the worker is not delayed by a timer's sleep."""
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, parent: Any) -> None:
+        app = parent.app
+        settings: Settings | None = getattr(app, "ribnode_settings", None)
+        if settings is None or settings.export.sweep_interval_s <= 0:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._loop, args=(app, settings), name="ribnode-export-sweep", daemon=True
+        )
+        self._thread.start()
+
+    def _loop(self, app: Celery, settings: Settings) -> None:
+        interval = settings.export.sweep_interval_s
+        sweep_once(app, settings, 0.0)
+        while not self._stop.wait(interval):
+            sweep_once(app, settings, 2 * interval)
+
+    def stop(self, parent: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
