@@ -40,6 +40,8 @@ def make_settings(tmp: Path, port: int, **overrides: Any) -> Settings:
         "broker.folder": str(tmp / "broker"),
         "broker.enqueue_retry_s": 0.5,
         "var_dir": str(tmp),
+        "export.destinations": [{"name": "local", "kind": "folder", "path": str(tmp / "outbox")}],
+        "export.staging_dir": str(tmp / "outputs"),
     }
     base.update(overrides)
     return load_settings(overrides=base)
@@ -183,12 +185,35 @@ class RedisProcess:
             self.process = None
 
 
+class ValidationStep:
+    """The issue-2 step of a job (decode and describe each instance, build nothing), installed
+    where the worker keeps its model step, so the plumbing tests do not depend on the model
+    weights; the model step itself is tested by the pipeline and end-to-end tests."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.models = settings.models.model_copy(deep=True)
+
+    def __call__(self, path: Path, settings: Settings) -> Any:
+        from ribnode.workers.jobs import process_instance
+        from ribnode.workers.pipeline_step import InstanceOutcome
+
+        return InstanceOutcome(process_instance(path, settings))
+
+    def deliver(self, *args: Any) -> str:
+        raise AssertionError("the validation step builds no objects to deliver")
+
+
 @contextmanager
-def celery_worker(app: Any, settings: Settings) -> Iterator[None]:
-    """A real Celery worker (solo pool) consuming ribnode's queues in this process."""
+def celery_worker(app: Any, settings: Settings, models: bool = False) -> Iterator[None]:
+    """A real Celery worker (solo pool) consuming ribnode's queues in this process; without
+    ``models`` its jobs only validate (see :class:`ValidationStep`)."""
     from celery.contrib.testing.worker import start_worker
 
     import ribnode.workers.tasks  # noqa: F401  (registers the task with the app)
+    from ribnode.workers.pipeline_step import APP_ATTRIBUTE
+
+    if not models:
+        setattr(app, APP_ATTRIBUTE, ValidationStep(settings))
 
     with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=20,
                       queues=[settings.broker.gpu_queue, settings.broker.cpu_queue]):

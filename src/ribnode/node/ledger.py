@@ -431,6 +431,11 @@ class Ledger:
                 )
             )
 
+    def record_job_error(self, job_id: int, error: str) -> None:
+        """Note an error on a job without moving it (e.g. a worker could not even start it)."""
+        with self._write() as s:
+            s.execute(update(Job).where(Job.id == job_id).values(last_error=error, updated_at=utcnow()))
+
     def transition(
         self,
         job_id: int,

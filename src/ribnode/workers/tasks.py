@@ -52,5 +52,6 @@ def process_study(self: Task, job_id: int) -> None:
             return
         delay = retry_delay(retries, settings.broker)
         logger.warning("job %d failed (%s); retry %d in %.1f s", job_id, error, retries + 1, delay)
-        ledger.transition(job_id, JobState.QUEUED, error=error, from_states={JobState.RUNNING})
+        if not ledger.transition(job_id, JobState.QUEUED, error=error, from_states={JobState.RUNNING}):
+            ledger.record_job_error(job_id, f"retry {retries + 1} in {delay:.1f} s: {error}")
         raise self.retry(exc=exc, countdown=delay) from exc

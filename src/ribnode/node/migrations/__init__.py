@@ -12,9 +12,13 @@ import logging
 import sys
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import Engine
+# Alembic's INFO chatter ("setup plugin ...", "Context impl ...") is noise at every start.
+if logging.getLogger("alembic").level == logging.NOTSET:
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+from alembic import command  # noqa: E402
+from alembic.config import Config  # noqa: E402
+from sqlalchemy import Engine  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -30,9 +34,6 @@ def alembic_config(engine: Engine | None = None) -> Config:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Upgrade the ledger behind ``engine`` to ``revision``."""
-    alembic_logger = logging.getLogger("alembic")
-    if alembic_logger.level == logging.NOTSET:  # its INFO chatter is noise at every start
-        alembic_logger.setLevel(logging.WARNING)
     command.upgrade(alembic_config(engine), revision)
 
 
