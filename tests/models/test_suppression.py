@@ -209,7 +209,7 @@ def test_train_smoke_and_install(tmp_path: Path) -> None:
 
     data = _pairs_dir(tmp_path / "pairs", count=6)
     options = TrainOptions(data=data, out=tmp_path / "run", steps=2, batch=2, crop=32, working_size=32,
-                           checkpoint_every=1, threads=1)
+                           checkpoint_every=1, threads=1, focus_steps=4, focus_prob=0.5)
     train(options)
     record = SuppressionConfig.load(tmp_path / "run" / "config.json")
     assert record.training["steps_done"] == 2 and record.training["held_out_cases"] == ["JPCNN004"]

@@ -80,3 +80,33 @@ def test_held_out_quality_guard() -> None:
         p = x - sup.bone_layer(pair.radiograph, sup.region(pair.rib_mask), seed=0)
         values.append(bone_suppression_ratio(x, pair.soft_tissue.astype(np.float64), p))
     assert np.mean(values) > 0.6
+
+
+def test_infer_writes_soft_png_of_the_input_size_and_depth(tmp_path: Path) -> None:
+    """``ribnode infer`` writes <stem>-soft.png: DICOM -> 16-bit stored values, PNG -> its own depth."""
+    from PIL import Image
+
+    from ribnode.cli import main
+    from ribnode.models.segmentation.runtime import DEFAULT_WEIGHTS as SEG_WEIGHTS
+
+    if not SEG_WEIGHTS.is_file():
+        pytest.skip("shipped segmentation weights not present")
+    data_store = pytest.importorskip("data_store")
+    dicom = Path(data_store.__file__).parent / "data" / "RG1_UNCR.dcm"
+    png = tmp_path / "small.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((300, 280)) * 255).astype(np.uint8)).save(png)
+    out = tmp_path / "out"
+    assert main(["infer", str(dicom), str(png), "--output", str(out), "--threads", "1", "--steps", "2",
+                 "--seed", "7"]) == 0
+    soft = np.asarray(Image.open(out / "RG1_UNCR-soft.png"))
+    source = read_radiograph(dicom)
+    assert soft.shape == source.shape and soft.dtype == np.uint16
+    ribs = np.asarray(Image.open(out / "RG1_UNCR-ribs.png")) > 0
+    from scipy import ndimage
+
+    far = ndimage.distance_transform_edt(~ribs) > 25  # beyond the 5 px-at-512 dilation (~19 px here)
+    np.testing.assert_array_equal(soft[far], source.stored[far])
+    assert (soft[~far] != source.stored[~far]).any()
+    small = np.asarray(Image.open(out / "small-soft.png"))
+    assert small.shape == (300, 280) and small.dtype == np.uint8

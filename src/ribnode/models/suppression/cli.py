@@ -58,6 +58,9 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA if available")
+    p.add_argument("--focus-steps", type=int, default=0,
+                   help="diffusion: draw a share (--focus-prob) of training timesteps from this many-step schedule")
+    p.add_argument("--focus-prob", type=float, default=0.0)
     p.add_argument("--no-resume", dest="resume", action="store_false")
     p.add_argument("--install", type=Path, default=None, metavar="ONNX",
                    help="after training, export ONNX + .pt + .json here (e.g. the shipped weights path)")
@@ -99,7 +102,7 @@ def _train(args: argparse.Namespace) -> int:
         train(TrainOptions(data=_default_data(args.data), out=output, mode=args.mode, steps=args.steps,
                            batch=args.batch, crop=args.crop, lr=args.lr, time_limit_min=args.minutes,
                            threads=args.threads, seed=args.seed, inverted=args.inverted, resume=args.resume,
-                           device=args.device))
+                           device=args.device, focus_steps=args.focus_steps, focus_prob=args.focus_prob))
     if args.install is not None:
         path = install(output, args.install)
         print(f"installed {path} and {path.with_suffix('.pt')}, {path.with_suffix('.json')}")

@@ -31,6 +31,7 @@ from ribnode.models.suppression.data import (
     WorkingPair, load_pairs, normalise, split_held_out, to_working_pair,
 )
 from ribnode.models.suppression.lesions import add_nodules, sample_training_nodules
+from ribnode.models.suppression.scheduler import NumpyDDIM
 from ribnode.models.suppression.network import (
     NetworkConfig, SuppressionConfig, build_scheduler, build_unet,
 )
@@ -63,6 +64,8 @@ class TrainOptions:
     loss_outside_weight: float = 0.1
     resume: bool = True
     device: str = "auto"  # "cuda" when available, else "cpu"
+    focus_steps: int = 0  # > 0: draw t from the focus_steps-step sampling schedule ...
+    focus_prob: float = 0.0  # ... with this probability (else uniform over all timesteps)
 
 
 class Batcher:
@@ -120,13 +123,25 @@ def _model_input(noisy: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
     return torch.cat([noisy, cond], dim=1)
 
 
+def _timesteps(scheduler: Any, batch: int, generator: torch.Generator, focus: list[int],
+               focus_prob: float) -> torch.Tensor:
+    """Uniform training timesteps, a ``focus_prob`` share of them from the ``focus`` schedule."""
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator)
+    if focus and focus_prob > 0:
+        pick = torch.rand(batch, generator=generator) < focus_prob
+        choice = torch.tensor(focus)[torch.randint(0, len(focus), (batch,), generator=generator)]
+        t = torch.where(pick, choice, t)
+    return t
+
+
 def training_loss(unet: torch.nn.Module, scheduler: Any, config: SuppressionConfig,
                   cond: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
-                  generator: torch.Generator) -> torch.Tensor:
+                  generator: torch.Generator, focus: list[int] | None = None,
+                  focus_prob: float = 0.0) -> torch.Tensor:
     """Weighted MSE of the x0 prediction (diffusion) or of the direct bone estimate (regression)."""
     batch = target.shape[0]
     if config.mode == "diffusion":
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator)
+        t = _timesteps(scheduler, batch, generator, focus or [], focus_prob)
         noise = torch.randn(target.shape, generator=generator)
         t, noise = t.to(target.device), noise.to(target.device)
         noisy = scheduler.add_noise(target, noise, t)
@@ -186,6 +201,7 @@ def _loop(unet: torch.nn.Module, scheduler: Any, config: SuppressionConfig,
     limit = options.time_limit_min * 60.0
     history: list[tuple[int, float, float]] = []
     running = None
+    focus = NumpyDDIM(config.scheduler).timesteps(options.focus_steps) if options.focus_steps else []
     bar = tqdm(total=options.steps, initial=step, desc=f"train-suppression ({config.mode})", mininterval=10)
     unet.train()
     while step < options.steps:
@@ -196,7 +212,7 @@ def _loop(unet: torch.nn.Module, scheduler: Any, config: SuppressionConfig,
         for group in optimiser.param_groups:
             group["lr"] = options.lr * _lr_factor(progress, step, options.warmup)
         cond, target, weight = (t.to(next(unet.parameters()).device) for t in batcher.sample())
-        loss = training_loss(unet, scheduler, config, cond, target, weight, generator)
+        loss = training_loss(unet, scheduler, config, cond, target, weight, generator, focus, options.focus_prob)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
