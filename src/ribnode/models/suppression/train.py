@@ -229,6 +229,9 @@ def _loop(unet: torch.nn.Module, scheduler: Any, config: SuppressionConfig,
             logger.info("step %d loss %.5f lr %.2e %.0f s", step, running, optimiser.param_groups[0]["lr"],
                         time.monotonic() - start)
     bar.close()
+    if step % options.checkpoint_every:  # stopped by the time limit between checkpoints
+        _checkpoint(ckpt, unet, ema, optimiser, step, time.monotonic() - start,
+                    batcher.rng.bit_generator.state, generator)
     return {"steps_done": step, "seconds": time.monotonic() - start, "history": history}
 
 
