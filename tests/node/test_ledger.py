@@ -113,3 +113,16 @@ def test_concurrent_writers_one_study(any_ledger: Ledger) -> None:
         t.join()
     assert errors == []
     assert any_ledger.study("3.1").instance_count == 80
+
+
+def test_migrations_match_the_models(any_ledger: Ledger) -> None:
+    """A column added to ribnode.node.schema without an Alembic revision fails here
+    (add one with ``python -m ribnode.node.migrations revision "what changed"``)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from ribnode.node.schema import Base
+
+    with any_ledger.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+    assert diff == []
