@@ -179,3 +179,27 @@ def test_association_audited_per_study(listener: DicomListener, ledger: Ledger, 
     assert c_store(listener.port, files) == [0, 0, 0]
     events = [e for e in ledger.audit_events(AuditEventName.INSTANCES_TRANSFERRED) if e.study_instance_uid == study]
     assert len(events) == 1 and events[0].instance_count == 3 and events[0].source_aet == "PYNETDICOM"
+
+
+def test_every_compressed_transfer_syntax_is_accepted(listener: DicomListener) -> None:
+    """JPEG baseline, extended, lossless (SV1), JPEG-LS, JPEG 2000, RLE and deflate are all
+    accepted at negotiation (one presentation context each)."""
+    from pynetdicom import AE
+
+    syntaxes = {
+        "1.2.840.10008.1.2.4.50": "JPEG baseline", "1.2.840.10008.1.2.4.51": "JPEG extended",
+        "1.2.840.10008.1.2.4.57": "JPEG lossless", "1.2.840.10008.1.2.4.70": "JPEG lossless SV1",
+        "1.2.840.10008.1.2.4.80": "JPEG-LS lossless", "1.2.840.10008.1.2.4.81": "JPEG-LS near-lossless",
+        "1.2.840.10008.1.2.4.90": "JPEG 2000 lossless", "1.2.840.10008.1.2.4.91": "JPEG 2000",
+        "1.2.840.10008.1.2.5": "RLE", "1.2.840.10008.1.2.1.99": "deflate",
+        "1.2.840.10008.1.2": "implicit VR", "1.2.840.10008.1.2.1": "explicit VR",
+    }
+    ae = AE(ae_title="PYNETDICOM")
+    for syntax in syntaxes:
+        ae.add_requested_context("1.2.840.10008.5.1.4.1.1.1", [syntax])  # CR Image Storage
+    assoc = ae.associate("127.0.0.1", listener.port, ae_title="RIBNODE")
+    try:
+        accepted = {cx.transfer_syntax[0] for cx in assoc.accepted_contexts}
+    finally:
+        assoc.release()
+    assert {syntaxes[s] for s in syntaxes if s not in accepted} == set()
