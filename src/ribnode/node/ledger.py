@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, select, update
+from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -200,23 +200,32 @@ class Ledger:
         with self._write_lock, self._sessions.begin() as session:
             yield session
 
-    # -- listener ---------------------------------------------------------------------------
+    # -- listener (hot path: SQLAlchemy Core, one short transaction) ------------------------
+
+    @contextmanager
+    def _write_core(self) -> Iterator[Connection]:
+        """A Core write transaction (no ORM unit of work: the C-STORE path is per instance)."""
+        if self._write_lock is None:
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        with self._write_lock, self.engine.begin() as conn:
+            yield conn
 
     def is_known(self, sop_instance_uid: str) -> bool:
         """True when an instance with this SOP Instance UID is already in the ledger."""
-        with self.session() as s:
-            found = s.scalar(select(Instance.id).where(Instance.sop_instance_uid == sop_instance_uid))
+        with self.engine.connect() as conn:
+            found = conn.scalar(select(Instance.id).where(Instance.sop_instance_uid == sop_instance_uid))
         return found is not None
 
     def record_instance(self, rec: ReceivedInstance) -> bool:
         """Record a spooled instance. Returns False (and counts it) when it is a duplicate."""
         try:
-            with self._write() as s:
+            with self._write_core() as s:
                 now = utcnow()
                 study_id = self._study_id(s, rec, now)
                 state = InstanceState.PENDING if rec.routed else InstanceState.IGNORED
-                s.add(_instance_row(rec, study_id, now, state))
-                s.flush()
+                s.execute(insert(Instance).values(**_instance_values(rec, study_id, now, state)))
                 # One SQL update, not read-modify-write: concurrent associations add up.
                 s.execute(
                     update(Study)
@@ -231,7 +240,7 @@ class Ledger:
             self.count_duplicate(rec.sop_instance_uid)
             return False
 
-    def _study_id(self, s: Session, rec: ReceivedInstance, now: datetime) -> int:
+    def _study_id(self, s: Connection, rec: ReceivedInstance, now: datetime) -> int:
         """The study's id, inserting it if new (INSERT .. ON CONFLICT DO NOTHING, so two
         associations opening the same study at once both succeed)."""
         query = select(Study.id).where(Study.study_instance_uid == rec.study_instance_uid)
@@ -540,22 +549,22 @@ class Ledger:
         return out
 
 
-def _instance_row(rec: ReceivedInstance, study_id: int, now: datetime, state: InstanceState) -> Instance:
-    return Instance(
-        study_id=study_id,
-        series_instance_uid=rec.series_instance_uid,
-        sop_instance_uid=rec.sop_instance_uid,
-        sop_class_uid=rec.sop_class_uid,
-        transfer_syntax_uid=rec.transfer_syntax_uid,
-        modality=rec.modality,
-        path=rec.path,
-        size_bytes=rec.size_bytes,
-        calling_aet=rec.calling_aet,
-        received_at=now,
-        state=str(state),
-        ignore_reason=rec.ignore_reason,
-        duplicate_count=0,
-    )
+def _instance_values(rec: ReceivedInstance, study_id: int, now: datetime, state: InstanceState) -> dict[str, Any]:
+    return {
+        "study_id": study_id,
+        "series_instance_uid": rec.series_instance_uid,
+        "sop_instance_uid": rec.sop_instance_uid,
+        "sop_class_uid": rec.sop_class_uid,
+        "transfer_syntax_uid": rec.transfer_syntax_uid,
+        "modality": rec.modality,
+        "path": rec.path,
+        "size_bytes": rec.size_bytes,
+        "calling_aet": rec.calling_aet,
+        "received_at": now,
+        "state": str(state),
+        "ignore_reason": rec.ignore_reason,
+        "duplicate_count": 0,
+    }
 
 
 def _job_ref(job: Job, study_uid: str) -> JobRef:
