@@ -151,8 +151,8 @@ def tiny_spool(tmp_path: Path):
     mount.mkdir()
     result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
                             capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.fail(f"cannot mount a tiny tmpfs for the full-disk test: {result.stderr}")
+    if result.returncode != 0:  # not root / no CAP_SYS_ADMIN: the RLIMIT_FSIZE test below still runs
+        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()}); see test_file_size_limit_answers_a700")
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=True)
 
@@ -203,3 +203,45 @@ def test_every_compressed_transfer_syntax_is_accepted(listener: DicomListener) -
     finally:
         assoc.release()
     assert {syntaxes[s] for s in syntaxes if s not in accepted} == set()
+
+
+def test_file_size_limit_answers_a700(tmp_path: Path) -> None:
+    """The same failure without root: ``ribnode serve`` in a process whose RLIMIT_FSIZE is
+    300 KiB (Python ignores SIGXFSZ, so the write fails with EFBIG)."""
+    import resource
+    import sys
+
+    import yaml
+
+    from tests.node.helpers import wait_for
+    from tests.peers.fixtures import echoscu as echo
+
+    port = free_port()
+    config = tmp_path / "ribnode.yaml"
+    config.write_text(yaml.safe_dump({
+        "listener": {"port": port, "allowed_senders": [{"ae_title": "PYNETDICOM"}, {"ae_title": "ECHOSCU"}]},
+        "spool": {"directory": str(tmp_path / "spool")},
+        "ledger": {"url": f"sqlite:///{tmp_path / 'ledger.sqlite'}"},
+        "broker": {"url": "filesystem://", "folder": str(tmp_path / "broker")},
+    }))
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (300 * 1024, 300 * 1024))
+
+    big = write_dataset(dx_dataset(rows=512, columns=512), tmp_path / "big.dcm")  # 512 KiB
+    small = write_dataset(dx_dataset(rows=32, columns=32), tmp_path / "small.dcm")
+    serve = subprocess.Popen([sys.executable, "-m", "ribnode", "--config", str(config), "serve"],
+                             preexec_fn=limit, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: echo(port, called_aet="RIBNODE", calling_aet="ECHOSCU").returncode == 0, 60, "serve")
+        assert c_store(port, [big, small]) == [OUT_OF_RESOURCES, 0]
+        assert echo(port, called_aet="RIBNODE", calling_aet="ECHOSCU").returncode == 0
+    finally:
+        serve.terminate()
+        serve.wait(timeout=30)
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    assert ledger.instance(dcmread(big).SOPInstanceUID) is None
+    assert ledger.instance(dcmread(small).SOPInstanceUID) is not None
+    failures = [e for e in ledger.audit_events(AuditEventName.INSTANCES_TRANSFERRED) if e.outcome]
+    assert failures and "0xA700" in failures[-1].detail and "too large" in failures[-1].detail
+    assert not list((tmp_path / "spool").rglob("*.tmp"))
