@@ -79,6 +79,12 @@ def test_serve_worker_status(tmp_path: Path) -> None:
     assert serve.returncode == 0, (tmp_path / "serve.log").read_text()[-3000:]
     text = subprocess.run([*RIBNODE, "--config", str(config), "status"], capture_output=True, text=True).stdout
     assert "studies    1" in text and ("done 1" in text or not SHIPPED_WEIGHTS_PRESENT)
+    from ribnode.node.ledger import AuditEventName
+
+    activity = [e.detail for e in Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}").audit_events(
+        AuditEventName.APPLICATION_ACTIVITY)]
+    for what in ("serve started", "serve stopped", "worker started", "worker stopped"):
+        assert any(what in d for d in activity), (what, activity)
 
 
 def test_help_lists_commands() -> None:

@@ -38,6 +38,7 @@ def worker_command(args: argparse.Namespace) -> int:
     )
     app = make_celery(settings)
     queues = args.queues or f"{settings.broker.gpu_queue},{settings.broker.cpu_queue}"
+    _audit_activity(settings.ledger.url, f"ribnode worker started (queues {queues})")
     argv = [
         "worker",
         "-Q", queues,
@@ -47,5 +48,20 @@ def worker_command(args: argparse.Namespace) -> int:
         "--loglevel", (args.log_level or "INFO").upper(),
         "--without-gossip", "--without-mingle", "--without-heartbeat",
     ]
-    app.worker_main(argv=argv)
+    try:
+        app.worker_main(argv=argv)
+    finally:
+        _audit_activity(settings.ledger.url, "ribnode worker stopped")
     return 0
+
+
+def _audit_activity(ledger_url: str, detail: str) -> None:
+    """PS3.15 "Application Activity" for the worker (its own short-lived ledger connection,
+    so no database connection is inherited by the prefork pool's children)."""
+    from ribnode.node.ledger import AuditEventName, Ledger
+
+    ledger = Ledger(ledger_url)
+    try:
+        ledger.audit(AuditEventName.APPLICATION_ACTIVITY, detail=detail)
+    finally:
+        ledger.dispose()
