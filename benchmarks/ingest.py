@@ -189,7 +189,8 @@ def report(args: argparse.Namespace, rates: dict[str, list[float]], latency: lis
     rib, orth = statistics.median(rates["ribnode"]), statistics.median(rates["orthanc"])
     nosync = statistics.median(rates["orthanc-nosync"])
     lines = [
-        "## Ingest throughput and study-completion latency (issue 2)",
+        f"## Ingest throughput ({args.size}x{args.size} instances) and study-completion latency (issue 2)"
+        if latency else f"## Ingest throughput, {args.size}x{args.size} instances (issue 2)",
         "",
         f"- Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- Machine: {os.cpu_count()}-core CPU, {cpu_model()}; Python {platform.python_version()}; "
@@ -198,7 +199,7 @@ def report(args: argparse.Namespace, rates: dict[str, list[float]], latency: lis
         "(the machine is shared with other engineers' jobs: figures are contended, the ratio "
         "matters more than the absolute rate)",
         f"- Command: `.venv/bin/python benchmarks/ingest.py --instances {args.instances} --size {args.size} "
-        f"--runs {args.runs} --quiet {' '.join(f'{q:g}' for q in args.quiet)}`",
+        f"--runs {args.runs} " + ("--no-latency`" if args.no_latency else f"--quiet {' '.join(f'{q:g}' for q in args.quiet)}`"),
         f"- Data: {args.instances} synthetic DX chest instances, {args.size}x{args.size} 12-bit "
         f"(uncompressed, {size_mb:.2f} MB each), 4 per study, one `storescu` association, loopback.",
         "- ribnode: `ribnode serve` (own process), SQLite WAL ledger, spool on the same disk; each "
@@ -220,14 +221,17 @@ def report(args: argparse.Namespace, rates: dict[str, list[float]], latency: lis
         "while Orthanc's rate barely changes with fsync on or off, so on this machine Orthanc is not "
         "limited by the disk. Orthanc was run with its defaults, not tuned.",
         "",
-        "### Completion latency: last instance stored -> job queued",
-        "",
-        f"One study of {args.study_size} instances; from the ledger's timestamps.",
-        "",
-        "| quiet period (s) | last instance -> queued (s) | beyond the quiet period (s) |",
-        "|---|---|---|",
     ]
-    lines += [f"| {q:g} | {t:.3f} | {t - q:.3f} |" for q, t in latency]
+    if latency:
+        lines += [
+            "### Completion latency: last instance stored -> job queued",
+            "",
+            f"One study of {args.study_size} instances; from the ledger's timestamps.",
+            "",
+            "| quiet period (s) | last instance -> queued (s) | beyond the quiet period (s) |",
+            "|---|---|---|",
+        ]
+        lines += [f"| {q:g} | {t:.3f} | {t - q:.3f} |" for q, t in latency]
     return "\n".join(lines) + "\n"
 
 
@@ -240,6 +244,8 @@ def main() -> int:
     parser.add_argument("--study-size", type=int, default=4)
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=None, help="write the markdown section here")
+    parser.add_argument("--append", action="store_true", help="append to --out instead of replacing it")
+    parser.add_argument("--no-latency", action="store_true", help="throughput only")
     args = parser.parse_args()
     load = os.getloadavg()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="ribnode-bench-"))
@@ -247,7 +253,7 @@ def main() -> int:
         files = make_instances(work / "data", args.instances, args.size)
         size_mb = files[0].stat().st_size / 1e6
         rates = throughput(files, args.runs, work)
-        latency = completion_latency(files[: args.study_size], args.quiet, work)
+        latency = [] if args.no_latency else completion_latency(files[: args.study_size], args.quiet, work)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -255,7 +261,8 @@ def main() -> int:
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+        previous = args.out.read_text() + "\n" if args.append and args.out.exists() else ""
+        args.out.write_text(previous + text)
     return 0
 
 
