@@ -89,7 +89,7 @@ def running_node(settings: Settings) -> Iterator[Node]:
     with ExitStack() as stack:
         listener = stack.enter_context(running_listener(settings, ledger))
         stack.enter_context(completion)
-        stack.enter_context(celery_worker(app, settings))
+        stack.enter_context(celery_worker(app, settings, models=True))
         yield Node(settings, ledger, listener, app)
     ledger.dispose()
 

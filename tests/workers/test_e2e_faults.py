@@ -1,0 +1,130 @@
+"""Faults across the whole loop, with a real Orthanc as the PACS:
+
+- the PACS is down when the results are ready, then comes back: delivered, once;
+- the worker process running the job is SIGKILLed mid-job: the job runs again (acks_late +
+  reject_on_worker_lost) and the PACS holds exactly one copy of each output.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from ribnode.models.synthetic import generate_chest, write_dicom_study
+from ribnode.node.delivery_ledger import DeliveryLedger, DeliveryState
+from ribnode.node.ledger import AuditEventName, JobState, Ledger
+from ribnode.node.orthanc import OrthancServer, free_port
+from tests.node.helpers import c_store, running_listener, wait_for
+from tests.workers.e2e import (
+    e2e_settings,
+    job_of_study,
+    require_weights,
+    running_node,
+    stow_destination,
+    wait_for_series,
+)
+
+
+def _study(tmp: Path, seed: int, size: tuple[int, int] = (640, 560)) -> Path:
+    [path] = write_dicom_study(generate_chest(seed, size), tmp / f"study-{seed}", seed)
+    return path
+
+
+def _study_uid(path: Path) -> str:
+    import pydicom
+
+    return str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)
+
+
+def test_pacs_down_during_export_then_back_delivers_once(tmp_path: Path) -> None:
+    require_weights()
+    pacs = OrthancServer(tmp_path / "orthanc", http_port=free_port(), dicom_port=free_port())
+    settings = e2e_settings(tmp_path / "node", **{
+        "export.destinations": [stow_destination(pacs)], "export.max_attempts": 40})
+    source = _study(tmp_path, 21)
+    study_uid = _study_uid(source)
+    with running_node(settings) as node:
+        assert c_store(node.listener.port, [source]) == [0]
+        deliveries = DeliveryLedger(node.ledger)
+        job = wait_for(lambda: job_of_study(node.ledger, study_uid, JobState.EXPORTING), 120,
+                       "the job to wait in exporting")
+        wait_for(lambda: any(d.attempts >= 2 for d in deliveries.deliveries(job.id)), 60,
+                 "two failed delivery attempts")
+        with pacs:  # the PACS comes back
+            wait_for(lambda: job_of_study(node.ledger, study_uid), 120, "the job to be done")
+            series = wait_for_series(pacs, study_uid, 3)
+            assert len(pacs.instances()) == 3  # SC, SEG, SR: each once
+            assert sorted(len(s["Instances"]) for s in series) == [1, 1, 1]
+    [delivery] = deliveries.deliveries(job.id)
+    assert delivery.state == DeliveryState.DELIVERED and delivery.attempts >= 3
+    transferred = [e for e in node.ledger.audit_events(AuditEventName.INSTANCES_TRANSFERRED)
+                   if e.outcome == 0 and e.destination_aet == "pacs"]  # not the receipt
+    assert len(transferred) == 1 and transferred[0].instance_count == 3
+
+
+def _pool_children(pid: int) -> list[int]:
+    """Child processes of the Celery main process (its prefork pool)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(c) for c in children]
+
+
+def test_worker_killed_mid_job_runs_again_and_pacs_holds_one_copy(tmp_path: Path) -> None:
+    require_weights()
+    with OrthancServer(tmp_path / "orthanc") as pacs:
+        # A slow job through a real setting: many sampling steps (the re-run is as slow).
+        settings = e2e_settings(tmp_path / "node", **{
+            "export.destinations": [stow_destination(pacs)], "models.suppression_steps": 24})
+        config = tmp_path / "ribnode.yaml"
+        config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RIBNODE_")}
+        log_path = tmp_path / "worker.log"
+        with open(log_path, "wb") as log:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "ribnode", "--config", str(config), "worker", "-c", "1"],
+                stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            _kill_mid_job_and_check(settings, pacs, worker, log_path, tmp_path)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait(timeout=10)
+
+
+def _kill_mid_job_and_check(settings, pacs: OrthancServer, worker: subprocess.Popen[bytes],  # type: ignore[no-untyped-def]
+                            log_path: Path, tmp: Path) -> None:
+    import functools
+
+    from ribnode.node.completion import StudyCompletion
+    from ribnode.workers.app import enqueue_job, make_celery
+
+    ledger = Ledger(settings.ledger.url)
+    completion = StudyCompletion(settings, ledger, functools.partial(enqueue_job, make_celery(settings)))
+    source = _study(tmp, 22)
+    study_uid = _study_uid(source)
+    with running_listener(settings, ledger) as listener, completion:
+        assert c_store(listener.port, [source]) == [0]
+        wait_for(lambda: b"models loaded" in log_path.read_bytes(), 120, "the worker to load the models")
+        job = wait_for(lambda: job_of_study(ledger, study_uid, JobState.RUNNING), 30, "the job to run")
+        time.sleep(1.0)  # inside the sampling loop (24 steps take several seconds)
+        assert ledger.job(job.id).state == JobState.RUNNING, "the job finished before the kill"
+        [child] = _pool_children(worker.pid)
+        os.kill(child, signal.SIGKILL)  # the process running the job dies (OOM kill, crash...)
+        done = wait_for(lambda: job_of_study(ledger, study_uid), 240, "the job to be done after the kill")
+        assert worker.poll() is None, "the worker itself must survive and restart its pool process"
+    states = [t.to_state for t in ledger.transitions(done.id)]
+    assert states.count("running") == 2, states
+    assert states[-2:] == ["exporting", "done"]
+    assert ledger.job_row(done.id).attempts == 2
+    assert b"WorkerLostError" in log_path.read_bytes() or b"SIGKILL" in log_path.read_bytes()
+    series = wait_for_series(pacs, study_uid, 3)
+    assert len(pacs.instances()) == 3 and sorted(len(s["Instances"]) for s in series) == [1, 1, 1]
+    ledger.dispose()
