@@ -159,3 +159,11 @@ def test_destination_settings_are_checked() -> None:
         DestinationSettings(name="web", kind="stow", url="https://x", tls_cert=Path("c.pem"))
     with pytest.raises(ValidationError, match=r"repeated: \['a'\]"):
         ExportSettings(destinations=[folder("a", Path("x")), folder("a", Path("y"))])
+
+
+def test_folder_refuses_a_uid_that_is_not_a_uid(tmp_path: Path) -> None:
+    _, datasets = _outputs()
+    datasets[0].StudyInstanceUID = "../../escape"
+    with pytest.raises(PermanentDeliveryError, match="StudyInstanceUID '../../escape' is not a valid"):
+        deliver(datasets[:1], folder("local", tmp_path / "outbox"))
+    assert not (tmp_path / "escape").exists()

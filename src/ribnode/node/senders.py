@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import ssl
 import tempfile
 from collections.abc import Sequence
@@ -91,13 +92,25 @@ def write_atomic(dataset: pydicom.Dataset, target: Path) -> None:
     _fsync_dir(target.parent)
 
 
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def _uid_component(dataset: pydicom.Dataset, keyword: str) -> str:
+    """A UID safe as a path component (PS3.5 9.1: digits and dots, at most 64 characters);
+    the study UID comes from the sender, so anything else (``..``, ``/``) is refused."""
+    value = str(dataset.get(keyword, "") or "")
+    if len(value) > 64 or not _UID.match(value):
+        raise ValueError(f"{keyword} {value!r} is not a valid DICOM UID")
+    return value
+
+
 def folder_path(root: Path, dataset: pydicom.Dataset) -> Path:
-    """``<root>/<StudyUID>/<SeriesUID>/<SOPUID>.dcm``."""
+    """``<root>/<StudyUID>/<SeriesUID>/<SOPUID>.dcm``; raises ``ValueError`` for a malformed UID."""
     return (
         root
-        / str(dataset.StudyInstanceUID)
-        / str(dataset.SeriesInstanceUID)
-        / f"{dataset.SOPInstanceUID}.dcm"
+        / _uid_component(dataset, "StudyInstanceUID")
+        / _uid_component(dataset, "SeriesInstanceUID")
+        / f"{_uid_component(dataset, 'SOPInstanceUID')}.dcm"
     )
 
 
@@ -106,7 +119,10 @@ def send_folder(datasets: Sequence[pydicom.Dataset], destination: DestinationSet
     name = describe(destination)
     root = Path(str(destination.path))
     for dataset in datasets:
-        target = folder_path(root, dataset)
+        try:
+            target = folder_path(root, dataset)
+        except ValueError as exc:
+            raise PermanentDeliveryError(name, str(exc)) from exc
         try:
             write_atomic(dataset, target)
         except (PermissionError, NotADirectoryError, IsADirectoryError) as exc:
