@@ -72,3 +72,19 @@ def test_celery_reliability_settings(node_settings: Settings) -> None:
     assert conf.task_acks_late and conf.task_reject_on_worker_lost
     assert conf.worker_prefetch_multiplier == 1 and conf.task_ignore_result
     assert conf.task_routes["ribnode.process_study"]["queue"] == "ribnode.gpu"
+
+
+def test_lazy_app_for_celery_cli_reads_the_settings(tmp_path: Path) -> None:
+    """``ribnode.workers.app:app`` (what ``celery -A`` loads) is built from load_settings()."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RIBNODE_BROKER__URL": "redis://127.0.0.1:6399/3",
+           "RIBNODE_BROKER__GPU_QUEUE": "site.gpu"}
+    env.pop("RIBNODE_CONFIG", None)
+    code = ("from ribnode.workers.app import app; "
+            "print(app.conf.broker_url, app.conf.task_routes['ribnode.process_study']['queue'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["redis://127.0.0.1:6399/3", "site.gpu"]
