@@ -194,6 +194,19 @@ def ribnode_process(command: str, config: Path, log: Path, *extra: str) -> Itera
         stop_process(proc)
 
 
+def start_node(stack: ExitStack, config: Path, work: Path,
+               port: int) -> dict[str, tuple[subprocess.Popen[bytes], Path]]:
+    """``ribnode serve``, then (once it answers C-ECHO, so the ledger exists and is migrated)
+    ``ribnode worker``; both stopped when ``stack`` closes."""
+    procs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+    for name in ("serve", "worker"):
+        log = work / f"{name}.log"
+        procs[name] = (stack.enter_context(ribnode_process(name, config, log)), log)
+        if name == "serve":
+            wait_for_echo(port, procs)
+    return procs
+
+
 def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
     """SIGTERM the process group we started, then SIGKILL if it does not exit in time."""
     if proc.poll() is not None:
@@ -457,13 +470,9 @@ def run_demo(args: argparse.Namespace) -> DemoRun:
         run = DemoRun(settings, work, output, source)
         run.study_uid = str(pydicom.dcmread(source, stop_before_pixels=True).StudyInstanceUID)
         print(f"synthetic chest study {args.size}x{args.size} written in {time.perf_counter() - t0:.1f} s: {source}")
-        procs = {}
-        for name in ("serve", "worker"):
-            log = work / f"{name}.log"
-            procs[name] = (stack.enter_context(ribnode_process(name, config, log)), log)
+        procs = start_node(stack, config, work, settings.listener.port)
         print(f"started 'ribnode serve' (port {settings.listener.port}) and 'ribnode worker'; "
               f"logs in {work}", flush=True)
-        wait_for_echo(settings.listener.port, procs)
         ledger = Ledger(settings.ledger.url)
         if pacs is not None:
             send_via_orthanc(pacs, source, settings.listener.port)

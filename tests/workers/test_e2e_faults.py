@@ -82,6 +82,7 @@ def test_worker_killed_mid_job_runs_again_and_pacs_holds_one_copy(tmp_path: Path
             "export.destinations": [stow_destination(pacs)], "models.suppression_steps": 24})
         config = tmp_path / "ribnode.yaml"
         config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+        Ledger(settings.ledger.url).dispose()  # created and migrated before the worker starts
         env = {k: v for k, v in os.environ.items() if not k.startswith("RIBNODE_")}
         log_path = tmp_path / "worker.log"
         with open(log_path, "wb") as log:
