@@ -245,3 +245,16 @@ def test_file_size_limit_answers_a700(tmp_path: Path) -> None:
     failures = [e for e in ledger.audit_events(AuditEventName.INSTANCES_TRANSFERRED) if e.outcome]
     assert failures and "0xA700" in failures[-1].detail and "too large" in failures[-1].detail
     assert not list((tmp_path / "spool").rglob("*.tmp"))
+
+
+def test_overlong_uid_answers_c210_on_postgresql(tmp_path: Path, postgres_fresh_url: str) -> None:
+    """A UID over 64 characters cannot be filed: 0xC210, never a database error; an overlong
+    optional attribute is simply not recorded."""
+    settings = make_settings(tmp_path, free_port(), **{"ledger.url": postgres_fresh_url})
+    ledger = Ledger(settings.ledger.url)
+    bad = dx_dataset(study_uid="1." + "2" * 70)
+    odd = dx_dataset(Modality="DX", SeriesInstanceUID="1." + "3" * 70)
+    with running_listener(settings, ledger) as lst:
+        assert c_store(lst.port, [bad, odd]) == [CANNOT_UNDERSTAND, 0]
+        assert_up(lst)
+    assert ledger.instance(odd.SOPInstanceUID).series_instance_uid is None

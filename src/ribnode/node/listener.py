@@ -168,6 +168,8 @@ def decode_store_dataset(event: Event) -> Dataset:
         raise UndecodableError(f"dataset cannot be decoded: {type(exc).__name__}: {exc}") from exc
     if not study_uid or not sop_uid:
         raise UndecodableError("dataset has no Study or SOP Instance UID")
+    if len(study_uid) > 64 or len(sop_uid) > 64:  # PS3.5 9.1: at most 64 characters
+        raise UndecodableError(f"UID longer than 64 characters: {max(study_uid, sop_uid, key=len)[:80]!r}")
     requested = str(_request(event).AffectedSOPInstanceUID or "")
     if requested and requested != sop_uid:
         raise UndecodableError(f"SOP Instance UID {sop_uid} differs from the request's {requested}")
@@ -192,15 +194,22 @@ def _check_pixel_data(ds: Dataset, transfer_syntax: Any) -> None:
         raise UndecodableError(f"Pixel Data holds {actual} bytes, {expected} expected (truncated)")
 
 
+def _short(value: Any, limit: int) -> str | None:
+    """An optional attribute as text for the ledger: None when absent or longer than the
+    column (a malformed value must not turn into a database error and an 0xA700)."""
+    text = str(value).strip() if value is not None else ""
+    return text if 0 < len(text) <= limit else None
+
+
 def _received(ds: Dataset, event: Event, path: str, size: int, routing: RoutingRule) -> ReceivedInstance:
     decision = routing(ds)
     return ReceivedInstance(
         study_instance_uid=str(ds.StudyInstanceUID),
-        series_instance_uid=str(ds.get("SeriesInstanceUID", "")) or None,
+        series_instance_uid=_short(ds.get("SeriesInstanceUID"), 64),
         sop_instance_uid=str(ds.SOPInstanceUID),
         sop_class_uid=str(_request(event).AffectedSOPClassUID or ds.get("SOPClassUID", "")),
         transfer_syntax_uid=str(event.context.transfer_syntax),
-        modality=str(ds.get("Modality", "")) or None,
+        modality=_short(ds.get("Modality"), 16),
         path=path,
         size_bytes=size,
         calling_aet=str(event.assoc.requestor.ae_title).strip()[:16],
