@@ -258,3 +258,23 @@ def test_overlong_uid_answers_c210_on_postgresql(tmp_path: Path, postgres_fresh_
         assert c_store(lst.port, [bad, odd]) == [CANNOT_UNDERSTAND, 0]
         assert_up(lst)
     assert ledger.instance(odd.SOPInstanceUID).series_instance_uid is None
+
+
+def test_concurrent_associations_one_study(listener: DicomListener, ledger: Ledger) -> None:
+    """Four senders at once, one study: every instance stored once, counts add up."""
+    import threading
+
+    study = generate_uid()
+    results: list[list[int]] = []
+
+    def send(n: int) -> None:
+        results.append(c_store(listener.port, [dx_dataset(study, seed=10 * n + i) for i in range(5)]))
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [[0] * 5] * 4
+    assert ledger.study(study).instance_count == 20
+    assert len(list((listener.context.spool.directory / study).iterdir())) == 20
