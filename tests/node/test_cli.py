@@ -91,3 +91,22 @@ def test_help_lists_commands() -> None:
     out = subprocess.run([*RIBNODE, "--help"], capture_output=True, text=True, timeout=60).stdout
     for command in ("serve", "worker", "status"):
         assert command in out
+
+
+def test_serve_refuses_a_taken_port_and_a_bad_rule(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = subprocess.run([*RIBNODE, "serve", "--port", str(port), "--spool", str(tmp_path / "s"),
+                              "--ledger-url", f"sqlite:///{tmp_path / 'l.sqlite'}"],
+                             capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and f"127.0.0.1:{port}" in out.stderr
+    env = {**os.environ, "RIBNODE_ROUTING__RULES": '{"attr": "NotAKeyword", "in": ["x"]}'}
+    env.pop("RIBNODE_CONFIG", None)
+    out = subprocess.run([*RIBNODE, "serve", "--port", str(free_port()), "--spool", str(tmp_path / "s"),
+                          "--ledger-url", f"sqlite:///{tmp_path / 'l.sqlite'}"],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 2 and "NotAKeyword" in out.stderr

@@ -126,3 +126,17 @@ def test_migrations_match_the_models(any_ledger: Ledger) -> None:
     with any_ledger.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
     assert diff == []
+
+
+def test_concurrent_first_migrations(tmp_path: Path, request) -> None:
+    """Several processes opening a fresh ledger at once (serve and workers starting together)."""
+    import subprocess
+    import sys
+
+    urls = [f"sqlite:///{tmp_path / 'ledger.sqlite'}", request.getfixturevalue("postgres_fresh_url")]
+    for url in urls:
+        code = f"from ribnode.node.ledger import Ledger; Ledger({url!r})"
+        procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True) for _ in range(4)]
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0] * 4, errors
+        assert Ledger(url).summary().studies == 0

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import signal
+import sys
 import threading
 from typing import Any
 
@@ -66,7 +67,21 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    """``ribnode serve``: listener + completion thread until SIGINT/SIGTERM."""
+    """``ribnode serve``: listener + completion thread until SIGINT/SIGTERM. A configuration
+    that cannot work (port taken, bad TLS files, malformed routing rule) exits with status 2
+    and one line naming the problem."""
+    from ribnode.node.listener import ListenerError
+    from ribnode.node.routing import RuleError
+
+    try:
+        return _serve(_settings(args))
+    except (ListenerError, RuleError) as exc:
+        logger.error("ribnode serve cannot start: %s", exc)
+        print(f"ribnode serve: {exc}", file=sys.stderr)
+        return 2
+
+
+def _serve(settings: Any) -> int:
     import functools
 
     from ribnode.node.completion import StudyCompletion
@@ -77,17 +92,17 @@ def serve_command(args: argparse.Namespace) -> int:
     from ribnode.node.spool import Spool
     from ribnode.workers.app import enqueue_job, make_celery
 
-    settings = _settings(args)
+    routing = RoutingRule(settings.routing.rules)  # a malformed rule fails here, before binding
     ledger = Ledger(settings.ledger.url)
     spool = Spool(settings.spool.directory)
-    recover_spool(spool, ledger, RoutingRule(settings.routing.rules))
+    recover_spool(spool, ledger, routing)
     app = make_celery(settings)
     completion = StudyCompletion(settings, ledger, functools.partial(enqueue_job, app))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    ledger.audit(AuditEventName.APPLICATION_ACTIVITY, detail="ribnode serve started")
-    with DicomListener(settings, ledger, spool) as listener, completion:
+    with DicomListener(settings, ledger, spool, routing) as listener, completion:
+        ledger.audit(AuditEventName.APPLICATION_ACTIVITY, detail="ribnode serve started")
         print(f"ribnode serve: {settings.listener.ae_title} listening on "
               f"{settings.listener.bind_address}:{listener.port}", flush=True)
         stop.wait()

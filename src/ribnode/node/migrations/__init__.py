@@ -8,8 +8,11 @@ the ledger. To add a revision after changing ``ribnode.node.schema``::
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # Alembic's INFO chatter ("setup plugin ...", "Context impl ...") is noise at every start.
@@ -32,9 +35,28 @@ def alembic_config(engine: Engine | None = None) -> Config:
     return config
 
 
+@contextmanager
+def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
+    """Serialise migrations of one SQLite file across processes (``ribnode serve`` and
+    ``ribnode worker`` often start together on a fresh ledger). PostgreSQL uses an advisory
+    lock inside the migration transaction instead (env.py)."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.migrate-lock", "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Upgrade the ledger behind ``engine`` to ``revision``."""
-    command.upgrade(alembic_config(engine), revision)
+    """Upgrade the ledger behind ``engine`` to ``revision`` (safe when several processes start
+    at once: the second waits, then finds the schema current)."""
+    with _sqlite_file_lock(engine):
+        command.upgrade(alembic_config(engine), revision)
 
 
 def _main(argv: list[str]) -> int:

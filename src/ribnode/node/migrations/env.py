@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from alembic import context
+from sqlalchemy import text
 
 from ribnode.node.schema import Base
 
 engine = context.config.attributes["engine"]
 
+# Any constant: PostgreSQL advisory lock that serialises concurrent migrations of one database.
+MIGRATION_LOCK = 0x7269626E  # "ribn"
+
 with engine.begin() as connection:
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
     context.configure(
         connection=connection,
         target_metadata=Base.metadata,
