@@ -10,9 +10,9 @@ Orthanc by STOW-RS. Each run, Orthanc sends a new study (fresh UIDs) to ribnode 
   the spool, before the C-STORE success goes back);
 - end: the moment this script sees all three AI objects in Orthanc (polled every 50 ms over
   Orthanc's REST API, so the figure is an upper bound by at most one poll);
-- breakdown from the ledger's job transitions: quiet period (received -> queued), broker
-  pick-up (queued -> running), models + objects (running -> exporting), delivery
-  (exporting -> done).
+- breakdown from the ledger: quiet period + completion (instance stored -> job created),
+  enqueue (-> queued), broker pick-up (-> running), models + objects (-> exporting), delivery
+  (-> done).
 
 The first job of a worker loads the models (cold); it is reported apart and excluded from the
 median. Sources: the RG1 CR chest of pydicom-data (1955x1841, MONOCHROME1) and a synthetic DX
@@ -43,13 +43,14 @@ from pydicom.uid import generate_uid
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ribnode.config.settings import Settings, load_settings  # noqa: E402
-from ribnode.demo import demo_routing, start_node, write_config  # noqa: E402
+from ribnode.demo import DEMO_AE, demo_routing, start_node, write_config  # noqa: E402
 from ribnode.node.ledger import Ledger  # noqa: E402
 from ribnode.node.orthanc import OrthancServer, free_port  # noqa: E402
 
 POLL_S = 0.05
-PHASES = (("quiet period", "received", "queued"), ("broker pick-up", "queued", "running"),
-          ("models + objects", "running", "exporting"), ("delivery", "exporting", "done"))
+PHASES = (("quiet period + completion", "stored", "received"), ("enqueue", "received", "queued"),
+          ("broker pick-up", "queued", "running"), ("models + objects", "running", "exporting"),
+          ("delivery", "exporting", "done"))
 
 
 @dataclass
@@ -74,7 +75,7 @@ def node_settings(work: Path, pacs: OrthancServer, args: argparse.Namespace) -> 
     overrides: dict[str, Any] = {
         "var_dir": str(work),
         "listener.port": free_port(),
-        "listener.allowed_senders": [{"ae_title": pacs.ae_title}],
+        "listener.allowed_senders": [{"ae_title": pacs.ae_title}, {"ae_title": DEMO_AE}],
         "spool.directory": str(work / "spool"),
         "spool.quiet_period_s": args.quiet_period,
         "ledger.url": f"sqlite:///{work / 'ledger.sqlite'}",
@@ -129,7 +130,12 @@ def one_run(pacs: OrthancServer, ledger: Ledger, path: Path, label: str, cold: b
         time.sleep(POLL_S)
     end = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
     instance = ledger.instance(sop_uid)
+    while ledger.job(instance.job_id).state != "done":  # "done" is written just after delivery
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{label}: job {instance.job_id} is {ledger.job(instance.job_id).state}")
+        time.sleep(POLL_S)
     at = {t.to_state: t.at for t in ledger.transitions(instance.job_id)}
+    at["stored"] = instance.received_at
     phases = {name: (at[b] - at[a]).total_seconds() for name, a, b in PHASES}
     return Run(label, cold, (end - instance.received_at).total_seconds(), phases)
 

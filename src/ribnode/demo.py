@@ -393,7 +393,7 @@ def before_after_png(source_path: Path, sc: pydicom.Dataset, seg: pydicom.Datase
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default(size=16)
     for i, (label, image) in enumerate(panels):
-        tile = Image.fromarray(np.round(image * 255).astype(np.uint8)).resize((width, height), Image.LANCZOS)
+        tile = Image.fromarray(np.round(image * 255).astype(np.uint8)).resize((width, height), Image.Resampling.LANCZOS)
         canvas.paste(tile, (i * width, label_h))
         draw.text((i * width + 6, 5), label, fill=255, font=font)
     out.parent.mkdir(parents=True, exist_ok=True)
