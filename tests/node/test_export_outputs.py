@@ -3,6 +3,7 @@ STOW-RS and by C-STORE, in the clear and over DICOM TLS with certificates made i
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pydicom
@@ -11,13 +12,19 @@ from dicomweb_client import DICOMwebClient
 
 from ribnode.config.settings import OutputSettings
 from ribnode.dicom_sr import build_outputs
-from ribnode.node.export import TransientDeliveryError, deliver, export_job, stage_outputs
+from ribnode.node.export import (
+    PermanentDeliveryError,
+    TransientDeliveryError,
+    deliver,
+    export_job,
+    stage_outputs,
+)
 from ribnode.node.ledger import JobState, Ledger
 from ribnode.node.orthanc import OrthancServer
 from tests.dicom_sr.inputs import model_inputs, synthetic_dx
 from tests.node.export_helpers import cstore, export_settings, make_running_job, stow
 from tests.node.test_tls import pki  # noqa: F401  (pytest fixture: CA, server and client certs)
-from tests.peers.fixtures import assert_dicom_valid
+from tests.peers.fixtures import assert_dicom_valid, free_port
 
 # What a PACS administrator leaves on: unknown SOP classes refused.
 STOCK = {"UnknownSopClassAccepted": False}
@@ -75,3 +82,45 @@ def test_cstore_over_dicom_tls(tmp_path: Path, orthanc_factory, pki: dict[str, P
     assert len(pacs.series_of_study(str(source.StudyInstanceUID))) == 3
     stored = pacs.rest("GET", f"/instances/{pacs.instances()[0]}/file").content
     assert pydicom.dcmread(__import__("io").BytesIO(stored)).StudyInstanceUID == source.StudyInstanceUID
+
+
+def test_stow_over_https_verifies_the_server(tmp_path: Path, orthanc, pki: dict[str, Path], monkeypatch) -> None:  # noqa: F811  # type: ignore[no-untyped-def]
+    """HTTPS in front of Orthanc (socat terminates TLS, as a reverse proxy would: Debian's
+    Orthanc 1.10 crashes on its own HTTPS here). Verification is on by default, and the
+    configured CA wins over a CA bundle named in the environment."""
+    import subprocess
+
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+
+    bundle = tmp_path / "server-with-key.pem"
+    bundle.write_bytes(pki["server"].read_bytes() + pki["server_key"].read_bytes())
+    port = free_port()
+    proxy = subprocess.Popen(
+        ["socat", f"OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={bundle},verify=0",
+         f"TCP:127.0.0.1:{orthanc.http_port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while _port_closed(port):
+            assert time.monotonic() < deadline and proxy.poll() is None, "socat did not start"
+            time.sleep(0.05)
+        url = f"https://127.0.0.1:{port}/dicom-web"
+        source, outputs = _real_outputs()
+        with pytest.raises(PermanentDeliveryError, match="TLS failure"):
+            deliver(outputs.datasets(), stow("web", url))  # unknown CA: refused
+        assert orthanc.instances() == []
+        deliver(outputs.datasets(), stow("web", url, tls_ca=pki["ca"]))
+        assert len(orthanc.series_of_study(str(source.StudyInstanceUID))) == 3
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=10)
+
+
+def _port_closed(port: int) -> bool:
+    """True while nothing accepts TCP connections on 127.0.0.1:port."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) != 0

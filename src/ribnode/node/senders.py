@@ -22,6 +22,7 @@ import ssl
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import requests
@@ -135,8 +136,18 @@ def send_folder(datasets: Sequence[pydicom.Dataset], destination: DestinationSet
 
 
 # -- DICOMweb STOW-RS -------------------------------------------------------------------------
+class _VerifyingSession(requests.Session):
+    """A session whose ``verify`` wins. Plain requests lets REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE
+    in the environment replace a session's CA bundle (psf/requests#3829), which would make a
+    configured ``tls_ca`` silently ineffective; passing it per request keeps it."""
+
+    def request(self, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        kwargs.setdefault("verify", self.verify)
+        return super().request(*args, **kwargs)
+
+
 def _stow_session(destination: DestinationSettings) -> requests.Session:
-    session = requests.Session()
+    session = _VerifyingSession()
     if destination.username is not None:
         session.auth = (destination.username, destination.password or "")
     if destination.bearer_token is not None:
