@@ -11,6 +11,7 @@ have dciodvfy || need+=(dicom3tools)
 if [ "${1:-}" = "test" ]; then
   have redis-server || need+=(redis-server)
   have pg_ctlcluster || need+=(postgresql)
+  have socat || need+=(socat)  # TLS in front of Orthanc for the STOW-over-HTTPS test
 fi
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 echo "ensure-system: installing ${need[*]}"
