@@ -204,7 +204,21 @@ def start_node(stack: ExitStack, config: Path, work: Path,
         procs[name] = (stack.enter_context(ribnode_process(name, config, log)), log)
         if name == "serve":
             wait_for_echo(port, procs)
+    wait_for_worker(procs)
     return procs
+
+
+def wait_for_worker(procs: dict[str, tuple[subprocess.Popen[bytes], Path]],
+                    timeout_s: float = 120.0) -> None:
+    """Until the Celery worker says it is ready (its log line; the embedded broker has no
+    remote control to ping), so the times shown are the job's, not the worker's start-up."""
+    log = procs["worker"][1]
+    deadline = time.monotonic() + timeout_s
+    while b" ready." not in (log.read_bytes() if log.is_file() else b""):
+        check_alive(procs)
+        if time.monotonic() > deadline:
+            raise DemoError(f"ribnode worker not ready within {timeout_s:.0f} s:\n{log_tail(log)}")
+        time.sleep(0.2)
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
@@ -413,7 +427,8 @@ def print_summary(run: DemoRun, datasets: dict[str, pydicom.Dataset], ledger: Le
     for state, seconds in run.timings.items():
         print(f"  {state:<10} {seconds:7.2f} s")
     quiet = run.settings.spool.quiet_period_s
-    print(f"  (study completion waits a quiet period of {quiet:g} s before the job is queued)")
+    print(f"  (study completion waits a quiet period of {quiet:g} s before the job is queued; "
+          "a worker's first job also loads the models)")
     assert run.job_id is not None
     print(f"\nJob {run.job_id}: {run.job_state}; deliveries: " + ", ".join(
         f"{d.destination} {d.state} after {d.attempts} attempt(s)"
