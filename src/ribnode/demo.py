@@ -516,6 +516,8 @@ def run_demo(args: argparse.Namespace) -> DemoRun:
 
 def demo_command(args: argparse.Namespace) -> int:
     """``ribnode demo``: 0 when the loop closed, 1 with the reason otherwise."""
+    if args.log_level is None:  # the summary is the output; the processes log to their files
+        logging.getLogger().setLevel(logging.WARNING)
     for name in ("pynetdicom", "alembic", "highdicom"):
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
