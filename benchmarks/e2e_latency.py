@@ -31,8 +31,9 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,8 +141,33 @@ def one_run(pacs: OrthancServer, ledger: Ledger, path: Path, label: str, cold: b
     return Run(label, cold, (end - instance.received_at).total_seconds(), phases)
 
 
+@contextmanager
+def claimed_redis_db(base: str = "redis://127.0.0.1:6379") -> Iterator[str]:
+    """A Redis database 1-15 claimed the way the test suite claims one (``SET NX`` on the
+    same key, so concurrent test runs leave it alone), flushed before and after."""
+    import redis
+
+    token = f"e2e-latency-{uuid.uuid4().hex}"
+    for db in range(15, 0, -1):
+        conn = redis.Redis.from_url(f"{base}/{db}")
+        try:
+            if not conn.set("ribnode:test-claim", token, nx=True, ex=900):
+                continue
+            conn.flushdb()
+            conn.set("ribnode:test-claim", token, ex=900)
+            yield f"{base}/{db}"
+            conn.flushdb()
+            return
+        finally:
+            conn.close()
+    raise RuntimeError("every Redis database 1-15 is claimed; try again later")
+
+
 def runs(args: argparse.Namespace, work: Path) -> Iterator[Run]:
     with ExitStack() as stack:
+        args.broker_arg = args.broker_url
+        if args.broker_url == "redis":
+            args.broker_url = stack.enter_context(claimed_redis_db())
         pacs = stack.enter_context(OrthancServer(work / "orthanc"))
         settings = node_settings(work / "node", pacs, args)
         (work / "node").mkdir(parents=True, exist_ok=True)
@@ -165,7 +191,7 @@ def report(results: list[Run], args: argparse.Namespace, seconds: float) -> str:
         f"- Date: {datetime.date.today().isoformat()}; machine: 2-core CPU, {cpu_model()} "
         "(shared with other work while measured); no GPU.",
         f"- Command: `.venv/bin/python benchmarks/e2e_latency.py --runs {args.runs} "
-        f"--quiet-period {quiet:g} --steps {args.steps} --broker-url {args.broker_url}` "
+        f"--quiet-period {quiet:g} --steps {args.steps} --broker-url {args.broker_arg}` "
         f"({seconds:.0f} s in all).",
         "- From the instance stored at ribnode (ledger `received_at`) to all three objects stored "
         "in Orthanc (polled every 50 ms). `ribnode serve` and `ribnode worker` as separate "
@@ -199,7 +225,8 @@ def main() -> int:
     parser.add_argument("--quiet-period", type=float, default=5.0, help="spool.quiet_period_s (default 5, the product default)")
     parser.add_argument("--steps", type=int, default=4, help="models.suppression_steps (default 4)")
     parser.add_argument("--size", type=int, default=2048, help="synthetic image side (default 2048)")
-    parser.add_argument("--broker-url", default="filesystem://", help="broker.url (default the embedded filesystem broker)")
+    parser.add_argument("--broker-url", default="filesystem://", help="broker.url (default the embedded filesystem broker); 'redis' claims a "
+                             "database on the local Redis")
     parser.add_argument("--timeout", type=float, default=300.0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
