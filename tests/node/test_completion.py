@@ -120,20 +120,18 @@ def test_broker_down_at_enqueue_then_back(tmp_path: Path) -> None:
 
 def test_completion_wakes_when_the_study_is_due(node_settings: Settings, ledger: Ledger,
                                                 listener: DicomListener) -> None:
-    """Once the thread has seen a pending study (within one poll), it sleeps until the quiet
-    period ends, not until the next poll: latency = quiet period + tens of ms, not + up to one
-    poll interval."""
+    """With nothing pending the thread sleeps one poll interval; once a study is pending it
+    sleeps only until the study's quiet period ends (so latency = quiet period + one pass,
+    not + up to a poll interval; benchmarks/completion.py measures it)."""
     settings = node_settings.model_copy(update={"spool": node_settings.spool.model_copy(
-        update={"quiet_period_s": 2.0, "completion_poll_s": 0.9})})
-    sent = Recorder()
-    latencies = []
-    with StudyCompletion(settings, ledger, sent, versions=VERSIONS):
-        for n in range(3):
-            assert c_store(listener.port, [dx_dataset(seed=n)]) == [0]
-            wait_for(lambda: len(sent.jobs) > n, 10, "a job")
-            job = sent.jobs[n]
-            last = max(ledger.instance(i.sop_instance_uid).received_at for i in ledger.job_instances(job.id))
-            queued = [t.at for t in ledger.transitions(job.id) if t.to_state == "queued"][0]
-            latencies.append((queued - last).total_seconds())
-    assert all(2.0 <= lat for lat in latencies), latencies
-    assert sorted(latencies)[1] < 2.0 + 0.3, latencies  # polling alone: 2.0-2.9 s, median ~2.45
+        update={"quiet_period_s": 2.0, "completion_poll_s": 5.0})})
+    completion = StudyCompletion(settings, ledger, Recorder(), versions=VERSIONS)
+    assert completion._next_wait() == 5.0
+    assert c_store(listener.port, [dx_dataset()]) == [0]
+    stored = time.monotonic()
+    wait = completion._next_wait()
+    elapsed = time.monotonic() - stored
+    assert 2.0 - elapsed - 0.5 <= wait <= 2.0 + 0.01  # until the quiet period ends, not 5 s
+    time.sleep(wait)
+    assert len(completion.tick()) == 1  # due exactly then
+    assert completion._next_wait() == 5.0
