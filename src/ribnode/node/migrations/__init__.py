@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
