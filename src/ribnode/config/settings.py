@@ -79,6 +79,9 @@ class BrokerSettings(BaseModel):
     retry_backoff_max_s: float = 300.0
     # A job the broker refused stays "received"; enqueueing is retried this often, seconds.
     enqueue_retry_s: float = 3.0
+    # Redis: an unacknowledged task (acks_late) is delivered again after this long, seconds;
+    # must exceed the longest job.
+    visibility_timeout_s: float = 3600.0
 
 
 class RoutingSettings(BaseModel):

@@ -45,7 +45,7 @@ def transport_options(broker: BrokerSettings) -> dict[str, Any]:
         }
     # Redis: a message not acknowledged within the visibility timeout is delivered again, so
     # it must exceed the longest job (with acks_late, a job is acknowledged when it ends).
-    return {"visibility_timeout": 3600, "socket_connect_timeout": 3, "socket_timeout": 10}
+    return {"visibility_timeout": broker.visibility_timeout_s, "socket_connect_timeout": 3, "socket_timeout": 10}
 
 
 def make_celery(settings: Settings) -> Celery:
