@@ -14,6 +14,7 @@ MODULES = [
     "ribnode.node.completion",
     "ribnode.node.routing",
     "ribnode.node.spool",
+    "ribnode.node.recovery",
     "ribnode.node.cli",
     "ribnode.workers.app",
 ]
