@@ -32,7 +32,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--weights", type=Path, default=None)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--limit", type=int, default=0, help="first N held-out cases only (0: all)")
+    parser.add_argument("--limit", type=int, default=0, help="first N cases only (0: all)")
+    parser.add_argument("--split", choices=("held-out", "train"), default="held-out",
+                        help="train: the training cases (to choose the default steps without the held-out set)")
     args = parser.parse_args()
     print(f"# BSR vs sampling steps, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
     print(f"machine: {cpu_model()}; threads {args.threads}; command: {' '.join(sys.argv)}\n")
@@ -42,14 +44,14 @@ def main() -> None:
     for steps in args.steps:
         sup = RibSuppressor(args.weights, steps=steps, device="cpu", threads=args.threads)
         if pairs is None:
-            held = sup.config.training["held_out_cases"]
+            held = sup.config.training["held_out_cases" if args.split == "held-out" else "train_cases"]
             pairs = load_pairs(args.data, held[: args.limit] if args.limit else held)
         rows = evaluate_pairs(sup, pairs, "reference", seed=0)
         s = summary(rows)
         seconds = statistics.median(r.seconds for r in rows)
         print(f"| {steps} | {s['bsr']['mean']:.4f} | {s['bsr']['worst']:.4f} | {s['psnr_gain_db']['mean']:.2f} | "
               f"{s['ssim']['mean']:.4f} | {seconds:.3f} |", flush=True)
-    print(f"\n{len(pairs or [])} held-out pairs; seed 0; region: reference masks dilated 5 px.")
+    print(f"\n{len(pairs or [])} {args.split} pairs; seed 0; region: reference masks dilated 5 px.")
 
 
 if __name__ == "__main__":
