@@ -73,8 +73,8 @@ def evaluate_folder(data: Path, weights: Path | None = None, cases: str | None =
             "seconds": time.perf_counter() - started, "images": rows, **summarise(rows)}
 
 
-def _fmt(value: float) -> str:
-    return "inf" if math.isinf(value) else f"{value:.4f}" if value < 10 else f"{value:.2f}"
+def _fmt(value: float, digits: int = 4) -> str:
+    return "inf" if math.isinf(value) else f"{value:.{digits}f}"
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -85,10 +85,10 @@ def format_report(report: dict[str, Any]) -> str:
              f"{'case':<14}{'Dice':>8}{'IoU':>8}{'HD95px':>9}"]
     for row in report["images"]:
         lines.append(f"{row['case']:<14}{_fmt(row['dice']):>8}{_fmt(row['iou']):>8}"
-                     f"{_fmt(row['hd95_px']):>9}")
+                     f"{_fmt(row['hd95_px'], 2):>9}")
     mean, worst = report["mean"], report["worst"]
     lines.append(f"{'mean':<14}{_fmt(mean['dice']):>8}{_fmt(mean['iou']):>8}"
-                 f"{_fmt(mean['hd95_px']):>9}   ({report['count']} images)")
+                 f"{_fmt(mean['hd95_px'], 2):>9}   ({report['count']} images)")
     lines.append(f"worst: {worst['case']} Dice {_fmt(worst['dice'])} IoU {_fmt(worst['iou'])} "
-                 f"HD95 {_fmt(worst['hd95_px'])} px; largest HD95 {_fmt(report['max_hd95_px'])} px")
+                 f"HD95 {_fmt(worst['hd95_px'], 2)} px; largest HD95 {_fmt(report['max_hd95_px'], 2)} px")
     return "\n".join(lines)
