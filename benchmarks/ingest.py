@@ -29,6 +29,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -94,12 +97,12 @@ def push(files: list[Path], port: int, aec: str) -> float:
 class Ribnode:
     """``ribnode serve`` in its own process, settings in a YAML file under ``work``."""
 
-    def __init__(self, work: Path, quiet_period_s: float = 5.0) -> None:
+    def __init__(self, work: Path, quiet_period_s: float = 5.0, ledger_url: str | None = None) -> None:
         self.work = work
         self.port = free_port()
         self.config = work / "ribnode.yaml"
         work.mkdir(parents=True, exist_ok=True)
-        self.ledger_url = f"sqlite:///{work / 'ledger.sqlite'}"
+        self.ledger_url = ledger_url or f"sqlite:///{work / 'ledger.sqlite'}"
         self.config.write_text(yaml.safe_dump({
             "listener": {"port": self.port, "allowed_senders": [{"ae_title": "BENCH"}]},
             "spool": {"directory": str(work / "spool"), "quiet_period_s": quiet_period_s},
@@ -133,17 +136,47 @@ def orthanc_rate(files: list[Path], folder: Path, sync: bool) -> float:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def throughput(files: list[Path], runs: int, work: Path) -> dict[str, list[float]]:
-    """Interleaved runs (ribnode, Orthanc with fsync, Orthanc without) so that changing
-    machine load hits all three alike."""
-    rates: dict[str, list[float]] = {"ribnode": [], "orthanc": [], "orthanc-nosync": []}
-    for run in range(runs):
-        node = Ribnode(work / f"ribnode-{run}")
+@contextmanager
+def fresh_postgres(admin_url: str | None) -> Iterator[str | None]:
+    """A new empty PostgreSQL database (dropped afterwards), or None without ``admin_url``."""
+    if admin_url is None:
+        yield None
+        return
+    import sqlalchemy
+
+    name = f"ribnode_bench_{uuid.uuid4().hex[:10]}"
+    admin = sqlalchemy.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin_url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def ribnode_rate(files: list[Path], folder: Path, postgres: str | None) -> float:
+    """Instances/s of one storescu push to a fresh ``ribnode serve``."""
+    with fresh_postgres(postgres) as ledger_url:
+        node = Ribnode(folder, ledger_url=ledger_url)
         try:
-            rates["ribnode"].append(len(files) / push(files, node.port, "RIBNODE"))
+            return len(files) / push(files, node.port, "RIBNODE")
         finally:
             node.stop()
-            shutil.rmtree(work / f"ribnode-{run}", ignore_errors=True)
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def throughput(files: list[Path], runs: int, work: Path, postgres: str | None = None) -> dict[str, list[float]]:
+    """Interleaved runs (ribnode, [ribnode on PostgreSQL,] Orthanc with fsync, Orthanc
+    without) so that changing machine load hits all of them alike."""
+    rates: dict[str, list[float]] = {"ribnode": [], "orthanc": [], "orthanc-nosync": []}
+    if postgres:
+        rates["ribnode-postgresql"] = []
+    for run in range(runs):
+        rates["ribnode"].append(ribnode_rate(files, work / f"ribnode-{run}", None))
+        if postgres:
+            rates["ribnode-postgresql"].append(ribnode_rate(files, work / f"ribnode-pg-{run}", postgres))
         rates["orthanc"].append(orthanc_rate(files, work / f"orthanc-{run}", sync=True))
         rates["orthanc-nosync"].append(orthanc_rate(files, work / f"orthanc-nosync-{run}", sync=False))
         print(f"run {run + 1}: " + ", ".join(f"{k} {v[-1]:.1f}/s" for k, v in rates.items()), flush=True)
@@ -199,7 +232,7 @@ def report(args: argparse.Namespace, rates: dict[str, list[float]], latency: lis
         "(the machine is shared with other engineers' jobs: figures are contended, the ratio "
         "matters more than the absolute rate)",
         f"- Command: `.venv/bin/python benchmarks/ingest.py --instances {args.instances} --size {args.size} "
-        f"--runs {args.runs} " + ("--no-latency`" if args.no_latency else f"--quiet {' '.join(f'{q:g}' for q in args.quiet)}`"),
+        f"--runs {args.runs} " + (f"--postgres {args.postgres} " if args.postgres else "") + ("--no-latency`" if args.no_latency else f"--quiet {' '.join(f'{q:g}' for q in args.quiet)}`"),
         f"- Data: {args.instances} synthetic DX chest instances, {args.size}x{args.size} 12-bit "
         f"(uncompressed, {size_mb:.2f} MB each), 4 per study, one `storescu` association, loopback.",
         "- ribnode: `ribnode serve` (own process), SQLite WAL ledger, spool on the same disk; each "
@@ -209,6 +242,9 @@ def report(args: argparse.Namespace, rates: dict[str, list[float]], latency: lis
         "| | runs (instances/s) | median instances/s |",
         "|---|---|---|",
         f"| ribnode | {', '.join(f'{r:.1f}' for r in rates['ribnode'])} | **{rib:.1f}** |",
+        *([f"| ribnode, ledger on PostgreSQL (loopback) | "
+            f"{', '.join(f'{r:.1f}' for r in rates['ribnode-postgresql'])} | "
+            f"{statistics.median(rates['ribnode-postgresql']):.1f} |"] if "ribnode-postgresql" in rates else []),
         f"| Orthanc (`SyncStorageArea: true`) | {', '.join(f'{r:.1f}' for r in rates['orthanc'])} | **{orth:.1f}** |",
         f"| Orthanc (`SyncStorageArea: false`, no fsync: less durable, for context) | "
         f"{', '.join(f'{r:.1f}' for r in rates['orthanc-nosync'])} | {nosync:.1f} |",
@@ -246,13 +282,16 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="write the markdown section here")
     parser.add_argument("--append", action="store_true", help="append to --out instead of replacing it")
     parser.add_argument("--no-latency", action="store_true", help="throughput only")
+    parser.add_argument("--postgres", default=None, metavar="URL",
+                        help="also run ribnode with its ledger on PostgreSQL (a fresh database per run, "
+                             "created through this URL's server)")
     args = parser.parse_args()
     load = os.getloadavg()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="ribnode-bench-"))
     try:
         files = make_instances(work / "data", args.instances, args.size)
         size_mb = files[0].stat().st_size / 1e6
-        rates = throughput(files, args.runs, work)
+        rates = throughput(files, args.runs, work, args.postgres)
         latency = [] if args.no_latency else completion_latency(files[: args.study_size], args.quiet, work)
     finally:
         if args.workdir is None:
