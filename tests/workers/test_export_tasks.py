@@ -111,9 +111,9 @@ def test_deliver_outputs_fast_path_needs_no_worker(tmp_path: Path, orthanc) -> N
 
 def test_worker_killed_mid_export(tmp_path: Path, orthanc_factory, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """A `ribnode worker` process is SIGKILLed while it retries against a stopped PACS (the kill
-    lands right after it claimed its third attempt). The next worker takes the job up (its
-    start-up sweep or the queued retry) once the dead worker's claim has expired, and delivers
-    it: the PACS holds exactly one copy of each object."""
+    lands right after it claimed its third attempt, so its claim and its scheduled retry die
+    with it). The next worker's start-up sweep schedules the export for when the dead worker's
+    claim expires, and delivers it: the PACS holds exactly one copy of each object."""
     import os
     import signal
     import subprocess

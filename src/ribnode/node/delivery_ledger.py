@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 
 from ribnode.node.ledger import Ledger, utcnow
 from ribnode.node.schema import Delivery, Job, JobState, OutputObject
@@ -198,3 +198,17 @@ class DeliveryLedger:
         )
         with self.ledger.session() as s:
             return list(s.scalars(query))
+
+    def pending_jobs(self) -> dict[int, datetime | None]:
+        """Exporting jobs with a pending delivery, and when the earliest one is due (None: now).
+        A worker that starts schedules all of them: their retry tasks may have died with a
+        killed worker."""
+        query = (
+            select(Delivery.job_id, func.min(Delivery.next_attempt_at))
+            .join(Job, Job.id == Delivery.job_id)
+            .where(Job.state == str(JobState.EXPORTING), Delivery.state == DeliveryState.PENDING)
+            .group_by(Delivery.job_id)
+            .order_by(Delivery.job_id)
+        )
+        with self.ledger.session() as s:
+            return {job_id: due for job_id, due in s.execute(query)}

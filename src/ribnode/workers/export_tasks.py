@@ -103,10 +103,27 @@ def requeue_due_exports(
     return due
 
 
-def sweep_once(app: Celery, settings: Settings, overdue_s: float) -> list[int]:
-    """One sweep with a short-lived ledger connection (safe in a forking worker)."""
+def requeue_pending_exports(app: Celery, settings: Settings, ledger: Ledger) -> list[int]:
+    """Schedule the export of every exporting job with a pending delivery, each for when its
+    next attempt is due (what a starting worker does: retries scheduled by a worker that was
+    killed died with it). Returns the job ids scheduled."""
+    now = utcnow()
+    pending = DeliveryLedger(ledger).pending_jobs()
+    for job_id, due in pending.items():
+        countdown = max(0.0, (due - now).total_seconds()) if due is not None else 0.0
+        schedule_export(app, settings, job_id, countdown_s=countdown)
+    if pending:
+        logger.info("scheduled the export of pending jobs %s", sorted(pending))
+    return sorted(pending)
+
+
+def sweep_once(app: Celery, settings: Settings, overdue_s: float | None) -> list[int]:
+    """One sweep with a short-lived ledger connection (safe in a forking worker): every
+    pending export when ``overdue_s`` is None (start-up), else those overdue by that much."""
     ledger = Ledger(settings.ledger.url, migrate=False)
     try:
+        if overdue_s is None:
+            return requeue_pending_exports(app, settings, ledger)
         return requeue_due_exports(app, settings, ledger, overdue_s=overdue_s)
     except (SQLAlchemyError, BrokerError) as exc:
         logger.warning("export sweep failed (%s); trying again at the next sweep", exc)
@@ -116,9 +133,10 @@ def sweep_once(app: Celery, settings: Settings, overdue_s: float) -> list[int]:
 
 
 class ExportSweep(bootsteps.StartStopStep):
-    """Worker bootstep: sweep once at start (a restarted worker picks up exports whose task
-    died with its predecessor), then every ``export.sweep_interval_s`` for exports overdue by
-    twice that (a task lost with a broker). Duplicates are harmless: deliveries are claimed.
+    """Worker bootstep: at start, schedule every pending export for when it is due (a restarted
+    worker takes over the retries that died with its predecessor), then every
+    ``export.sweep_interval_s`` re-enqueue exports overdue by twice that (a task lost with a
+    broker). Duplicates are harmless: deliveries are claimed.
     A daemon thread, so that stopping the worker is not delayed by a timer's sleep."""
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
@@ -139,7 +157,7 @@ class ExportSweep(bootsteps.StartStopStep):
 
     def _loop(self, app: Celery, settings: Settings) -> None:
         interval = settings.export.sweep_interval_s
-        sweep_once(app, settings, 0.0)
+        sweep_once(app, settings, None)
         while not self._stop.wait(interval):
             sweep_once(app, settings, 2 * interval)
 
