@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -77,9 +77,11 @@ class ExportError(LedgerError):
 
 
 class OutputSetLike(Protocol):
-    """What :func:`stage_outputs` needs of ``ribnode.dicom_sr.OutputSet``."""
+    """What :func:`stage_outputs` needs of ``ribnode.dicom_sr.OutputSet`` (read-only, so a
+    frozen dataclass satisfies it)."""
 
-    provenance: dict[str, Any]
+    @property
+    def provenance(self) -> Mapping[str, Any]: ...
 
     def datasets(self) -> list[pydicom.Dataset]: ...
 
