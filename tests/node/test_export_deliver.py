@@ -167,3 +167,15 @@ def test_folder_refuses_a_uid_that_is_not_a_uid(tmp_path: Path) -> None:
     with pytest.raises(PermanentDeliveryError, match="StudyInstanceUID '../../escape' is not a valid"):
         deliver(datasets[:1], folder("local", tmp_path / "outbox"))
     assert not (tmp_path / "escape").exists()
+
+
+def test_stow_session_auth_and_tls_settings(tmp_path: Path) -> None:
+    from ribnode.node.senders import _stow_session
+
+    bearer = _stow_session(stow("web", "https://pacs/dicom-web", bearer_token="t0k"))
+    assert bearer.headers["Authorization"] == "Bearer t0k" and bearer.auth is None
+    assert bearer.verify is True  # TLS verification on by default
+    basic = _stow_session(stow("web", "https://pacs/dicom-web", username="u", password="p",
+                               tls_ca=tmp_path / "ca.pem"))
+    assert basic.auth == ("u", "p") and basic.verify == str(tmp_path / "ca.pem")
+    assert _stow_session(stow("web", "https://pacs/dicom-web", tls_verify=False)).verify is False

@@ -5,7 +5,7 @@ program or server on loopback: Orthanc (Debian package, DICOMweb plugin), dcmtk,
 PostgreSQL and Redis (``make services`` starts the last two).
 
 Helpers importable by tests (``from tests.peers.fixtures import ...``):
-    free_port() -> int
+    free_port() -> int                            pydicom_data_dir() -> Path
     dciodvfy(path) -> (errors, warnings)   (raw)  assert_dicom_valid(path) -> warnings
     dcmdump(path, *options) -> str                dsrdump(path, *options) -> str
     echoscu(port, called_aet=..., calling_aet=..., host=...) -> CompletedProcess
