@@ -31,6 +31,8 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=4, help="DDIM sampling steps")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed used for every image")
     parser.add_argument("--upsampling", choices=("linear", "guided"), default="linear")
+    parser.add_argument("--rib-shape", type=int, default=None, metavar="PX512",
+                        help="keep only the rib-shaped bone layer: line length in px at 512 (0 off; default: the json's)")
     parser.add_argument("--seg-weights", type=Path, default=None, help="rib-segmentation .onnx (segmenter masks)")
 
 
@@ -113,7 +115,7 @@ def _suppressor(args: argparse.Namespace) -> Any:
     from ribnode.models.suppression.runtime import RibSuppressor
 
     return RibSuppressor(args.weights, steps=args.steps, device=args.device, backend=args.backend,
-                         threads=args.threads, upsampling=args.upsampling)
+                         threads=args.threads, upsampling=args.upsampling, rib_shape_px_512=args.rib_shape)
 
 
 def _segmenter(args: argparse.Namespace) -> Any:

@@ -100,6 +100,9 @@ class SuppressionConfig:
     bone_scale: float = 10.0
     mask_dilation_px_512: float = 5.0
     default_steps: int = 4
+    #: > 0: keep only the rib-shaped part of the bone layer (``shape.rib_shaped``), line length
+    #: in px at 512 (longer than the largest nodule diameter the lesion test uses, 24 px)
+    rib_shape_line_px_512: int = 0
     training: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

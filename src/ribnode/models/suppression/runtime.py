@@ -26,6 +26,7 @@ from ribnode.models.suppression.data import region_radius
 from ribnode.models.suppression.network import SuppressionConfig
 from ribnode.models.suppression.pipeline import SuppressionPipeline, TorchDenoiser
 from ribnode.models.suppression.scheduler import DiffusersDDIM, NumpyDDIM
+from ribnode.models.suppression.shape import rib_shaped
 from ribnode.models.suppression.upsample import upsample_bone
 
 logger = logging.getLogger(__name__)
@@ -111,7 +112,8 @@ class RibSuppressor:
     """Rib and clavicle suppression of one radiograph (see the module docstring)."""
 
     def __init__(self, weights: Path | None = None, steps: int = 4, device: str = "auto",
-                 backend: str = "onnx", threads: int = 0, upsampling: str = "linear") -> None:
+                 backend: str = "onnx", threads: int = 0, upsampling: str = "linear",
+                 rib_shape_px_512: int | None = None) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend {backend!r}: expected one of {BACKENDS}")
         if device not in ("auto", "cpu", "cuda"):
@@ -123,6 +125,9 @@ class RibSuppressor:
             raise FileNotFoundError(f"suppression weights {path} not found")
         self.config = SuppressionConfig.load(config_path(path))
         self.steps, self.backend, self.upsampling = int(steps), backend, upsampling
+        line = self.config.rib_shape_line_px_512 if rib_shape_px_512 is None else int(rib_shape_px_512)
+        # the line length at the working size, odd, 0 = off
+        self.rib_shape_px = 0 if line <= 0 else 2 * int(round(line * self.config.working_size / 512 / 2)) + 1
         if backend == "onnx":
             denoiser: Any = OrtDenoiser(path, device, threads)
             self.device = "cuda" if "CUDAExecutionProvider" in denoiser.providers else "cpu"
@@ -137,6 +142,7 @@ class RibSuppressor:
             "steps": self.steps if self.config.mode == "diffusion" else 1,
             "working_size": self.working_size, "scheduler": "DDIM", "upsampling": upsampling,
             "region_dilation_px_512": self.config.mask_dilation_px_512,
+            "rib_shape_line_px_512": line,
         })
 
     def region(self, mask: np.ndarray) -> np.ndarray:
@@ -148,9 +154,13 @@ class RibSuppressor:
         size = self.working_size
         estimate = self.pipeline(to_working(image, size)[None], to_working(region.astype(np.float32), size)[None],
                                  steps or self.steps, [seed])
-        bone = upsample_bone(estimate.bone[0], image.shape, self.upsampling, guide=image)
+        bone = upsample_bone(self._shaped(estimate.bone[0]), image.shape, self.upsampling, guide=image)
         bone[~region] = 0.0
         return bone
+
+    def _shaped(self, bone_working: np.ndarray) -> np.ndarray:
+        """The rib-shaped part of a working-size bone layer (identity when the filter is off)."""
+        return rib_shaped(bone_working, self.rib_shape_px) if self.rib_shape_px else bone_working
 
     def bone_layers(self, images: list[np.ndarray], region: np.ndarray, seed: int,
                     steps: int | None = None) -> list[np.ndarray]:
@@ -161,7 +171,7 @@ class RibSuppressor:
         estimate = self.pipeline(working, regions, steps or self.steps, [seed] * len(images))
         out = []
         for bone_w, image in zip(estimate.bone, images):
-            bone = upsample_bone(bone_w, image.shape, self.upsampling, guide=image)
+            bone = upsample_bone(self._shaped(bone_w), image.shape, self.upsampling, guide=image)
             bone[~region] = 0.0
             out.append(bone)
         return out
