@@ -248,3 +248,16 @@ def test_seed_from_pixels_without_uid(tiny_weights: Path) -> None:
     radiograph = replace(_radiograph(), sop_instance_uid=None)
     a, b = sup(radiograph, _segmentation((70, 60))), sup(radiograph, _segmentation((70, 60)))
     assert a.seed == b.seed and a.seed != seed_from_uid(UID)
+
+
+def test_rib_shaped_keeps_bands_drops_blobs_never_adds() -> None:
+    from ribnode.models.suppression.shape import rib_shaped
+
+    band = np.zeros((96, 96), np.float32)
+    band[40:48, :] = 1.0
+    blob = nodule((96, 96), (44.0, 48.0), 5.0, 0.5).astype(np.float32)
+    shaped = rib_shaped(band + blob, length=17)
+    assert (shaped <= band + blob + 1e-7).all()
+    np.testing.assert_allclose(shaped[40:48, 10:86], 1.0, atol=1e-6)
+    residual = shaped - band  # a blob straddling the band's edge leaves a thin rim (digital lines)
+    assert (residual ** 2).sum() < 0.1 * (blob ** 2).sum()
