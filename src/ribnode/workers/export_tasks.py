@@ -137,7 +137,10 @@ class ExportSweep(bootsteps.StartStopStep):
     worker takes over the retries that died with its predecessor), then every
     ``export.sweep_interval_s`` re-enqueue exports overdue by twice that (a task lost with a
     broker). Duplicates are harmless: deliveries are claimed.
-    A daemon thread, so that stopping the worker is not delayed by a timer's sleep."""
+    A daemon thread, so that stopping the worker is not delayed by a timer's sleep; started
+    after the pool, so prefork children are never forked from a process in mid-sweep."""
+
+    requires = ("celery.worker.components:Pool",)
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
