@@ -179,3 +179,13 @@ def test_stow_session_auth_and_tls_settings(tmp_path: Path) -> None:
                                tls_ca=tmp_path / "ca.pem"))
     assert basic.auth == ("u", "p") and basic.verify == str(tmp_path / "ca.pem")
     assert _stow_session(stow("web", "https://pacs/dicom-web", tls_verify=False)).verify is False
+
+
+def test_stow_secrets_are_masked_but_survive_a_config_file() -> None:
+    from ribnode.config.settings import Settings
+
+    dest = stow("web", "https://pacs/dicom-web", username="u", password="s3cret")
+    assert "s3cret" not in repr(dest) and "s3cret" not in str(dest)
+    again = Settings.model_validate({"export": {"destinations": [dest.model_dump(mode="json")]}})
+    password = again.export.destinations[0].password
+    assert password is not None and password.get_secret_value() == "s3cret"

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_serializer, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -126,8 +126,8 @@ class DestinationSettings(BaseModel):
     path: Path | None = None  # folder: root of <StudyUID>/<SeriesUID>/<SOPUID>.dcm
     url: str | None = None  # stow: DICOMweb base URL (STOW-RS posts to <url>/studies)
     username: str | None = None  # stow: HTTP basic auth user
-    password: str | None = None  # stow: HTTP basic auth password
-    bearer_token: str | None = None  # stow: OAuth bearer token (instead of basic auth)
+    password: SecretStr | None = None  # stow: HTTP basic auth password (masked in logs)
+    bearer_token: SecretStr | None = None  # stow: OAuth bearer token, instead of basic auth
     tls_verify: bool = True  # stow: verify the server's HTTPS certificate (keep on)
     ae_title: str | None = None  # cstore: called AE title of the PACS
     host: str | None = None  # cstore: PACS host name or address
@@ -137,6 +137,12 @@ class DestinationSettings(BaseModel):
     tls_cert: Path | None = None  # client certificate (mutual TLS), stow and cstore
     tls_key: Path | None = None  # PEM private key of tls_cert
     timeout_s: float = 30.0  # connect/response timeout of one send, seconds
+
+    @field_serializer("password", "bearer_token", when_used="json")
+    def _reveal_for_files(self, value: SecretStr | None) -> str | None:
+        """Masked in repr and logs, but kept when settings are written out as JSON/YAML (the
+        demo and the tests hand settings to subprocesses that way)."""
+        return value.get_secret_value() if value is not None else None
 
     @model_validator(mode="after")
     def _check_kind_fields(self) -> "DestinationSettings":

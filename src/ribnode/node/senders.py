@@ -149,9 +149,11 @@ class _VerifyingSession(requests.Session):
 def _stow_session(destination: DestinationSettings) -> requests.Session:
     session = _VerifyingSession()
     if destination.username is not None:
-        session.auth = (destination.username, destination.password or "")
+        password = destination.password.get_secret_value() if destination.password else ""
+        session.auth = (destination.username, password)
     if destination.bearer_token is not None:
-        session.headers["Authorization"] = f"Bearer {destination.bearer_token}"
+        token = destination.bearer_token.get_secret_value()
+        session.headers["Authorization"] = f"Bearer {token}"
     if destination.tls_ca is not None:
         session.verify = str(destination.tls_ca)
     else:
