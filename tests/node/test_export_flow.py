@@ -220,3 +220,36 @@ def test_claim_is_exclusive_and_leases(tmp_path: Path, make_ledger) -> None:  # 
     assert deliveries.jobs_due() == [job_id]
     assert deliveries.claim(row.id, lease_s=0.3)
     assert deliveries.deliveries(job_id)[0].attempts == 2
+
+
+def test_two_exporters_at_once_send_once(
+    tmp_path: Path, orthanc, ledger_url: str, make_ledger  # type: ignore[no-untyped-def]
+) -> None:
+    """A task delivered twice (or a resend racing a retry): two exporters run the same job at
+    the same moment; each delivery is attempted exactly once."""
+    import threading
+
+    settings = export_settings(tmp_path, ledger_url, [
+        stow("web", orthanc.dicomweb_url), cstore("dimse", orthanc.dicom_port),
+        folder("local", tmp_path / "outbox")])
+    first = make_ledger(ledger_url)
+    job_id, study = _staged_job(settings, first)
+    ledgers = [first, make_ledger(ledger_url)]  # two processes' worth of connections
+    start = threading.Barrier(2)
+    reports: list[ExportReport] = []
+
+    def exporter(led: Ledger) -> None:
+        start.wait()
+        reports.append(export_job(job_id, settings, led))
+
+    threads = [threading.Thread(target=exporter, args=(led,)) for led in ledgers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(reports) == 2
+    assert ledgers[0].job(job_id).state == JobState.DONE
+    rows = DeliveryLedger(first).deliveries(job_id)
+    assert [r.attempts for r in rows] == [1, 1, 1]
+    assert len(first.audit_events(AuditEventName.BEGIN_TRANSFERRING)) == 3
+    assert len(orthanc.series_of_study(study)) == 3
