@@ -1,7 +1,7 @@
 """``ribnode infer``: run the models on DICOM files or bone-bright grayscale PNGs.
 
-For each input it writes ``<stem>-ribs.png`` (0/255, the input's exact Rows x Columns). The
-rib-suppression part adds ``<stem>-soft.png`` here. Inputs that cannot be chest radiographs
+For each input it writes ``<stem>-ribs.png`` (0/255, the input's exact Rows x Columns) and
+``<stem>-soft.png`` (the bone-suppressed image, the input's size, bit depth and convention). Inputs that cannot be chest radiographs
 (colour, multi-frame, too small, undecodable) are reported by name and skipped; the others
 are still processed.
 """
@@ -49,12 +49,36 @@ def write_mask_png(mask: np.ndarray, path: Path) -> Path:
     return path
 
 
+def write_soft_png(radiograph: Radiograph, soft_stored: np.ndarray, path: Path) -> Path:
+    """The bone-suppressed stored pixels as a PNG of the input's size, bit depth and convention.
+
+    PNG input: the same 8/16-bit dtype. DICOM input: a 16-bit PNG of the stored values (same
+    photometric interpretation as the source, MONOCHROME1 stays inverted).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soft = np.asarray(soft_stored)
+    if soft.dtype != np.uint8:
+        if soft.min() < 0:
+            raise ValueError(f"{path.name}: signed stored pixels (min {soft.min()}) cannot go to a PNG")
+        soft = soft.astype(np.uint16)
+    Image.fromarray(soft).save(path)
+    return path
+
+
 def run_infer(inputs: Sequence[Path], output: Path, weights: Path | None = None,
-              device: str = "auto", threads: int = 0) -> InferReport:
-    """Segment every input; write ``OUTPUT/<stem>-ribs.png`` for each one that decodes."""
+              device: str = "auto", threads: int = 0, steps: int = 4, seed: int | None = None,
+              suppression_weights: Path | None = None, suppress: bool = True) -> InferReport:
+    """Segment every input; write ``OUTPUT/<stem>-ribs.png`` for each one that decodes, and
+    (``suppress``) ``OUTPUT/<stem>-soft.png``, the bone-suppressed image (``steps`` DDIM steps,
+    ``seed`` or the one derived from the SOP Instance UID / pixels)."""
     from ribnode.models.segmentation import RibSegmenter
 
     segmenter = RibSegmenter(weights=weights, device=device, threads=threads)
+    suppressor = None
+    if suppress:
+        from ribnode.models.suppression import RibSuppressor
+
+        suppressor = RibSuppressor(suppression_weights, steps=steps, device=device, threads=threads)
     report = InferReport()
     for path in inputs:
         path = Path(path)
@@ -66,6 +90,9 @@ def run_infer(inputs: Sequence[Path], output: Path, weights: Path | None = None,
             continue
         segmentation = segmenter(radiograph)
         report.written.append(write_mask_png(segmentation.mask, output / f"{path.stem}-ribs.png"))
+        if suppressor is not None:
+            result = suppressor(radiograph, segmentation, seed)
+            report.written.append(write_soft_png(radiograph, result.soft_stored, output / f"{path.stem}-soft.png"))
         logger.info("%s: %dx%d, rib fraction %.3f", path, *segmentation.mask.shape,
                     float(segmentation.mask.mean()))
     return report
