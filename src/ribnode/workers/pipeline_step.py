@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import pydicom
 import pydicom.errors
@@ -117,15 +117,13 @@ class ModelStep:
                 ledger: Ledger) -> str:
         """Stage the objects (job "exporting"), attempt delivery now, and schedule any retry on
         the CPU queue. Returns the job's state afterwards."""
-        from ribnode.node.export import OutputSetLike, export_job, stage_outputs
+        from ribnode.node.export import export_job, stage_outputs
         from ribnode.workers.export_tasks import deliver_outputs
 
-        # OutputSet is frozen: its provenance is read-only, which the protocol does not say.
-        sets = cast("Sequence[OutputSetLike]", output_sets)
         if self.app is not None:
-            report = deliver_outputs(self.app, job_id, sets, settings, ledger)
+            report = deliver_outputs(self.app, job_id, output_sets, settings, ledger)
             return report.state
-        stage_outputs(job_id, sets, settings, ledger)
+        stage_outputs(job_id, output_sets, settings, ledger)
         return export_job(job_id, settings, ledger).state
 
 
