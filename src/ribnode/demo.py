@@ -161,6 +161,23 @@ def demo_settings(args: argparse.Namespace, work: Path, stow_url: str | None) ->
     return Settings.model_validate(merged)
 
 
+def check_weights(settings: Settings) -> None:
+    """Fail before starting anything when a model's weights file is missing (otherwise the
+    worker would retry the job until it is dead)."""
+    from ribnode.models.segmentation.runtime import DEFAULT_WEIGHTS
+    from ribnode.models.suppression.runtime import DEFAULT_ONNX, DEFAULT_TORCH
+
+    models = settings.models
+    suppression_default = DEFAULT_ONNX if models.backend == "onnx" else DEFAULT_TORCH
+    wanted = {"segmentation": models.segmentation_weights or DEFAULT_WEIGHTS,
+              "suppression": models.suppression_weights or suppression_default}
+    missing = [f"{name} weights {path}" for name, path in wanted.items() if not Path(path).is_file()]
+    if missing:
+        raise DemoError(f"{'; '.join(missing)} not found: set models.segmentation_weights / "
+                        "models.suppression_weights, or train them (ribnode train-seg --install, "
+                        "ribnode train-suppression --install)")
+
+
 def write_config(settings: Settings, path: Path) -> Path:
     """The YAML file both subprocesses read (so they share exactly these settings)."""
     import yaml
@@ -479,6 +496,7 @@ def run_demo(args: argparse.Namespace) -> DemoRun:
             pacs = stack.enter_context(OrthancServer(work / "orthanc"))
             print(f"Orthanc PACS on {pacs.url} (DICOM port {pacs.dicom_port})", flush=True)
         settings = demo_settings(args, work, pacs.dicomweb_url if pacs else None)
+        check_weights(settings)
         config = write_config(settings, work / "ribnode.yaml")
         t0 = time.perf_counter()
         source = write_study(work, args.size, args.seed)

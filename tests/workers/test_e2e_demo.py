@@ -59,3 +59,13 @@ def test_demo_with_orthanc_shows_the_series_in_the_study(tmp_path: Path) -> None
     for description in AI_DESCRIPTIONS.values():
         assert f'"{description}"' in listing
     assert str(pydicom.dcmread(out / "sc.dcm").StudyInstanceUID) in listing
+
+
+def test_demo_fails_early_with_the_reason_when_weights_are_missing(tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "ribnode", "demo", "--work-dir", str(tmp_path / "work"),
+            "--output", str(tmp_path / "out")]
+    env = dict(os.environ, RIBNODE_MODELS__SUPPRESSION_WEIGHTS=str(tmp_path / "absent.onnx"))
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 1
+    assert "suppression weights" in result.stderr and "absent.onnx" in result.stderr
+    assert not (tmp_path / "out" / "before-after.png").exists()
