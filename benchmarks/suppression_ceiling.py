@@ -38,6 +38,11 @@ def main() -> None:
                 f"{args.working} + guided r1 eps1e-4": ("guided", {"radius": 1, "eps": 1e-4})}
     print(f"# BSR ceiling, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
           f"{len(pairs)} held-out pairs; command: {' '.join(sys.argv)}\n")
+    from ribnode.models.metrics import ssim
+
+    x_y = [(p.radiograph.astype(np.float64), p.soft_tissue.astype(np.float64)) for p in pairs]
+    print(f"identity (p = x): PSNR {np.mean([psnr(y, x) for x, y in x_y]):.2f} dB, "
+          f"SSIM {np.mean([ssim(y, x) for x, y in x_y]):.4f} (means)\n")
     print("| true bone layer ... | BSR mean | BSR worst | PSNR gain dB mean |")
     print("|---|---|---|---|")
     for name, how in variants.items():
