@@ -77,3 +77,10 @@ def test_held_out_jsrt_dice(segmenter: RibSegmenter) -> None:
     scores = [dice(segmenter.segment_image(p.radiograph).mask, p.mask)
               for p in (load_pair(PAIRS, case) for case in held)]
     assert np.mean(scores) > 0.70  # measured 0.78 mean over all 24
+
+
+def test_lossless_jpeg2000_copy_gives_the_same_mask(
+        segmenter: RibSegmenter, rg1_files: dict[str, Path]) -> None:
+    uncompressed = segmenter(read_radiograph(rg1_files["RG1_UNCR"])).mask
+    lossless = segmenter(read_radiograph(rg1_files["RG1_J2KR"])).mask
+    assert np.array_equal(uncompressed, lossless)
