@@ -7,7 +7,6 @@ different kernels in torch and ORT; observed differences are ~1e-7).
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 
@@ -145,12 +144,12 @@ def test_infer_writes_masks_of_the_input_size(tiny: tuple[UNet, Path], tmp_path:
     colour = tmp_path / "colour.png"
     Image.fromarray(rng.integers(0, 256, (80, 80, 3), dtype=np.uint8)).save(colour)
     out = tmp_path / "out"
-    # Segmentation only: the rib-suppression part of ``infer`` is tested with its own weights.
-    options = {"suppress": False} if "suppress" in inspect.signature(run_infer).parameters else {}
-    report = run_infer([png8, png16, dcm, colour], out, weights=tiny[1], device="cpu",
-                       threads=1, **options)
-    assert list(report.failed) == [colour]  # reported and skipped, the others are written
-    assert "grayscale" in report.failed[colour]
+    # Segmentation only (--no-soft): the rib-suppression output is tested with its own weights.
+    code = main(["infer", str(png8), str(png16), str(dcm), str(colour), "--output", str(out),
+                 "--weights", str(tiny[1]), "--device", "cpu", "--threads", "1", "--no-soft"])
+    assert code == 1  # the colour PNG is reported and skipped, the others are written
+    report = run_infer([colour], out, weights=tiny[1], device="cpu", threads=1, suppress=False)
+    assert list(report.failed) == [colour] and "grayscale" in report.failed[colour]
     for stem, shape in (("eight", (130, 90)), ("sixteen", (77, 101)), ("chest", (120, 97))):
         mask = np.asarray(Image.open(out / f"{stem}-ribs.png"))
         assert mask.shape == shape and mask.dtype == np.uint8
