@@ -50,7 +50,7 @@ def test_load_pair_derives_the_mask_and_honours_given_masks(tmp_path: Path) -> N
     pair = load_pair(tmp_path, "CASE1", inverted=True, cache_dir=tmp_path / "cache")
     assert pair.radiograph.shape == pair.mask.shape == (128, 128)
     assert np.array_equal(pair.mask, reference_rib_mask(1 - source / 255.0, 1 - target / 255.0))
-    assert list((tmp_path / "cache" / "masks").glob("CASE1-*.png"))  # cached outside the data
+    assert list((tmp_path / "cache").glob("CASE1-*.png"))  # cached outside the data
     (tmp_path / "masks").mkdir()
     Image.fromarray(np.full((128, 128), 255, np.uint8)).save(tmp_path / "masks" / "CASE1.png")
     assert load_pair(tmp_path, "CASE1", cache_dir=None).mask.all()

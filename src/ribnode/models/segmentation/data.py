@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import random
 import re
 from dataclasses import dataclass
@@ -27,7 +28,8 @@ logger.addHandler(logging.NullHandler())
 REFERENCE_THRESHOLD = 0.02
 REFERENCE_SIGMA = 1.0
 REFERENCE_MIN_ISLAND = 30
-DEFAULT_CACHE = Path("/work/cache/ribnode-seg")
+#: Derived masks are cached here (never in the repository): $XDG_CACHE_HOME/ribnode/seg-masks.
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ribnode" / "seg-masks"
 
 
 @dataclass(frozen=True)
@@ -113,12 +115,15 @@ def _cached_mask(data_dir: Path, case_id: str, inverted: bool, radiograph: np.nd
                  soft: np.ndarray, cache_dir: Path | None) -> np.ndarray:
     if cache_dir is None:
         return reference_rib_mask(radiograph, soft)
-    path = cache_dir / "masks" / f"{case_id}-{_cache_key(data_dir, case_id, inverted)}.png"
+    path = cache_dir / f"{case_id}-{_cache_key(data_dir, case_id, inverted)}.png"
     if path.is_file():
         return np.asarray(Image.open(path)) > 127
     mask = reference_rib_mask(radiograph, soft)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(mask.astype(np.uint8) * 255).save(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(mask.astype(np.uint8) * 255).save(path)
+    except OSError as error:  # a read-only home must not stop training or evaluation
+        logger.warning("cannot cache the rib mask of %s in %s: %s", case_id, path.parent, error)
     return mask
 
 
