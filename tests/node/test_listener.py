@@ -14,7 +14,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from ribnode.node.ledger import AuditEventName, AuditOutcome, InstanceState, Ledger
 from ribnode.node.listener import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, DicomListener
-from tests.node.helpers import BASIC_TEXT_SR, c_store, dx_dataset, make_settings, running_listener, write_dataset
+from tests.node.helpers import BASIC_TEXT_SR, c_store, dx_dataset, make_settings, running_listener, wait_for, write_dataset
 from tests.peers.fixtures import echoscu, free_port, storescu
 
 
@@ -177,7 +177,14 @@ def test_association_audited_per_study(listener: DicomListener, ledger: Ledger, 
     study = generate_uid()
     files = [write_dataset(dx_dataset(study, seed=i), tmp_path / f"{i}.dcm") for i in range(3)]
     assert c_store(listener.port, files) == [0, 0, 0]
-    events = [e for e in ledger.audit_events(AuditEventName.INSTANCES_TRANSFERRED) if e.study_instance_uid == study]
+
+    def study_events() -> list:
+        return [
+            e for e in ledger.audit_events(AuditEventName.INSTANCES_TRANSFERRED) if e.study_instance_uid == study
+        ]
+
+    # The event is written when the association is released, which the SCU does not wait for.
+    events = wait_for(study_events, timeout_s=10, what="the association's audit event")
     assert len(events) == 1 and events[0].instance_count == 3 and events[0].source_aet == "PYNETDICOM"
 
 
@@ -213,7 +220,6 @@ def test_file_size_limit_answers_a700(tmp_path: Path) -> None:
 
     import yaml
 
-    from tests.node.helpers import wait_for
     from tests.peers.fixtures import echoscu as echo
 
     port = free_port()
