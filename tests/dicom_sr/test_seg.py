@@ -8,12 +8,14 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from pydicom.uid import generate_uid
 
 from ribnode.config.settings import OutputSettings
 from ribnode.dicom_sr import OutputSet, build_outputs
 from tests.dicom_sr.conftest import write_outputs
 from tests.dicom_sr.inputs import CREATED, model_inputs, synthetic_dx
 from tests.dicom_sr.validation import assert_valid_and_explained as assert_valid
+from tests.peers.fixtures import assert_dicom_valid
 
 DxOutputs = tuple[pydicom.Dataset, OutputSet, dict[str, Path]]
 
@@ -73,14 +75,49 @@ def test_references_and_geometry(dx_outputs: DxOutputs) -> None:
     assert equipment[0].PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
 
 
-def test_pixel_measures_when_source_has_pixel_spacing(tmp_path: Path) -> None:
-    source = synthetic_dx(spacing="pixel")
+@pytest.mark.parametrize("spacing", ["pixel", "imager", "zero", "none"])
+def test_highdicom_reads_back_the_seg_whatever_the_source_spacing(tmp_path: Path, spacing: str) -> None:
+    """Regression: a Pixel Spacing source used to give a Pixel Measures item without Slice
+    Thickness, which dciodvfy accepts but highdicom 0.28 cannot read back. Projection geometry
+    now has no Pixel Measures at all (docs/dicom-conformance.md 2.4)."""
+    source = synthetic_dx(spacing=spacing)
     segmentation, suppression = model_inputs(source)
     outputs = build_outputs(source, segmentation, suppression, OutputSettings(), created=CREATED)
     paths = write_outputs(outputs, tmp_path)
+    assert_dicom_valid(paths["seg"])
     assert_valid(paths["seg"])
-    measures = pydicom.dcmread(paths["seg"]).SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
-    assert [float(v) for v in measures.PixelSpacing] == [0.15, 0.15]
+    written = pydicom.dcmread(paths["seg"])
+    assert "PixelMeasuresSequence" not in written.SharedFunctionalGroupsSequence[0]
+    assert "PixelMeasuresSequence" not in written.PerFrameFunctionalGroupsSequence[0]
+    # Viewers link the SEG to the radiograph through these two (guide: OHIF, Weasis).
+    series = written.ReferencedSeriesSequence[0]
+    assert series.SeriesInstanceUID == source.SeriesInstanceUID
+    assert series.ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    derivation = written.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0]
+    assert derivation.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert derivation.SourceImageSequence[0].SpatialLocationsPreserved == "YES"
+    for seg in (hd.seg.segread(paths["seg"]), hd.seg.Segmentation.from_dataset(outputs.seg)):
+        pixels = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=[source.SOPInstanceUID], segment_numbers=[1]
+        )
+        assert pixels.shape == (1, source.Rows, source.Columns, 1)
+        np.testing.assert_array_equal(pixels[0, :, :, 0].astype(bool), segmentation.mask)
+
+
+def test_source_with_a_frame_of_reference_but_no_position(tmp_path: Path) -> None:
+    """A projection image that carries a Frame of Reference UID (some DX/MG do) but no plane
+    position is still projection geometry: no Pixel Measures, valid and readable."""
+    source = synthetic_dx(spacing="pixel")
+    source.FrameOfReferenceUID = generate_uid(entropy_srcs=["for", source.SOPInstanceUID])
+    segmentation, suppression = model_inputs(source)
+    outputs = build_outputs(source, segmentation, suppression, OutputSettings(), created=CREATED)
+    paths = write_outputs(outputs, tmp_path)
+    assert_dicom_valid(paths["seg"])
+    assert "PixelMeasuresSequence" not in outputs.seg.SharedFunctionalGroupsSequence[0]
+    pixels = hd.seg.segread(paths["seg"]).get_pixels_by_source_instance(
+        source_sop_instance_uids=[source.SOPInstanceUID], segment_numbers=[1]
+    )
+    np.testing.assert_array_equal(pixels[0, :, :, 0].astype(bool), segmentation.mask)
 
 
 def test_synthetic_source_marks_seg_and_sr_synthetic() -> None:

@@ -163,18 +163,16 @@ def test_rg1_cr_chest_round_trip(loop: tuple[OrthancServer, Node], tmp_path: Pat
 def test_synthetic_study_round_trip(loop: tuple[OrthancServer, Node], tmp_path: Path) -> None:
     pacs, node = loop
     chest = generate_chest(11, (1200, 1000))
-    # Imager Pixel Spacing only (the usual DX header): see the xfail test below for Pixel Spacing.
+    # Imager Pixel Spacing only (the usual DX header); a Pixel Spacing source: test below.
     [source_path] = write_dicom_study(chest, tmp_path / "study", 11, photometric="MONOCHROME1")
     run = _round_trip(pacs, node, source_path)
     _check_study(pacs, node, run, tmp_path)
     assert node.ledger.job(run["job"].id).state == JobState.DONE
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError, reason=(
-    "known defect found end to end: with a source Pixel Spacing the SEG gets a Pixel Measures "
-    "item without Slice Thickness (none exists for a projection radiograph); dciodvfy accepts "
-    "it but highdicom 0.28 cannot read the SEG back (dicom_sr.seg, to fix there)"))
 def test_highdicom_reads_back_a_seg_made_from_a_pixel_spacing_source(tmp_path: Path) -> None:
+    """Found end to end (was a strict xfail): a Pixel Spacing source gave a Pixel Measures item
+    without Slice Thickness that highdicom 0.28 could not read; projection SEGs now have none."""
     import highdicom as hd
 
     from ribnode.config.settings import OutputSettings
@@ -190,4 +188,8 @@ def test_highdicom_reads_back_a_seg_made_from_a_pixel_spacing_source(tmp_path: P
     suppression = SuppressionResult(source.pixel_array, np.zeros(mask.shape, np.float32), mask,
                                     0, 1, 256, model)
     seg = build_outputs(source, segmentation, suppression, OutputSettings()).seg
-    hd.seg.Segmentation.from_dataset(seg)
+    read = hd.seg.Segmentation.from_dataset(seg)
+    pixels = read.get_pixels_by_source_instance(
+        source_sop_instance_uids=[source.SOPInstanceUID], segment_numbers=[1]
+    )
+    np.testing.assert_array_equal(pixels[0, :, :, 0].astype(bool), mask.astype(bool))

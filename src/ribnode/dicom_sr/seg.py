@@ -1,9 +1,11 @@
 """DICOM-SEG of the ribs on the original radiograph (PS3.3 A.51, highdicom ``seg.Segmentation``).
 
 One BINARY segment "Ribs" on the source's exact matrix. A projection radiograph has no Frame of
-Reference, so the SEG has one frame and no Plane Position/Orientation; Pixel Measures only when
-the source has a usable spacing. The frame references its source image through the Derivation
-Image Sequence and the Referenced Series Sequence (OHIF and Weasis link SEG to image by them).
+Reference, so the SEG has one frame and no Plane Position/Orientation, and no Pixel Measures either
+(see ``_drop_projection_pixel_measures``): the frame is pixel-aligned with the source (Spatial
+Locations Preserved YES), whose spacing stays the reference. The frame references its source image
+through the Derivation Image Sequence and the Referenced Series Sequence (OHIF and Weasis link SEG
+to image by them).
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 
-from ribnode.dicom_sr.geometry import Spacing, source_spacing
 from ribnode.dicom_sr.provenance import (
     ProcessingContext,
     mark_synthetic_if_source_is,
@@ -137,11 +138,7 @@ def _finish_seg(seg: Dataset, source: Dataset, uids: SegUids) -> None:
     # General Image, Type 2C: required without Image Orientation/Position (PS3.3 C.7.6.1).
     seg.add_new("PatientOrientation", "CS", source.get("PatientOrientation") or None)
     _copy_body_part(seg, source)
-    shared = seg.SharedFunctionalGroupsSequence[0]
-    if "PixelMeasuresSequence" in shared and source_pixel_spacing(source) is None:
-        # highdicom copies the source's Pixel Spacing; a zero or missing spacing means "unknown"
-        # and a projection radiograph has no Frame of Reference to require Pixel Measures.
-        del shared.PixelMeasuresSequence
+    _drop_projection_pixel_measures(seg)
     # highdicom draws a random Dimension Organization UID; keep the object deterministic.
     dimension_uid = uids.dimension_organization_uid
     for item in seg.DimensionOrganizationSequence:
@@ -155,7 +152,23 @@ def _copy_body_part(seg: Dataset, source: Dataset) -> None:
         seg.BodyPartExamined = source.BodyPartExamined
 
 
-def source_pixel_spacing(source: Dataset) -> Spacing | None:
-    """The source's own Pixel Spacing when positive (Imager Pixel Spacing does not count)."""
-    spacing = source_spacing(source)
-    return spacing if spacing is not None and spacing.attribute == "PixelSpacing" else None
+def _drop_projection_pixel_measures(seg: Dataset) -> None:
+    """Remove the Pixel Measures functional group from a SEG with projection geometry.
+
+    highdicom 0.28 copies a projection source's Pixel Spacing into a Pixel Measures item without
+    Slice Thickness (there is none), and its own reader (``Segmentation.from_dataset``,
+    ``segread``) rejects such an item. Slice Thickness is "nominal reconstructed slice thickness
+    (tomographic) or depth of field (optical)" (PS3.3 C.7.6.16.2.1): any value for a projection
+    radiograph would be invented. Without a Frame of Reference the Pixel Measures group is not
+    required in a SEG (highdicom leaves it out for such sources when they lack Pixel Spacing), so
+    it is dropped: the one frame is pixel-aligned with the referenced source, which keeps the
+    spacing. Geometry with plane positions (a Frame of Reference) is left as highdicom made it.
+    """
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    frames = seg.get("PerFrameFunctionalGroupsSequence") or []
+    positioned = "PlanePositionSequence" in shared or any(
+        "PlanePositionSequence" in frame for frame in frames
+    )
+    if "PixelMeasuresSequence" in shared and not positioned:
+        logger.debug("SEG %s: projection geometry, Pixel Measures left out", seg.SOPInstanceUID)
+        del shared.PixelMeasuresSequence
