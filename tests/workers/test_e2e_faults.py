@@ -2,7 +2,9 @@
 
 - the PACS is down when the results are ready, then comes back: delivered, once;
 - the worker process running the job is SIGKILLed mid-job: the job runs again (acks_late +
-  reject_on_worker_lost) and the PACS holds exactly one copy of each output.
+  reject_on_worker_lost) and the PACS holds exactly one copy of each output;
+- the whole worker (main process and pool) is SIGKILLed mid-job: after a restart the job's
+  lease is reclaimed and the job runs again.
 """
 
 from __future__ import annotations
@@ -132,14 +134,10 @@ def _kill_mid_job_and_check(settings, pacs: OrthancServer, worker: subprocess.Po
     ledger.dispose()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "known gap: when the whole worker (main process and pool) dies, the task message is gone "
-    "(filesystem broker: removed when fetched) or held unacknowledged until the Redis "
-    "visibility timeout (1 h), and nothing re-enqueues a job left 'running'; needs a "
-    "heartbeat/lease on running jobs and a sweeper (node ledger/completion)"))
 def test_whole_worker_killed_mid_job_runs_again_after_restart(tmp_path: Path) -> None:
     require_weights()
-    settings = e2e_settings(tmp_path / "node", **{"models.suppression_steps": 24})
+    # A short lease (a real setting) so that the expiry path is exercised quickly too.
+    settings = e2e_settings(tmp_path / "node", **{"models.suppression_steps": 24, "broker.job_lease_s": 4.0})
     config = tmp_path / "ribnode.yaml"
     config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
     ledger = Ledger(settings.ledger.url)
@@ -164,11 +162,20 @@ def test_whole_worker_killed_mid_job_runs_again_after_restart(tmp_path: Path) ->
         with running_listener(settings, ledger) as listener, completion:
             assert c_store(listener.port, [source]) == [0]
             wait_for(lambda: b"models loaded" in (tmp_path / "worker-1.log").read_bytes(), 120, "models")
-            wait_for(lambda: job_of_study(ledger, study_uid, JobState.RUNNING), 30, "the job to run")
+            job = wait_for(lambda: job_of_study(ledger, study_uid, JobState.RUNNING), 30, "the job to run")
             os.killpg(first.pid, signal.SIGKILL)  # the host or container dies
             first.wait(timeout=10)
             second = start("worker-2")
-            wait_for(lambda: job_of_study(ledger, study_uid), 20, "the job to be done after the restart")
+            done = wait_for(lambda: job_of_study(ledger, study_uid), 180, "the job to be done after the restart")
+        states = [t.to_state for t in ledger.transitions(done.id)]
+        assert states[:4] == ["received", "queued", "running", "received"], states
+        assert states[4:6] == ["queued", "running"] and states[-1] == "done", states
+        outbox = [p for p in (tmp_path / "node" / "outbox").rglob("*") if p.is_file()]
+        assert len(outbox) == 3, outbox  # SC, SEG, SR: each once although the job ran twice
+        assert ledger.job_row(job.id).attempts == 2
+        recovered = [e for e in ledger.audit_events(AuditEventName.APPLICATION_ACTIVITY)
+                     if e.detail and e.detail.startswith(f"job {job.id}: worker ")]
+        assert len(recovered) == 1 and recovered[0].study_instance_uid == study_uid
     finally:
         for proc in (first, second):
             if proc is not None and proc.poll() is None:

@@ -82,6 +82,9 @@ class BrokerSettings(BaseModel):
     # Redis: an unacknowledged task (acks_late) is delivered again after this long, seconds;
     # must exceed the longest job.
     visibility_timeout_s: float = 3600.0
+    # Lease of a running job, seconds: the worker running it renews it every third of this;
+    # a job still "running" with an expired lease (its worker died) is sent again.
+    job_lease_s: float = Field(default=60.0, gt=0)
 
 
 class RoutingSettings(BaseModel):

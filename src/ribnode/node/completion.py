@@ -6,6 +6,12 @@ job of its pending instances, committed in the ledger *before* the task is publi
 instance that arrives after its study was dispatched is pending again and makes a follow-up job
 with only the new instances. When the broker refuses a task, the job stays "received" with the
 error and is retried every ``enqueue_retry_s``; jobs left "received" by a crash are sent on start.
+
+Every job reads received -> queued -> running: :func:`dispatch` commits "queued" *before* it
+publishes (a worker can take the task the instant it is published), and moves the job back to
+"received" with the error when publishing fails. Each pass also reclaims jobs left "running"
+by a dead worker (their lease, ``broker.job_lease_s``, expired): they go back to "received" and
+are sent again like any other.
 """
 
 from __future__ import annotations
@@ -52,6 +58,29 @@ def model_versions(models: ModelSettings) -> dict[str, str]:
     return out
 
 
+class EnqueueError(RuntimeError):
+    """The broker did not take a job's task (the job is back in "received")."""
+
+
+def dispatch(ledger: Ledger, enqueue: Enqueue, job: JobRef) -> bool:
+    """Send a "received" job to the broker: received -> queued is committed first, then the
+    task is published (so it is enqueued only after the ledger commit, and a worker always
+    finds it queued). Returns False when another dispatcher had already taken the job.
+    When publishing fails the job goes back to "received" with the error and the exception
+    :class:`EnqueueError` is raised (the caller retries later)."""
+    if not ledger.mark_queued(job.id):
+        return False
+    try:
+        task_id = enqueue(job)
+    except Exception as exc:  # kombu/redis raise many types; any means "not sent"
+        error = f"{type(exc).__name__}: {exc}"
+        ledger.unqueue(job.id, f"enqueue failed: {error}")
+        raise EnqueueError(error) from exc
+    ledger.record_task_id(job.id, task_id)
+    logger.info("job %d queued as task %s", job.id, task_id)
+    return True
+
+
 class StudyCompletion:
     """The completion thread of ``ribnode serve``. ``tick()`` does one pass (tests call it)."""
 
@@ -64,6 +93,7 @@ class StudyCompletion:
     ) -> None:
         self.spool = settings.spool
         self.retry_s = settings.broker.enqueue_retry_s
+        self.lease_s = settings.broker.job_lease_s
         self.ledger = ledger
         self.enqueue = enqueue
         self.versions = versions if versions is not None else model_versions(settings.models)
@@ -72,8 +102,10 @@ class StudyCompletion:
         self._thread: threading.Thread | None = None
 
     def tick(self) -> list[JobRef]:
-        """Create jobs for due studies and (re)send unsent jobs; returns the jobs created."""
+        """Create jobs for due studies, reclaim jobs whose worker died and (re)send unsent
+        jobs; returns the jobs created."""
         created = []
+        self.ledger.reclaim_running(self.lease_s)
         for study_id in self.ledger.due_studies(self.spool.quiet_period_s, self.spool.max_wait_s):
             job = self.ledger.create_job(study_id, self.versions)
             if job is not None:
@@ -88,16 +120,14 @@ class StudyCompletion:
         if self._next_try.get(job.id, 0.0) > now:
             return
         try:
-            task_id = self.enqueue(job)
-        except Exception as exc:  # kombu/redis raise many types; any means "not sent yet"
+            dispatch(self.ledger, self.enqueue, job)
+        except EnqueueError as exc:
             self._next_try[job.id] = now + self.retry_s
-            error = f"enqueue failed, will retry in {self.retry_s:g} s: {type(exc).__name__}: {exc}"
+            error = f"enqueue failed, will retry in {self.retry_s:g} s: {exc}"
             logger.warning("job %d: %s", job.id, error)
-            self.ledger.record_enqueue_error(job.id, error)
+            self.ledger.record_job_error(job.id, error)
             return
         self._next_try.pop(job.id, None)
-        self.ledger.mark_queued(job.id, task_id)
-        logger.info("job %d queued as task %s", job.id, task_id)
 
     def _next_wait(self) -> float:
         """Sleep until the next study is due, at most one poll interval (new instances can

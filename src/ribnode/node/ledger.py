@@ -417,15 +417,95 @@ class Ledger:
             raise LedgerError(f"no job with id {job_id}")
         return job
 
-    def mark_queued(self, job_id: int, task_id: str) -> bool:
-        """received -> queued after the broker accepted the task (no-op if a worker was faster)."""
+    def mark_queued(self, job_id: int, task_id: str | None = None) -> bool:
+        """received -> queued, committed *before* the task is published (so a worker always
+        finds the job queued, never still received). Returns False when the job is not
+        "received" (another dispatcher took it): the caller must then not publish."""
         with self._write() as s:
-            s.execute(
+            if not self._move(s, job_id, JobState.QUEUED, {JobState.RECEIVED}):
+                return False
+            values: dict[str, Any] = {"enqueue_attempts": Job.enqueue_attempts + 1}
+            if task_id is not None:
+                values["task_id"] = task_id
+            s.execute(update(Job).where(Job.id == job_id).values(**values))
+            return True
+
+    def record_task_id(self, job_id: int, task_id: str) -> None:
+        """The broker accepted the job's task under ``task_id``."""
+        with self._write() as s:
+            s.execute(update(Job).where(Job.id == job_id).values(task_id=task_id))
+
+    def unqueue(self, job_id: int, error: str) -> bool:
+        """queued -> received with the error: publishing failed after :meth:`mark_queued`,
+        so the dispatcher's retry loop sends it again. No-op (False) when a worker already
+        holds the job (the publish went through after all)."""
+        with self._write() as s:
+            return self._move(s, job_id, JobState.RECEIVED, {JobState.QUEUED}, error)
+
+    # -- leases: a running job belongs to one worker while its lease is renewed ------------
+
+    def claim(self, job_id: int, worker: str, lease_s: float, from_states: set[JobState]) -> bool:
+        """Move a job to "running" for ``worker`` with a lease of ``lease_s`` seconds, if it is
+        in one of ``from_states``. Returns False when it was not."""
+        with self._write() as s:
+            if not self._move(s, job_id, JobState.RUNNING, from_states):
+                return False
+            job = s.get(Job, job_id)
+            if job is None:  # _move found it in this transaction
+                raise LedgerError(f"no job with id {job_id}")
+            job.worker = worker
+            job.lease_until = utcnow() + timedelta(seconds=lease_s)
+            return True
+
+    def renew_lease(self, job_id: int, worker: str, lease_s: float) -> bool:
+        """Extend ``worker``'s lease on a running job; False when the job is no longer
+        running for that worker (finished, or reclaimed after the lease expired)."""
+        with self._write() as s:
+            result = s.execute(
                 update(Job)
-                .where(Job.id == job_id)
-                .values(task_id=task_id, enqueue_attempts=Job.enqueue_attempts + 1)
+                .where(Job.id == job_id, Job.state == str(JobState.RUNNING), Job.worker == worker)
+                .values(lease_until=utcnow() + timedelta(seconds=lease_s))
             )
-            return self._move(s, job_id, JobState.QUEUED, {JobState.RECEIVED})
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def reclaim_running(
+        self, lease_s: float, worker: str | None = None, started_at: datetime | None = None
+    ) -> list[JobRef]:
+        """Move back to "received" (so the dispatcher sends them again) the running jobs whose
+        holder is gone: those with an expired lease (no lease: not updated for ``lease_s``)
+        and, when ``worker`` is given, those ``worker`` last renewed before ``started_at``
+        (the same worker restarted: its predecessor died). One transaction, so a heartbeat
+        cannot renew a lease between the check and the move. Each is audited."""
+        now = utcnow()
+        expired = (Job.lease_until < now) | (
+            Job.lease_until.is_(None) & (Job.updated_at < now - timedelta(seconds=lease_s))
+        )
+        if worker is not None and started_at is not None:
+            renewed_before = Job.lease_until < started_at + timedelta(seconds=lease_s)
+            expired = expired | ((Job.worker == worker) & renewed_before)
+        query = (
+            select(Job, Study.study_instance_uid)
+            .join(Study, Study.id == Job.study_id)
+            .where(Job.state == str(JobState.RUNNING), expired)
+            .order_by(Job.id)
+            .with_for_update()
+        )
+        moved: list[JobRef] = []
+        with self._write() as s:
+            for job, study_uid in s.execute(query).all():
+                holder, until = job.worker, job.lease_until
+                error = f"worker {holder or 'unknown'} lost the job (lease until {until}); sent again"
+                if not self._move(s, job.id, JobState.RECEIVED, {JobState.RUNNING}, error):
+                    continue
+                s.add(AuditEvent(
+                    at=now, event=str(AuditEventName.APPLICATION_ACTIVITY),
+                    outcome=AuditOutcome.MINOR_FAILURE, study_instance_uid=study_uid,
+                    detail=f"job {job.id}: {error}",
+                ))
+                moved.append(_job_ref(job, study_uid))
+        if moved:
+            logger.warning("reclaimed running jobs %s (their worker is gone)", [j.id for j in moved])
+        return moved
 
     def record_enqueue_error(self, job_id: int, error: str) -> None:
         """The broker refused the task: the job stays "received" with the error."""
@@ -479,6 +559,8 @@ class Ledger:
             job.last_error = error
         if to_state == JobState.RUNNING:
             job.attempts += 1
+        else:
+            job.lease_until = None  # only a running job holds a lease
         return True
 
     def transitions(self, job_id: int) -> list[JobTransition]:

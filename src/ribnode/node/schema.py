@@ -125,6 +125,10 @@ class Job(Base):
     task_id: Mapped[str | None] = mapped_column(String(64))
     model_versions: Mapped[str] = mapped_column(Text)  # JSON
     last_error: Mapped[str | None] = mapped_column(Text)
+    # The worker holding a running job and until when (renewed by its heartbeat); a running
+    # job whose lease expired is sent again (its worker died).
+    worker: Mapped[str | None] = mapped_column(String(255))
+    lease_until: Mapped[datetime | None] = mapped_column(index=True)
 
 
 class JobTransition(Base):

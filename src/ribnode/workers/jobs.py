@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
+import socket
+import threading
 from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING
 
 from ribnode.config.settings import Settings
@@ -33,6 +37,43 @@ logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
 
 CLAIMABLE = {JobState.RECEIVED, JobState.QUEUED, JobState.RUNNING}
+
+
+def default_worker_id() -> str:
+    """Who holds a job when no Celery node name is given: host and process id."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class LeaseHeartbeat:
+    """Renews ``worker``'s lease on a running job every third of ``lease_s`` in a daemon
+    thread while the job runs (``with LeaseHeartbeat(...)``). If the worker process dies the
+    renewals stop, the lease expires and a sweeper sends the job again
+    (:meth:`Ledger.reclaim_running`). A failed renewal (ledger briefly unreachable) is logged
+    and tried again at the next beat."""
+
+    def __init__(self, ledger: Ledger, job_id: int, worker: str, lease_s: float) -> None:
+        self.ledger, self.job_id, self.worker, self.lease_s = ledger, job_id, worker, lease_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"lease-job-{job_id}", daemon=True)
+
+    def _beat(self) -> None:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        while not self._stop.wait(self.lease_s / 3):
+            try:
+                if not self.ledger.renew_lease(self.job_id, self.worker, self.lease_s):
+                    return  # no longer running for this worker: nothing left to hold
+            except SQLAlchemyError as exc:
+                logger.warning("job %d: lease renewal failed (%s); next beat tries again", self.job_id, exc)
+
+    def __enter__(self) -> LeaseHeartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
 
 
 def process_instance(path: Path, settings: Settings) -> InstanceCheck:
@@ -80,9 +121,14 @@ def _check_all(instances: list[SpooledInstance], spool: Spool, settings: Setting
     return errors, output_sets
 
 
-def run_job(job_id: int, settings: Settings, ledger: Ledger, step: ModelStep | None = None) -> None:
+def run_job(job_id: int, settings: Settings, ledger: Ledger, step: ModelStep | None = None,
+            worker: str | None = None) -> None:
     """Run one job to "done" (or "failed" when no instance can be used). Idempotent: a job
     already finished is left alone, so a duplicate delivery does nothing.
+
+    The job is claimed for ``worker`` (the Celery node name; default host:pid) with a lease of
+    ``broker.job_lease_s`` that a heartbeat renews while it runs: if this process dies, the
+    lease expires and the job is sent again.
 
     With ``step`` (the worker task always passes one) the usable instances go through the
     models and their objects are delivered: the job goes "exporting", then "done" (or stays
@@ -92,9 +138,17 @@ def run_job(job_id: int, settings: Settings, ledger: Ledger, step: ModelStep | N
     if job.state in TERMINAL_JOB_STATES:
         logger.info("job %d already %s: nothing to do", job_id, job.state)
         return
-    if not ledger.transition(job_id, JobState.RUNNING, from_states=CLAIMABLE):
+    worker = worker or default_worker_id()
+    lease_s = settings.broker.job_lease_s
+    if not ledger.claim(job_id, worker, lease_s, CLAIMABLE):
         logger.info("job %d is %s, not claimable", job_id, ledger.job(job_id).state)
         return
+    with LeaseHeartbeat(ledger, job_id, worker, lease_s):
+        _run_claimed(job_id, settings, ledger, step)
+
+
+def _run_claimed(job_id: int, settings: Settings, ledger: Ledger, step: ModelStep | None) -> None:
+    """The work of a claimed job (see :func:`run_job`)."""
     instances = ledger.job_instances(job_id)
     errors, output_sets = _check_all(instances, Spool(settings.spool.directory), settings, ledger, step)
     if instances and len(errors) == len(instances):

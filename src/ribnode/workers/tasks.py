@@ -42,7 +42,8 @@ def process_study(self: Task, job_id: int) -> None:
 
     settings, ledger = worker_context(self.app)
     try:
-        run_job(job_id, settings, ledger, step=model_step(self.app, settings))
+        run_job(job_id, settings, ledger, step=model_step(self.app, settings),
+                worker=self.request.hostname or None)
     except Exception as exc:  # any error left by run_job is treated as transient: retry
         error = f"{type(exc).__name__}: {exc}"
         retries = int(self.request.retries or 0)

@@ -1,0 +1,91 @@
+"""Recovery of jobs whose worker died: the lease sweep (a worker bootstep).
+
+A worker holds each running job under a lease (``broker.job_lease_s``) that a heartbeat renews
+(:class:`ribnode.workers.jobs.LeaseHeartbeat`). When a whole worker is killed (main process and
+pool: host or container lost), its task message is gone (filesystem broker) or held until the
+Redis visibility timeout, and the job would stay "running" forever. This sweep moves such jobs
+back to "received" (:meth:`Ledger.reclaim_running`) and sends them again through the
+dispatcher's path (:func:`ribnode.node.completion.dispatch`): at start-up, every job this same
+node name held before it restarted; then every half lease, every job whose lease expired.
+``ribnode serve``'s completion thread reclaims expired leases too. Running a job twice is safe:
+its outputs have deterministic UIDs and each delivery is sent once (``node.export``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from datetime import datetime
+from typing import Any
+
+from celery import Celery, bootsteps
+from sqlalchemy.exc import SQLAlchemyError
+
+from ribnode.config.settings import Settings
+from ribnode.node.completion import EnqueueError, dispatch
+from ribnode.node.ledger import Ledger, utcnow
+from ribnode.workers.app import enqueue_job
+
+logger = logging.getLogger(__name__)
+logger.addHandler(logging.NullHandler())
+
+
+def sweep_leases(app: Celery, settings: Settings, worker: str | None = None,
+                 started_at: datetime | None = None) -> list[int]:
+    """Reclaim running jobs whose worker is gone and send them again; the job ids sent. With
+    ``worker`` and ``started_at`` (a starting worker), also the jobs that node name held
+    before ``started_at``. A short-lived ledger connection (safe in a forking worker); a job
+    the broker refuses stays "received" for the dispatcher's retry loop."""
+    ledger = Ledger(settings.ledger.url, migrate=False)
+    sent: list[int] = []
+    try:
+        for job in ledger.reclaim_running(settings.broker.job_lease_s, worker, started_at):
+            try:
+                if dispatch(ledger, functools.partial(enqueue_job, app), job):
+                    sent.append(job.id)
+            except EnqueueError as exc:
+                logger.warning("job %d reclaimed but not sent (%s); the dispatcher retries it", job.id, exc)
+    except SQLAlchemyError as exc:
+        logger.warning("lease sweep failed (%s); trying again at the next sweep", exc)
+    finally:
+        ledger.dispose()
+    if sent:
+        logger.warning("sent again jobs %s (their worker died mid-job)", sent)
+    return sent
+
+
+class LeaseSweep(bootsteps.StartStopStep):
+    """Worker bootstep: at start, reclaim the jobs this node name held before (its predecessor
+    was killed), then every half lease reclaim jobs with an expired lease. A daemon thread,
+    started after the pool (like the export sweep)."""
+
+    requires = ("celery.worker.components:Pool",)
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, parent: Any) -> None:
+        app = parent.app
+        settings: Settings | None = getattr(app, "ribnode_settings", None)
+        if settings is None:
+            return
+        worker = str(getattr(parent, "hostname", "") or "") or None
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._loop, args=(app, settings, worker, utcnow()), name="ribnode-lease-sweep", daemon=True
+        )
+        self._thread.start()
+
+    def _loop(self, app: Celery, settings: Settings, worker: str | None, started_at: datetime) -> None:
+        sweep_leases(app, settings, worker, started_at)
+        while not self._stop.wait(settings.broker.job_lease_s / 2):
+            sweep_leases(app, settings)
+
+    def stop(self, parent: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
