@@ -135,3 +135,34 @@ def test_completion_wakes_when_the_study_is_due(node_settings: Settings, ledger:
     time.sleep(wait)
     assert len(completion.tick()) == 1  # due exactly then
     assert completion._next_wait() == 5.0
+
+
+def test_dispatch_commits_queued_before_publishing(node_settings: Settings, ledger: Ledger,
+                                                   listener: DicomListener) -> None:
+    """The worker may take a task the instant it is published, so the job must already read
+    "queued" in the ledger then; a refused publish puts it back to "received" for the retry."""
+    seen: list[str] = []
+    refuse = [True]
+
+    def enqueue(job: JobRef) -> str:
+        other = Ledger(ledger.url, migrate=False)  # what a worker process reads
+        seen.append(other.job(job.id).state)
+        other.dispose()
+        if refuse[0]:
+            raise ConnectionError("broker refused")
+        return f"task-{job.id}"
+
+    completion = StudyCompletion(node_settings, ledger, enqueue, versions=VERSIONS)
+    completion.retry_s = 0.0
+    assert c_store(listener.port, [dx_dataset()]) == [0]
+    time.sleep(node_settings.spool.quiet_period_s + 0.1)
+    [job] = completion.tick()
+    row = ledger.job_row(job.id)
+    assert row.state == JobState.RECEIVED and "broker refused" in row.last_error and row.task_id is None
+    refuse[0] = False
+    completion.tick()
+    assert seen == ["queued", "queued"]
+    row = ledger.job_row(job.id)
+    assert row.state == JobState.QUEUED and row.task_id == f"task-{job.id}" and row.enqueue_attempts == 2
+    states = [t.to_state for t in ledger.transitions(job.id)]
+    assert states == ["received", "queued", "received", "queued"]

@@ -9,6 +9,8 @@ import pytest
 from sqlalchemy import inspect
 
 from ribnode.node.ledger import (
+    AuditEventName,
+    AuditOutcome,
     InstanceCheck,
     InstanceState,
     JobState,
@@ -140,3 +142,44 @@ def test_concurrent_first_migrations(tmp_path: Path, request) -> None:
         errors = [p.communicate(timeout=120)[1] for p in procs]
         assert [p.returncode for p in procs] == [0] * 4, errors
         assert Ledger(url).summary().studies == 0
+
+
+def test_lease_claim_renew_and_reclaim(any_ledger: Ledger) -> None:
+    """A running job is held under a lease: renewed by its worker, reclaimed (back to
+    "received", audited) once it expires or when the same node name restarted."""
+    import time
+    from datetime import timedelta
+
+    from ribnode.node.ledger import utcnow
+
+    led = any_ledger
+    led.record_instance(received("4.1", "4.1.1"))
+    job = led.create_job(led.due_studies(0, 3600)[0], VERSIONS)
+    assert led.mark_queued(job.id)
+    assert led.claim(job.id, "w1", 1.0, {JobState.QUEUED})
+    assert not led.claim(job.id, "w2", 1.0, {JobState.QUEUED})  # already running
+    assert led.job_row(job.id).worker == "w1"
+    assert led.reclaim_running(1.0) == []  # lease still valid
+    time.sleep(0.6)
+    assert led.renew_lease(job.id, "w1", 1.0) and not led.renew_lease(job.id, "w2", 1.0)
+    time.sleep(0.6)
+    assert led.reclaim_running(1.0) == []  # renewed 0.6 s ago: still held
+    time.sleep(0.5)
+    [back] = led.reclaim_running(1.0)
+    assert back.id == job.id and led.job(job.id).state == JobState.RECEIVED
+    assert not led.renew_lease(job.id, "w1", 1.0)  # the dead worker's lease is gone
+    assert "worker w1 lost the job" in led.job_row(job.id).last_error
+    [audit] = [e for e in led.audit_events(AuditEventName.APPLICATION_ACTIVITY) if e.detail.startswith("job ")]
+    assert audit.study_instance_uid == "4.1" and audit.outcome == AuditOutcome.MINOR_FAILURE
+    # The same node name restarting reclaims at once what it held before (lease not expired),
+    # but not a job it claimed after it started.
+    assert led.mark_queued(job.id) and led.claim(job.id, "w1", 60, {JobState.QUEUED})
+    started = utcnow() + timedelta(seconds=1)
+    assert led.reclaim_running(60) == [] and led.reclaim_running(60, "w2", started) == []
+    assert [j.id for j in led.reclaim_running(60, "w1", started)] == [job.id]
+    assert led.mark_queued(job.id) and led.claim(job.id, "w1", 60, {JobState.QUEUED})
+    assert led.reclaim_running(60, "w1", utcnow() - timedelta(seconds=1)) == []
+    assert led.job_row(job.id).attempts == 3
+    states = [t.to_state for t in led.transitions(job.id)]
+    assert states == ["received", "queued", "running", "received", "queued", "running", "received",
+                      "queued", "running"]

@@ -134,10 +134,15 @@ def _kill_mid_job_and_check(settings, pacs: OrthancServer, worker: subprocess.Po
     ledger.dispose()
 
 
-def test_whole_worker_killed_mid_job_runs_again_after_restart(tmp_path: Path) -> None:
+@pytest.mark.parametrize("broker", ["filesystem", "redis"])
+def test_whole_worker_killed_mid_job_runs_again_after_restart(tmp_path: Path, broker: str, request) -> None:
+    """The killed worker's task message is gone (filesystem) or held unacknowledged until the
+    Redis visibility timeout: the restarted worker reclaims the job's lease and sends it again."""
     require_weights()
+    url = "filesystem://" if broker == "filesystem" else request.getfixturevalue("redis_url")
     # A short lease (a real setting) so that the expiry path is exercised quickly too.
-    settings = e2e_settings(tmp_path / "node", **{"models.suppression_steps": 24, "broker.job_lease_s": 4.0})
+    settings = e2e_settings(tmp_path / "node", **{"models.suppression_steps": 24, "broker.job_lease_s": 4.0,
+                                                  "broker.url": url})
     config = tmp_path / "ribnode.yaml"
     config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
     ledger = Ledger(settings.ledger.url)
@@ -179,6 +184,10 @@ def test_whole_worker_killed_mid_job_runs_again_after_restart(tmp_path: Path) ->
     finally:
         for proc in (first, second):
             if proc is not None and proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=30)
+                proc.terminate()  # the main process: a warm shutdown stops its pool itself
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=10)
         ledger.dispose()
