@@ -34,3 +34,4 @@ $PY benchmarks/suppression_speed.py --threads 2 --repeats 5 --steps 4 | tee "$OU
 $PY benchmarks/suppression_speed.py --threads 2 --repeats 3 --steps 1 2 4 8 16 32 --no-peer | tee "$OUT/speed-steps.md"
 # 5. before/after picture
 $PY benchmarks/suppression_figure.py --steps 4
+$PY benchmarks/suppression_subset.py "$OUT/eval-diffusion.json" | tee "$OUT/subset.txt"
