@@ -490,6 +490,9 @@ class Ledger:
             .order_by(Job.id)
             .with_for_update()
         )
+        with self.session() as s:  # the usual answer is "none": no write lock for it
+            if s.scalar(select(func.count(Job.id)).where(Job.state == str(JobState.RUNNING), expired)) == 0:
+                return []
         moved: list[JobRef] = []
         with self._write() as s:
             for job, study_uid in s.execute(query).all():
