@@ -158,6 +158,7 @@ def test_lease_claim_renew_and_reclaim(any_ledger: Ledger) -> None:
     assert led.mark_queued(job.id)
     assert led.claim(job.id, "w1", 1.0, {JobState.QUEUED})
     assert not led.claim(job.id, "w2", 1.0, {JobState.QUEUED})  # already running
+    assert not led.claim(job.id, "w2", 1.0, {JobState.RUNNING})  # held by w1's valid lease
     assert led.job_row(job.id).worker == "w1"
     assert led.reclaim_running(1.0) == []  # lease still valid
     time.sleep(0.6)
@@ -179,7 +180,8 @@ def test_lease_claim_renew_and_reclaim(any_ledger: Ledger) -> None:
     assert [j.id for j in led.reclaim_running(60, "w1", started)] == [job.id]
     assert led.mark_queued(job.id) and led.claim(job.id, "w1", 60, {JobState.QUEUED})
     assert led.reclaim_running(60, "w1", utcnow() - timedelta(seconds=1)) == []
-    assert led.job_row(job.id).attempts == 3
+    assert led.claim(job.id, "w1", 60, {JobState.RUNNING})  # w1's own redelivery (pool child died)
+    assert led.job_row(job.id).attempts == 4
     states = [t.to_state for t in led.transitions(job.id)]
     assert states == ["received", "queued", "running", "received", "queued", "running", "received",
-                      "queued", "running"]
+                      "queued", "running", "running"]

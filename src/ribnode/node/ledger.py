@@ -446,13 +446,18 @@ class Ledger:
 
     def claim(self, job_id: int, worker: str, lease_s: float, from_states: set[JobState]) -> bool:
         """Move a job to "running" for ``worker`` with a lease of ``lease_s`` seconds, if it is
-        in one of ``from_states``. Returns False when it was not."""
+        in one of ``from_states``. Returns False when it was not, or when the job is running
+        under another worker's valid lease (a duplicate delivery while its holder is alive)."""
         with self._write() as s:
+            job = s.get(Job, job_id, with_for_update=True)
+            if job is None:
+                raise LedgerError(f"no job with id {job_id}")
+            held = job.state == JobState.RUNNING and job.worker not in (None, worker)
+            if held and job.lease_until is not None and job.lease_until > utcnow():
+                logger.info("job %d is held by %s until %s", job_id, job.worker, job.lease_until)
+                return False
             if not self._move(s, job_id, JobState.RUNNING, from_states):
                 return False
-            job = s.get(Job, job_id)
-            if job is None:  # _move found it in this transaction
-                raise LedgerError(f"no job with id {job_id}")
             job.worker = worker
             job.lease_until = utcnow() + timedelta(seconds=lease_s)
             return True
