@@ -8,6 +8,7 @@ have Orthanc || need+=(orthanc)
 [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || ls /usr/share/orthanc/plugins/*DicomWeb* >/dev/null 2>&1 || need+=(orthanc-dicomweb)
 have storescu || need+=(dcmtk)
 have dciodvfy || need+=(dicom3tools)
+python3 -c "import venv, ensurepip" >/dev/null 2>&1 || need+=(python3-venv)
 if [ "${1:-}" = "test" ]; then
   have redis-server || need+=(redis-server)
   have pg_ctlcluster || need+=(postgresql)
