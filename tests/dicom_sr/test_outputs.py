@@ -150,3 +150,19 @@ def test_unknown_source_class_is_named() -> None:
     source.SOPClassUID = "1.2.3.4.5"
     with pytest.raises(ValueError, match="1.2.3.4.5 is not a standard image storage class"):
         build_outputs(source, segmentation, suppression, OutputSettings(), created=CREATED)
+
+
+@pytest.mark.parametrize("keyword", ["PatientBirthDate", "PatientSex", "StudyDate", "AccessionNumber"])
+def test_source_without_a_type2_attribute_still_gives_valid_outputs(keyword: str, tmp_path: Path) -> None:
+    """Modalities leave Type 2 patient/study attributes out; the outputs carry them empty."""
+    from tests.dicom_sr.validation import assert_valid
+
+    source = synthetic_dx()
+    if keyword in source:
+        delattr(source, keyword)
+    segmentation, suppression = model_inputs(source)
+    outputs = build_outputs(source, segmentation, suppression, OutputSettings(), created=CREATED)
+    assert keyword not in source  # the caller's dataset is left alone
+    for kind, path in write_outputs(outputs, tmp_path).items():
+        assert_valid(path)
+        assert pydicom.dcmread(path).get(keyword, "missing") in ("", None), (kind, keyword)

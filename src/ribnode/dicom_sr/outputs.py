@@ -116,6 +116,30 @@ def output_uids(
     return sc, seg, sr
 
 
+# Type 2 attributes of the Patient and General Study modules (PS3.3 C.7.1.1, C.7.2.1): a
+# modality may leave them out, but every output must carry them (empty when unknown), and
+# highdicom reads them from the source.
+_PATIENT_STUDY_TYPE2 = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+    "ReferringPhysicianName", "StudyID", "AccessionNumber",
+)
+
+
+def _source_header(source: pydicom.Dataset) -> pydicom.Dataset:
+    """The source's header without Pixel Data, with missing Type 2 patient/study attributes
+    present and empty, so that copying them into the outputs never fails."""
+    header = pydicom.Dataset()
+    for element in source:
+        if element.tag != 0x7FE00010:
+            header.add(element)
+    if hasattr(source, "file_meta"):
+        header.file_meta = source.file_meta
+    for keyword in _PATIENT_STUDY_TYPE2:
+        if keyword not in header:
+            setattr(header, keyword, None)
+    return header
+
+
 def build_outputs(
     source: pydicom.Dataset,
     segmentation: SegmentationResult,
@@ -125,6 +149,7 @@ def build_outputs(
 ) -> OutputSet:
     """SC, SEG and SR for ``source``, with deterministic UIDs and provenance records."""
     source_uid = _check_inputs(source, segmentation, suppression)
+    source = _source_header(source)
     created = created if created is not None else datetime.datetime.now().astimezone()
     context = ProcessingContext(
         created=created, node_id=settings.node_id,
