@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import datetime
-import platform
 import statistics
 import sys
 import tempfile
@@ -26,17 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ribnode.config.settings import OutputSettings  # noqa: E402
 from ribnode.dicom_sr import build_outputs  # noqa: E402
 from tests.dicom_sr.inputs import model_inputs, synthetic_dx  # noqa: E402
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (Linux), else the platform's processor string."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 
 
 def time_case(source: pydicom.Dataset, repeats: int, label: bool) -> tuple[float, float, float]:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import logging
-import platform
 import statistics
 import sys
 import tempfile
@@ -46,6 +45,7 @@ from ribnode.config.settings import Settings, load_settings  # noqa: E402
 from ribnode.demo import DEMO_AE, demo_routing, start_node, write_config  # noqa: E402
 from ribnode.node.ledger import Ledger  # noqa: E402
 from ribnode.node.orthanc import OrthancServer, free_port  # noqa: E402
+from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 
 POLL_S = 0.05
 # received -> running is one phase: with Redis the worker may start the job before the
@@ -63,13 +63,6 @@ class Run:
     cold: bool
     total: float
     phases: dict[str, float]
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def node_settings(work: Path, pacs: OrthancServer, args: argparse.Namespace) -> Settings:

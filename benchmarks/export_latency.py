@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import logging
-import platform
 import statistics
 import sys
 import tempfile
@@ -45,17 +44,7 @@ from tests.node.export_helpers import (  # noqa: E402
     stow,
 )
 from tests.peers.fixtures import pydicom_data_dir  # noqa: E402
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (Linux), else the platform's processor string."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 
 
 def median_s(action: Callable[[], object], repeats: int) -> float:

@@ -40,6 +40,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from ribnode.node.orthanc import OrthancServer, free_port
+from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 
 DX = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
 RIBNODE = [sys.executable, "-m", "ribnode"]
@@ -208,13 +209,6 @@ def completion_latency(files: list[Path], quiet_periods: list[float], work: Path
         finally:
             node.stop()
     return out
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def report(args: argparse.Namespace, rates: dict[str, list[float]], latency: list[tuple[float, float]],

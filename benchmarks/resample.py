@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import statistics
 import sys
 import time
@@ -37,19 +36,9 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ribnode.models import preprocess  # noqa: E402
+from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 
 Resampler = Callable[[np.ndarray, tuple[int, int]], np.ndarray]
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (Linux), else the platform's processor string."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def with_simpleitk(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

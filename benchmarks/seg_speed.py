@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import sys
 import time
@@ -33,17 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ribnode.models.preprocess import read_radiograph  # noqa: E402
 from ribnode.models.segmentation import RibSegmenter  # noqa: E402
 from ribnode.models.segmentation.normalisation import normalise, to_working  # noqa: E402
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (Linux), else the platform's processor string."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 
 
 def median_seconds(run: Callable[[], object], repeats: int, warmup: int = 3

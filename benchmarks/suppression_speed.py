@@ -29,17 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ribnode.models.preprocess import read_radiograph  # noqa: E402
 from ribnode.models.segmentation import RibSegmenter  # noqa: E402
 from ribnode.models.suppression import RibSuppressor  # noqa: E402
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo, else the platform's processor string."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 
 
 def timed(run: Callable[[], object], repeats: int, warmup: int = 1) -> tuple[float, float, list[float]]:
