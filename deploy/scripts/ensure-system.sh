@@ -9,8 +9,8 @@ have Orthanc || need+=(orthanc)
 have storescu || need+=(dcmtk)
 have dciodvfy || need+=(dicom3tools)
 python3 -c "import venv, ensurepip" >/dev/null 2>&1 || need+=(python3-venv)
+have redis-server || need+=(redis-server)  # the broker of a site deployment (the demo needs none)
 if [ "${1:-}" = "test" ]; then
-  have redis-server || need+=(redis-server)
   have pg_ctlcluster || need+=(postgresql)
   have socat || need+=(socat)  # TLS in front of Orthanc for the STOW-over-HTTPS test
 fi
