@@ -10,15 +10,15 @@ harmless: a delivery is claimed by one exporter at a time.
 
 from __future__ import annotations
 
+import functools
 import logging
-import threading
 from datetime import timedelta
 
 from collections.abc import Sequence
 
 from typing import Any
 
-from celery import Celery, Task, bootsteps, shared_task
+from celery import Celery, Task, shared_task
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
@@ -26,6 +26,7 @@ from ribnode.config.settings import Settings
 from ribnode.node.delivery_ledger import DeliveryLedger
 from ribnode.node.export import ExportReport, OutputSetLike, export_job, stage_outputs
 from ribnode.node.ledger import Ledger, utcnow
+from ribnode.workers.sweep import PeriodicSweep, SweepPlan
 from ribnode.workers.tasks import worker_context
 
 logger = logging.getLogger(__name__)
@@ -132,40 +133,21 @@ def sweep_once(app: Celery, settings: Settings, overdue_s: float | None) -> list
         ledger.dispose()
 
 
-class ExportSweep(bootsteps.StartStopStep):
+class ExportSweep(PeriodicSweep):
     """Worker bootstep: at start, schedule every pending export for when it is due (a restarted
     worker takes over the retries that died with its predecessor), then every
     ``export.sweep_interval_s`` re-enqueue exports overdue by twice that (a task lost with a
-    broker). Duplicates are harmless: deliveries are claimed.
-    A daemon thread, so that stopping the worker is not delayed by a timer's sleep; started
-    after the pool, so prefork children are never forked from a process in mid-sweep."""
+    broker). Duplicates are harmless: deliveries are claimed."""
 
-    requires = ("celery.worker.components:Pool",)
+    thread_name = "ribnode-export-sweep"
 
-    def __init__(self, parent: Any, **kwargs: Any) -> None:
-        super().__init__(parent, **kwargs)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self, parent: Any) -> None:
-        app = parent.app
-        settings: Settings | None = getattr(app, "ribnode_settings", None)
-        if settings is None or settings.export.sweep_interval_s <= 0:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(
-            target=self._loop, args=(app, settings), name="ribnode-export-sweep", daemon=True
-        )
-        self._thread.start()
-
-    def _loop(self, app: Celery, settings: Settings) -> None:
+    def plan(self, parent: Any, settings: Settings) -> SweepPlan | None:
         interval = settings.export.sweep_interval_s
-        sweep_once(app, settings, None)
-        while not self._stop.wait(interval):
-            sweep_once(app, settings, 2 * interval)
-
-    def stop(self, parent: Any) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
+        if interval <= 0:
+            return None
+        app = parent.app
+        return (
+            functools.partial(sweep_once, app, settings, None),
+            functools.partial(sweep_once, app, settings, 2 * interval),
+            interval,
+        )

@@ -30,6 +30,7 @@ from ribnode.node.schema import TERMINAL_JOB_STATES
 from ribnode.node.spool import Spool
 
 if TYPE_CHECKING:
+    from ribnode.models.preprocess import Radiograph
     from ribnode.dicom_sr import OutputSet
     from ribnode.workers.pipeline_step import ModelStep
 
@@ -89,6 +90,11 @@ def process_instance(path: Path, settings: Settings) -> InstanceCheck:
         radiograph = read_radiograph(path)
     except InputError as exc:
         return InstanceCheck(error=f"cannot decode {path.name}: {type(exc).__name__}: {exc}")
+    return describe_radiograph(radiograph)
+
+
+def describe_radiograph(radiograph: Radiograph) -> InstanceCheck:
+    """The ledger's record of a decoded image: what the models are (or would be) given."""
     rows, columns = radiograph.stored.shape
     return InstanceCheck(
         rows=rows,

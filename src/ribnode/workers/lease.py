@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 from datetime import datetime
 from typing import Any
 
-from celery import Celery, bootsteps
+from celery import Celery
 from sqlalchemy.exc import SQLAlchemyError
 
 from ribnode.config.settings import Settings
 from ribnode.node.completion import EnqueueError, dispatch
 from ribnode.node.ledger import Ledger, utcnow
 from ribnode.workers.app import enqueue_job
+from ribnode.workers.sweep import PeriodicSweep, SweepPlan
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
@@ -55,37 +55,17 @@ def sweep_leases(app: Celery, settings: Settings, worker: str | None = None,
     return sent
 
 
-class LeaseSweep(bootsteps.StartStopStep):
+class LeaseSweep(PeriodicSweep):
     """Worker bootstep: at start, reclaim the jobs this node name held before (its predecessor
-    was killed), then every half lease reclaim jobs with an expired lease. A daemon thread,
-    started after the pool (like the export sweep)."""
+    was killed), then every half lease reclaim jobs with an expired lease."""
 
-    requires = ("celery.worker.components:Pool",)
+    thread_name = "ribnode-lease-sweep"
 
-    def __init__(self, parent: Any, **kwargs: Any) -> None:
-        super().__init__(parent, **kwargs)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self, parent: Any) -> None:
+    def plan(self, parent: Any, settings: Settings) -> SweepPlan | None:
         app = parent.app
-        settings: Settings | None = getattr(app, "ribnode_settings", None)
-        if settings is None:
-            return
         worker = str(getattr(parent, "hostname", "") or "") or None
-        self._stop.clear()
-        self._thread = threading.Thread(
-            target=self._loop, args=(app, settings, worker, utcnow()), name="ribnode-lease-sweep", daemon=True
+        return (
+            functools.partial(sweep_leases, app, settings, worker, utcnow()),
+            functools.partial(sweep_leases, app, settings),
+            settings.broker.job_lease_s / 2,
         )
-        self._thread.start()
-
-    def _loop(self, app: Celery, settings: Settings, worker: str | None, started_at: datetime) -> None:
-        sweep_leases(app, settings, worker, started_at)
-        while not self._stop.wait(settings.broker.job_lease_s / 2):
-            sweep_leases(app, settings)
-
-    def stop(self, parent: Any) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None

@@ -25,6 +25,7 @@ import pydicom.errors
 
 from ribnode.config.settings import ModelSettings, Settings
 from ribnode.node.ledger import InstanceCheck, Ledger
+from ribnode.workers.jobs import describe_radiograph
 
 if TYPE_CHECKING:
     from ribnode.dicom_sr import OutputSet
@@ -48,16 +49,7 @@ class InstanceOutcome:
 
 def describe(output: PipelineOutput) -> InstanceCheck:
     """The ledger's record of what the models were given."""
-    radiograph = output.radiograph
-    rows, columns = radiograph.stored.shape
-    return InstanceCheck(
-        rows=rows,
-        columns=columns,
-        bits_stored=radiograph.bits_stored,
-        photometric=radiograph.photometric,
-        transfer_syntax_uid=radiograph.transfer_syntax,
-        number_of_frames=1,  # read_radiograph refuses multi-frame input
-    )
+    return describe_radiograph(output.radiograph)
 
 
 class ModelStep:
