@@ -1,4 +1,4 @@
-"""Reference rib-mask derivation, split and normalisation of the segmentation training data."""
+"""Rib-mask derivations (reference and local), split and normalisation of the segmentation data."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from ribnode.models.segmentation.data import (
-    case_ids, load_pair, reference_rib_mask, split_cases, stratum)
+    case_ids, load_pair, local_rib_mask, reference_rib_mask, rib_mask, split_cases, stratum)
+from ribnode.models.synthetic import generate_chest
 from ribnode.models.segmentation.normalisation import normalise, resample
 
 SHARED = Path(__file__).resolve().parents[3] / "shared"
@@ -47,14 +48,45 @@ def test_load_pair_derives_the_mask_and_honours_given_masks(tmp_path: Path) -> N
         (tmp_path / sub).mkdir()
     Image.fromarray(source).save(tmp_path / "source" / "CASE1.png")
     Image.fromarray(target).save(tmp_path / "target" / "CASE1.png")
-    pair = load_pair(tmp_path, "CASE1", inverted=True, cache_dir=tmp_path / "cache")
+    pair = load_pair(tmp_path, "CASE1", inverted=True, cache_dir=tmp_path / "cache", labels="reference")
     assert pair.radiograph.shape == pair.mask.shape == (128, 128)
     assert np.array_equal(pair.mask, reference_rib_mask(1 - source / 255.0, 1 - target / 255.0))
-    assert list((tmp_path / "cache").glob("CASE1-*.png"))  # cached outside the data
+    local = load_pair(tmp_path, "CASE1", inverted=True, cache_dir=tmp_path / "cache")  # the default
+    assert np.array_equal(local.mask, local_rib_mask(1 - source / 255.0, 1 - target / 255.0))
+    assert len(list((tmp_path / "cache").glob("CASE1-*.png"))) == 2  # one cache entry per definition
+    with pytest.raises(ValueError, match="labels"):
+        load_pair(tmp_path, "CASE1", cache_dir=None, labels="expert")
     (tmp_path / "masks").mkdir()
     Image.fromarray(np.full((128, 128), 255, np.uint8)).save(tmp_path / "masks" / "CASE1.png")
     assert load_pair(tmp_path, "CASE1", cache_dir=None).mask.all()
     assert case_ids(tmp_path) == ["CASE1"]
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * (a & b).sum() / max(1, a.sum() + b.sum()))
+
+
+def test_local_labels_find_the_exact_ribs_of_synthetic_chests() -> None:
+    """On chests with an exact rib mask, the local definition is at least as right as the reference."""
+    local, reference = [], []
+    for seed in range(3):
+        chest = generate_chest(seed, 512, nodules=0)
+        lung, truth = chest.lung_mask, chest.rib_mask & chest.lung_mask
+        local.append(_dice(rib_mask(chest.radiograph, chest.soft_tissue, "local") & lung, truth))
+        reference.append(_dice(rib_mask(chest.radiograph, chest.soft_tissue, "reference") & lung, truth))
+    assert min(local) > 0.88
+    assert np.mean(local) >= np.mean(reference) - 0.005
+
+
+def test_local_labels_do_not_depend_on_the_strength_of_the_bone_layer() -> None:
+    """Halving the bone layer (a fainter suppression) keeps the local mask; the reference loses ribs."""
+    chest = generate_chest(4, 512, nodules=0)
+    x, y = chest.radiograph.astype(np.float64), chest.soft_tissue.astype(np.float64)
+    faint = y + 0.5 * (x - y)
+    assert _dice(local_rib_mask(x, y), local_rib_mask(faint, y)) > 0.95
+    assert _dice(reference_rib_mask(x, y), reference_rib_mask(faint, y)) < 0.9
+    with pytest.raises(ValueError, match="labels"):
+        rib_mask(x, y, "expert")
 
 
 def test_split_is_fixed_stratified_and_disjoint() -> None:

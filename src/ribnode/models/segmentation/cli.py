@@ -40,6 +40,8 @@ def _add_train(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
                         help="synthetic radiographs (exact rib masks) added to training")
     parser.add_argument("--intensity-aug", type=float, default=1.0,
                         help="scale of the gamma/contrast/brightness augmentation (0: none)")
+    parser.add_argument("--labels", choices=("local", "reference"), default="local",
+                        help="rib-mask definition: ribnode's local one (default) or the shared tool's reference")
     parser.add_argument("--base", type=int, default=16, help="U-Net channels at full resolution")
     parser.add_argument("--depth", type=int, default=5, help="U-Net resolution levels")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -64,6 +66,7 @@ def _train(args: argparse.Namespace) -> int:
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
         held_out=args.held_out, seed=args.seed, threads=args.threads, inverted=args.inverted,
         synthetic=args.synthetic, device=args.device, intensity_augmentation=args.intensity_aug,
+        labels=args.labels,
         unet=UNetConfig(base=args.base, depth=args.depth).as_dict(),
     )
     if args.export_only:
@@ -89,6 +92,8 @@ def _add_eval(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> Non
     parser.add_argument("--no-inverted", dest="inverted", action="store_false",
                         help="PNGs are already bone-bright (the shared data is inverted)")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--labels", choices=("local", "reference"), default="local",
+                        help="rib-mask definition: ribnode's local one (default) or the shared tool's reference")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     parser.set_defaults(handler=_eval)
 
@@ -97,7 +102,7 @@ def _eval(args: argparse.Namespace) -> int:
     from ribnode.models.segmentation.evaluate import evaluate_folder, format_report
 
     report = evaluate_folder(args.data, weights=args.weights, cases=args.cases,
-                             inverted=args.inverted, threads=args.threads)
+                             inverted=args.inverted, threads=args.threads, labels=args.labels)
     print(format_report(report))
     if args.json is not None:
         import json

@@ -2,8 +2,15 @@
 
 Torch-free. The pairs (``source/`` radiographs, ``target/`` bone-suppressed images, PNG) come
 from ``../shared/data/jsrt-bse-512`` and are never committed; rib masks are derived from each
-pair by the reference definition of ``../shared/tools/derive_rib_masks.py`` (re-implemented
-here exactly, and cached outside the repository).
+pair and cached outside the repository. Two label definitions exist:
+
+- ``"reference"``: ``../shared/tools/derive_rib_masks.py`` re-implemented exactly (an absolute
+  threshold of the bone layer at 0.02 of full scale);
+- ``"local"`` (ribnode's default since model 2.0): the same bone layer, thresholded at 30 % of
+  its local peak (the brightest value within 10 px at 512) and above a floor of 0.008, then
+  cleaned exactly as the reference. A rib's edge is then where its projected bone falls to a
+  fixed share of that rib's own peak, so faintly suppressed images keep whole ribs instead of
+  fragments. Why it is better, and by how much: ``docs/models/rib-segmentation.md``.
 """
 
 from __future__ import annotations
@@ -28,6 +35,12 @@ logger.addHandler(logging.NullHandler())
 REFERENCE_THRESHOLD = 0.02
 REFERENCE_SIGMA = 1.0
 REFERENCE_MIN_ISLAND = 30
+#: ribnode's local definition: share of the local peak, peak window radius (px at 512), floor.
+LOCAL_FRACTION = 0.3
+LOCAL_RADIUS_512 = 10
+LOCAL_FLOOR = 0.008
+LABEL_DEFINITIONS = ("local", "reference")
+DEFAULT_LABELS = "local"
 #: Derived masks are cached here (never in the repository): $XDG_CACHE_HOME/ribnode/seg-masks.
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ribnode" / "seg-masks"
 
@@ -50,14 +63,47 @@ def reference_rib_mask(radiograph: np.ndarray, soft_tissue: np.ndarray,
     is smoothed (Gaussian, sigma 1 px), thresholded at ``threshold``, opened once, islands
     under 30 px are dropped and holes filled: exactly ``derive_rib_masks.bone_mask``.
     """
+    return _clean(_bone_layer(radiograph, soft_tissue) > threshold)
+
+
+def local_rib_mask(radiograph: np.ndarray, soft_tissue: np.ndarray,
+                   fraction: float = LOCAL_FRACTION, radius_512: float = LOCAL_RADIUS_512,
+                   floor: float = LOCAL_FLOOR) -> np.ndarray:
+    """Rib mask by ribnode's local definition (relative to each rib's own peak).
+
+    Same bone layer as the reference (``radiograph - soft``, Gaussian sigma 1 px); a pixel is
+    bone where that layer exceeds ``fraction`` of its maximum within ``radius_512`` px (at 512,
+    scaled to the image) and also exceeds ``floor``; then the reference's opening, island
+    removal and hole filling.
+    """
+    bone = _bone_layer(radiograph, soft_tissue)
+    radius = max(1, int(round(radius_512 * max(bone.shape) / 512.0)))
+    peak = ndimage.maximum_filter(bone, size=2 * radius + 1)
+    return _clean((bone > fraction * peak) & (bone > floor))
+
+
+def rib_mask(radiograph: np.ndarray, soft_tissue: np.ndarray, labels: str = DEFAULT_LABELS) -> np.ndarray:
+    """The rib mask of one pair under the named label definition (``LABEL_DEFINITIONS``)."""
+    if labels == "local":
+        return local_rib_mask(radiograph, soft_tissue)
+    if labels == "reference":
+        return reference_rib_mask(radiograph, soft_tissue)
+    raise ValueError(f"labels {labels!r}: expected one of {', '.join(LABEL_DEFINITIONS)}")
+
+
+def _bone_layer(radiograph: np.ndarray, soft_tissue: np.ndarray) -> np.ndarray:
     if radiograph.shape != soft_tissue.shape:
         raise ValueError(
             f"radiograph {radiograph.shape} and soft tissue {soft_tissue.shape} differ in shape"
         )
-    bone = ndimage.gaussian_filter(
+    return np.asarray(ndimage.gaussian_filter(
         np.asarray(radiograph, np.float64) - np.asarray(soft_tissue, np.float64), sigma=REFERENCE_SIGMA
-    )
-    mask = ndimage.binary_opening(bone > threshold, iterations=1)
+    ))
+
+
+def _clean(mask: np.ndarray) -> np.ndarray:
+    """The reference's clean-up: open once, drop islands under 30 px, fill holes."""
+    mask = ndimage.binary_opening(mask, iterations=1)
     labels, count = ndimage.label(mask)
     sizes = ndimage.sum(mask, labels, range(1, count + 1))
     keep = np.isin(labels, 1 + np.flatnonzero(np.asarray(sizes) >= REFERENCE_MIN_ISLAND))
@@ -88,37 +134,44 @@ def case_ids(data_dir: Path) -> list[str]:
     return ids
 
 
-def _cache_key(data_dir: Path, case_id: str, inverted: bool) -> str:
+def _cache_key(data_dir: Path, case_id: str, inverted: bool, labels: str) -> str:
     digest = hashlib.sha256()
     for sub in ("source", "target"):
         digest.update((data_dir / sub / f"{case_id}.png").read_bytes())
-    digest.update(f"inv={inverted};thr={REFERENCE_THRESHOLD}".encode())
+    definition = (f"thr={REFERENCE_THRESHOLD}" if labels == "reference" else
+                  f"local={LOCAL_FRACTION},{LOCAL_RADIUS_512},{LOCAL_FLOOR}")
+    digest.update(f"inv={inverted};{definition}".encode())
     return digest.hexdigest()[:16]
 
 
 def load_pair(data_dir: Path, case_id: str, inverted: bool = True,
-              cache_dir: Path | None = DEFAULT_CACHE) -> Pair:
-    """Load one pair and its rib mask: ``DIR/masks/<id>.png`` if present, else derived (cached)."""
+              cache_dir: Path | None = DEFAULT_CACHE, labels: str = DEFAULT_LABELS) -> Pair:
+    """Load one pair and its rib mask: ``DIR/masks/<id>.png`` if present, else derived (cached).
+
+    ``labels`` names the derivation (``"local"`` or ``"reference"``, see the module doc).
+    """
+    if labels not in LABEL_DEFINITIONS:
+        raise ValueError(f"labels {labels!r}: expected one of {', '.join(LABEL_DEFINITIONS)}")
     radiograph = read_png_unit(data_dir / "source" / f"{case_id}.png", inverted)
     soft = read_png_unit(data_dir / "target" / f"{case_id}.png", inverted)
     given = data_dir / "masks" / f"{case_id}.png"
     if given.is_file():
         mask = np.asarray(Image.open(given)) > 127
     else:
-        mask = _cached_mask(data_dir, case_id, inverted, radiograph, soft, cache_dir)
+        mask = _cached_mask(data_dir, case_id, inverted, radiograph, soft, cache_dir, labels)
     if mask.shape != radiograph.shape:
         raise ValueError(f"{case_id}: mask {mask.shape} differs from radiograph {radiograph.shape}")
     return Pair(case_id, radiograph.astype(np.float32), soft.astype(np.float32), mask)
 
 
 def _cached_mask(data_dir: Path, case_id: str, inverted: bool, radiograph: np.ndarray,
-                 soft: np.ndarray, cache_dir: Path | None) -> np.ndarray:
+                 soft: np.ndarray, cache_dir: Path | None, labels: str) -> np.ndarray:
     if cache_dir is None:
-        return reference_rib_mask(radiograph, soft)
-    path = cache_dir / f"{case_id}-{_cache_key(data_dir, case_id, inverted)}.png"
+        return rib_mask(radiograph, soft, labels)
+    path = cache_dir / f"{case_id}-{_cache_key(data_dir, case_id, inverted, labels)}.png"
     if path.is_file():
         return np.asarray(Image.open(path)) > 127
-    mask = reference_rib_mask(radiograph, soft)
+    mask = rib_mask(radiograph, soft, labels)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(mask.astype(np.uint8) * 255).save(path)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ribnode.models.metrics import segmentation_metrics
-from ribnode.models.segmentation.data import case_ids, load_pair
+from ribnode.models.segmentation.data import DEFAULT_LABELS, case_ids, load_pair
 from ribnode.models.segmentation.runtime import RibSegmenter
 
 logger = logging.getLogger(__name__)
@@ -52,14 +52,18 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def evaluate_folder(data: Path, weights: Path | None = None, cases: str | None = None,
-                    inverted: bool = True, threads: int = 0) -> dict[str, Any]:
-    """Per-image Dice/IoU/HD95 of the segmenter on ``data``, with mean and worst image."""
+                    inverted: bool = True, threads: int = 0,
+                    labels: str = DEFAULT_LABELS) -> dict[str, Any]:
+    """Per-image Dice/IoU/HD95 of the segmenter on ``data``, with mean and worst image.
+
+    ``labels`` names the rib-mask definition scored against (``"local"`` or ``"reference"``).
+    """
     segmenter = RibSegmenter(weights=weights, device="auto", threads=threads)
     ids = select_cases(case_ids(Path(data)), cases, segmenter.config)
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     for case in ids:
-        pair = load_pair(Path(data), case, inverted=inverted)
+        pair = load_pair(Path(data), case, inverted=inverted, labels=labels)
         result = segmenter.segment_image(pair.radiograph)
         row = {"case": case, **segmentation_metrics(result.mask, pair.mask)}
         row["reference_fraction"] = float(pair.mask.mean())
@@ -69,7 +73,7 @@ def evaluate_folder(data: Path, weights: Path | None = None, cases: str | None =
         raise ValueError(f"no cases to evaluate in {data}")
     return {"data": str(data), "weights": str(segmenter.weights),
             "weights_sha256": segmenter.info.weights_sha256, "cases": cases or "all",
-            "inverted": inverted, "resolution": list(pair.mask.shape),
+            "inverted": inverted, "labels": labels, "resolution": list(pair.mask.shape),
             "seconds": time.perf_counter() - started, "images": rows, **summarise(rows)}
 
 
@@ -80,7 +84,7 @@ def _fmt(value: float, digits: int = 4) -> str:
 def format_report(report: dict[str, Any]) -> str:
     """A plain-text table: one line per image, then mean and worst."""
     lines = [f"weights {report['weights']} (sha256 {report['weights_sha256'][:16]}...)",
-             f"data {report['data']} cases={report['cases']} "
+             f"data {report['data']} cases={report['cases']} labels={report.get('labels', 'reference')} "
              f"at {report['resolution'][0]}x{report['resolution'][1]} (HD95 in px)",
              f"{'case':<14}{'Dice':>8}{'IoU':>8}{'HD95px':>9}"]
     for row in report["images"]:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ribnode.models.segmentation.data import case_ids, load_pair, split_cases
+from ribnode.models.segmentation.data import DEFAULT_LABELS, case_ids, load_pair, split_cases
 from ribnode.models.segmentation.normalisation import normalise, to_working
 from ribnode.models.segmentation.unet import UNet, UNetConfig, count_parameters
 
@@ -45,6 +45,7 @@ class TrainConfig:
     seed: int = 20260121
     threads: int = 1
     inverted: bool = True
+    labels: str = DEFAULT_LABELS  # rib-mask definition (segmentation.data.LABEL_DEFINITIONS)
     synthetic: int = 0  # synthetic radiographs added to training (ribnode.models.synthetic)
     intensity_augmentation: float = 1.0  # scales the gamma/contrast/brightness ranges (0: none)
     device: str = "auto"
@@ -73,7 +74,7 @@ def load_tensors(config: TrainConfig, ids: list[str]) -> tuple[torch.Tensor, tor
     """Stack the working-size images and targets of ``ids`` as N x 1 x S x S tensors."""
     images, masks = [], []
     for case in ids:
-        pair = load_pair(Path(config.data), case, inverted=config.inverted)
+        pair = load_pair(Path(config.data), case, inverted=config.inverted, labels=config.labels)
         image, mask = prepare_pair(pair.radiograph, pair.mask, config.working_size)
         images.append(image)
         masks.append(mask)

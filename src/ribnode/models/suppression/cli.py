@@ -55,6 +55,10 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--steps", type=int, default=1500, help="optimiser steps")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crop", type=int, default=128, help="training crop side at the working size")
+    p.add_argument("--working-size", type=int, default=512,
+                   help="side of the square working grid the bone layer is estimated on")
+    p.add_argument("--labels", choices=("local", "reference"), default="local",
+                   help="rib-mask definition of the training region (segmentation.data)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--minutes", type=float, default=45.0, help="time limit; the LR anneals within it")
     p.add_argument("--threads", type=int, default=2)
@@ -104,7 +108,8 @@ def _train(args: argparse.Namespace) -> int:
         train(TrainOptions(data=_default_data(args.data), out=output, mode=args.mode, steps=args.steps,
                            batch=args.batch, crop=args.crop, lr=args.lr, time_limit_min=args.minutes,
                            threads=args.threads, seed=args.seed, inverted=args.inverted, resume=args.resume,
-                           device=args.device, focus_steps=args.focus_steps, focus_prob=args.focus_prob))
+                           device=args.device, focus_steps=args.focus_steps, focus_prob=args.focus_prob,
+                           working_size=args.working_size, labels=args.labels))
     if args.install is not None:
         path = install(output, args.install)
         print(f"installed {path} and {path.with_suffix('.pt')}, {path.with_suffix('.json')}")

@@ -1,9 +1,10 @@
 """Training and evaluation pairs for the rib suppression (torch-free).
 
 A pair is a radiograph ``x`` and its bone-suppressed reference ``y`` (bone-bright [0, 1]);
-the bone layer is ``x - y``. The rib mask is the reference derivation of
-``shared/data/README.md`` (via ``ribnode.models.segmentation.data``), dilated into the region
-where the suppression may change anything.
+the bone layer is ``x - y``. The rib mask is derived from the pair by the named label
+definition of ``ribnode.models.segmentation.data`` (``"local"`` by default, or the
+``"reference"`` one of ``shared/data/README.md``), dilated into the region where the
+suppression may change anything.
 
 Held-out split (also written into the weights' json and the model card): case ids sorted
 within each JSRT stratum (JPCLN, JPCNN); every 5th case of each stratum, starting with the
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ribnode.models.preprocess import dilate_mask, to_working
-from ribnode.models.segmentation.data import case_ids, read_png_unit, reference_rib_mask, stratum
+from ribnode.models.segmentation.data import DEFAULT_LABELS, case_ids, read_png_unit, rib_mask, stratum
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
@@ -50,7 +51,7 @@ class SuppressionPair:
     case_id: str
     radiograph: np.ndarray  # float32 bone-bright [0, 1]
     soft_tissue: np.ndarray  # float32 bone-bright [0, 1]
-    rib_mask: np.ndarray  # bool, reference derivation
+    rib_mask: np.ndarray  # bool, derived by the label definition (local or reference)
     region: np.ndarray  # bool, rib mask dilated by the model's radius
 
     @property
@@ -59,7 +60,7 @@ class SuppressionPair:
 
 
 def load_pairs(data_dir: Path, ids: list[str] | None = None, inverted: bool = True,
-               dilation_512: float = 5.0) -> list[SuppressionPair]:
+               dilation_512: float = 5.0, labels: str = DEFAULT_LABELS) -> list[SuppressionPair]:
     """Load ``source/``/``target/`` PNG pairs (``1 - x`` if ``inverted``) with masks and regions."""
     data_dir = Path(data_dir)
     pairs = []
@@ -68,7 +69,7 @@ def load_pairs(data_dir: Path, ids: list[str] | None = None, inverted: bool = Tr
         y = read_png_unit(data_dir / "target" / f"{case}.png", inverted)
         if x.shape != y.shape:
             raise ValueError(f"{case}: source {x.shape} and target {y.shape} differ in shape")
-        mask = reference_rib_mask(x, y)
+        mask = rib_mask(x, y, labels)
         region = dilate_mask(mask, region_radius(x.shape, dilation_512))
         pairs.append(SuppressionPair(case, x.astype(np.float32), y.astype(np.float32), mask, region))
     logger.info("loaded %d pairs from %s", len(pairs), data_dir)

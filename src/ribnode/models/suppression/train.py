@@ -59,13 +59,14 @@ class TrainOptions:
     checkpoint_every: int = 100
     nodule_prob: float = 0.8
     inverted: bool = True
-    working_size: int = 256
+    working_size: int = 512
     ema_decay: float = 0.999
     loss_outside_weight: float = 0.1
     resume: bool = True
     device: str = "auto"  # "cuda" when available, else "cpu"
     focus_steps: int = 0  # > 0: draw t from the focus_steps-step sampling schedule ...
     focus_prob: float = 0.0  # ... with this probability (else uniform over all timesteps)
+    labels: str = "local"  # rib-mask definition of the training region (segmentation.data)
 
 
 class Batcher:
@@ -171,7 +172,7 @@ def train(options: TrainOptions) -> Path:
     options.out.mkdir(parents=True, exist_ok=True)
     config = SuppressionConfig(network=NetworkConfig(sample_size=options.working_size), mode=options.mode)
     train_ids, held_ids = split_held_out(case_ids(options.data))
-    pairs = [to_working_pair(p, options.working_size) for p in load_pairs(options.data, train_ids, options.inverted)]
+    pairs = [to_working_pair(p, options.working_size) for p in load_pairs(options.data, train_ids, options.inverted, labels=options.labels)]
     device = options.device if options.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     unet, scheduler = build_unet(config.network).to(device), build_scheduler(config.scheduler)
     optimiser = torch.optim.AdamW(unet.parameters(), lr=options.lr, weight_decay=1e-4)
