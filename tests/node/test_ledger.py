@@ -185,3 +185,39 @@ def test_lease_claim_renew_and_reclaim(any_ledger: Ledger) -> None:
     states = [t.to_state for t in led.transitions(job.id)]
     assert states == ["received", "queued", "running", "received", "queued", "running", "received",
                       "queued", "running", "running"]
+
+
+def test_a_deferred_retry_whose_worker_died_is_reclaimed(any_ledger: Ledger) -> None:
+    """A failed job waits for its retry in one worker's memory: if that worker dies, the
+    retry's lease ends and the sweep sends the job again; a retry still due is left alone."""
+    import time
+
+    from ribnode.node.ledger import utcnow
+
+    led = any_ledger
+    led.record_instance(received("5.1", "5.1.1"))
+    job = led.create_job(led.due_studies(0, 3600)[0], VERSIONS)
+    assert led.mark_queued(job.id) and led.claim(job.id, "w1", 60, {JobState.QUEUED})
+    assert led.defer_retry(job.id, "w1", 0.3, 0.3, "OSError: disk full")
+    assert not led.defer_retry(job.id, "w1", 0.3, 0.3, "twice")  # only a running job defers
+    row = led.job_row(job.id)
+    assert row.state == JobState.QUEUED and row.worker == "w1" and row.lease_until is not None
+    assert led.reclaim_running(0.3) == []  # the retry is not even due yet
+    assert led.reclaim_running(0.3, "w2", utcnow()) == []  # another node name restarting
+    time.sleep(0.7)
+    [back] = led.reclaim_running(0.3)
+    assert back.id == job.id and led.job(job.id).state == JobState.RECEIVED
+    assert "worker w1 lost the job's retry" in led.job_row(job.id).last_error
+    # A retry that a worker takes in time is never reclaimed; nor is a queued job without a
+    # retry lease (a backlog on the broker).
+    assert led.mark_queued(job.id)
+    time.sleep(0.4)
+    assert led.reclaim_running(0.3) == []
+    assert led.claim(job.id, "w2", 60, {JobState.QUEUED})
+    assert led.defer_retry(job.id, "w2", 0.1, 0.1, "again")
+    assert led.claim(job.id, "w2", 60, {JobState.QUEUED})  # the retry ran
+    time.sleep(0.4)
+    assert led.reclaim_running(60) == [] and led.job(job.id).state == JobState.RUNNING
+    # The same node name restarting reclaims at once the retry its predecessor held.
+    assert led.defer_retry(job.id, "w2", 30, 60, "once more")
+    assert [j.id for j in led.reclaim_running(60, "w2", utcnow())] == [job.id]

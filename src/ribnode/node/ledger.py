@@ -473,37 +473,60 @@ class Ledger:
             )
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
+    def defer_retry(self, job_id: int, worker: str, delay_s: float, lease_s: float,
+                    error: str) -> bool:
+        """A running job failed and ``worker`` re-sends it after ``delay_s``: move it to
+        "queued" with a lease that ends ``lease_s`` after the retry is due. The retry message
+        (a Celery ETA task) waits in one worker's memory; if that worker dies, nothing else
+        would ever run the job, so :meth:`reclaim_running` sends it again once that lease ends.
+        False when the job was not running."""
+        with self._write() as s:
+            if not self._move(s, job_id, JobState.QUEUED, {JobState.RUNNING}, error):
+                return False
+            job = s.get(Job, job_id)
+            assert job is not None  # _move found it
+            job.worker = worker
+            job.lease_until = utcnow() + timedelta(seconds=delay_s + lease_s)
+            return True
+
     def reclaim_running(
         self, lease_s: float, worker: str | None = None, started_at: datetime | None = None
     ) -> list[JobRef]:
-        """Move back to "received" (so the dispatcher sends them again) the running jobs whose
-        holder is gone: those with an expired lease (no lease: not updated for ``lease_s``)
-        and, when ``worker`` is given, those ``worker`` last renewed before ``started_at``
-        (the same worker restarted: its predecessor died). One transaction, so a heartbeat
-        cannot renew a lease between the check and the move. Each is audited."""
+        """Move back to "received" (so the dispatcher sends them again) the jobs whose holder
+        is gone: running jobs with an expired lease (no lease: not updated for ``lease_s``),
+        queued retries whose lease ended before a worker took them (:meth:`defer_retry`) and,
+        when ``worker`` is given, the jobs ``worker`` last held before ``started_at`` (the same
+        worker restarted: its predecessor died, with any retry it was holding). One
+        transaction, so a heartbeat cannot renew a lease between the check and the move. Each
+        is audited."""
         now = utcnow()
         expired = (Job.lease_until < now) | (
             Job.lease_until.is_(None) & (Job.updated_at < now - timedelta(seconds=lease_s))
         )
+        retry_lost = Job.lease_until < now
         if worker is not None and started_at is not None:
             renewed_before = Job.lease_until < started_at + timedelta(seconds=lease_s)
             expired = expired | ((Job.worker == worker) & renewed_before)
+            retry_lost = retry_lost | ((Job.worker == worker) & (Job.updated_at < started_at))
+        lost = ((Job.state == str(JobState.RUNNING)) & expired) | (
+            (Job.state == str(JobState.QUEUED)) & Job.lease_until.is_not(None) & retry_lost)
         query = (
             select(Job, Study.study_instance_uid)
             .join(Study, Study.id == Job.study_id)
-            .where(Job.state == str(JobState.RUNNING), expired)
+            .where(lost)
             .order_by(Job.id)
             .with_for_update()
         )
         with self.session() as s:  # the usual answer is "none": no write lock for it
-            if s.scalar(select(func.count(Job.id)).where(Job.state == str(JobState.RUNNING), expired)) == 0:
+            if s.scalar(select(func.count(Job.id)).where(lost)) == 0:
                 return []
         moved: list[JobRef] = []
         with self._write() as s:
             for job, study_uid in s.execute(query).all():
-                holder, until = job.worker, job.lease_until
-                error = f"worker {holder or 'unknown'} lost the job (lease until {until}); sent again"
-                if not self._move(s, job.id, JobState.RECEIVED, {JobState.RUNNING}, error):
+                holder, until, state = job.worker, job.lease_until, job.state
+                what = "the job" if state == JobState.RUNNING else "the job's retry"
+                error = f"worker {holder or 'unknown'} lost {what} (lease until {until}); sent again"
+                if not self._move(s, job.id, JobState.RECEIVED, {JobState.RUNNING, JobState.QUEUED}, error):
                     continue
                 s.add(AuditEvent(
                     at=now, event=str(AuditEventName.APPLICATION_ACTIVITY),

@@ -53,6 +53,7 @@ def process_study(self: Task, job_id: int) -> None:
             return
         delay = retry_delay(retries, settings.broker)
         logger.warning("job %d failed (%s); retry %d in %.1f s", job_id, error, retries + 1, delay)
-        if not ledger.transition(job_id, JobState.QUEUED, error=error, from_states={JobState.RUNNING}):
+        holder = self.request.hostname or "unknown"
+        if not ledger.defer_retry(job_id, holder, delay, settings.broker.job_lease_s, error):
             ledger.record_job_error(job_id, f"retry {retries + 1} in {delay:.1f} s: {error}")
         raise self.retry(exc=exc, countdown=delay) from exc
