@@ -51,7 +51,9 @@ def _job(settings: Settings, ledger: Ledger) -> tuple[int, str]:
 def test_export_task_waits_for_the_pacs(tmp_path: Path, orthanc_factory) -> None:  # type: ignore[no-untyped-def]
     pacs = orthanc_factory(start=False)
     settings = export_settings(tmp_path, f"sqlite:///{tmp_path / 'ledger.sqlite'}",
-                               [cstore("pacs", pacs.dicom_port)], max_attempts=100)
+                               [cstore("pacs", pacs.dicom_port)], max_attempts=2000)
+    # 2000 attempts at <= 0.2 s each: minutes of retrying, far longer than Orthanc takes to
+    # start on a loaded machine (100 attempts, about 10-20 s, once ran out during a slow start).
     ledger = Ledger(settings.ledger.url)
     app = make_celery(settings)
     study, source = generate_uid(), generate_uid()
@@ -62,7 +64,7 @@ def test_export_task_waits_for_the_pacs(tmp_path: Path, orthanc_factory) -> None
         time.sleep(1.0)  # several attempts against the stopped PACS
         assert ledger.job(job_id).state == JobState.EXPORTING
         threading.Thread(target=pacs.start).start()
-        _wait_state(ledger, job_id, JobState.DONE)
+        _wait_state(ledger, job_id, JobState.DONE, timeout_s=180.0)
     assert len(pacs.series_of_study(study)) == 3
     # Nothing is overdue once the job is done.
     assert requeue_due_exports(app, settings, ledger, overdue_s=0) == []
