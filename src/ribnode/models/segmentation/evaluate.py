@@ -66,7 +66,7 @@ def evaluate_folder(data: Path, weights: Path | None = None, cases: str | None =
         pair = load_pair(Path(data), case, inverted=inverted, labels=labels)
         result = segmenter.segment_image(pair.radiograph)
         row = {"case": case, **segmentation_metrics(result.mask, pair.mask)}
-        row["reference_fraction"] = float(pair.mask.mean())
+        row["label_fraction"] = float(pair.mask.mean())
         rows.append(row)
         logger.debug("%s: %s", case, row)
     if not rows:
