@@ -216,7 +216,11 @@ def test_train_smoke_and_install(tmp_path: Path) -> None:
     onnx_path = install(tmp_path / "run", tmp_path / "w" / "rib-suppression.onnx")
     assert onnx_path.with_suffix(".pt").is_file() and onnx_path.with_suffix(".json").is_file()
     sup = RibSuppressor(onnx_path, device="cpu", threads=1)
-    assert sup.working_size == 32
+    assert sup.working_size == 32 and sup.steps == 4  # the model's own default
+    install(tmp_path / "run", onnx_path, default_steps=2)
+    assert RibSuppressor(onnx_path, device="cpu", threads=1).steps == 2
+    assert RibSuppressor(onnx_path, steps=3, device="cpu", threads=1).steps == 3  # asked for
+    assert record.training["options"]["labels"] == "local"
 
 
 # -- commands ------------------------------------------------------------------------------------

@@ -83,7 +83,8 @@ class BrokerSettings(BaseModel):
     # must exceed the longest job.
     visibility_timeout_s: float = 3600.0
     # Lease of a running job, seconds: the worker running it renews it every third of this;
-    # a job still "running" with an expired lease (its worker died) is sent again.
+    # a job still "running" with an expired lease (its worker died) is sent again, and so is
+    # a failed job whose retry no worker took within this long after it was due.
     job_lease_s: float = Field(default=60.0, gt=0)
 
 
@@ -103,7 +104,8 @@ class ModelSettings(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     segmentation_weights: Path | None = None  # None: the shipped ONNX model
     suppression_weights: Path | None = None  # None: the shipped ONNX model
-    suppression_steps: int = 4
+    # DDIM sampling steps of the rib suppression; unset: the model's own default (its json).
+    suppression_steps: int | None = Field(default=None, ge=1)
     backend: Literal["onnx", "torch"] = "onnx"
     intra_op_threads: int = 0  # 0: let the runtime choose
     # Largest Rows x Columns read_radiograph accepts (checked before decoding pixel data).

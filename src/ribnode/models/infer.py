@@ -66,7 +66,7 @@ def write_soft_png(radiograph: Radiograph, soft_stored: np.ndarray, path: Path) 
 
 
 def run_infer(inputs: Sequence[Path], output: Path, weights: Path | None = None,
-              device: str = "auto", threads: int = 0, steps: int = 4, seed: int | None = None,
+              device: str = "auto", threads: int = 0, steps: int | None = None, seed: int | None = None,
               suppression_weights: Path | None = None, suppress: bool = True) -> InferReport:
     """Segment every input; write ``OUTPUT/<stem>-ribs.png`` for each one that decodes, and
     (``suppress``) ``OUTPUT/<stem>-soft.png``, the bone-suppressed image (``steps`` DDIM steps,

@@ -53,7 +53,7 @@ def model_versions(models: ModelSettings) -> dict[str, str]:
         "suppression": models.suppression_weights or SHIPPED_WEIGHTS / "rib-suppression.onnx",
     }
     out = {name: _sha256(p) if p.is_file() else "absent" for name, p in weights.items()}
-    out["suppression_steps"] = str(models.suppression_steps)
+    out["suppression_steps"] = str(models.suppression_steps or "model default")
     out["backend"] = models.backend
     return out
 

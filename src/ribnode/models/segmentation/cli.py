@@ -119,7 +119,8 @@ def _add_infer(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     parser.add_argument("--weights", type=Path, default=None, help="segmentation ONNX weights")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads")
-    parser.add_argument("--steps", type=int, default=4, help="rib-suppression DDIM steps")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="rib-suppression DDIM steps (default: the model's own, in its json)")
     parser.add_argument("--seed", type=int, default=None,
                         help="suppression seed (default: from the SOP Instance UID, or the PNG pixels)")
     parser.add_argument("--suppression-weights", type=Path, default=None, help="rib-suppression ONNX weights")

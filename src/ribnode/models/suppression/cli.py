@@ -28,7 +28,8 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=("onnx", "torch"), default="onnx")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads (0: runtime default)")
-    parser.add_argument("--steps", type=int, default=4, help="DDIM sampling steps")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="DDIM sampling steps (default: the model's own, in its json)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed used for every image")
     parser.add_argument("--upsampling", choices=("linear", "guided"), default="linear")
     parser.add_argument("--rib-shape", type=int, default=None, metavar="PX512",
@@ -71,6 +72,8 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--install", type=Path, default=None, metavar="ONNX",
                    help="after training, export ONNX + .pt + .json here (e.g. the shipped weights path)")
     p.add_argument("--export-only", action="store_true", help="skip training; export the run folder's model")
+    p.add_argument("--default-steps", type=int, default=None,
+                   help="with --install: the sampling steps the exported model uses by default")
     p.set_defaults(handler=_train)
 
 
@@ -111,7 +114,7 @@ def _train(args: argparse.Namespace) -> int:
                            device=args.device, focus_steps=args.focus_steps, focus_prob=args.focus_prob,
                            working_size=args.working_size, labels=args.labels))
     if args.install is not None:
-        path = install(output, args.install)
+        path = install(output, args.install, args.default_steps)
         print(f"installed {path} and {path.with_suffix('.pt')}, {path.with_suffix('.json')}")
     return 0
 
@@ -153,7 +156,7 @@ def _eval(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {"data": str(data), "cases": [p.case_id for p in pairs], "model": vars(suppressor.info)}
     for source in sources:
         rows = evaluate_pairs(suppressor, pairs, source, segmenter, seed=args.seed)
-        print(f"\n== region from {source} masks ({len(rows)} images, {args.steps} steps, {suppressor.backend}) ==")
+        print(f"\n== region from {source} masks ({len(rows)} images, {suppressor.steps} steps, {suppressor.backend}) ==")
         print(format_table(rows))
         report[source] = {"summary": summary(rows), "images": [vars(r) for r in rows]}
     _write_json(args.json, report)

@@ -111,20 +111,22 @@ def _torch_denoiser(weights: Path, config: SuppressionConfig, device: str, threa
 class RibSuppressor:
     """Rib and clavicle suppression of one radiograph (see the module docstring)."""
 
-    def __init__(self, weights: Path | None = None, steps: int = 4, device: str = "auto",
+    def __init__(self, weights: Path | None = None, steps: int | None = None, device: str = "auto",
                  backend: str = "onnx", threads: int = 0, upsampling: str = "linear",
                  rib_shape_px_512: int | None = None) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend {backend!r}: expected one of {BACKENDS}")
         if device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device {device!r}: expected auto, cpu or cuda")
-        if int(steps) < 1:
+        if steps is not None and int(steps) < 1:
             raise ValueError(f"steps {steps}: expected >= 1")
         path = Path(weights) if weights is not None else (DEFAULT_ONNX if backend == "onnx" else DEFAULT_TORCH)
         if not path.is_file():
             raise FileNotFoundError(f"suppression weights {path} not found")
         self.config = SuppressionConfig.load(config_path(path))
-        self.steps, self.backend, self.upsampling = int(steps), backend, upsampling
+        # None: the model's own default number of steps (``default_steps`` in its json)
+        self.steps = int(steps) if steps is not None else int(self.config.default_steps)
+        self.backend, self.upsampling = backend, upsampling
         line = self.config.rib_shape_line_px_512 if rib_shape_px_512 is None else int(rib_shape_px_512)
         # the line length at the working size, odd, 0 = off
         self.rib_shape_px = 0 if line <= 0 else 2 * int(round(line * self.config.working_size / 512 / 2)) + 1

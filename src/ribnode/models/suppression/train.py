@@ -276,11 +276,16 @@ def record_json(path: Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
-def install(run_dir: Path, onnx_path: Path) -> Path:
-    """Export a training run to ``onnx_path`` (+ ``.pt`` state dict, + ``.json`` config/record)."""
+def install(run_dir: Path, onnx_path: Path, default_steps: int | None = None) -> Path:
+    """Export a training run to ``onnx_path`` (+ ``.pt`` state dict, + ``.json`` config/record);
+    ``default_steps`` (measured: ``benchmarks/suppression_steps.py``) goes into the json."""
     from ribnode.models.suppression.export import check_onnx, export_onnx
 
     unet, config = load_trained(run_dir)
+    if default_steps is not None:
+        if default_steps < 1:
+            raise ValueError(f"default_steps {default_steps}: expected >= 1")
+        config = replace(config, default_steps=int(default_steps))
     onnx_path = Path(onnx_path)
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     pt_path = onnx_path.with_suffix(".pt")
