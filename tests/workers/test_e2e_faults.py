@@ -191,3 +191,47 @@ def test_whole_worker_killed_mid_job_runs_again_after_restart(tmp_path: Path, br
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait(timeout=10)
         ledger.dispose()
+
+
+def test_a_job_over_its_time_limit_is_stopped_retried_then_dead(tmp_path: Path) -> None:
+    """A stuck job (here: far too many sampling steps, a real setting) is stopped by the task
+    time limit, retried with backoff, then "dead" with the reason; the worker stays up and a
+    warm shutdown (SIGTERM) afterwards is prompt."""
+    require_weights()
+    settings = e2e_settings(tmp_path / "node", **{
+        "models.suppression_steps": 1000, "broker.task_time_limit_s": 4.0,
+        "broker.max_retries": 1, "broker.retry_backoff_s": 0.2, "broker.retry_backoff_max_s": 0.5})
+    config = tmp_path / "ribnode.yaml"
+    config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    ledger = Ledger(settings.ledger.url)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RIBNODE_")}
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "wb") as log:
+        worker = subprocess.Popen([sys.executable, "-m", "ribnode", "--config", str(config), "worker"],
+                                  stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    import functools
+
+    from ribnode.node.completion import StudyCompletion
+    from ribnode.workers.app import enqueue_job, make_celery
+
+    completion = StudyCompletion(settings, ledger, functools.partial(enqueue_job, make_celery(settings)))
+    source = _study(tmp_path, 24)
+    study_uid = _study_uid(source)
+    try:
+        with running_listener(settings, ledger) as listener, completion:
+            assert c_store(listener.port, [source]) == [0]
+            dead = wait_for(lambda: job_of_study(ledger, study_uid, JobState.DEAD), 180, "the job to be dead")
+        row = ledger.job_row(dead.id)
+        assert row.attempts == 2 and "SoftTimeLimitExceeded" in row.last_error, row.last_error
+        states = [t.to_state for t in ledger.transitions(dead.id)]
+        assert states == ["received", "queued", "running", "queued", "running", "dead"], states
+        assert worker.poll() is None, "the worker must stay up"
+        started = time.monotonic()
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=30)
+        assert time.monotonic() - started < 30
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(timeout=10)
+        ledger.dispose()

@@ -86,6 +86,10 @@ class BrokerSettings(BaseModel):
     # a job still "running" with an expired lease (its worker died) is sent again, and so is
     # a failed job whose retry no worker took within this long after it was due.
     job_lease_s: float = Field(default=60.0, gt=0)
+    # A task running longer than this, seconds, is stopped (SoftTimeLimitExceeded: retried with
+    # backoff, then "dead"); 30 s later a prefork pool child still stuck is killed (the job is
+    # delivered again). Bounds how long a worker's warm shutdown (SIGTERM) can wait on a task.
+    task_time_limit_s: float = Field(default=900.0, gt=0)
 
 
 class RoutingSettings(BaseModel):
@@ -104,8 +108,8 @@ class ModelSettings(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     segmentation_weights: Path | None = None  # None: the shipped ONNX model
     suppression_weights: Path | None = None  # None: the shipped ONNX model
-    # DDIM sampling steps of the rib suppression; unset: the model's own default (its json).
-    suppression_steps: int | None = Field(default=None, ge=1)
+    # DDIM sampling steps of the rib suppression (1-1000); unset: the model's own default (its json).
+    suppression_steps: int | None = Field(default=None, ge=1, le=1000)
     backend: Literal["onnx", "torch"] = "onnx"
     intra_op_threads: int = 0  # 0: let the runtime choose
     # Largest Rows x Columns read_radiograph accepts (checked before decoding pixel data).

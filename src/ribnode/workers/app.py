@@ -5,7 +5,9 @@
 
 Reliability settings (celery ``userguide/tasks.rst``, ``optimizing.rst``): acknowledge late so a
 task whose worker dies is delivered again, prefetch one (long GPU work), reject on worker loss,
-ignore results (the ledger is the state store). GPU work and CPU work (export) have their own
+ignore results (the ledger is the state store), and a time limit on every task
+(``broker.task_time_limit_s``) so that a stuck task neither holds a pool slot for ever nor
+stalls a warm shutdown. GPU work and CPU work (export) have their own
 queues. Publishing does not retry inside Celery: the completion thread keeps unsent jobs in the
 ledger and retries them itself, so a broker outage never blocks the listener.
 """
@@ -26,6 +28,9 @@ logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
 
 PROCESS_STUDY = "ribnode.process_study"
+#: Seconds between a task's soft time limit (an exception in the task) and its hard limit
+#: (the prefork pool child is killed).
+HARD_TIME_LIMIT_GRACE_S = 30.0
 
 
 def transport_options(broker: BrokerSettings) -> dict[str, Any]:
@@ -62,6 +67,8 @@ def make_celery(settings: Settings) -> Celery:
         broker_connection_timeout=3,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
+        task_soft_time_limit=broker.task_time_limit_s,
+        task_time_limit=broker.task_time_limit_s + HARD_TIME_LIMIT_GRACE_S,
         worker_prefetch_multiplier=1,
         task_ignore_result=True,
         result_backend=None,
