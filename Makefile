@@ -30,6 +30,7 @@ test: services venv
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: venv
+	$(PY) -m pip install -q mypy
 	$(PY) -m mypy src/ribnode
 
 clean:
