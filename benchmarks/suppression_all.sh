@@ -4,34 +4,30 @@
 # Usage: bash benchmarks/suppression_all.sh [OUT_DIR]   (default var/bench-suppression)
 # Needs the shipped weights (src/ribnode/models/weights/rib-suppression.*, rib-segmentation.*),
 # the regression baseline exported by
-#   ribnode train-suppression --mode regression --export-only --install "$REG"
-# the 45-min diffusion run exported to runs/suppression/diffusion-45min/export/, and
-# ../shared/data/jsrt-bse-512.
+#   ribnode train-suppression --mode regression --output runs/suppression/regression \
+#       --install runs/suppression/regression/export/rib-suppression-regression.onnx
+# and ../shared/data/jsrt-bse-512.
 set -euo pipefail
 OUT=${1:-var/bench-suppression}
 PY=${PY:-.venv/bin/python}
 REG=runs/suppression/regression/export/rib-suppression-regression.onnx
-D45=runs/suppression/diffusion-45min/export/rib-suppression.onnx
 mkdir -p "$OUT"
-# 0. the design's ceiling and the identity figures
+# 0. the design's ceiling (both rib-mask definitions) and what upsampling costs at 2048 px
 $PY benchmarks/suppression_ceiling.py | tee "$OUT/ceiling.md"
-# 1. quality on the held-out pairs at 512 (shipped diffusion, 4 steps, both mask sources)
-$PY -m ribnode eval-suppression --cases held-out --mask both --threads 1 --json "$OUT/eval-diffusion.json" | tee "$OUT/eval-diffusion.txt"
-$PY -m ribnode eval-suppression --cases held-out --mask reference --threads 1 --weights "$D45" --json "$OUT/eval-diffusion-45min.json" | tee "$OUT/eval-diffusion-45min.txt"
-$PY -m ribnode eval-suppression --cases held-out --mask reference --threads 1 --weights "$REG" --json "$OUT/eval-regression.json" | tee "$OUT/eval-regression.txt"
-$PY -m ribnode eval-suppression --cases held-out --mask reference --threads 1 --weights "$REG" --rib-shape 34 | tee "$OUT/eval-regression-shape34.txt"
-# 2. BSR and time against sampling steps (held-out; and training cases, to choose the default)
+$PY benchmarks/suppression_upsampling.py | tee "$OUT/upsampling.md"
+# 1. BSR and time against sampling steps (held-out; and training cases, to choose the default)
 $PY benchmarks/suppression_steps.py --steps 1 2 4 8 16 32 --threads 1 | tee "$OUT/steps.md"
 $PY benchmarks/suppression_steps.py --split train --limit 10 --steps 1 2 4 --threads 1 | tee "$OUT/steps-train.md"
-# 3. lesion retention
-$PY -m ribnode eval-lesions --cases held-out --limit 10 --placements 3 --mask reference --threads 1 --json "$OUT/lesions-diffusion.json" | tee "$OUT/lesions-diffusion.txt"
+# 2. quality on the held-out pairs at 512 (shipped diffusion at its default steps, both mask sources)
+$PY -m ribnode eval-suppression --cases held-out --mask both --threads 1 --json "$OUT/eval-diffusion.json" | tee "$OUT/eval-diffusion.txt"
+$PY -m ribnode eval-suppression --cases held-out --mask reference --threads 1 --weights "$REG" --json "$OUT/eval-regression.json" | tee "$OUT/eval-regression.txt"
+# 3. lesion retention: 10 held-out radiographs x 5 centres = 50 placements per cell
+$PY -m ribnode eval-lesions --cases held-out --limit 10 --placements 5 --mask reference --threads 1 --json "$OUT/lesions-diffusion.json" | tee "$OUT/lesions-diffusion.txt"
 $PY -m ribnode eval-lesions --cases held-out --limit 10 --placements 5 --mask reference --threads 1 --weights "$REG" --json "$OUT/lesions-regression.json" | tee "$OUT/lesions-regression.txt"
-$PY -m ribnode eval-lesions --cases held-out --limit 3 --placements 3 --mask reference --threads 1 --steps 1 --json "$OUT/lesions-diffusion-1step.json" | tee "$OUT/lesions-diffusion-1step.txt"
-$PY -m ribnode eval-lesions --cases held-out --limit 3 --placements 3 --mask reference --threads 1 --steps 4 --json "$OUT/lesions-diffusion-4step-3img.json" | tee "$OUT/lesions-diffusion-4step-3img.txt"
-$PY -m ribnode eval-lesions --cases held-out --limit 3 --placements 3 --mask segmenter --threads 1 --steps 4 --json "$OUT/lesions-diffusion-seg.json" | tee "$OUT/lesions-diffusion-seg.txt"
+$PY -m ribnode eval-lesions --cases held-out --limit 10 --placements 5 --mask segmenter --threads 1 --json "$OUT/lesions-diffusion-seg.json" | tee "$OUT/lesions-diffusion-seg.txt"
 # 4. speed on RG1 (decoded DICOM -> full-resolution output, segmentation included), 2 threads
-$PY benchmarks/suppression_speed.py --threads 2 --repeats 5 --steps 4 | tee "$OUT/speed.md"
+$PY benchmarks/suppression_speed.py --threads 2 --repeats 5 --steps "${STEPS:-1}" | tee "$OUT/speed.md"
 $PY benchmarks/suppression_speed.py --threads 2 --repeats 3 --steps 1 2 4 8 16 32 --no-peer | tee "$OUT/speed-steps.md"
 # 5. before/after picture
-$PY benchmarks/suppression_figure.py --steps 4
+$PY benchmarks/suppression_figure.py --steps "${STEPS:-1}"
 $PY benchmarks/suppression_subset.py "$OUT/eval-diffusion.json" | tee "$OUT/subset.txt"

@@ -59,10 +59,10 @@ def test_real_cr_mask_is_on_the_source_matrix_and_inside_the_thorax(
     result = segmenter(radiograph)
     mask = result.mask
     assert mask.shape == (1955, 1841) and result.model.weights_sha256 == segmenter.info.weights_sha256
-    assert 0.05 < mask.mean() < 0.30  # measured 0.157 (docs/models/rib-segmentation.md)
+    assert 0.05 < mask.mean() < 0.30  # measured 0.165 (docs/models/rib-segmentation.md)
     frame = np.ones_like(mask)
     frame[195:-195, 184:-184] = False
-    assert (mask & frame).sum() / mask.sum() < 0.15  # measured 0.066; ribs, not collimator or shoulders
+    assert (mask & frame).sum() / mask.sum() < 0.15  # measured 0.060; ribs, not collimator or shoulders
     rows, cols = np.nonzero(mask)
     left, right = cols < 1841 // 2, cols >= 1841 // 2
     assert left.sum() > 0.3 * right.sum() and right.sum() > 0.3 * left.sum()  # both lungs
@@ -76,7 +76,7 @@ def test_held_out_jsrt_dice(segmenter: RibSegmenter) -> None:
     held = segmenter.config["training"]["split"]["held_out"][:4]
     scores = [dice(segmenter.segment_image(p.radiograph).mask, p.mask)
               for p in (load_pair(PAIRS, case) for case in held)]
-    assert np.mean(scores) > 0.70  # measured 0.78 mean over all 24
+    assert np.mean(scores) > 0.78  # local labels; measured 0.835 mean over all 24 (docs/models)
 
 
 def test_lossless_jpeg2000_copy_gives_the_same_mask(

@@ -29,7 +29,7 @@ def _add_train(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
                         help="folder with source/ and target/ PNG pairs (default %(default)s)")
     parser.add_argument("--output", type=Path, default=Path("runs/rib-segmentation"),
                         help="run folder: checkpoint.pt, split, history, exported ONNX + JSON")
-    parser.add_argument("--epochs", type=int, default=36)
+    parser.add_argument("--epochs", type=int, default=45)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--working-size", type=int, default=256)

@@ -29,7 +29,7 @@ OPSET = 17
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 MODEL_NAME = "ribnode rib-segmentation"
-MODEL_VERSION = "1.0.0"
+MODEL_VERSION = "2.0.0"
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 
