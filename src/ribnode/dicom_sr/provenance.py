@@ -65,8 +65,11 @@ def contribution_description(
         parts.append(f"seed {seed}")
     if working_size is not None:
         parts.append(f"working resolution {working_size}x{working_size}")
+    # the run's own values above win over the model's parameters of the same meaning
+    given = {"steps": steps, "seed": seed, "working_size": working_size}
     for key in sorted(model.parameters):
-        parts.append(f"{key} {model.parameters[key]}")
+        if given.get(key) is None:
+            parts.append(f"{key} {model.parameters[key]}")
     return "; ".join(parts)[:_ST_MAX]
 
 
