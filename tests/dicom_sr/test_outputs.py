@@ -166,3 +166,17 @@ def test_source_without_a_type2_attribute_still_gives_valid_outputs(keyword: str
     for kind, path in write_outputs(outputs, tmp_path).items():
         assert_valid(path)
         assert pydicom.dcmread(path).get(keyword, "missing") in ("", None), (kind, keyword)
+
+
+def test_contribution_description_names_each_parameter_once() -> None:
+    from ribnode.dicom_sr.provenance import contribution_description
+    from ribnode.models.info import ModelInfo
+
+    model = ModelInfo("ribnode rib-suppression", "2.0.0", "ab" * 32,
+                      {"steps": 1, "working_size": 512, "backend": "onnx"})
+    text = contribution_description(model, seed=7, steps=3, working_size=512)
+    assert text.count("steps") == 1 and "steps 3" in text and "steps 1" not in text
+    assert text.count("512") == 2 and "working resolution 512x512" in text  # once, as "512x512"
+    assert "backend onnx" in text and "seed 7" in text
+    # without the run's values, the model's own parameters are listed
+    assert "steps 1" in contribution_description(model)
