@@ -135,22 +135,21 @@ def lesion_trials(suppressor: Any, case_id: str, image: np.ndarray, rib_mask: np
 
     The region comes from ``rib_mask`` of the image *without* the nodule (the segmentation is
     held fixed, so the test isolates the suppression itself); the same seed for ``x`` and ``x'``.
-    For each centre, ``x`` and the nodule images at every contrast run as one batch.
+    ``x`` and the nodule images run one at a time (a batch multiplies the attention's memory).
     """
     x = image.astype(np.float64)
     region = suppressor.region(rib_mask)
     lung = lung_field(rib_mask)
     scale = max(image.shape) / 512.0
     trials = []
+    p = x - suppressor.bone_layers([x.astype(np.float32)], region, seed)[0]  # same for every centre
     for location in locations:
         for radius_512 in radii_512:
             radius = radius_512 * scale
             for centre in placements(rng, rib_mask, lung, location, radius, placements_per_cell):
                 nodules = [nodule(image.shape, centre, radius, c) for c in contrasts]
-                batch = [x.astype(np.float32)] + [(x + n).astype(np.float32) for n in nodules]
-                bones = suppressor.bone_layers(batch, region, seed)
-                p = x - bones[0]
-                for contrast, n, bone in zip(contrasts, nodules, bones[1:]):
+                bones = [suppressor.bone_layers([(x + n).astype(np.float32)], region, seed)[0] for n in nodules]
+                for contrast, n, bone in zip(contrasts, nodules, bones):
                     retention, spurious = retention_and_spurious(p, x + n - bone, n, centre, radius)
                     trials.append(LesionTrial(case_id, location, radius_512, contrast, retention, spurious))
     return trials
