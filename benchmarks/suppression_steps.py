@@ -1,7 +1,7 @@
 """BSR (and PSNR gain) of the rib suppression against the number of DDIM sampling steps.
 
 On the held-out JSRT / BSE-JSRT pairs at 512x512 listed in the weights' json, region from the
-reference rib masks dilated 5 px, seed 0, ONNX Runtime backend. Also the median seconds of one
+pairs' own rib masks (derived from each pair, local definition) dilated 5 px, seed 0, ONNX Runtime backend. Also the median seconds of one
 512x512 bone-layer estimate (working-size sampling + upsampling) per step count.
 
     .venv/bin/python benchmarks/suppression_steps.py --steps 1 2 4 8 16 32 --threads 2
@@ -51,7 +51,7 @@ def main() -> None:
         seconds = statistics.median(r.seconds for r in rows)
         print(f"| {steps} | {s['bsr']['mean']:.4f} | {s['bsr']['worst']:.4f} | {s['psnr_gain_db']['mean']:.2f} | "
               f"{s['ssim']['mean']:.4f} | {seconds:.3f} |", flush=True)
-    print(f"\n{len(pairs or [])} {args.split} pairs; seed 0; region: reference masks dilated 5 px.")
+    print(f"\n{len(pairs or [])} {args.split} pairs; seed 0; region: the pairs' rib masks (local definition) dilated 5 px.")
 
 
 if __name__ == "__main__":
