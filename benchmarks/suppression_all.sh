@@ -21,10 +21,11 @@ $PY benchmarks/suppression_steps.py --split train --limit 10 --steps 1 2 4 --thr
 # 2. quality on the held-out pairs at 512 (shipped diffusion at its default steps, both mask sources)
 $PY -m ribnode eval-suppression --cases held-out --mask both --threads 1 --json "$OUT/eval-diffusion.json" | tee "$OUT/eval-diffusion.txt"
 $PY -m ribnode eval-suppression --cases held-out --mask reference --threads 1 --weights "$REG" --json "$OUT/eval-regression.json" | tee "$OUT/eval-regression.txt"
-# 3. lesion retention: 10 held-out radiographs x 5 centres = 50 placements per cell
+# 3. lesion retention: 10 held-out radiographs x 5 centres = 50 placements per cell (baseline: 20,
+#    product path: 3 x 3 = 9, for CPU time); tables: benchmarks/lesions_table.py FILE.json
 $PY -m ribnode eval-lesions --cases held-out --limit 10 --placements 5 --mask reference --threads 1 --json "$OUT/lesions-diffusion.json" | tee "$OUT/lesions-diffusion.txt"
-$PY -m ribnode eval-lesions --cases held-out --limit 10 --placements 5 --mask reference --threads 1 --weights "$REG" --json "$OUT/lesions-regression.json" | tee "$OUT/lesions-regression.txt"
-$PY -m ribnode eval-lesions --cases held-out --limit 10 --placements 5 --mask segmenter --threads 1 --json "$OUT/lesions-diffusion-seg.json" | tee "$OUT/lesions-diffusion-seg.txt"
+$PY -m ribnode eval-lesions --cases held-out --limit 10 --placements 2 --mask reference --threads 1 --weights "$REG" --json "$OUT/lesions-regression.json" | tee "$OUT/lesions-regression.txt"
+$PY -m ribnode eval-lesions --cases held-out --limit 3 --placements 3 --mask segmenter --threads 1 --json "$OUT/lesions-diffusion-seg.json" | tee "$OUT/lesions-diffusion-seg.txt"
 # 4. speed on RG1 (decoded DICOM -> full-resolution output, segmentation included), 2 threads
 $PY benchmarks/suppression_speed.py --threads 2 --repeats 5 --steps "${STEPS:-1}" | tee "$OUT/speed.md"
 $PY benchmarks/suppression_speed.py --threads 2 --repeats 3 --steps 1 2 4 8 16 32 --no-peer | tee "$OUT/speed-steps.md"
