@@ -182,15 +182,15 @@ def report(results: list[Run], args: argparse.Namespace, seconds: float) -> str:
     lines = [
         "## End-to-end latency (issue 5)",
         "",
-        f"- Date: {datetime.date.today().isoformat()}; machine: 2-core CPU, {cpu_model()} "
-        "(shared with other work while measured); no GPU.",
+        f"- Date: {datetime.date.today().isoformat()}; machine: 2-core CPU, {cpu_model()}"
+        "; no GPU.",
         f"- Command: `.venv/bin/python benchmarks/e2e_latency.py --runs {args.runs} "
-        f"--quiet-period {quiet:g} --steps {args.steps} --broker-url {args.broker_arg}` "
+        f"--quiet-period {quiet:g}{'' if args.steps is None else f' --steps {args.steps}'} --broker-url {args.broker_arg}` "
         f"({seconds:.0f} s in all).",
         "- From the instance stored at ribnode (ledger `received_at`) to all three objects stored "
         "in Orthanc (polled every 50 ms). `ribnode serve` and `ribnode worker` as separate "
         f"processes, broker `{args.broker_url}`, STOW-RS to a stock Orthanc, "
-        f"{args.steps} sampling steps, product defaults otherwise.",
+        f"{'the model' + chr(39) + 's default' if args.steps is None else args.steps} sampling steps, product defaults otherwise.",
         f"- Target: quiet period + 10 s = {quiet + 10:g} s or less.",
         "",
         "| source | runs | total, median (min-max) | total minus quiet period | "
@@ -217,7 +217,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="warm runs per source (default 3)")
     parser.add_argument("--quiet-period", type=float, default=5.0, help="spool.quiet_period_s (default 5, the product default)")
-    parser.add_argument("--steps", type=int, default=4, help="models.suppression_steps (default 4)")
+    parser.add_argument("--steps", type=int, default=None, help="models.suppression_steps (default: the model's own)")
     parser.add_argument("--size", type=int, default=2048, help="synthetic image side (default 2048)")
     parser.add_argument("--broker-url", default="filesystem://", help="broker.url (default the embedded filesystem broker); 'redis' claims a "
                              "database on the local Redis")

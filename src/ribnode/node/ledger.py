@@ -583,6 +583,15 @@ class Ledger:
         if job.state not in {str(a) for a in allowed}:
             return False
         now = utcnow()
+        # The state check again, inside the UPDATE: SQLite ignores FOR UPDATE, so two writers
+        # that both read the old state (two dispatchers of one reclaimed job) must not both move it.
+        moved = s.execute(
+            update(Job).where(Job.id == job_id, Job.state == job.state)
+            .values(state=str(to_state), updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if not moved.rowcount:  # type: ignore[attr-defined]
+            return False
         s.add(JobTransition(job_id=job_id, from_state=job.state, to_state=to_state, at=now, error=error))
         job.state = str(to_state)
         job.updated_at = now
