@@ -3,6 +3,7 @@ column per contrast (mean retention, lowest single placement in brackets), and t
 spurious change of the row. Used for docs/benchmarks/suppression.md.
 
     .venv/bin/python benchmarks/lesions_table.py var/bench-suppression/lesions-diffusion.json
+    .venv/bin/python benchmarks/lesions_table.py --merge part1.json part2.json   # runs split by --skip
 """
 
 from __future__ import annotations
@@ -34,6 +35,27 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def merged(reports: list[dict]) -> dict:
+    """One report from several ``eval-lesions --json`` runs over disjoint cases (``--skip``):
+    the cells are summarised again from the runs' single trials."""
+    from ribnode.models.suppression.lesions import LesionTrial, summarise
+
+    trials = [LesionTrial(**t) for report in reports for t in report["trials"]]
+    seen: set[str] = set()
+    for report in reports:
+        ids = {t["case_id"] for t in report["trials"]}
+        if ids & seen:
+            raise ValueError(f"the runs share cases {sorted(ids & seen)}: merge runs over disjoint cases only")
+        seen |= ids
+    cells = [{"location": k[0], "radius_512": k[1], "contrast": k[2], **v} for k, v in summarise(trials).items()]
+    return {"cells": cells, "trials": [vars(t) for t in trials], "cases": sorted(seen)}
+
+
 if __name__ == "__main__":
-    for path in sys.argv[1:]:
-        print(table(json.loads(Path(path).read_text())))
+    paths = [a for a in sys.argv[1:] if a != "--merge"]
+    reports = [json.loads(Path(path).read_text()) for path in paths]
+    if "--merge" in sys.argv[1:]:
+        print(table(merged(reports)))
+    else:
+        for report in reports:
+            print(table(report))

@@ -223,6 +223,48 @@ def test_train_smoke_and_install(tmp_path: Path) -> None:
     assert record.training["options"]["labels"] == "local"
 
 
+def test_training_nodules_land_in_the_crop_and_weigh_more(tmp_path: Path) -> None:
+    from ribnode.models.suppression.data import load_pairs, to_working_pair
+    from ribnode.models.suppression.train import Batcher, TrainOptions, near_nodules
+
+    data = _pairs_dir(tmp_path / "pairs", count=2)
+    pairs = [to_working_pair(p, 64) for p in load_pairs(data)]
+    config = SuppressionConfig(network=NetworkConfig(sample_size=64))
+    options = TrainOptions(data=data, out=tmp_path, batch=1, crop=32, working_size=64, nodule_prob=1.0,
+                           nodules_per_crop=(2, 2), nodule_weight=7.0)
+    batcher = Batcher(pairs, config, options, np.random.default_rng(3))
+    for _ in range(10):
+        window = batcher._window()
+        image, found = batcher._augmented_input(pairs[0], window)
+        r0, c0, side = window
+        assert len(found) == 2
+        assert all(r0 - 0.5 <= r <= r0 + side + 0.5 and c0 - 0.5 <= c <= c0 + side + 0.5 for r, c, _, _ in found)
+    near = near_nodules([(10.0, 12.0, 2.0, 0.02)], (4, 4, 16), reach=2.0)
+    assert near[6, 8] == 1.0 and near[6, 8 + 3] == 1.0 and near[6, 8 + 4] == 0.0 and near.sum() < 16 * 16
+    for _ in range(5):
+        cond, target, weight, denominator = batcher.sample()
+        base = options.loss_outside_weight + (1 - options.loss_outside_weight) * cond[:, 1:2]
+        extra = (weight - base).numpy()
+        assert extra.max() == pytest.approx(7.0) and set(np.unique(np.round(extra, 4))) <= {0.0, 7.0}
+        assert float(denominator) == pytest.approx(float(base.sum()), rel=1e-5)
+
+
+def test_training_starts_from_init_weights(tmp_path: Path) -> None:
+    from ribnode.models.suppression.train import TrainOptions, train
+
+    data = _pairs_dir(tmp_path / "pairs", count=6)
+    torch.manual_seed(5)
+    config = SuppressionConfig(network=NetworkConfig(sample_size=32))
+    init = tmp_path / "init.pt"
+    torch.save(build_unet(config.network).state_dict(), init)
+    train(TrainOptions(data=data, out=tmp_path / "run", steps=0, working_size=32, crop=32, init=init))
+    saved = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    start = torch.load(init, weights_only=True)
+    assert all(torch.equal(saved[k], start[k]) for k in start)
+    record = SuppressionConfig.load(tmp_path / "run" / "config.json")
+    assert record.training["init_sha256"] is not None and record.training["steps_done"] == 0
+
+
 # -- commands ------------------------------------------------------------------------------------
 
 def test_eval_suppression_and_lesions_commands(tiny_weights: Path, tmp_path: Path,
@@ -243,6 +285,11 @@ def test_eval_suppression_and_lesions_commands(tiny_weights: Path, tmp_path: Pat
                  "--placements", "1", "--limit", "1", "--threads", "1"]) == 0
     text = capsys.readouterr().out
     assert "rib" in text and "lowest mean retention" in text
+    split = tmp_path / "lesions-skip1.json"
+    assert main(["eval-lesions", "--data", str(data), "--weights", str(tiny_weights), "--mask", "reference",
+                 "--placements", "1", "--skip", "1", "--threads", "1", "--json", str(split)]) == 0
+    trials = json.loads(split.read_text())["trials"]
+    assert trials and {t["case_id"] for t in trials} == {"JPCNN001"}
 
 
 def test_seed_from_pixels_without_uid(tiny_weights: Path) -> None:

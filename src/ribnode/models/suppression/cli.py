@@ -44,6 +44,8 @@ def _data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cases", choices=("all", "held-out"), default="all",
                         help="held-out: only the cases the weights' json lists as held out")
     parser.add_argument("--limit", type=int, default=0, help="at most this many cases (0: all)")
+    parser.add_argument("--skip", type=int, default=0,
+                        help="leave out the first N cases (with --limit: split one run over processes)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
 
 
@@ -68,6 +70,11 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--focus-steps", type=int, default=0,
                    help="diffusion: draw a share (--focus-prob) of training timesteps from this many-step schedule")
     p.add_argument("--focus-prob", type=float, default=0.0)
+    p.add_argument("--nodule-weight", type=float, default=10.0,
+                   help="extra loss weight near the synthetic training nodules (0: none)")
+    p.add_argument("--nodule-reach", type=float, default=2.5, help="... within this many nodule radii")
+    p.add_argument("--init", type=Path, default=None, metavar="PT",
+                   help="start from this state dict (e.g. the shipped rib-suppression.pt) instead of random weights")
     p.add_argument("--no-resume", dest="resume", action="store_false")
     p.add_argument("--install", type=Path, default=None, metavar="ONNX",
                    help="after training, export ONNX + .pt + .json here (e.g. the shipped weights path)")
@@ -112,7 +119,8 @@ def _train(args: argparse.Namespace) -> int:
                            batch=args.batch, crop=args.crop, lr=args.lr, time_limit_min=args.minutes,
                            threads=args.threads, seed=args.seed, inverted=args.inverted, resume=args.resume,
                            device=args.device, focus_steps=args.focus_steps, focus_prob=args.focus_prob,
-                           working_size=args.working_size, labels=args.labels))
+                           working_size=args.working_size, labels=args.labels,
+                           nodule_weight=args.nodule_weight, nodule_reach=args.nodule_reach, init=args.init))
     if args.install is not None:
         path = install(output, args.install, args.default_steps)
         print(f"installed {path} and {path.with_suffix('.pt')}, {path.with_suffix('.json')}")
@@ -141,6 +149,7 @@ def _cases(args: argparse.Namespace, suppressor: Any, data: Path) -> list[str]:
         if not held:
             raise ValueError("the weights' json lists no held-out cases")
         ids = [c for c in ids if c in held]
+    ids = ids[args.skip:]
     return ids[: args.limit] if args.limit else ids
 
 
@@ -196,7 +205,8 @@ def _lesions(args: argparse.Namespace) -> int:
           f"largest spurious change {max(s['spurious_max'] for s in table.values()):.5f} (target <= 0.005)")
     _write_json(args.json, {"data": str(data), "model": vars(suppressor.info), "placements": args.placements,
                             "cells": [{"location": k[0], "radius_512": k[1], "contrast": k[2], **v}
-                                      for k, v in table.items()]})
+                                      for k, v in table.items()],
+                            "trials": [vars(t) for t in trials]})
     return 0
 
 

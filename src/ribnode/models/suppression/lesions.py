@@ -49,18 +49,20 @@ def add_nodules(image: np.ndarray, nodules: Iterable[tuple[float, float, float, 
 def sample_training_nodules(rng: np.random.Generator, mask: np.ndarray, count: int,
                             radius_range: tuple[float, float] = (2.0, 14.0),
                             contrast_range: tuple[float, float] = (0.005, 0.05),
+                            window: np.ndarray | None = None,
                             ) -> list[tuple[float, float, float, float]]:
     """Random nodules for augmentation: half centred on ribs (``mask``), half in open lung.
 
     Radii and contrasts are drawn uniformly in the given ranges (px and bone-bright units of the
     matrix of ``mask``); "open lung" is approximated by the central 70 % of the image outside
-    the mask.
+    the mask. ``window`` (bool, the shape of ``mask``) restricts every centre to it.
     """
     rows, cols = mask.shape
-    on_rib = np.argwhere(mask)
+    allowed = np.ones_like(mask, dtype=bool) if window is None else np.asarray(window, dtype=bool)
+    on_rib = np.argwhere(mask & allowed)
     centre_box = np.zeros_like(mask)
     centre_box[int(0.15 * rows):int(0.85 * rows), int(0.1 * cols):int(0.9 * cols)] = True
-    in_lung = np.argwhere(centre_box & ~mask)
+    in_lung = np.argwhere(centre_box & ~mask & allowed)
     out: list[tuple[float, float, float, float]] = []
     for i in range(count):
         pool = on_rib if (i % 2 == 0 and len(on_rib)) or not len(in_lung) else in_lung

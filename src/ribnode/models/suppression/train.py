@@ -7,7 +7,11 @@ zero, timestep 0, one step.
 
 Augmentation: horizontal flips, random crops, synthetic nodules and noise added to the
 *input radiograph only* (the bone target is unchanged), so the network learns that nodules are
-not bone. Fixed seed, tqdm progress bar, checkpoints every ``checkpoint_every`` steps
+not bone. The nodules are placed inside each training crop (half on ribs), and the loss weighs
+the pixels within ``nodule_reach`` radii of a nodule ``nodule_weight`` times more: any bone
+the network reads into a nodule, or around it, is exactly what the lesion-retention test of
+``shared/guides/metrics.md`` measures, and without the extra weight it is a vanishing share of
+the loss. ``init`` starts from a shipped ``.pt`` state dict (fine-tuning). Fixed seed, tqdm progress bar, checkpoints every ``checkpoint_every`` steps
 (resumable). The learning rate follows a cosine to zero over ``max(step / steps,
 elapsed / time_limit)``, so a run on a loaded machine still ends annealed within its time.
 """
@@ -67,6 +71,10 @@ class TrainOptions:
     focus_steps: int = 0  # > 0: draw t from the focus_steps-step sampling schedule ...
     focus_prob: float = 0.0  # ... with this probability (else uniform over all timesteps)
     labels: str = "local"  # rib-mask definition of the training region (segmentation.data)
+    nodules_per_crop: tuple[int, int] = (1, 4)  # drawn uniformly, inside the crop (half on ribs)
+    nodule_weight: float = 10.0  # extra loss weight near each nodule (0: plain region weight)
+    nodule_reach: float = 2.5  # ... within this many radii of its centre
+    init: Path | None = None  # start from this .pt state dict instead of random weights
 
 
 class Batcher:
@@ -76,43 +84,75 @@ class Batcher:
                  rng: np.random.Generator) -> None:
         self.pairs, self.config, self.options, self.rng = pairs, config, options, rng
 
-    def sample(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(condition (B,2,H,W): radiograph + region, bone target (B,1,H,W), weight (B,1,H,W))."""
-        conds, targets, weights = [], [], []
+    def sample(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(condition (B,2,H,W): radiograph + region, bone target (B,1,H,W), loss weight
+        (B,1,H,W), loss normaliser (the sum of the region weight alone, a scalar))."""
+        conds, targets, weights, bases = [], [], [], []
         for _ in range(self.options.batch):
-            cond, target, weight = self._one(self.pairs[self.rng.integers(len(self.pairs))])
+            cond, target, weight, base = self._one(self.pairs[self.rng.integers(len(self.pairs))])
             conds.append(cond)
             targets.append(target)
             weights.append(weight)
+            bases.append(base)
         return (torch.from_numpy(np.stack(conds)), torch.from_numpy(np.stack(targets)),
-                torch.from_numpy(np.stack(weights)))
+                torch.from_numpy(np.stack(weights)), torch.tensor(float(sum(bases))))
 
-    def _augmented_input(self, pair: WorkingPair) -> np.ndarray:
+    def _window(self) -> tuple[int, int, int]:
+        """(row, col, side) of this sample's crop at the working size."""
+        crop, size = self.options.crop, self.options.working_size
+        if crop >= size:
+            return 0, 0, size
+        r0, c0 = self.rng.integers(0, size - crop + 1, size=2)
+        return int(r0), int(c0), crop
+
+    def _augmented_input(self, pair: WorkingPair, window: tuple[int, int, int],
+                         ) -> tuple[np.ndarray, list[tuple[float, float, float, float]]]:
+        """The working-size input and its nodules (row, col, radius, contrast) at working size."""
         image = pair.radiograph.astype(np.float64)
+        scale = max(image.shape) / float(self.options.working_size)
+        found: list[tuple[float, float, float, float]] = []
         if self.rng.random() < self.options.nodule_prob:
-            scale = max(image.shape) / 512.0
-            found = sample_training_nodules(self.rng, pair.rib_mask, int(self.rng.integers(1, 7)),
-                                            (2.0 * scale, 14.0 * scale))
+            r0, c0, side = (int(round(v * scale)) for v in window)
+            inside = np.zeros_like(pair.rib_mask)
+            inside[r0:r0 + side, c0:c0 + side] = True
+            low, high = self.options.nodules_per_crop
+            found = sample_training_nodules(self.rng, pair.rib_mask & inside, int(self.rng.integers(low, high + 1)),
+                                            (2.0 * scale * self.options.working_size / 512.0,
+                                             14.0 * scale * self.options.working_size / 512.0),
+                                            window=inside)
             image = add_nodules(image, found)
         if self.rng.random() < 0.5:
             image = image + self.rng.normal(0.0, self.rng.uniform(0.0, 0.01), image.shape)
-        return to_working(image.astype(np.float32), self.options.working_size)
+        working = [(r / scale, c / scale, rad / scale, con) for r, c, rad, con in found]
+        return to_working(image.astype(np.float32), self.options.working_size), working
 
-    def _one(self, pair: WorkingPair) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        image = self._augmented_input(pair)
+    def _one(self, pair: WorkingPair) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        window = self._window()
+        image, found = self._augmented_input(pair, window)
         norm, lo, hi = normalise(image, self.config.percentiles)
         bone = pair.bone / (hi - lo) * self.config.bone_scale
-        stack = np.stack([norm, pair.region, bone]).astype(np.float32)
+        r0, c0, side = window
+        stack = np.stack([norm, pair.region, bone]).astype(np.float32)[:, r0:r0 + side, c0:c0 + side]
+        outside = self.options.loss_outside_weight
+        base = outside + (1 - outside) * stack[1:2]
+        weight = base + self.options.nodule_weight * near_nodules(found, window, self.options.nodule_reach)[None]
+        stack = np.concatenate([stack, weight.astype(np.float32)])
         if self.rng.random() < 0.5:
             stack = stack[:, :, ::-1]
-        crop, size = self.options.crop, stack.shape[-1]
-        if crop < size:
-            r0, c0 = self.rng.integers(0, size - crop + 1, size=2)
-            stack = stack[:, r0:r0 + crop, c0:c0 + crop]
         stack = np.ascontiguousarray(stack)
-        region = stack[1:2]
-        weight = self.options.loss_outside_weight + (1 - self.options.loss_outside_weight) * region
-        return stack[:2], stack[2:3], weight.astype(np.float32)
+        return stack[:2], stack[2:3], stack[3:4], float(base.sum())
+
+
+def near_nodules(nodules: list[tuple[float, float, float, float]], window: tuple[int, int, int],
+                 reach: float = 2.5) -> np.ndarray:
+    """(side, side) float32: 1 within ``reach`` radii of any nodule centre, in the crop ``window``."""
+    r0, c0, side = window
+    out = np.zeros((side, side), dtype=bool)
+    rows = np.arange(side, dtype=np.float64)[:, None] + r0
+    cols = np.arange(side, dtype=np.float64)[None, :] + c0
+    for row, col, radius, _ in nodules:
+        out |= (rows - row) ** 2 + (cols - col) ** 2 < (reach * radius) ** 2
+    return out.astype(np.float32)
 
 
 def _lr_factor(progress: float, step: int, warmup: int) -> float:
@@ -138,8 +178,9 @@ def _timesteps(scheduler: Any, batch: int, generator: torch.Generator, focus: li
 def training_loss(unet: torch.nn.Module, scheduler: Any, config: SuppressionConfig,
                   cond: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
                   generator: torch.Generator, focus: list[int] | None = None,
-                  focus_prob: float = 0.0) -> torch.Tensor:
-    """Weighted MSE of the x0 prediction (diffusion) or of the direct bone estimate (regression)."""
+                  focus_prob: float = 0.0, denominator: torch.Tensor | None = None) -> torch.Tensor:
+    """Weighted MSE of the x0 prediction (diffusion) or of the direct bone estimate (regression),
+    divided by ``denominator`` (default: the weights' sum)."""
     batch = target.shape[0]
     if config.mode == "diffusion":
         t = _timesteps(scheduler, batch, generator, focus or [], focus_prob)
@@ -150,7 +191,7 @@ def training_loss(unet: torch.nn.Module, scheduler: Any, config: SuppressionConf
         t = torch.zeros(batch, dtype=torch.long, device=target.device)
         noisy = torch.zeros_like(target)
     pred = unet(_model_input(noisy, cond), t).sample
-    return (weight * (pred - target) ** 2).sum() / weight.sum()
+    return (weight * (pred - target) ** 2).sum() / (weight.sum() if denominator is None else denominator)
 
 
 def _checkpoint(path: Path, unet: torch.nn.Module, ema: dict[str, torch.Tensor],
@@ -175,6 +216,9 @@ def train(options: TrainOptions) -> Path:
     pairs = [to_working_pair(p, options.working_size) for p in load_pairs(options.data, train_ids, options.inverted, labels=options.labels)]
     device = options.device if options.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     unet, scheduler = build_unet(config.network).to(device), build_scheduler(config.scheduler)
+    if options.init is not None:
+        unet.load_state_dict(torch.load(options.init, weights_only=True, map_location=device))
+        logger.info("initialised from %s (sha256 %s)", options.init, sha256_file(options.init))
     optimiser = torch.optim.AdamW(unet.parameters(), lr=options.lr, weight_decay=1e-4)
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
     step, elapsed = 0, 0.0
@@ -212,8 +256,9 @@ def _loop(unet: torch.nn.Module, scheduler: Any, config: SuppressionConfig,
             break
         for group in optimiser.param_groups:
             group["lr"] = options.lr * _lr_factor(progress, step, options.warmup)
-        cond, target, weight = (t.to(next(unet.parameters()).device) for t in batcher.sample())
-        loss = training_loss(unet, scheduler, config, cond, target, weight, generator, focus, options.focus_prob)
+        cond, target, weight, denominator = (t.to(next(unet.parameters()).device) for t in batcher.sample())
+        loss = training_loss(unet, scheduler, config, cond, target, weight, generator, focus, options.focus_prob,
+                             denominator)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -256,6 +301,7 @@ def _finish(unet: torch.nn.Module, ema: dict[str, torch.Tensor], config: Suppres
         "data": str(options.data), "train_cases": train_ids, "held_out_cases": held_ids,
         "split_rule": "sorted ids per stratum (JPCLN, JPCNN); every 5th held out (index 4, 9, ...)",
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(options).items()},
+        "init_sha256": sha256_file(options.init) if options.init is not None else None,
         "steps_done": record["steps_done"], "seconds": round(record["seconds"], 1),
         "history": record["history"], "torch": torch.__version__, "weights_pt_sha256": sha256_file(weights),
     }
