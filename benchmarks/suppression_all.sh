@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every figure of docs/benchmarks/suppression.md and docs/models/rib-suppression.md, in order,
 # with the exact options used for the published figures.
-# Usage: bash benchmarks/suppression_all.sh [OUT_DIR]   (default var/bench-suppression)
+# Usage: bash benchmarks/suppression_all.sh [OUT_DIR]   (default var/bench-suppression; 2.1.0's: var/bench-suppression-2.1)
 # Needs the shipped weights (src/ribnode/models/weights/rib-suppression.*, rib-segmentation.*),
 # the regression baseline exported by
 #   ribnode train-suppression --mode regression --output runs/suppression/regression \
@@ -16,14 +16,18 @@ mkdir -p "$OUT"
 $PY benchmarks/suppression_ceiling.py | tee "$OUT/ceiling.md"
 $PY benchmarks/suppression_upsampling.py | tee "$OUT/upsampling.md"
 # 1. BSR and time against sampling steps (held-out; and training cases, to choose the default)
-$PY benchmarks/suppression_steps.py --steps 1 2 4 8 16 32 --threads 1 | tee "$OUT/steps.md"
+$PY benchmarks/suppression_steps.py --steps 1 2 4 8 --threads 1 | tee "$OUT/steps.md"   # 2.0.0: 1 2 4 8 16 32
 $PY benchmarks/suppression_steps.py --split train --limit 10 --steps 1 2 4 --threads 1 | tee "$OUT/steps-train.md"
 # 2. quality on the held-out pairs at 512 (shipped diffusion at its default steps, both mask sources)
 $PY -m ribnode eval-suppression --cases held-out --mask both --threads 1 --json "$OUT/eval-diffusion.json" | tee "$OUT/eval-diffusion.txt"
 $PY -m ribnode eval-suppression --cases held-out --mask reference --threads 1 --weights "$REG" --json "$OUT/eval-regression.json" | tee "$OUT/eval-regression.txt"
 # 3. lesion retention: 10 held-out radiographs x 5 centres = 50 placements per cell (baseline: 20,
 #    product path: 3 x 3 = 9, for CPU time); tables: benchmarks/lesions_table.py FILE.json
-$PY -m ribnode eval-lesions --cases held-out --limit 10 --placements 5 --mask reference --threads 1 --json "$OUT/lesions-diffusion.json" | tee "$OUT/lesions-diffusion.txt"
+#    The shipped model's 50 per cell run in two processes over disjoint cases, merged from the trials:
+$PY -m ribnode eval-lesions --cases held-out --skip 0 --limit 5 --placements 5 --mask reference --threads 1 --json "$OUT/lesions-B-0.json" > "$OUT/lesions-B-0.txt" &
+$PY -m ribnode eval-lesions --cases held-out --skip 5 --limit 5 --placements 5 --mask reference --threads 1 --json "$OUT/lesions-B-5.json" > "$OUT/lesions-B-5.txt"
+wait
+$PY benchmarks/lesions_table.py --merge "$OUT/lesions-B-0.json" "$OUT/lesions-B-5.json" | tee "$OUT/lesions-diffusion-merged.md"
 $PY -m ribnode eval-lesions --cases held-out --limit 10 --placements 2 --mask reference --threads 1 --weights "$REG" --json "$OUT/lesions-regression.json" | tee "$OUT/lesions-regression.txt"
 $PY -m ribnode eval-lesions --cases held-out --limit 3 --placements 3 --mask segmenter --threads 1 --json "$OUT/lesions-diffusion-seg.json" | tee "$OUT/lesions-diffusion-seg.txt"
 # 4. speed on RG1 (decoded DICOM -> full-resolution output, segmentation included), 2 threads
