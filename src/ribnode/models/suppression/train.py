@@ -11,8 +11,8 @@ not bone. The nodules are placed inside each training crop (half on ribs), and t
 the pixels within ``nodule_reach`` radii of a nodule ``nodule_weight`` times more: any bone
 the network reads into a nodule, or around it, is exactly what the lesion-retention test of
 ``shared/guides/metrics.md`` measures, and without the extra weight it is a vanishing share of
-the loss. ``init`` starts from a shipped ``.pt`` state dict (fine-tuning). Fixed seed, tqdm progress bar, checkpoints every ``checkpoint_every`` steps
-(resumable). The learning rate follows a cosine to zero over ``max(step / steps,
+the loss. ``init`` starts from a shipped ``.pt`` state dict (fine-tuning). Fixed seed, tqdm
+progress bar, checkpoints every ``checkpoint_every`` steps (resumable). The learning rate follows a cosine to zero over ``max(step / steps,
 elapsed / time_limit)``, so a run on a loaded machine still ends annealed within its time.
 """
 
@@ -116,10 +116,9 @@ class Batcher:
             inside = np.zeros_like(pair.rib_mask)
             inside[r0:r0 + side, c0:c0 + side] = True
             low, high = self.options.nodules_per_crop
+            per_512 = max(image.shape) / 512.0  # radii are drawn in px at 512, as in the lesion test
             found = sample_training_nodules(self.rng, pair.rib_mask & inside, int(self.rng.integers(low, high + 1)),
-                                            (2.0 * scale * self.options.working_size / 512.0,
-                                             14.0 * scale * self.options.working_size / 512.0),
-                                            window=inside)
+                                            (2.0 * per_512, 14.0 * per_512), window=inside)
             image = add_nodules(image, found)
         if self.rng.random() < 0.5:
             image = image + self.rng.normal(0.0, self.rng.uniform(0.0, 0.01), image.shape)
