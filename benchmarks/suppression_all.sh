@@ -16,7 +16,9 @@ mkdir -p "$OUT"
 $PY benchmarks/suppression_ceiling.py | tee "$OUT/ceiling.md"
 $PY benchmarks/suppression_upsampling.py | tee "$OUT/upsampling.md"
 # 1. BSR and time against sampling steps (held-out; and training cases, to choose the default)
-$PY benchmarks/suppression_steps.py --steps 1 2 4 8 --threads 1 | tee "$OUT/steps.md"   # 2.0.0: 1 2 4 8 16 32
+$PY benchmarks/suppression_steps.py --steps 1 2 4 8 --threads 1 | tee "$OUT/steps.md"   # 2.0.0: 1 2 4 8 16 32 in one run
+$PY benchmarks/suppression_steps.py --steps 16 --threads 1 | tee "$OUT/steps16.md"
+$PY benchmarks/suppression_steps.py --steps 32 --threads 2 | tee "$OUT/steps32.md"
 $PY benchmarks/suppression_steps.py --split train --limit 10 --steps 1 2 4 --threads 1 | tee "$OUT/steps-train.md"
 # 2. quality on the held-out pairs at 512 (shipped diffusion at its default steps, both mask sources)
 $PY -m ribnode eval-suppression --cases held-out --mask both --threads 1 --json "$OUT/eval-diffusion.json" | tee "$OUT/eval-diffusion.txt"
