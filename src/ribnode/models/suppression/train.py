@@ -117,7 +117,7 @@ class Batcher:
             inside[r0:r0 + side, c0:c0 + side] = True
             low, high = self.options.nodules_per_crop
             per_512 = max(image.shape) / 512.0  # radii are drawn in px at 512, as in the lesion test
-            found = sample_training_nodules(self.rng, pair.rib_mask & inside, int(self.rng.integers(low, high + 1)),
+            found = sample_training_nodules(self.rng, pair.rib_mask, int(self.rng.integers(low, high + 1)),
                                             (2.0 * per_512, 14.0 * per_512), window=inside)
             image = add_nodules(image, found)
         if self.rng.random() < 0.5:
