@@ -197,6 +197,10 @@ def test_train_seg_runs_checkpoints_and_exports(tmp_path: Path) -> None:
     assert config["working_size"] == 32 and config["training"]["epochs_completed"] == 2
     assert len(config["training"]["split"]["held_out"]) == 2
     assert config["training"]["seed"] == 5
+    # the record names the label definition the run used (local by default), not another one
+    assert config["training"]["config"]["labels"] == "local"
+    assert "local derivation" in config["training"]["data"]
+    assert "reference derivation" not in config["training"]["data"]
     state = torch.load(out / "checkpoint.pt", weights_only=False)
     assert state["epoch"] == 2 and len(state["history"]) == 2
     segmenter = RibSegmenter(weights=out / "rib-segmentation.onnx", device="cpu", threads=1)

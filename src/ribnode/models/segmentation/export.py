@@ -72,6 +72,15 @@ def model_config(model: UNet, onnx_path: Path, working_size: int,
     }
 
 
+#: How each label definition (``segmentation.data``) is described in the exported weights' JSON.
+LABEL_SOURCES = {
+    "reference": "rib masks by the reference derivation (../shared/tools/derive_rib_masks.py, "
+                 "bone layer above 0.02 of full scale)",
+    "local": "rib masks by ribnode's local derivation (segmentation.data.local_rib_mask: bone "
+             "layer above 30 % of its local peak within 10 px at 512 and above 0.008)",
+}
+
+
 def training_record(state: dict[str, Any]) -> dict[str, Any]:
     """Data, split, seed, configuration and final figures of a training checkpoint."""
     train = state["config"]
@@ -79,8 +88,7 @@ def training_record(state: dict[str, Any]) -> dict[str, Any]:
     history = state.get("history", [])
     return {
         "data": "JSRT radiographs with BSE-JSRT bone-suppressed targets, 512x512 "
-                "(../shared/data/jsrt-bse-512), rib masks by the reference derivation "
-                "(../shared/tools/derive_rib_masks.py, threshold 0.02)",
+                f"(../shared/data/jsrt-bse-512), {LABEL_SOURCES[train.get('labels', 'reference')]}",
         "config": train,
         "seed": train["seed"],
         "epochs_completed": state.get("epoch"),
