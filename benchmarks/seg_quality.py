@@ -71,7 +71,8 @@ def main() -> None:
     print(f"Weights: sha256 `{held['weights_sha256']}`; data `{args.data}` (512x512, HD95 in px "
           f"at 512, no pixel spacing for PNGs); labels: `{labels}` definition (the model's), and "
           f"`{other}` for comparison.  ")
-    print(f"Command: `.venv/bin/python benchmarks/seg_quality.py --data {args.data}`\n")
+    weights = f" --weights {args.weights}" if args.weights is not None else ""
+    print(f"Command: `.venv/bin/python benchmarks/seg_quality.py --data {args.data}{weights}`\n")
     print("| split | images | mean Dice | mean IoU | mean HD95 px | worst image (lowest Dice) | largest HD95 px |")
     print("|---|---|---|---|---|---|---|")
     print(row(f"held out, {labels} labels", held))
