@@ -37,8 +37,9 @@ def test_shipped_config_names_these_weights() -> None:
     assert len(split["held_out"]) == 24 and len(split["train"]) == 104
     assert not set(split["held_out"]) & set(split["train"])
     assert DEFAULT_WEIGHTS.stat().st_size < 10 * 2**20
+    from ribnode.models.segmentation.export import LABEL_SOURCES
     labels = config["training"]["config"]["labels"]
-    assert f"{labels} derivation" in config["training"]["data"]
+    assert LABEL_SOURCES[labels] in config["training"]["data"]
 
 
 def test_shipped_weights_torch_and_onnxruntime_agree(segmenter: RibSegmenter) -> None:

@@ -23,6 +23,7 @@ from celery import Celery
 
 from ribnode.config.settings import BrokerSettings, Settings, load_settings
 from ribnode.node.ledger import JobRef
+from ribnode.workers.fsbroker import TRANSPORT as FILESYSTEM_TRANSPORT
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
@@ -62,6 +63,8 @@ def make_celery(settings: Settings) -> Celery:
         include=["ribnode.workers.tasks", "ribnode.workers.export_tasks"],
     )
     app.conf.update(
+        # the embedded broker: kombu's filesystem transport with atomic message files
+        broker_transport=FILESYSTEM_TRANSPORT if broker.url.startswith("filesystem") else None,
         broker_transport_options=transport_options(broker),
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=3,

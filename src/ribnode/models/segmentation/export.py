@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from ribnode.models.info import sha256_file
+from ribnode.models.segmentation.data import LOCAL_FLOOR, LOCAL_FRACTION, LOCAL_RADIUS_512, REFERENCE_THRESHOLD
 from ribnode.models.segmentation.normalisation import NORMALISATION
 from ribnode.models.segmentation.train import load_model
 from ribnode.models.segmentation.unet import UNet, UNetConfig, count_parameters, fold_batchnorm
@@ -75,9 +76,10 @@ def model_config(model: UNet, onnx_path: Path, working_size: int,
 #: How each label definition (``segmentation.data``) is described in the exported weights' JSON.
 LABEL_SOURCES = {
     "reference": "rib masks by the reference derivation (../shared/tools/derive_rib_masks.py, "
-                 "bone layer above 0.02 of full scale)",
+                 f"bone layer above {REFERENCE_THRESHOLD:g} of full scale)",
     "local": "rib masks by ribnode's local derivation (segmentation.data.local_rib_mask: bone "
-             "layer above 30 % of its local peak within 10 px at 512 and above 0.008)",
+             f"layer above {LOCAL_FRACTION:.0%} of its local peak within {LOCAL_RADIUS_512} px at "
+             f"512 and above {LOCAL_FLOOR:g})",
 }
 
 
