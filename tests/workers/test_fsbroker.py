@@ -22,9 +22,18 @@ from tests.node.helpers import make_settings
 from tests.peers.fixtures import free_port
 
 
-def _connection(folder: Path) -> Connection:
+@pytest.fixture(scope="module")
+def control(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One exchange-table folder for the module (kombu's default is ./control): kombu keeps the
+    queue bindings of a transport class in memory for the whole process, so a fresh folder per
+    test would miss the table that the first test's binding wrote."""
+    return tmp_path_factory.mktemp("control")
+
+
+def _connection(folder: Path, control: Path) -> Connection:
     folder.mkdir(parents=True, exist_ok=True)
-    options = {"data_folder_in": str(folder), "data_folder_out": str(folder), "store_processed": False}
+    options = {"data_folder_in": str(folder), "data_folder_out": str(folder), "store_processed": False,
+               "control_folder": str(control)}
     return Connection("filesystem://", transport=TRANSPORT, transport_options=options)
 
 
@@ -35,9 +44,9 @@ def test_celery_app_uses_the_atomic_transport_for_the_embedded_broker(tmp_path: 
         assert type(connection.transport).__module__ == "ribnode.workers.fsbroker"
 
 
-def test_put_leaves_only_whole_message_files(tmp_path: Path) -> None:
+def test_put_leaves_only_whole_message_files(tmp_path: Path, control: Path) -> None:
     folder = tmp_path / "queue"
-    with _connection(folder) as connection:
+    with _connection(folder, control) as connection:
         queue = connection.SimpleQueue("jobs")
         for number in range(5):
             queue.put({"job": number})
@@ -47,9 +56,9 @@ def test_put_leaves_only_whole_message_files(tmp_path: Path) -> None:
         queue.close()
 
 
-def test_a_message_still_being_written_is_not_taken(tmp_path: Path) -> None:
+def test_a_message_still_being_written_is_not_taken(tmp_path: Path, control: Path) -> None:
     folder = tmp_path / "queue"
-    with _connection(folder) as connection:
+    with _connection(folder, control) as connection:
         queue = connection.SimpleQueue("jobs")
         # what a writer leaves while it writes: the temporary name, not yet renamed
         (folder / f".1_{uuid.uuid4()}.jobs.msg.partial").write_bytes(b'{"body": ')
@@ -59,9 +68,10 @@ def test_a_message_still_being_written_is_not_taken(tmp_path: Path) -> None:
         queue.close()
 
 
-def test_an_undecodable_message_file_is_logged_and_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_an_undecodable_message_file_is_logged_and_skipped(tmp_path: Path, control: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
     folder = tmp_path / "queue"
-    with _connection(folder) as connection:
+    with _connection(folder, control) as connection:
         queue = connection.SimpleQueue("jobs")
         # sorts before every real message: an empty file, as kombu's own writer can expose one
         (folder / f"{0:020d}_{uuid.uuid4()}.jobs.msg").write_bytes(b"")
