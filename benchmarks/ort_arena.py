@@ -24,11 +24,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "src"))
 
 from benchmarks.machine import cpu_model  # noqa: E402
-
-WEIGHTS = ROOT / "src" / "ribnode" / "models" / "weights" / "rib-suppression.onnx"
+from ribnode.models.suppression.runtime import DEFAULT_ONNX as WEIGHTS  # noqa: E402
 SETTINGS = {
     "off": "arena off (shipped)",
     "on": "arena on",
