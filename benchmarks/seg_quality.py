@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ribnode.models.metrics import dice  # noqa: E402
-from ribnode.models.segmentation.data import load_pair, reference_rib_mask  # noqa: E402
+from ribnode.models.segmentation.data import DEFAULT_LABELS, LABEL_DEFINITIONS as LABELS, load_pair, reference_rib_mask  # noqa: E402
 from ribnode.models.segmentation.evaluate import evaluate_folder  # noqa: E402
 from benchmarks.machine import cpu_model  # noqa: E402
 
@@ -52,14 +52,14 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data/jsrt-bse-512"))
     parser.add_argument("--weights", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None, help="write all figures as JSON")
-    parser.add_argument("--labels", choices=("local", "reference"), default="local",
+    parser.add_argument("--labels", choices=LABELS, default=DEFAULT_LABELS,
                         help="the labels the model was trained on (scored first)")
     args = parser.parse_args()
 
     labels = args.labels
     held = evaluate_folder(args.data, weights=args.weights, cases="held-out", threads=2, labels=labels)
     train = evaluate_folder(args.data, weights=args.weights, cases="train", threads=2, labels=labels)
-    other = "reference" if labels == "local" else "local"
+    other = "local" if labels == "local-open" else ("reference" if labels == "local" else "local-open")
     held_other = evaluate_folder(args.data, weights=args.weights, cases="held-out", threads=2, labels=other)
     stability = label_stability(args.data, [r["case"] for r in held["images"]])
     if args.json:

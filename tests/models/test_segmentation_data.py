@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from ribnode.models.segmentation.data import (
-    case_ids, load_pair, local_rib_mask, reference_rib_mask, rib_mask, split_cases, stratum)
+    case_ids, load_pair, local_open_rib_mask, local_rib_mask, reference_rib_mask, rib_mask, split_cases,
+    stratum)
 from ribnode.models.synthetic import generate_chest
 from ribnode.models.segmentation.normalisation import normalise, resample
 
@@ -51,9 +52,11 @@ def test_load_pair_derives_the_mask_and_honours_given_masks(tmp_path: Path) -> N
     pair = load_pair(tmp_path, "CASE1", inverted=True, cache_dir=tmp_path / "cache", labels="reference")
     assert pair.radiograph.shape == pair.mask.shape == (128, 128)
     assert np.array_equal(pair.mask, reference_rib_mask(1 - source / 255.0, 1 - target / 255.0))
-    local = load_pair(tmp_path, "CASE1", inverted=True, cache_dir=tmp_path / "cache")  # the default
+    local = load_pair(tmp_path, "CASE1", inverted=True, cache_dir=tmp_path / "cache", labels="local")
     assert np.array_equal(local.mask, local_rib_mask(1 - source / 255.0, 1 - target / 255.0))
-    assert len(list((tmp_path / "cache").glob("CASE1-*.png"))) == 2  # one cache entry per definition
+    opened = load_pair(tmp_path, "CASE1", inverted=True, cache_dir=tmp_path / "cache")  # the default
+    assert np.array_equal(opened.mask, local_open_rib_mask(1 - source / 255.0, 1 - target / 255.0))
+    assert len(list((tmp_path / "cache").glob("CASE1-*.png"))) == 3  # one cache entry per definition
     with pytest.raises(ValueError, match="labels"):
         load_pair(tmp_path, "CASE1", cache_dir=None, labels="expert")
     (tmp_path / "masks").mkdir()
@@ -87,6 +90,37 @@ def test_local_labels_do_not_depend_on_the_strength_of_the_bone_layer() -> None:
     assert _dice(reference_rib_mask(x, y), reference_rib_mask(faint, y)) < 0.9
     with pytest.raises(ValueError, match="labels"):
         rib_mask(x, y, "expert")
+
+
+def test_local_open_labels_keep_the_lung_that_ribs_enclose_out() -> None:
+    """A ring of bone around lung: local-open leaves the enclosed lung out, fills only pinholes."""
+    soft = np.full((512, 512), 0.3)
+    rows, cols = np.mgrid[0:512, 0:512]
+    radius = np.hypot(rows - 256.0, cols - 256.0)
+    ring = (radius > 60) & (radius < 90)  # bone around a lung hole of about 11000 px
+    pinhole = (np.abs(rows - 181) <= 2) & (np.abs(cols - 256) <= 2)  # a 9-px hole once smoothed
+    gap = (np.abs(rows - 331) <= 3) & (np.abs(cols - 256) <= 3)  # a 25-px hole: over the 20-px limit
+    radiograph = soft + 0.05 * (ring & ~pinhole & ~gap)
+    both = radiograph, soft
+    lung = radius < 58
+    filled = local_rib_mask(*both)
+    assert filled[lung].all() and filled[pinhole].all() and filled[gap].all()  # hole filling: all rib
+    opened = local_open_rib_mask(*both)
+    assert not opened[lung].any() and opened[pinhole].all() and not opened[gap].all()
+    assert opened[ring & ~pinhole & ~gap].mean() > 0.95
+    assert np.array_equal(rib_mask(*both, "local-open"), opened)
+
+
+def test_local_open_labels_are_closer_to_the_exact_ribs_of_synthetic_chests() -> None:
+    """Synthetic ribs cross and enclose lung; not filling it brings the labels nearer the truth."""
+    scores: dict[str, list[float]] = {"local": [], "local-open": []}
+    for seed in range(2):
+        chest = generate_chest(seed, 512, nodules=0)
+        lung, truth = chest.lung_mask, chest.rib_mask & chest.lung_mask
+        for name, values in scores.items():
+            values.append(_dice(rib_mask(chest.radiograph, chest.soft_tissue, name) & lung, truth))
+    assert min(scores["local-open"]) > 0.95
+    assert np.mean(scores["local-open"]) > np.mean(scores["local"]) + 0.02
 
 
 def test_split_is_fixed_stratified_and_disjoint() -> None:

@@ -20,6 +20,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 from ribnode.cli import main
 from ribnode.models.infer import run_infer
 from ribnode.models.segmentation import RibSegmenter
+from ribnode.models.segmentation.data import case_ids, split_cases
 from ribnode.models.segmentation.runtime import select_providers
 
 torch = pytest.importorskip("torch")
@@ -197,9 +198,11 @@ def test_train_seg_runs_checkpoints_and_exports(tmp_path: Path) -> None:
     assert config["working_size"] == 32 and config["training"]["epochs_completed"] == 2
     assert len(config["training"]["split"]["held_out"]) == 2
     assert config["training"]["seed"] == 5
-    # the record names the label definition the run used (local by default), not another one
-    assert config["training"]["config"]["labels"] == "local"
-    assert "local derivation" in config["training"]["data"]
+    # --seed moves the weights, not the held-out cases: those follow --split-seed
+    assert config["training"]["split"]["held_out"] == split_cases(case_ids(data), 2, 20260121)[1]
+    # the record names the label definition the run used (local-open by default), not another one
+    assert config["training"]["config"]["labels"] == "local-open"
+    assert "local-open derivation" in config["training"]["data"]
     assert "reference derivation" not in config["training"]["data"]
     state = torch.load(out / "checkpoint.pt", weights_only=False)
     assert state["epoch"] == 2 and len(state["history"]) == 2

@@ -11,6 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
+from ribnode.models.segmentation.data import DEFAULT_LABELS, LABEL_DEFINITIONS as LABELS
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_DATA = Path("../shared/data/jsrt-bse-512")
@@ -34,14 +36,15 @@ def _add_train(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--working-size", type=int, default=256)
     parser.add_argument("--held-out", type=int, default=24, help="cases held out (stratified)")
-    parser.add_argument("--seed", type=int, default=20260121)
+    parser.add_argument("--seed", type=int, default=20260121, help="seed of weights, batches and augmentation")
+    parser.add_argument("--split-seed", type=int, default=20260121, help="seed of the held-out split")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--synthetic", type=int, default=0,
                         help="synthetic radiographs (exact rib masks) added to training")
     parser.add_argument("--intensity-aug", type=float, default=1.0,
                         help="scale of the gamma/contrast/brightness augmentation (0: none)")
-    parser.add_argument("--labels", choices=("local", "reference"), default="local",
-                        help="rib-mask definition: ribnode's local one (default) or the shared tool's reference")
+    parser.add_argument("--labels", choices=LABELS, default=DEFAULT_LABELS,
+                        help="rib-mask definition (default %(default)s; 'reference': the shared tool's)")
     parser.add_argument("--base", type=int, default=16, help="U-Net channels at full resolution")
     parser.add_argument("--depth", type=int, default=5, help="U-Net resolution levels")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -64,7 +67,7 @@ def _train(args: argparse.Namespace) -> int:
     config = TrainConfig(
         data=str(args.data), output=str(args.output), working_size=args.working_size,
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        held_out=args.held_out, seed=args.seed, threads=args.threads, inverted=args.inverted,
+        held_out=args.held_out, seed=args.seed, split_seed=args.split_seed, threads=args.threads, inverted=args.inverted,
         synthetic=args.synthetic, device=args.device, intensity_augmentation=args.intensity_aug,
         labels=args.labels,
         unet=UNetConfig(base=args.base, depth=args.depth).as_dict(),
@@ -92,8 +95,8 @@ def _add_eval(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> Non
     parser.add_argument("--no-inverted", dest="inverted", action="store_false",
                         help="PNGs are already bone-bright (the shared data is inverted)")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads")
-    parser.add_argument("--labels", choices=("local", "reference"), default="local",
-                        help="rib-mask definition: ribnode's local one (default) or the shared tool's reference")
+    parser.add_argument("--labels", choices=LABELS, default=DEFAULT_LABELS,
+                        help="rib-mask definition (default %(default)s; 'reference': the shared tool's)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     parser.set_defaults(handler=_eval)
 

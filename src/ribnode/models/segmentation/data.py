@@ -2,15 +2,21 @@
 
 Torch-free. The pairs (``source/`` radiographs, ``target/`` bone-suppressed images, PNG) come
 from ``../shared/data/jsrt-bse-512`` and are never committed; rib masks are derived from each
-pair and cached outside the repository. Two label definitions exist:
+pair and cached outside the repository. Three label definitions exist:
 
 - ``"reference"``: ``../shared/tools/derive_rib_masks.py`` re-implemented exactly (an absolute
   threshold of the bone layer at 0.02 of full scale);
-- ``"local"`` (ribnode's default since model 2.0): the same bone layer, thresholded at 30 % of
-  its local peak (the brightest value within 10 px at 512) and above a floor of 0.008, then
-  cleaned exactly as the reference. A rib's edge is then where its projected bone falls to a
-  fixed share of that rib's own peak, so faintly suppressed images keep whole ribs instead of
-  fragments. Why it is better, and by how much: ``docs/models/rib-segmentation.md``.
+- ``"local"`` (the labels of segmentation model 2.0, and the rib suppression's region): the
+  same bone layer, thresholded at 30 % of its local peak (the brightest value within 10 px at
+  512) and above a floor of 0.008, then cleaned exactly as the reference. A rib's edge is then
+  where its projected bone falls to a fixed share of that rib's own peak, so faintly
+  suppressed images keep whole ribs instead of fragments;
+- ``"local-open"`` (the default since segmentation model 3.0): the local threshold, cleaned
+  like the reference except that only pinholes (holes up to 20 px at 512) are filled. The
+  reference's hole filling also fills the lung that crossing ribs enclose (an anterior rib
+  over two posterior ones) and labels it rib.
+
+Why each is better, and by how much: ``docs/models/rib-segmentation.md``.
 """
 
 from __future__ import annotations
@@ -39,8 +45,10 @@ REFERENCE_MIN_ISLAND = 30
 LOCAL_FRACTION = 0.3
 LOCAL_RADIUS_512 = 10
 LOCAL_FLOOR = 0.008
-LABEL_DEFINITIONS = ("local", "reference")
-DEFAULT_LABELS = "local"
+#: local-open: largest hole (px at 512, scaled by area) that is filled; larger ones are lung.
+OPEN_MAX_HOLE_512 = 20
+LABEL_DEFINITIONS = ("local", "local-open", "reference")
+DEFAULT_LABELS = "local-open"
 #: Derived masks are cached here (never in the repository): $XDG_CACHE_HOME/ribnode/seg-masks.
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ribnode" / "seg-masks"
 
@@ -76,16 +84,36 @@ def local_rib_mask(radiograph: np.ndarray, soft_tissue: np.ndarray,
     scaled to the image) and also exceeds ``floor``; then the reference's opening, island
     removal and hole filling.
     """
+    return _clean(_local_threshold(radiograph, soft_tissue, fraction, radius_512, floor))
+
+
+def local_open_rib_mask(radiograph: np.ndarray, soft_tissue: np.ndarray,
+                        max_hole_512: float = OPEN_MAX_HOLE_512) -> np.ndarray:
+    """Rib mask by the local threshold, keeping the lung that ribs enclose (``"local-open"``).
+
+    As ``local_rib_mask``, but the clean-up fills only holes of at most ``max_hole_512`` px
+    (at 512, scaled by the image's area): pinholes inside a rib. A larger hole is the lung
+    between crossing ribs, and stays out of the mask.
+    """
+    max_hole = max_hole_512 * (max(radiograph.shape) / 512.0) ** 2
+    return _clean(_local_threshold(radiograph, soft_tissue, LOCAL_FRACTION, LOCAL_RADIUS_512, LOCAL_FLOOR),
+                  max_hole=max_hole)
+
+
+def _local_threshold(radiograph: np.ndarray, soft_tissue: np.ndarray, fraction: float,
+                     radius_512: float, floor: float) -> np.ndarray:
     bone = _bone_layer(radiograph, soft_tissue)
     radius = max(1, int(round(radius_512 * max(bone.shape) / 512.0)))
     peak = ndimage.maximum_filter(bone, size=2 * radius + 1)
-    return _clean((bone > fraction * peak) & (bone > floor))
+    return np.asarray((bone > fraction * peak) & (bone > floor))
 
 
 def rib_mask(radiograph: np.ndarray, soft_tissue: np.ndarray, labels: str = DEFAULT_LABELS) -> np.ndarray:
     """The rib mask of one pair under the named label definition (``LABEL_DEFINITIONS``)."""
     if labels == "local":
         return local_rib_mask(radiograph, soft_tissue)
+    if labels == "local-open":
+        return local_open_rib_mask(radiograph, soft_tissue)
     if labels == "reference":
         return reference_rib_mask(radiograph, soft_tissue)
     raise ValueError(f"labels {labels!r}: expected one of {', '.join(LABEL_DEFINITIONS)}")
@@ -101,13 +129,23 @@ def _bone_layer(radiograph: np.ndarray, soft_tissue: np.ndarray) -> np.ndarray:
     ))
 
 
-def _clean(mask: np.ndarray) -> np.ndarray:
-    """The reference's clean-up: open once, drop islands under 30 px, fill holes."""
+def _clean(mask: np.ndarray, max_hole: float | None = None) -> np.ndarray:
+    """The reference's clean-up: open once, drop islands under 30 px, fill holes (all of them,
+    or with ``max_hole`` only those of at most that many pixels)."""
     mask = ndimage.binary_opening(mask, iterations=1)
+    keep = _drop_small(mask, REFERENCE_MIN_ISLAND)
+    filled = np.asarray(ndimage.binary_fill_holes(keep), dtype=bool)
+    if max_hole is None:
+        return filled
+    holes = filled & ~keep
+    return keep | (holes & ~_drop_small(holes, int(np.floor(max_hole)) + 1))
+
+
+def _drop_small(mask: np.ndarray, smallest: int) -> np.ndarray:
+    """``mask`` without its (4-connected) components of fewer than ``smallest`` px."""
     labels, count = ndimage.label(mask)
     sizes = ndimage.sum(mask, labels, range(1, count + 1))
-    keep = np.isin(labels, 1 + np.flatnonzero(np.asarray(sizes) >= REFERENCE_MIN_ISLAND))
-    return np.asarray(ndimage.binary_fill_holes(keep), dtype=bool)
+    return np.isin(labels, 1 + np.flatnonzero(np.asarray(sizes) >= smallest))
 
 
 def read_png_unit(path: Path, inverted: bool) -> np.ndarray:
@@ -140,6 +178,8 @@ def _cache_key(data_dir: Path, case_id: str, inverted: bool, labels: str) -> str
         digest.update((data_dir / sub / f"{case_id}.png").read_bytes())
     definition = (f"thr={REFERENCE_THRESHOLD}" if labels == "reference" else
                   f"local={LOCAL_FRACTION},{LOCAL_RADIUS_512},{LOCAL_FLOOR}")
+    if labels == "local-open":
+        definition += f";open={OPEN_MAX_HOLE_512}"
     digest.update(f"inv={inverted};{definition}".encode())
     return digest.hexdigest()[:16]
 
@@ -148,7 +188,7 @@ def load_pair(data_dir: Path, case_id: str, inverted: bool = True,
               cache_dir: Path | None = DEFAULT_CACHE, labels: str = DEFAULT_LABELS) -> Pair:
     """Load one pair and its rib mask: ``DIR/masks/<id>.png`` if present, else derived (cached).
 
-    ``labels`` names the derivation (``"local"`` or ``"reference"``, see the module doc).
+    ``labels`` names the derivation (one of ``LABEL_DEFINITIONS``, see the module doc).
     """
     if labels not in LABEL_DEFINITIONS:
         raise ValueError(f"labels {labels!r}: expected one of {', '.join(LABEL_DEFINITIONS)}")

@@ -56,7 +56,7 @@ def evaluate_folder(data: Path, weights: Path | None = None, cases: str | None =
                     labels: str = DEFAULT_LABELS) -> dict[str, Any]:
     """Per-image Dice/IoU/HD95 of the segmenter on ``data``, with mean and worst image.
 
-    ``labels`` names the rib-mask definition scored against (``"local"`` or ``"reference"``).
+    ``labels`` names the rib-mask definition scored against (one of ``LABEL_DEFINITIONS``).
     """
     segmenter = RibSegmenter(weights=weights, device="auto", threads=threads)
     ids = select_cases(case_ids(Path(data)), cases, segmenter.config)

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from ribnode.models.info import sha256_file
-from ribnode.models.segmentation.data import LOCAL_FLOOR, LOCAL_FRACTION, LOCAL_RADIUS_512, REFERENCE_THRESHOLD
+from ribnode.models.segmentation.data import (
+    LOCAL_FLOOR, LOCAL_FRACTION, LOCAL_RADIUS_512, OPEN_MAX_HOLE_512, REFERENCE_THRESHOLD)
 from ribnode.models.segmentation.normalisation import NORMALISATION
 from ribnode.models.segmentation.train import load_model
 from ribnode.models.segmentation.unet import UNet, UNetConfig, count_parameters, fold_batchnorm
@@ -30,7 +31,7 @@ OPSET = 17
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 MODEL_NAME = "ribnode rib-segmentation"
-MODEL_VERSION = "2.0.0"
+MODEL_VERSION = "3.0.0"
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 
@@ -80,6 +81,10 @@ LABEL_SOURCES = {
     "local": "rib masks by ribnode's local derivation (segmentation.data.local_rib_mask: bone "
              f"layer above {LOCAL_FRACTION:.0%} of its local peak within {LOCAL_RADIUS_512} px at "
              f"512 and above {LOCAL_FLOOR:g})",
+    "local-open": "rib masks by ribnode's local-open derivation (segmentation.data.local_open_rib_mask: "
+                  f"bone layer above {LOCAL_FRACTION:.0%} of its local peak within {LOCAL_RADIUS_512} px at "
+                  f"512 and above {LOCAL_FLOOR:g}; only holes up to {OPEN_MAX_HOLE_512} px at 512 filled, "
+                  "so the lung enclosed by crossing ribs stays out)",
 }
 
 

@@ -20,12 +20,15 @@ from pathlib import Path
 import numpy as np
 
 from ribnode.models.preprocess import dilate_mask, to_working
-from ribnode.models.segmentation.data import DEFAULT_LABELS, case_ids, read_png_unit, rib_mask, stratum
+from ribnode.models.segmentation.data import case_ids, read_png_unit, rib_mask, stratum
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
 
 HOLD_OUT_EVERY = 5
+#: The rib-mask definition of the suppression's training and evaluation region. The shipped
+#: suppression (2.x) was trained on "local"; the segmenter moved to "local-open" in 3.0.
+REGION_LABELS = "local"
 DEFAULT_DATA = Path(__file__).resolve().parents[5] / "shared" / "data" / "jsrt-bse-512"
 
 
@@ -60,7 +63,7 @@ class SuppressionPair:
 
 
 def load_pairs(data_dir: Path, ids: list[str] | None = None, inverted: bool = True,
-               dilation_512: float = 5.0, labels: str = DEFAULT_LABELS) -> list[SuppressionPair]:
+               dilation_512: float = 5.0, labels: str = REGION_LABELS) -> list[SuppressionPair]:
     """Load ``source/``/``target/`` PNG pairs (``1 - x`` if ``inverted``) with masks and regions."""
     data_dir = Path(data_dir)
     pairs = []
