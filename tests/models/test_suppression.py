@@ -26,7 +26,7 @@ pytest.importorskip("diffusers")
 
 from ribnode.models.suppression.export import export_onnx  # noqa: E402
 from ribnode.models.suppression.network import (  # noqa: E402
-    NetworkConfig, SchedulerConfig, SuppressionConfig, build_unet,
+    NetworkConfig, SchedulerConfig, SuppressionConfig, build_scheduler, build_unet,
 )
 from ribnode.models.suppression.runtime import RibSuppressor  # noqa: E402
 from ribnode.models.suppression.scheduler import DiffusersDDIM, NumpyDDIM  # noqa: E402
@@ -235,9 +235,13 @@ def test_training_nodules_land_in_the_crop_and_weigh_more(tmp_path: Path) -> Non
     batcher = Batcher(pairs, config, options, np.random.default_rng(3))
     for _ in range(10):
         window = batcher._window()
-        image, found = batcher._augmented_input(pairs[0], window)
+        image, found, clean = batcher._augmented_input(pairs[0], window)
         r0, c0, side = window
         assert len(found) == 2
+        # the clean twin differs from the input by the nodules only (same noise)
+        difference = np.abs(image - clean)
+        near = near_nodules(found, (0, 0, 64), reach=1.5).astype(bool)
+        assert difference.max() > 1e-3 and difference[~near].max() < 1e-6
         assert all(r0 - 0.5 <= r <= r0 + side + 0.5 and c0 - 0.5 <= c <= c0 + side + 0.5 for r, c, _, _ in found)
     near = near_nodules([(10.0, 12.0, 2.0, 0.02)], (4, 4, 16), reach=2.0)
     assert near[6, 8] == 1.0 and near[6, 8 + 3] == 1.0 and near[6, 8 + 4] == 0.0 and near.sum() < 16 * 16
@@ -247,6 +251,34 @@ def test_training_nodules_land_in_the_crop_and_weigh_more(tmp_path: Path) -> Non
         extra = (weight - base).numpy()
         assert extra.max() == pytest.approx(7.0) and set(np.unique(np.round(extra, 4))) <= {0.0, 7.0}
         assert float(denominator) == pytest.approx(float(base.sum()), rel=1e-5)
+
+
+def test_paired_loss_is_the_change_the_nodules_make() -> None:
+    from ribnode.models.suppression.train import training_loss
+
+    torch.manual_seed(2)
+    config = SuppressionConfig(network=NetworkConfig(sample_size=32))
+    unet, scheduler = build_unet(config.network), build_scheduler(config.scheduler)
+    cond = torch.rand(2, 2, 32, 32)
+    target, weight = torch.rand(2, 1, 32, 32), torch.ones(2, 1, 32, 32)
+    clean = cond.clone()
+    clean[:, 0, 10:16, 10:16] -= 0.3  # the "nodule" is what the clean twin lacks
+
+    def loss(**extra: object) -> float:
+        return training_loss(unet, scheduler, config, cond, target, weight,
+                             torch.Generator().manual_seed(4), **extra).item()  # type: ignore[arg-type]
+
+    plain = loss()
+    assert loss(clean_cond=cond, pair_weight=50.0) == pytest.approx(plain, rel=1e-6)  # no nodule: no change
+    assert loss(clean_cond=clean, pair_weight=50.0) > plain * 1.0001
+    assert loss(clean_cond=clean, pair_weight=0.0) == pytest.approx(plain, rel=1e-6)
+    with torch.no_grad():  # the added term is exactly pair_weight x the weighted squared change
+        generator = torch.Generator().manual_seed(4)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (2,), generator=generator)
+        noisy = scheduler.add_noise(target, torch.randn(target.shape, generator=generator), t)
+        change = (unet(torch.cat([noisy, cond], 1), t).sample - unet(torch.cat([noisy, clean], 1), t).sample)
+    assert loss(clean_cond=clean, pair_weight=50.0) - plain == pytest.approx(
+        50.0 * float((change ** 2).mean()), rel=1e-3)
 
 
 def test_training_starts_from_init_weights(tmp_path: Path) -> None:

@@ -11,6 +11,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ribnode.models.segmentation.data import LABEL_DEFINITIONS as LABELS
+from ribnode.models.suppression.data import REGION_LABELS
+
 logger = logging.getLogger(__name__)
 
 _DATA_HELP = "folder with source/ and target/ PNG pairs (default: ../shared/data/jsrt-bse-512)"
@@ -60,7 +63,7 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--crop", type=int, default=128, help="training crop side at the working size")
     p.add_argument("--working-size", type=int, default=512,
                    help="side of the square working grid the bone layer is estimated on")
-    p.add_argument("--labels", choices=("local", "reference"), default="local",
+    p.add_argument("--labels", choices=LABELS, default=REGION_LABELS,
                    help="rib-mask definition of the training region (segmentation.data)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--minutes", type=float, default=45.0, help="time limit; the LR anneals within it")
@@ -73,6 +76,9 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--nodule-weight", type=float, default=10.0,
                    help="extra loss weight near the synthetic training nodules (0: none)")
     p.add_argument("--nodule-reach", type=float, default=2.5, help="... within this many nodule radii")
+    p.add_argument("--pair-weight", type=float, default=0.0,
+                   help="weight of the paired loss: the change the training nodules make to the bone "
+                        "estimate, against the same crop without them (0: off; costs a second forward pass)")
     p.add_argument("--init", type=Path, default=None, metavar="PT",
                    help="start from this state dict (e.g. the shipped rib-suppression.pt) instead of random weights")
     p.add_argument("--no-resume", dest="resume", action="store_false")
@@ -120,7 +126,8 @@ def _train(args: argparse.Namespace) -> int:
                            threads=args.threads, seed=args.seed, inverted=args.inverted, resume=args.resume,
                            device=args.device, focus_steps=args.focus_steps, focus_prob=args.focus_prob,
                            working_size=args.working_size, labels=args.labels,
-                           nodule_weight=args.nodule_weight, nodule_reach=args.nodule_reach, init=args.init))
+                           nodule_weight=args.nodule_weight, nodule_reach=args.nodule_reach, init=args.init,
+                           pair_weight=args.pair_weight))
     if args.install is not None:
         path = install(output, args.install, args.default_steps)
         print(f"installed {path} and {path.with_suffix('.pt')}, {path.with_suffix('.json')}")

@@ -32,7 +32,7 @@ import torch
 from ribnode.models.info import sha256_file
 from ribnode.models.preprocess import to_working
 from ribnode.models.suppression.data import (
-    WorkingPair, load_pairs, normalise, split_held_out, to_working_pair,
+    REGION_LABELS, WorkingPair, load_pairs, normalise, split_held_out, to_working_pair,
 )
 from ribnode.models.suppression.lesions import add_nodules, sample_training_nodules
 from ribnode.models.suppression.scheduler import NumpyDDIM
@@ -70,11 +70,12 @@ class TrainOptions:
     device: str = "auto"  # "cuda" when available, else "cpu"
     focus_steps: int = 0  # > 0: draw t from the focus_steps-step sampling schedule ...
     focus_prob: float = 0.0  # ... with this probability (else uniform over all timesteps)
-    labels: str = "local"  # rib-mask definition of the training region (segmentation.data)
+    labels: str = REGION_LABELS  # rib-mask definition of the training region (segmentation.data)
     nodules_per_crop: tuple[int, int] = (1, 4)  # drawn uniformly, inside the crop (half on ribs)
     nodule_weight: float = 10.0  # extra loss weight near each nodule (0: plain region weight)
     nodule_reach: float = 2.5  # ... within this many radii of its centre
     init: Path | None = None  # start from this .pt state dict instead of random weights
+    pair_weight: float = 0.0  # > 0: also penalise the change the nodules make to the bone estimate
 
 
 class Batcher:
@@ -87,15 +88,15 @@ class Batcher:
     def sample(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(condition (B,2,H,W): radiograph + region, bone target (B,1,H,W), loss weight
         (B,1,H,W), loss normaliser (the sum of the region weight alone, a scalar))."""
-        conds, targets, weights, bases = [], [], [], []
-        for _ in range(self.options.batch):
-            cond, target, weight, base = self._one(self.pairs[self.rng.integers(len(self.pairs))])
-            conds.append(cond)
-            targets.append(target)
-            weights.append(weight)
-            bases.append(base)
-        return (torch.from_numpy(np.stack(conds)), torch.from_numpy(np.stack(targets)),
-                torch.from_numpy(np.stack(weights)), torch.tensor(float(sum(bases))))
+        cond, _, target, weight, denominator = self.sample_paired()
+        return cond, target, weight, denominator
+
+    def sample_paired(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As ``sample``, with the condition of the same crops without their nodules second
+        (same noise, same flip): the pair the lesion-retention test compares."""
+        items = [self._one(self.pairs[self.rng.integers(len(self.pairs))]) for _ in range(self.options.batch)]
+        cond, clean, target, weight = (torch.from_numpy(np.stack([item[k] for item in items])) for k in range(4))
+        return cond, clean, target, weight, torch.tensor(float(sum(item[4] for item in items)))
 
     def _window(self) -> tuple[int, int, int]:
         """(row, col, side) of this sample's crop at the working size."""
@@ -106,9 +107,10 @@ class Batcher:
         return int(r0), int(c0), crop
 
     def _augmented_input(self, pair: WorkingPair, window: tuple[int, int, int],
-                         ) -> tuple[np.ndarray, list[tuple[float, float, float, float]]]:
-        """The working-size input and its nodules (row, col, radius, contrast) at working size."""
-        image = pair.radiograph.astype(np.float64)
+                         ) -> tuple[np.ndarray, list[tuple[float, float, float, float]], np.ndarray]:
+        """The working-size input, its nodules (row, col, radius, contrast) at working size, and
+        the same input without the nodules."""
+        image = clean = pair.radiograph.astype(np.float64)
         scale = max(image.shape) / float(self.options.working_size)
         found: list[tuple[float, float, float, float]] = []
         if self.rng.random() < self.options.nodule_prob:
@@ -121,17 +123,21 @@ class Batcher:
                                             (2.0 * per_512, 14.0 * per_512), window=inside)
             image = add_nodules(image, found)
         if self.rng.random() < 0.5:
-            image = image + self.rng.normal(0.0, self.rng.uniform(0.0, 0.01), image.shape)
+            noise = self.rng.normal(0.0, self.rng.uniform(0.0, 0.01), image.shape)
+            image, clean = image + noise, clean + noise
         working = [(r / scale, c / scale, rad / scale, con) for r, c, rad, con in found]
-        return to_working(image.astype(np.float32), self.options.working_size), working
+        size = self.options.working_size
+        return (to_working(image.astype(np.float32), size), working,
+                to_working(clean.astype(np.float32), size) if found else np.empty(0))
 
-    def _one(self, pair: WorkingPair) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    def _one(self, pair: WorkingPair) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
         window = self._window()
-        image, found = self._augmented_input(pair, window)
+        image, found, clean = self._augmented_input(pair, window)
         norm, lo, hi = normalise(image, self.config.percentiles)
+        clean_norm = normalise(clean, self.config.percentiles)[0] if found else norm
         bone = pair.bone / (hi - lo) * self.config.bone_scale
         r0, c0, side = window
-        stack = np.stack([norm, pair.region, bone]).astype(np.float32)[:, r0:r0 + side, c0:c0 + side]
+        stack = np.stack([norm, pair.region, bone, clean_norm]).astype(np.float32)[:, r0:r0 + side, c0:c0 + side]
         outside = self.options.loss_outside_weight
         base = outside + (1 - outside) * stack[1:2]
         weight = base + self.options.nodule_weight * near_nodules(found, window, self.options.nodule_reach)[None]
@@ -139,7 +145,8 @@ class Batcher:
         if self.rng.random() < 0.5:
             stack = stack[:, :, ::-1]
         stack = np.ascontiguousarray(stack)
-        return stack[:2], stack[2:3], stack[3:4], float(base.sum())
+        clean_cond = np.ascontiguousarray(stack[[3, 1]])
+        return stack[:2], clean_cond, stack[2:3], stack[4:5], float(base.sum())
 
 
 def near_nodules(nodules: list[tuple[float, float, float, float]], window: tuple[int, int, int],
@@ -177,9 +184,17 @@ def _timesteps(scheduler: Any, batch: int, generator: torch.Generator, focus: li
 def training_loss(unet: torch.nn.Module, scheduler: Any, config: SuppressionConfig,
                   cond: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
                   generator: torch.Generator, focus: list[int] | None = None,
-                  focus_prob: float = 0.0, denominator: torch.Tensor | None = None) -> torch.Tensor:
+                  focus_prob: float = 0.0, denominator: torch.Tensor | None = None,
+                  clean_cond: torch.Tensor | None = None, pair_weight: float = 0.0) -> torch.Tensor:
     """Weighted MSE of the x0 prediction (diffusion) or of the direct bone estimate (regression),
-    divided by ``denominator`` (default: the weights' sum)."""
+    divided by ``denominator`` (default: the weights' sum).
+
+    With ``clean_cond`` (the same crops without their nodules) and ``pair_weight`` > 0, adds
+    ``pair_weight`` times the same weighted mean of ``(pred - pred_clean)**2``, where
+    ``pred_clean`` is the network's estimate for the clean crop at the same noise and timestep,
+    held fixed (no gradient). That is the change the nodules make to the bone estimate: what
+    the lesion-retention test measures, free of the estimate's error against the target.
+    """
     batch = target.shape[0]
     if config.mode == "diffusion":
         t = _timesteps(scheduler, batch, generator, focus or [], focus_prob)
@@ -190,7 +205,13 @@ def training_loss(unet: torch.nn.Module, scheduler: Any, config: SuppressionConf
         t = torch.zeros(batch, dtype=torch.long, device=target.device)
         noisy = torch.zeros_like(target)
     pred = unet(_model_input(noisy, cond), t).sample
-    return (weight * (pred - target) ** 2).sum() / (weight.sum() if denominator is None else denominator)
+    norm = weight.sum() if denominator is None else denominator
+    loss = (weight * (pred - target) ** 2).sum() / norm
+    if clean_cond is not None and pair_weight > 0:
+        with torch.no_grad():
+            anchor = unet(_model_input(noisy, clean_cond), t).sample
+        loss = loss + pair_weight * (weight * (pred - anchor) ** 2).sum() / norm
+    return loss
 
 
 def _checkpoint(path: Path, unet: torch.nn.Module, ema: dict[str, torch.Tensor],
@@ -255,9 +276,10 @@ def _loop(unet: torch.nn.Module, scheduler: Any, config: SuppressionConfig,
             break
         for group in optimiser.param_groups:
             group["lr"] = options.lr * _lr_factor(progress, step, options.warmup)
-        cond, target, weight, denominator = (t.to(next(unet.parameters()).device) for t in batcher.sample())
+        device = next(unet.parameters()).device
+        cond, clean, target, weight, denominator = (t.to(device) for t in batcher.sample_paired())
         loss = training_loss(unet, scheduler, config, cond, target, weight, generator, focus, options.focus_prob,
-                             denominator)
+                             denominator, clean_cond=clean, pair_weight=options.pair_weight)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
