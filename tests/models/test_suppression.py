@@ -6,6 +6,7 @@ training smoke test. Tiny random networks keep these fast; the shipped weights a
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -231,7 +232,7 @@ def test_training_nodules_land_in_the_crop_and_weigh_more(tmp_path: Path) -> Non
     pairs = [to_working_pair(p, 64) for p in load_pairs(data)]
     config = SuppressionConfig(network=NetworkConfig(sample_size=64))
     options = TrainOptions(data=data, out=tmp_path, batch=1, crop=32, working_size=64, nodule_prob=1.0,
-                           nodules_per_crop=(2, 2), nodule_weight=7.0)
+                           nodules_per_crop=(2, 2), nodule_weight=7.0, pair_weight=1.0)
     batcher = Batcher(pairs, config, options, np.random.default_rng(3))
     for _ in range(10):
         window = batcher._window()
@@ -251,6 +252,11 @@ def test_training_nodules_land_in_the_crop_and_weigh_more(tmp_path: Path) -> Non
         extra = (weight - base).numpy()
         assert extra.max() == pytest.approx(7.0) and set(np.unique(np.round(extra, 4))) <= {0.0, 7.0}
         assert float(denominator) == pytest.approx(float(base.sum()), rel=1e-5)
+    cond, clean, *_ = batcher.sample_paired()  # the clean twin: same region, no nodules
+    assert torch.equal(cond[:, 1], clean[:, 1]) and not torch.equal(cond[:, 0], clean[:, 0])
+    plain = Batcher(pairs, config, replace(options, pair_weight=0.0), np.random.default_rng(3))
+    cond, clean, *_ = plain.sample_paired()  # no paired loss: no twin computed
+    assert torch.equal(cond, clean)
 
 
 def test_paired_loss_is_the_change_the_nodules_make() -> None:

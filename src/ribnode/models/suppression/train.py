@@ -109,7 +109,7 @@ class Batcher:
     def _augmented_input(self, pair: WorkingPair, window: tuple[int, int, int],
                          ) -> tuple[np.ndarray, list[tuple[float, float, float, float]], np.ndarray]:
         """The working-size input, its nodules (row, col, radius, contrast) at working size, and
-        the same input without the nodules."""
+        the same input without the nodules (only for the paired loss; else empty)."""
         image = clean = pair.radiograph.astype(np.float64)
         scale = max(image.shape) / float(self.options.working_size)
         found: list[tuple[float, float, float, float]] = []
@@ -128,13 +128,14 @@ class Batcher:
         working = [(r / scale, c / scale, rad / scale, con) for r, c, rad, con in found]
         size = self.options.working_size
         return (to_working(image.astype(np.float32), size), working,
-                to_working(clean.astype(np.float32), size) if found else np.empty(0))
+                to_working(clean.astype(np.float32), size) if found and self.options.pair_weight > 0
+                else np.empty(0))
 
     def _one(self, pair: WorkingPair) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
         window = self._window()
         image, found, clean = self._augmented_input(pair, window)
         norm, lo, hi = normalise(image, self.config.percentiles)
-        clean_norm = normalise(clean, self.config.percentiles)[0] if found else norm
+        clean_norm = normalise(clean, self.config.percentiles)[0] if clean.size else norm
         bone = pair.bone / (hi - lo) * self.config.bone_scale
         r0, c0, side = window
         stack = np.stack([norm, pair.region, bone, clean_norm]).astype(np.float32)[:, r0:r0 + side, c0:c0 + side]
