@@ -208,3 +208,24 @@ def test_train_seg_runs_checkpoints_and_exports(tmp_path: Path) -> None:
     assert state["epoch"] == 2 and len(state["history"]) == 2
     segmenter = RibSegmenter(weights=out / "rib-segmentation.onnx", device="cpu", threads=1)
     assert segmenter.segment_image(np.random.rand(50, 70)).mask.shape == (50, 70)
+
+
+def test_synthetic_training_chests_take_the_real_pairs_label_rule() -> None:
+    from ribnode.models.segmentation.data import rib_mask
+    from ribnode.models.segmentation.train import TrainConfig, prepare_pair, synthetic_tensors
+    from ribnode.models.synthetic import generate_chest
+
+    config = TrainConfig(data="unused", working_size=64, synthetic=1, labels="local-open")
+    chest = generate_chest(seed=config.seed + 1000, size=512, nodules=2)
+    derived = synthetic_tensors(config)
+    exact = synthetic_tensors(TrainConfig(data="unused", working_size=64, synthetic=1,
+                                          synthetic_labels="exact"))
+    assert derived is not None and exact is not None
+    _, want_derived = prepare_pair(chest.radiograph, rib_mask(chest.radiograph, chest.soft_tissue,
+                                                              labels="local-open"), 64)
+    _, want_exact = prepare_pair(chest.radiograph, chest.rib_mask, 64)
+    assert np.array_equal(derived[1][0, 0].numpy(), want_derived)
+    assert np.array_equal(exact[1][0, 0].numpy(), want_exact)
+    assert not np.array_equal(want_derived, want_exact)  # the two rules differ on this chest
+    with pytest.raises(ValueError):
+        synthetic_tensors(TrainConfig(data="unused", synthetic=1, synthetic_labels="other"))

@@ -40,7 +40,10 @@ def _add_train(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     parser.add_argument("--split-seed", type=int, default=20260121, help="seed of the held-out split")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--synthetic", type=int, default=0,
-                        help="synthetic radiographs (exact rib masks) added to training")
+                        help="synthetic radiographs added to training")
+    parser.add_argument("--synthetic-labels", choices=("derived", "exact"), default="derived",
+                        help="labels of the synthetic chests: derived by --labels' rule from the exact "
+                             "pair (default), or the generator's exact rib mask")
     parser.add_argument("--intensity-aug", type=float, default=1.0,
                         help="scale of the gamma/contrast/brightness augmentation (0: none)")
     parser.add_argument("--labels", choices=LABELS, default=DEFAULT_LABELS,
@@ -68,7 +71,7 @@ def _train(args: argparse.Namespace) -> int:
         data=str(args.data), output=str(args.output), working_size=args.working_size,
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
         held_out=args.held_out, seed=args.seed, split_seed=args.split_seed, threads=args.threads, inverted=args.inverted,
-        synthetic=args.synthetic, device=args.device, intensity_augmentation=args.intensity_aug,
+        synthetic=args.synthetic, synthetic_labels=args.synthetic_labels, device=args.device, intensity_augmentation=args.intensity_aug,
         labels=args.labels,
         unet=UNetConfig(base=args.base, depth=args.depth).as_dict(),
     )

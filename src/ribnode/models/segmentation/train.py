@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ribnode.models.segmentation.data import DEFAULT_LABELS, case_ids, load_pair, split_cases
+from ribnode.models.segmentation.data import DEFAULT_LABELS, case_ids, load_pair, rib_mask, split_cases
 from ribnode.models.segmentation.normalisation import normalise, to_working
 from ribnode.models.segmentation.unet import UNet, UNetConfig, count_parameters
 
@@ -48,6 +48,7 @@ class TrainConfig:
     inverted: bool = True
     labels: str = DEFAULT_LABELS  # rib-mask definition (segmentation.data.LABEL_DEFINITIONS)
     synthetic: int = 0  # synthetic radiographs added to training (ribnode.models.synthetic)
+    synthetic_labels: str = "derived"  # "derived": ``labels``' rule on the exact pair; "exact": the path mask
     intensity_augmentation: float = 1.0  # scales the gamma/contrast/brightness ranges (0: none)
     device: str = "auto"
     unet: dict[str, Any] = field(default_factory=lambda: UNetConfig().as_dict())
@@ -83,15 +84,27 @@ def load_tensors(config: TrainConfig, ids: list[str]) -> tuple[torch.Tensor, tor
 
 
 def synthetic_tensors(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Synthetic chests with exact rib masks, if requested and the generator is installed."""
+    """Synthetic chests added to training, if requested.
+
+    With ``synthetic_labels="derived"`` (the default) each synthetic chest is labelled by the
+    same rule as the real pairs (``config.labels``), applied to its exact radiograph and
+    bone-free image, so both sources teach one definition of "rib". ``"exact"`` uses the
+    generator's path mask (bone path length > 0) instead.
+    """
     if config.synthetic <= 0:
         return None
     from ribnode.models.synthetic import generate_chest
 
+    if config.synthetic_labels not in ("derived", "exact"):
+        raise ValueError(f"synthetic_labels must be 'derived' or 'exact', not {config.synthetic_labels!r}")
     images, masks = [], []
     for index in range(config.synthetic):
         chest = generate_chest(seed=config.seed + 1000 + index, size=512, nodules=2)
-        image, mask = prepare_pair(chest.radiograph, chest.rib_mask, config.working_size)
+        if config.synthetic_labels == "exact":
+            label = chest.rib_mask
+        else:
+            label = rib_mask(chest.radiograph, chest.soft_tissue, labels=config.labels)
+        image, mask = prepare_pair(chest.radiograph, label, config.working_size)
         images.append(image)
         masks.append(mask)
     return torch.from_numpy(np.stack(images)[:, None]), torch.from_numpy(np.stack(masks)[:, None])
