@@ -215,17 +215,26 @@ def test_synthetic_training_chests_take_the_real_pairs_label_rule() -> None:
     from ribnode.models.segmentation.train import TrainConfig, prepare_pair, synthetic_tensors
     from ribnode.models.synthetic import generate_chest
 
-    config = TrainConfig(data="unused", working_size=64, synthetic=1, labels="local-open")
-    chest = generate_chest(seed=config.seed + 1000, size=512, nodules=2)
-    derived = synthetic_tensors(config)
-    exact = synthetic_tensors(TrainConfig(data="unused", working_size=64, synthetic=1,
-                                          synthetic_labels="exact"))
-    assert derived is not None and exact is not None
-    _, want_derived = prepare_pair(chest.radiograph, rib_mask(chest.radiograph, chest.soft_tissue,
-                                                              labels="local-open"), 64)
-    _, want_exact = prepare_pair(chest.radiograph, chest.rib_mask, 64)
-    assert np.array_equal(derived[1][0, 0].numpy(), want_derived)
-    assert np.array_equal(exact[1][0, 0].numpy(), want_exact)
-    assert not np.array_equal(want_derived, want_exact)  # the two rules differ on this chest
+    def labels_of(rule: str) -> np.ndarray:
+        tensors = synthetic_tensors(TrainConfig(data="unused", working_size=64, synthetic=1,
+                                                labels="local-open", synthetic_labels=rule))
+        assert tensors is not None
+        return tensors[1][0, 0].numpy()
+
+    chest = generate_chest(seed=TrainConfig(data="unused").seed + 1000, size=512, nodules=2)
+    assert chest.lung_mask is not None
+    derived = rib_mask(chest.radiograph, chest.soft_tissue, labels="local-open")
+    want = {
+        "in-lung": prepare_pair(chest.radiograph, derived & chest.lung_mask, 64)[1],
+        "whole": prepare_pair(chest.radiograph, derived, 64)[1],
+        "exact": prepare_pair(chest.radiograph, chest.rib_mask, 64)[1],
+    }
+    for rule, expected in want.items():
+        assert np.array_equal(labels_of(rule), expected), rule
+    # the three rules differ on this chest; in-lung labels lie within the whole-chest ones
+    assert not np.array_equal(want["in-lung"], want["whole"])
+    assert not np.array_equal(want["whole"], want["exact"])
+    assert (want["in-lung"] <= want["whole"] + 1e-6).all()
+    assert TrainConfig(data="unused").synthetic_labels == "in-lung"
     with pytest.raises(ValueError):
         synthetic_tensors(TrainConfig(data="unused", synthetic=1, synthetic_labels="other"))

@@ -41,9 +41,10 @@ def _add_train(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--synthetic", type=int, default=0,
                         help="synthetic radiographs added to training")
-    parser.add_argument("--synthetic-labels", choices=("derived", "exact"), default="derived",
-                        help="labels of the synthetic chests: derived by --labels' rule from the exact "
-                             "pair (default), or the generator's exact rib mask")
+    parser.add_argument("--synthetic-labels", choices=("in-lung", "whole", "exact"), default="in-lung",
+                        help="labels of the synthetic chests: --labels' rule on the exact pair, inside "
+                             "the lungs (default, as the JSRT labels) or over the whole chest; or the "
+                             "generator's exact rib mask")
     parser.add_argument("--intensity-aug", type=float, default=1.0,
                         help="scale of the gamma/contrast/brightness augmentation (0: none)")
     parser.add_argument("--labels", choices=LABELS, default=DEFAULT_LABELS,

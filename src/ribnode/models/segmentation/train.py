@@ -48,7 +48,7 @@ class TrainConfig:
     inverted: bool = True
     labels: str = DEFAULT_LABELS  # rib-mask definition (segmentation.data.LABEL_DEFINITIONS)
     synthetic: int = 0  # synthetic radiographs added to training (ribnode.models.synthetic)
-    synthetic_labels: str = "derived"  # "derived": ``labels``' rule on the exact pair; "exact": the path mask
+    synthetic_labels: str = "in-lung"  # of the synthetic chests: SYNTHETIC_LABELS
     intensity_augmentation: float = 1.0  # scales the gamma/contrast/brightness ranges (0: none)
     device: str = "auto"
     unet: dict[str, Any] = field(default_factory=lambda: UNetConfig().as_dict())
@@ -83,20 +83,21 @@ def load_tensors(config: TrainConfig, ids: list[str]) -> tuple[torch.Tensor, tor
     return torch.from_numpy(np.stack(images)[:, None]), torch.from_numpy(np.stack(masks)[:, None])
 
 
-def synthetic_tensors(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Synthetic chests added to training, if requested.
+#: Labels of synthetic training chests. "in-lung": ``labels``' rule applied to the exact pair,
+#: kept inside the lung fields (the JSRT labels cover ribs over the lungs only, because
+#: BSE-JSRT suppresses bone there); "whole": the same rule over the whole chest (ribs over the
+#: heart and below the diaphragm too); "exact": the generator's bone path mask.
+SYNTHETIC_LABELS = ("in-lung", "whole", "exact")
 
-    With ``synthetic_labels="derived"`` (the default) each synthetic chest is labelled by the
-    same rule as the real pairs (``config.labels``), applied to its exact radiograph and
-    bone-free image, so both sources teach one definition of "rib". ``"exact"`` uses the
-    generator's path mask (bone path length > 0) instead.
-    """
+
+def synthetic_tensors(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Synthetic chests added to training, if requested, labelled per ``SYNTHETIC_LABELS``."""
     if config.synthetic <= 0:
         return None
     from ribnode.models.synthetic import generate_chest
 
-    if config.synthetic_labels not in ("derived", "exact"):
-        raise ValueError(f"synthetic_labels must be 'derived' or 'exact', not {config.synthetic_labels!r}")
+    if config.synthetic_labels not in SYNTHETIC_LABELS:
+        raise ValueError(f"synthetic_labels must be one of {SYNTHETIC_LABELS}, not {config.synthetic_labels!r}")
     images, masks = [], []
     for index in range(config.synthetic):
         chest = generate_chest(seed=config.seed + 1000 + index, size=512, nodules=2)
@@ -104,6 +105,10 @@ def synthetic_tensors(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor] 
             label = chest.rib_mask
         else:
             label = rib_mask(chest.radiograph, chest.soft_tissue, labels=config.labels)
+            if config.synthetic_labels == "in-lung":
+                if chest.lung_mask is None:
+                    raise ValueError("this synthetic chest has no lung mask")
+                label = label & chest.lung_mask
         image, mask = prepare_pair(chest.radiograph, label, config.working_size)
         images.append(image)
         masks.append(mask)
