@@ -2,6 +2,7 @@
 # Every figure of docs/benchmarks/suppression.md and docs/models/rib-suppression.md, in order,
 # with the exact options used for the published figures.
 # Usage: bash benchmarks/suppression_all.sh [OUT_DIR]   (default var/bench-suppression; 2.1.0's: var/bench-suppression-2.1)
+# EQUAL_TRAINING=1 also trains and measures the equal-training diffusion/regression pair (section 6; about 2 CPU hours).
 # Needs the shipped weights (src/ribnode/models/weights/rib-suppression.*, rib-segmentation.*),
 # the regression baseline exported by
 #   ribnode train-suppression --mode regression --output runs/suppression/regression \
@@ -20,6 +21,9 @@ $PY benchmarks/suppression_steps.py --steps 1 2 4 8 --threads 1 | tee "$OUT/step
 $PY benchmarks/suppression_steps.py --steps 16 --threads 1 | tee "$OUT/steps16.md"
 $PY benchmarks/suppression_steps.py --steps 32 --threads 2 | tee "$OUT/steps32.md"
 $PY benchmarks/suppression_steps.py --split train --limit 10 --steps 1 2 4 --threads 1 | tee "$OUT/steps-train.md"
+#    2.2.0's figures: 1 2 4 and 8 on all held-out pairs; 16 and 32 on the first 6 (CPU time)
+$PY benchmarks/suppression_steps.py --steps 1 2 4 8 --threads 1 | tee "$OUT/steps-2.2.md"
+$PY benchmarks/suppression_steps.py --steps 1 16 32 --limit 6 --threads 1 | tee "$OUT/steps-2.2-l6.md"
 # 2. quality on the held-out pairs at 512 (shipped diffusion at its default steps, both mask sources)
 $PY -m ribnode eval-suppression --cases held-out --mask both --threads 1 --json "$OUT/eval-diffusion.json" | tee "$OUT/eval-diffusion.txt"
 $PY -m ribnode eval-suppression --cases held-out --mask reference --threads 1 --weights "$REG" --json "$OUT/eval-regression.json" | tee "$OUT/eval-regression.txt"
@@ -38,3 +42,18 @@ $PY benchmarks/suppression_speed.py --threads 2 --repeats 3 --steps 1 2 4 8 16 3
 # 5. before/after picture
 $PY benchmarks/suppression_figure.py --steps "${STEPS:-1}"
 $PY benchmarks/suppression_subset.py "$OUT/eval-diffusion.json" | tee "$OUT/subset.txt"
+# 6. diffusion against one-step regression at equal training: both from random weights, the same
+#    recipe and 1500 optimiser steps (about 90 min each on one core; run them side by side)
+if [ "${EQUAL_TRAINING:-0}" = 1 ]; then
+  for MODE in diffusion regression; do
+    extra=""; [ "$MODE" = diffusion ] && extra="--focus-steps 4 --focus-prob 0.5"
+    $PY -m ribnode train-suppression --mode $MODE $extra --steps 1500 --minutes 100 --threads 1 --no-resume \
+        --output runs/eq/$MODE --install runs/eq/$MODE/export/rib-suppression-eq-$MODE.onnx --default-steps 1 &
+  done
+  wait
+  for MODE in diffusion regression; do
+    W=runs/eq/$MODE/export/rib-suppression-eq-$MODE.onnx
+    $PY -m ribnode eval-suppression --cases held-out --mask reference --threads 1 --weights "$W" --json "$OUT/eq-eval-$MODE.json" | tee "$OUT/eq-eval-$MODE.txt"
+    $PY -m ribnode eval-lesions --cases held-out --limit 10 --placements 1 --mask reference --threads 1 --weights "$W" --json "$OUT/eq-lesions-$MODE.json" | tee "$OUT/eq-lesions-$MODE.txt"
+  done
+fi
