@@ -21,8 +21,7 @@ $PY benchmarks/suppression_steps.py --steps 1 2 4 8 --threads 1 | tee "$OUT/step
 $PY benchmarks/suppression_steps.py --steps 16 --threads 1 | tee "$OUT/steps16.md"
 $PY benchmarks/suppression_steps.py --steps 32 --threads 2 | tee "$OUT/steps32.md"
 $PY benchmarks/suppression_steps.py --split train --limit 10 --steps 1 2 4 --threads 1 | tee "$OUT/steps-train.md"
-#    2.2.0's figures: 1 2 4 and 8 on all held-out pairs; 16 and 32 on the first 6 (CPU time)
-$PY benchmarks/suppression_steps.py --steps 1 2 4 8 --threads 1 | tee "$OUT/steps-2.2.md"
+#    2.2.0's 1-8 step figures come from the first line above; its 16 and 32 from the first 6 pairs (CPU time):
 $PY benchmarks/suppression_steps.py --steps 1 16 32 --limit 6 --threads 1 | tee "$OUT/steps-2.2-l6.md"
 # 2. quality on the held-out pairs at 512 (shipped diffusion at its default steps, both mask sources)
 $PY -m ribnode eval-suppression --cases held-out --mask both --threads 1 --json "$OUT/eval-diffusion.json" | tee "$OUT/eval-diffusion.txt"
@@ -49,8 +48,9 @@ if [ "${EQUAL_TRAINING:-0}" = 1 ]; then
     extra=""; [ "$MODE" = diffusion ] && extra="--focus-steps 4 --focus-prob 0.5"
     $PY -m ribnode train-suppression --mode $MODE $extra --steps 1500 --minutes 100 --threads 1 --no-resume \
         --output runs/eq/$MODE --install runs/eq/$MODE/export/rib-suppression-eq-$MODE.onnx --default-steps 1 &
+    pids="${pids:-} $!"
   done
-  wait
+  for pid in $pids; do wait "$pid"; done   # a failed training stops the script (set -e)
   for MODE in diffusion regression; do
     W=runs/eq/$MODE/export/rib-suppression-eq-$MODE.onnx
     $PY -m ribnode eval-suppression --cases held-out --mask reference --threads 1 --weights "$W" --json "$OUT/eq-eval-$MODE.json" | tee "$OUT/eq-eval-$MODE.txt"
