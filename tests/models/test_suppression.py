@@ -151,6 +151,20 @@ def test_torch_and_onnx_backends_agree(tiny_weights: Path) -> None:
     assert np.abs(a.soft_stored.astype(np.int64) - b.soft_stored).max() <= 1
 
 
+def test_tiled_suppressor_agrees_across_backends_and_records_its_windows(tiny_weights: Path) -> None:
+    radiograph, segmentation = _radiograph(), _segmentation((70, 60))
+    a = RibSuppressor(tiny_weights, device="cpu", threads=1, tile_px=16)
+    b = RibSuppressor(tiny_weights.with_suffix(".pt"), device="cpu", backend="torch", threads=1, tile_px=16)
+    whole = RibSuppressor(tiny_weights, device="cpu", threads=1, tile_px=0)
+    assert (a.info.parameters["tile_px"], a.info.parameters["tile_stride_px"]) == (16, 8)
+    assert whole.info.parameters["tile_px"] == 0
+    ra, rb, rw = a(radiograph, segmentation), b(radiograph, segmentation), whole(radiograph, segmentation)
+    np.testing.assert_allclose(ra.bone, rb.bone, atol=1e-4)
+    np.testing.assert_array_equal(a(radiograph, segmentation).soft_stored, ra.soft_stored)
+    np.testing.assert_array_equal(ra.soft_stored[~ra.mask], radiograph.stored[~ra.mask])
+    assert not np.allclose(ra.bone, rw.bone)  # windows are not the whole image for this net
+
+
 def test_suppressor_validates(tiny_weights: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="backend"):
         RibSuppressor(tiny_weights, backend="tensorrt")
@@ -206,7 +220,7 @@ def _pairs_dir(root: Path, count: int = 3) -> Path:
 
 
 def test_train_smoke_and_install(tmp_path: Path) -> None:
-    from ribnode.models.suppression.train import TrainOptions, install, train
+    from ribnode.models.suppression.train import TrainOptions, install, train, training_tile
 
     data = _pairs_dir(tmp_path / "pairs", count=6)
     options = TrainOptions(data=data, out=tmp_path / "run", steps=2, batch=2, crop=32, working_size=32,
@@ -222,6 +236,11 @@ def test_train_smoke_and_install(tmp_path: Path) -> None:
     assert RibSuppressor(onnx_path, device="cpu", threads=1).steps == 2
     assert RibSuppressor(onnx_path, steps=3, device="cpu", threads=1).steps == 3  # asked for
     assert record.training["options"]["labels"] == "local"
+    # trained on whole 32-px images: runs on the whole image; on 16-px crops: on 16-px windows
+    assert sup.pipeline.tile == 0 and training_tile(record) == 0
+    assert training_tile(replace(record, training={"options": {"crop": 16}})) == 16
+    install(tmp_path / "run", onnx_path, tile_px=16)
+    assert RibSuppressor(onnx_path, device="cpu", threads=1).info.parameters["tile_px"] == 16
 
 
 def test_training_nodules_land_in_the_crop_and_weigh_more(tmp_path: Path) -> None:

@@ -83,6 +83,31 @@ def test_held_out_quality_guard() -> None:
     assert np.mean(values) > 0.65
 
 
+def test_shipped_default_is_the_whole_image_and_windows_remove_more_bone() -> None:
+    """The shipped json runs the denoiser on the whole image (nodule safety first); 128-px
+    windows, the training crop, remove more bone on held-out pairs (docs/models, "Denoiser windows")."""
+    from ribnode.models.metrics import bone_suppression_ratio
+    from ribnode.models.suppression.data import DEFAULT_DATA, load_pairs
+
+    whole = RibSuppressor(device="cpu", threads=1)
+    assert whole.pipeline.tile == 0 and whole.info.parameters["tile_px"] == 0
+    if not (DEFAULT_DATA / "source").is_dir():
+        pytest.skip(f"{DEFAULT_DATA} not present")
+    tiled = RibSuppressor(device="cpu", threads=1, tile_px=128)
+    assert (tiled.info.parameters["tile_px"], tiled.info.parameters["tile_stride_px"]) == (128, 64)
+    pairs = load_pairs(DEFAULT_DATA, whole.config.training["held_out_cases"][:3])
+    gains = []
+    for pair in pairs:
+        x = pair.radiograph.astype(np.float64)
+        y = pair.soft_tissue.astype(np.float64)
+        region = whole.region(pair.rib_mask)
+        bsr = [bone_suppression_ratio(x, y, x - sup.bone_layer(pair.radiograph, region, seed=0))
+               for sup in (whole, tiled)]
+        gains.append(bsr[1] - bsr[0])
+    # measured on all 25 held-out pairs: 0.748 -> 0.788, higher on 24 of 25
+    assert np.mean(gains) > 0.01
+
+
 def test_infer_writes_soft_png_of_the_input_size_and_depth(tmp_path: Path) -> None:
     """``ribnode infer`` writes <stem>-soft.png: DICOM -> 16-bit stored values, PNG -> its own depth."""
     from PIL import Image

@@ -89,6 +89,9 @@ def test_model_versions_change_the_idempotency_key(node_settings: Settings, tmp_
     weights.write_bytes(b"weights-v1")
     other = node_settings.models.model_copy(update={"segmentation_weights": weights})
     assert model_versions(other)["segmentation"] != versions["segmentation"]
+    assert "suppression_tile" not in versions  # unset: the keys of jobs made before the setting
+    tiled = node_settings.models.model_copy(update={"suppression_tile": 128})
+    assert model_versions(tiled)["suppression_tile"] == "128"
 
 
 def test_broker_down_at_enqueue_then_back(tmp_path: Path) -> None:

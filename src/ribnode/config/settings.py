@@ -110,6 +110,9 @@ class ModelSettings(BaseModel):
     suppression_weights: Path | None = None  # None: the shipped ONNX model
     # DDIM sampling steps of the rib suppression (1-1000); unset: the model's own default (its json).
     suppression_steps: int | None = Field(default=None, ge=1, le=1000)
+    # Window the suppression denoiser runs on, px at its working size (a multiple of 8; 0: the
+    # whole image); unset: the model's own default (its json). See docs/models/rib-suppression.md.
+    suppression_tile: int | None = Field(default=None, ge=0, le=4096)
     backend: Literal["onnx", "torch"] = "onnx"
     intra_op_threads: int = 0  # 0: let the runtime choose
     # Largest Rows x Columns read_radiograph accepts (checked before decoding pixel data).

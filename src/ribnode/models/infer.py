@@ -67,10 +67,11 @@ def write_soft_png(radiograph: Radiograph, soft_stored: np.ndarray, path: Path) 
 
 def run_infer(inputs: Sequence[Path], output: Path, weights: Path | None = None,
               device: str = "auto", threads: int = 0, steps: int | None = None, seed: int | None = None,
-              suppression_weights: Path | None = None, suppress: bool = True) -> InferReport:
+              suppression_weights: Path | None = None, suppress: bool = True,
+              tile: int | None = None) -> InferReport:
     """Segment every input; write ``OUTPUT/<stem>-ribs.png`` for each one that decodes, and
     (``suppress``) ``OUTPUT/<stem>-soft.png``, the bone-suppressed image (``steps`` DDIM steps,
-    ``seed`` or the one derived from the SOP Instance UID / pixels)."""
+    ``seed`` or the one derived from the SOP Instance UID / pixels, denoiser window ``tile``)."""
     from ribnode.models.segmentation import RibSegmenter
 
     segmenter = RibSegmenter(weights=weights, device=device, threads=threads)
@@ -78,7 +79,7 @@ def run_infer(inputs: Sequence[Path], output: Path, weights: Path | None = None,
     if suppress:
         from ribnode.models.suppression import RibSuppressor
 
-        suppressor = RibSuppressor(suppression_weights, steps=steps, device=device, threads=threads)
+        suppressor = RibSuppressor(suppression_weights, steps=steps, device=device, threads=threads, tile_px=tile)
     report = InferReport()
     for path in inputs:
         path = Path(path)

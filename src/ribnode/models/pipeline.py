@@ -57,6 +57,7 @@ class RibPipeline:
         self.suppressor = RibSuppressor(
             weights=settings.suppression_weights,
             steps=settings.suppression_steps,
+            tile_px=settings.suppression_tile,
             device=settings.device,
             backend=settings.backend,
             threads=settings.intra_op_threads,

@@ -47,13 +47,15 @@ def _sha256(path: Path) -> str:
 
 def model_versions(models: ModelSettings) -> dict[str, str]:
     """What the job's results depend on, for the idempotency key: the weights' sha256 (or
-    "absent" while no weights are shipped), the sampling steps and the backend."""
+    "absent" while no weights are shipped), the sampling steps, the denoiser window and the backend."""
     weights = {
         "segmentation": models.segmentation_weights or SHIPPED_WEIGHTS / "rib-segmentation.onnx",
         "suppression": models.suppression_weights or SHIPPED_WEIGHTS / "rib-suppression.onnx",
     }
     out = {name: _sha256(p) if p.is_file() else "absent" for name, p in weights.items()}
     out["suppression_steps"] = str(models.suppression_steps or "model default")
+    if models.suppression_tile is not None:  # absent when unset: keys of earlier jobs stay the same
+        out["suppression_tile"] = str(models.suppression_tile)
     out["backend"] = models.backend
     return out
 

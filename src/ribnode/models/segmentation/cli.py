@@ -131,6 +131,9 @@ def _add_infer(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     parser.add_argument("--seed", type=int, default=None,
                         help="suppression seed (default: from the SOP Instance UID, or the PNG pixels)")
     parser.add_argument("--suppression-weights", type=Path, default=None, help="rib-suppression ONNX weights")
+    parser.add_argument("--tile", type=int, default=None, metavar="PX",
+                        help="rib-suppression denoiser window, px at its working size (0: whole image; "
+                             "default: the model's own, in its json)")
     parser.add_argument("--no-soft", dest="suppress", action="store_false",
                         help="segment only (no <stem>-soft.png)")
     parser.set_defaults(handler=_infer)
@@ -141,7 +144,7 @@ def _infer(args: argparse.Namespace) -> int:
 
     report = run_infer(args.inputs, args.output, weights=args.weights,
                        device=args.device, threads=args.threads, steps=args.steps, seed=args.seed,
-                       suppression_weights=args.suppression_weights, suppress=args.suppress)
+                       suppression_weights=args.suppression_weights, suppress=args.suppress, tile=args.tile)
     for written in report.written:
         print(written)
     for path, reason in report.failed.items():

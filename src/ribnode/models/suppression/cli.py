@@ -37,6 +37,10 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--upsampling", choices=("linear", "guided"), default="linear")
     parser.add_argument("--rib-shape", type=int, default=None, metavar="PX512",
                         help="keep only the rib-shaped bone layer: line length in px at 512 (0 off; default: the json's)")
+    parser.add_argument("--tile", type=int, default=None, metavar="PX",
+                        help="run the denoiser on windows of PX at the working size (0: whole image; default: the json's)")
+    parser.add_argument("--tile-stride", type=int, default=None, metavar="PX",
+                        help="step between windows (0: half a window; default: the json's)")
     parser.add_argument("--seg-weights", type=Path, default=None, help="rib-segmentation .onnx (segmenter masks)")
 
 
@@ -87,6 +91,9 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--export-only", action="store_true", help="skip training; export the run folder's model")
     p.add_argument("--default-steps", type=int, default=None,
                    help="with --install: the sampling steps the exported model uses by default")
+    p.add_argument("--default-tile", type=int, default=None, metavar="PX",
+                   help="with --install: the denoiser window in px at the working size (0: whole image; "
+                        "default: the training crop)")
     p.set_defaults(handler=_train)
 
 
@@ -129,7 +136,7 @@ def _train(args: argparse.Namespace) -> int:
                            nodule_weight=args.nodule_weight, nodule_reach=args.nodule_reach, init=args.init,
                            pair_weight=args.pair_weight))
     if args.install is not None:
-        path = install(output, args.install, args.default_steps)
+        path = install(output, args.install, args.default_steps, args.default_tile)
         print(f"installed {path} and {path.with_suffix('.pt')}, {path.with_suffix('.json')}")
     return 0
 
@@ -138,7 +145,8 @@ def _suppressor(args: argparse.Namespace) -> Any:
     from ribnode.models.suppression.runtime import RibSuppressor
 
     return RibSuppressor(args.weights, steps=args.steps, device=args.device, backend=args.backend,
-                         threads=args.threads, upsampling=args.upsampling, rib_shape_px_512=args.rib_shape)
+                         threads=args.threads, upsampling=args.upsampling, rib_shape_px_512=args.rib_shape,
+                         tile_px=args.tile, tile_stride_px=args.tile_stride)
 
 
 def _segmenter(args: argparse.Namespace) -> Any:

@@ -103,11 +103,17 @@ class SuppressionConfig:
     #: > 0: keep only the rib-shaped part of the bone layer (``shape.rib_shaped``), line length
     #: in px at 512 (longer than the largest nodule diameter the lesion test uses, 24 px)
     rib_shape_line_px_512: int = 0
+    #: > 0: run the denoiser on square windows of this side (px at the working size), the size
+    #: of the training crops, and blend them (``pipeline.TiledDenoiser``); 0: the whole image
+    tile_px: int = 0
+    #: step between windows (px at the working size); 0: half a window
+    tile_stride_px: int = 0
     training: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.mode not in ("diffusion", "regression"):
             raise ValueError(f"mode {self.mode!r}: expected 'diffusion' or 'regression'")
+        check_tiling(self.tile_px, self.tile_stride_px, self.network.multiple)
 
     @property
     def working_size(self) -> int:
@@ -138,6 +144,15 @@ class SuppressionConfig:
     @classmethod
     def load(cls, path: Path) -> "SuppressionConfig":
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def check_tiling(tile_px: int, stride_px: int, multiple: int) -> None:
+    """Raise ``ValueError`` unless ``tile_px`` is 0 or a positive multiple of ``multiple`` and
+    ``stride_px`` is 0 or in ``1..tile_px``."""
+    if tile_px < 0 or tile_px % multiple:
+        raise ValueError(f"tile {tile_px} px: expected 0 (whole image) or a multiple of {multiple}")
+    if stride_px < 0 or (tile_px and stride_px > tile_px):
+        raise ValueError(f"tile stride {stride_px} px: expected 0 (half a tile) or 1..{tile_px}")
 
 
 def build_unet(config: NetworkConfig) -> Any:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ribnode.models.suppression.data import normalise
-from ribnode.models.suppression.network import SuppressionConfig
+from ribnode.models.suppression.network import SuppressionConfig, check_tiling
 from ribnode.models.suppression.scheduler import Sampler
 
 logger = logging.getLogger(__name__)
@@ -45,10 +45,84 @@ class BoneEstimate:
     timesteps: tuple[int, ...]
 
 
-class SuppressionPipeline:
-    """Bone-layer estimation by few-step DDIM sampling (or the one-step regression baseline)."""
+def window_starts(length: int, tile: int, stride: int) -> list[int]:
+    """Start offsets of windows of ``tile`` px every ``stride`` px along ``length`` px, the last
+    one flush with the far edge, so every pixel is covered."""
+    if tile >= length:
+        return [0]
+    starts = list(range(0, length - tile + 1, stride))
+    if starts[-1] != length - tile:
+        starts.append(length - tile)
+    return starts
 
-    def __init__(self, denoiser: Denoiser, sampler: Sampler, config: SuppressionConfig) -> None:
+
+class TiledDenoiser:
+    """A denoiser run on overlapping square windows of its input, blended with a Hann weight.
+
+    The network is trained on crops (128 px of the 512 working grid). On the whole image its
+    GroupNorm statistics and its mid-block self-attention (64x64 tokens instead of 16x16) see
+    inputs it never saw in training. Run on windows of the training size, it sees what it was
+    trained on; the windows overlap, and each output pixel is the weighted mean of the windows
+    that cover it (a Hann window, strictly positive, so image edges covered by one window keep
+    that window's value). Windows are sent ``batch`` at a time, always in the same order, so the
+    result is deterministic per backend.
+    """
+
+    def __init__(self, inner: Denoiser, tile: int, stride: int = 0, batch: int = 16) -> None:
+        if tile < 1:
+            raise ValueError(f"tile {tile} px: expected >= 1")
+        stride = stride or max(1, tile // 2)
+        if not 1 <= stride <= tile:
+            raise ValueError(f"stride {stride} px: expected 1..{tile}")
+        self.inner, self.tile, self.stride, self.batch = inner, int(tile), int(stride), max(1, int(batch))
+
+    def _weight(self, height: int, width: int) -> np.ndarray:
+        rows = np.hanning(height + 2)[1:-1]
+        cols = np.hanning(width + 2)[1:-1]
+        return np.outer(rows, cols)
+
+    def __call__(self, model_input: np.ndarray, timesteps: np.ndarray) -> np.ndarray:
+        images, _, height, width = model_input.shape
+        th, tw = min(self.tile, height), min(self.tile, width)
+        if (th, tw) == (height, width):
+            return self.inner(model_input, timesteps)
+        weight = self._weight(th, tw)
+        jobs = [(b, r, c) for b in range(images) for r in window_starts(height, th, self.stride)
+                for c in window_starts(width, tw, self.stride)]
+        out: np.ndarray | None = None
+        total = np.zeros((height, width))
+        for first in range(0, len(jobs), self.batch):
+            chunk = jobs[first:first + self.batch]
+            crops = np.stack([model_input[b, :, r:r + th, c:c + tw] for b, r, c in chunk])
+            result = self.inner(np.ascontiguousarray(crops), np.asarray([timesteps[b] for b, _, _ in chunk]))
+            if out is None:
+                out = np.zeros((images, result.shape[1], height, width))
+            for (b, r, c), window in zip(chunk, result):
+                out[b, :, r:r + th, c:c + tw] += window * weight
+        for r in window_starts(height, th, self.stride):
+            for c in window_starts(width, tw, self.stride):
+                total[r:r + th, c:c + tw] += weight
+        assert out is not None
+        return (out / total).astype(np.float32)
+
+
+class SuppressionPipeline:
+    """Bone-layer estimation by few-step DDIM sampling (or the one-step regression baseline).
+
+    With ``tile`` > 0 (default: the config's ``tile_px``) the denoiser runs on windows of that
+    side (``TiledDenoiser``); 0 runs it on the whole working image.
+    """
+
+    def __init__(self, denoiser: Denoiser, sampler: Sampler, config: SuppressionConfig,
+                 tile: int | None = None, stride: int | None = None) -> None:
+        self.tile = int(config.tile_px if tile is None else tile)
+        self.stride = int(config.tile_stride_px if stride is None else stride)
+        check_tiling(self.tile, self.stride, config.network.multiple)
+        if self.tile:
+            self.stride = self.stride or max(1, self.tile // 2)
+            denoiser = TiledDenoiser(denoiser, self.tile, self.stride)
+        else:
+            self.stride = 0
         self.denoiser, self.sampler, self.config = denoiser, sampler, config
 
     def __call__(self, images: np.ndarray, regions: np.ndarray, steps: int | None = None,

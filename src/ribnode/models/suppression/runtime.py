@@ -118,7 +118,8 @@ class RibSuppressor:
 
     def __init__(self, weights: Path | None = None, steps: int | None = None, device: str = "auto",
                  backend: str = "onnx", threads: int = 0, upsampling: str = "linear",
-                 rib_shape_px_512: int | None = None) -> None:
+                 rib_shape_px_512: int | None = None, tile_px: int | None = None,
+                 tile_stride_px: int | None = None) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend {backend!r}: expected one of {BACKENDS}")
         if device not in ("auto", "cpu", "cuda"):
@@ -142,7 +143,8 @@ class RibSuppressor:
         else:
             denoiser, self.device = _torch_denoiser(path, self.config, device, threads)
             sampler = DiffusersDDIM(self.config.scheduler)
-        self.pipeline = SuppressionPipeline(denoiser, sampler, self.config)
+        # tile_px/tile_stride_px None: the json's (0 = the whole working image at once)
+        self.pipeline = SuppressionPipeline(denoiser, sampler, self.config, tile_px, tile_stride_px)
         self.working_size = self.config.working_size
         self.info = ModelInfo(MODEL_NAME, MODEL_VERSION, sha256_file(path), {
             "backend": backend, "device": self.device, "mode": self.config.mode,
@@ -150,6 +152,7 @@ class RibSuppressor:
             "working_size": self.working_size, "scheduler": "DDIM", "upsampling": upsampling,
             "region_dilation_px_512": self.config.mask_dilation_px_512,
             "rib_shape_line_px_512": line,
+            "tile_px": self.pipeline.tile, "tile_stride_px": self.pipeline.stride,
         })
 
     def region(self, mask: np.ndarray) -> np.ndarray:

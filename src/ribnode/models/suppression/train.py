@@ -344,9 +344,17 @@ def record_json(path: Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
-def install(run_dir: Path, onnx_path: Path, default_steps: int | None = None) -> Path:
+def training_tile(config: SuppressionConfig) -> int:
+    """The denoiser window a trained model should run on: its training crop, when that crop is
+    smaller than the working size (0, the whole image, otherwise)."""
+    crop = int(config.training.get("options", {}).get("crop", 0) or 0)
+    return crop if 0 < crop < config.working_size else 0
+
+
+def install(run_dir: Path, onnx_path: Path, default_steps: int | None = None, tile_px: int | None = None) -> Path:
     """Export a training run to ``onnx_path`` (+ ``.pt`` state dict, + ``.json`` config/record);
-    ``default_steps`` (measured: ``benchmarks/suppression_steps.py``) goes into the json."""
+    ``default_steps`` (measured: ``benchmarks/suppression_steps.py``) goes into the json, and so
+    does ``tile_px``, the denoiser window (None: the training crop, ``training_tile``)."""
     from ribnode.models.suppression.export import check_onnx, export_onnx
 
     unet, config = load_trained(run_dir)
@@ -354,6 +362,7 @@ def install(run_dir: Path, onnx_path: Path, default_steps: int | None = None) ->
         if default_steps < 1:
             raise ValueError(f"default_steps {default_steps}: expected >= 1")
         config = replace(config, default_steps=int(default_steps))
+    config = replace(config, tile_px=training_tile(config) if tile_px is None else int(tile_px), tile_stride_px=0)
     onnx_path = Path(onnx_path)
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     pt_path = onnx_path.with_suffix(".pt")
