@@ -57,3 +57,19 @@ if [ "${EQUAL_TRAINING:-0}" = 1 ]; then
     $PY -m ribnode eval-lesions --cases held-out --limit 10 --placements 1 --mask reference --threads 1 --weights "$W" --json "$OUT/eq-lesions-$MODE.json" | tee "$OUT/eq-lesions-$MODE.txt"
   done
 fi
+# 7. the denoiser's window (eighth session): BSR against the window, both masks, the lesion test
+#    on 128-px windows with the same placements as the whole-image run (same --skip/--limit/seed),
+#    the step curve, speed and peak memory
+$PY benchmarks/suppression_windows.py --windows 0 128/64 128/32 96/48 192/96 256/128 --threads 1 | tee "$OUT/windows.md"
+$PY benchmarks/suppression_window_attention.py --limit 25 | tee "$OUT/window-attention.md"
+$PY benchmarks/suppression_windows.py --weights var/w210/rib-suppression.onnx --windows 0 128/64 --threads 1 | tee "$OUT/windows-2.1.md"   # 2.1.0: git show 5b74f2d:src/ribnode/models/weights/rib-suppression.{onnx,json}
+for T in 0 128; do
+  $PY -m ribnode eval-suppression --cases held-out --mask segmenter --threads 1 --tile $T --json "$OUT/eval-seg-tile$T.json" > "$OUT/eval-seg-tile$T.txt"
+  $PY -m ribnode eval-lesions --cases held-out --skip 0 --limit 5 --placements 5 --mask reference --threads 1 --tile $T --json "$OUT/lesions-tile$T-0.json" > "$OUT/lesions-tile$T-0.txt" &
+  $PY -m ribnode eval-lesions --cases held-out --skip 5 --limit 5 --placements 5 --mask reference --threads 1 --tile $T --json "$OUT/lesions-tile$T-5.json" > "$OUT/lesions-tile$T-5.txt"
+  wait
+  $PY benchmarks/lesions_table.py --merge "$OUT/lesions-tile$T-0.json" "$OUT/lesions-tile$T-5.json" | tee "$OUT/lesions-tile$T.md"
+done
+$PY benchmarks/lesions_paired.py "$OUT/lesions-tile0-0.json" "$OUT/lesions-tile0-5.json" -- "$OUT/lesions-tile128-0.json" "$OUT/lesions-tile128-5.json" | tee "$OUT/lesions-tile-paired.md"
+$PY benchmarks/suppression_steps.py --steps 1 2 4 --tile 128 --threads 1 | tee "$OUT/steps-tile128.md"
+$PY benchmarks/suppression_speed.py --threads 2 --repeats 5 --steps 1 --tile 0 128 --memory | tee "$OUT/speed-tile.md"

@@ -9,6 +9,10 @@ figure is less sensitive to other users of a shared machine). Peer in the same r
 backend (diffusers UNet2DModel + DDIMScheduler) with the same threads.
 
     .venv/bin/python benchmarks/suppression_speed.py --threads 2 --repeats 5 --steps 1 2 4 8 16 32
+
+``--tile 0 128`` times the denoiser on the whole working image (0) and on 128-px windows in the
+same run; ``--memory`` adds the peak resident memory of one suppression, measured in a fresh
+process per setting (``ru_maxrss``: the whole process, models and image included).
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
+import resource
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -53,6 +59,25 @@ def rg1() -> pydicom.Dataset:
     return dataset
 
 
+def peak_memory_mb(weights: Path | None, steps: int, tile: int | None, threads: int) -> float:
+    """Peak resident memory (MB) of a fresh process that segments and suppresses RG1 once."""
+    code = (f"import sys, resource; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); "
+            "import suppression_speed as s; s.one_run("
+            f"{str(weights) if weights else None!r}, {steps}, {tile!r}, {threads})")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    return float(out.strip().splitlines()[-1]) / 1024.0
+
+
+def one_run(weights: str | None, steps: int, tile: int | None, threads: int) -> None:
+    """Segment and suppress RG1 once; print the process's peak resident memory in KiB."""
+    dataset = rg1()
+    radiograph = read_radiograph(dataset)
+    segmentation = RibSegmenter(threads=threads, device="cpu")(radiograph)
+    sup = RibSuppressor(Path(weights) if weights else None, steps=steps, device="cpu", threads=threads, tile_px=tile)
+    sup(radiograph, segmentation)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -60,33 +85,40 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[4])
     parser.add_argument("--weights", type=Path, default=None)
     parser.add_argument("--no-peer", dest="peer", action="store_false", help="skip the torch backend")
+    parser.add_argument("--tile", type=int, nargs="+", default=[None],
+                        help="denoiser windows in px at the working size (0: whole image; default: the json's)")
+    parser.add_argument("--memory", action="store_true", help="also measure peak memory (onnx, fresh process)")
     args = parser.parse_args()
     dataset = rg1()
     segmenter = RibSegmenter(threads=args.threads, device="cpu")
     print(f"# rib suppression speed, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
     print(f"machine: {platform.machine()}, {cpu_model()}; threads {args.threads}; "
           f"input RG1_UNCR {dataset.Rows}x{dataset.Columns}; command: {' '.join(sys.argv)}\n")
-    print("| backend | steps | end to end wall s (median) | CPU s | read+segment wall s | suppress wall s | runs |")
-    print("|---|---|---|---|---|---|---|")
+    print("| backend | steps | windows px | end to end wall s (median) | CPU s | read+segment wall s | "
+          "suppress wall s | peak memory MB | runs |")
+    print("|---|---|---|---|---|---|---|---|---|")
     backends = ["onnx", "torch"] if args.peer else ["onnx"]
-    for steps in args.steps:
-        for backend in backends:
-            weights = args.weights
-            if weights is not None and backend == "torch":
-                weights = weights.with_suffix(".pt")
-            sup = RibSuppressor(weights, steps=steps, device="cpu", backend=backend, threads=args.threads)
+    for steps, tile, backend in ((s, t, b) for s in args.steps for t in args.tile for b in backends):
+        weights = args.weights
+        if weights is not None and backend == "torch":
+            weights = weights.with_suffix(".pt")
+        sup = RibSuppressor(weights, steps=steps, device="cpu", backend=backend, threads=args.threads,
+                            tile_px=tile)
+        windows = sup.info.parameters["tile_px"] or "whole"
+        memory = (f"{peak_memory_mb(args.weights, steps, tile, args.threads):.0f}"
+                  if args.memory and backend == "onnx" else "-")
 
-            def whole() -> object:
-                radiograph = read_radiograph(dataset)
-                return sup(radiograph, segmenter(radiograph))
-
+        def whole() -> object:
             radiograph = read_radiograph(dataset)
-            segmentation = segmenter(radiograph)
-            wall, cpu, runs = timed(whole, args.repeats)
-            front, _, _ = timed(lambda: segmenter(read_radiograph(dataset)), args.repeats)
-            back, _, _ = timed(lambda: sup(radiograph, segmentation), args.repeats)
-            print(f"| {backend} | {steps} | {wall:.2f} | {cpu:.2f} | {front:.2f} | {back:.2f} | "
-                  f"{', '.join(f'{r:.2f}' for r in runs)} |", flush=True)
+            return sup(radiograph, segmenter(radiograph))
+
+        radiograph = read_radiograph(dataset)
+        segmentation = segmenter(radiograph)
+        wall, cpu, runs = timed(whole, args.repeats)
+        front, _, _ = timed(lambda: segmenter(read_radiograph(dataset)), args.repeats)
+        back, _, _ = timed(lambda: sup(radiograph, segmentation), args.repeats)
+        print(f"| {backend} | {steps} | {windows} | {wall:.2f} | {cpu:.2f} | {front:.2f} | {back:.2f} | "
+              f"{memory} | {', '.join(f'{r:.2f}' for r in runs)} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="first N cases only (0: all)")
     parser.add_argument("--split", choices=("held-out", "train"), default="held-out",
                         help="train: the training cases (to choose the default steps without the held-out set)")
+    parser.add_argument("--tile", type=int, default=None,
+                        help="denoiser windows in px at the working size (0: whole image; default: the json's)")
     args = parser.parse_args()
     print(f"# BSR vs sampling steps, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
     print(f"machine: {cpu_model()}; threads {args.threads}; command: {' '.join(sys.argv)}\n")
@@ -42,7 +44,7 @@ def main() -> None:
     print("| steps | BSR mean | BSR worst | PSNR gain dB mean | SSIM mean | s per 512 image (median) |")
     print("|---|---|---|---|---|---|")
     for steps in args.steps:
-        sup = RibSuppressor(args.weights, steps=steps, device="cpu", threads=args.threads)
+        sup = RibSuppressor(args.weights, steps=steps, device="cpu", threads=args.threads, tile_px=args.tile)
         if pairs is None:
             held = sup.config.training["held_out_cases" if args.split == "held-out" else "train_cases"]
             pairs = load_pairs(args.data, held[: args.limit] if args.limit else held)
@@ -51,7 +53,9 @@ def main() -> None:
         seconds = statistics.median(r.seconds for r in rows)
         print(f"| {steps} | {s['bsr']['mean']:.4f} | {s['bsr']['worst']:.4f} | {s['psnr_gain_db']['mean']:.2f} | "
               f"{s['ssim']['mean']:.4f} | {seconds:.3f} |", flush=True)
-    print(f"\n{len(pairs or [])} {args.split} pairs; seed 0; region: the pairs' rib masks (local definition) dilated 5 px.")
+    windows = sup.info.parameters["tile_px"] or "the whole image"
+    print(f"\n{len(pairs or [])} {args.split} pairs; seed 0; region: the pairs' rib masks (local definition) dilated 5 px; "
+          f"denoiser windows: {windows}.")
 
 
 if __name__ == "__main__":
