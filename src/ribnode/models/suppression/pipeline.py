@@ -60,12 +60,13 @@ class TiledDenoiser:
     """A denoiser run on overlapping square windows of its input, blended with a Hann weight.
 
     The network is trained on crops (128 px of the 512 working grid). On the whole image its
-    GroupNorm statistics and its mid-block self-attention (64x64 tokens instead of 16x16) see
-    inputs it never saw in training. Run on windows of the training size, it sees what it was
-    trained on; the windows overlap, and each output pixel is the weighted mean of the windows
-    that cover it (a Hann window, strictly positive, so image edges covered by one window keep
-    that window's value). Windows are sent ``batch`` at a time, always in the same order, so the
-    result is deterministic per backend.
+    GroupNorm layers take their statistics over 16 times the area they were trained on; that,
+    not the mid-block attention, is what changes its output (measured:
+    ``benchmarks/suppression_window_attention.py``). On windows of the training size it sees what
+    it was trained on. The windows overlap, and each output pixel is the weighted mean of the
+    windows that cover it (a Hann window, strictly positive, so image edges covered by one window
+    keep that window's value). Windows are sent ``batch`` at a time, always in the same order, so
+    the result is deterministic per backend.
     """
 
     def __init__(self, inner: Denoiser, tile: int, stride: int = 0, batch: int = 16) -> None:
@@ -87,10 +88,13 @@ class TiledDenoiser:
         if (th, tw) == (height, width):
             return self.inner(model_input, timesteps)
         weight = self._weight(th, tw)
-        jobs = [(b, r, c) for b in range(images) for r in window_starts(height, th, self.stride)
-                for c in window_starts(width, tw, self.stride)]
-        out: np.ndarray | None = None
+        windows = [(r, c) for r in window_starts(height, th, self.stride)
+                   for c in window_starts(width, tw, self.stride)]
         total = np.zeros((height, width))
+        for r, c in windows:
+            total[r:r + th, c:c + tw] += weight
+        jobs = [(b, r, c) for b in range(images) for r, c in windows]
+        out: np.ndarray | None = None
         for first in range(0, len(jobs), self.batch):
             chunk = jobs[first:first + self.batch]
             crops = np.stack([model_input[b, :, r:r + th, c:c + tw] for b, r, c in chunk])
@@ -99,9 +103,6 @@ class TiledDenoiser:
                 out = np.zeros((images, result.shape[1], height, width))
             for (b, r, c), window in zip(chunk, result):
                 out[b, :, r:r + th, c:c + tw] += window * weight
-        for r in window_starts(height, th, self.stride):
-            for c in window_starts(width, tw, self.stride):
-                total[r:r + th, c:c + tw] += weight
         assert out is not None
         return (out / total).astype(np.float32)
 
