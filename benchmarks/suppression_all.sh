@@ -71,5 +71,11 @@ for T in 0 128; do
   $PY benchmarks/lesions_table.py --merge "$OUT/lesions-tile$T-0.json" "$OUT/lesions-tile$T-5.json" | tee "$OUT/lesions-tile$T.md"
 done
 $PY benchmarks/lesions_paired.py "$OUT/lesions-tile0-0.json" "$OUT/lesions-tile0-5.json" -- "$OUT/lesions-tile128-0.json" "$OUT/lesions-tile128-5.json" | tee "$OUT/lesions-tile-paired.md"
+#    192-px windows on the first 2 radiographs of each half, paired on those 4 with the runs above
+$PY -m ribnode eval-lesions --cases held-out --skip 0 --limit 2 --placements 5 --mask reference --threads 1 --tile 192 --tile-stride 96 --json "$OUT/lesions-tile192-0.json" > "$OUT/lesions-tile192-0.txt" &
+$PY -m ribnode eval-lesions --cases held-out --skip 5 --limit 2 --placements 5 --mask reference --threads 1 --tile 192 --tile-stride 96 --json "$OUT/lesions-tile192-5.json" > "$OUT/lesions-tile192-5.txt"
+wait
+$PY benchmarks/lesions_paired.py "$OUT/lesions-tile0-0.json" "$OUT/lesions-tile0-5.json" -- "$OUT/lesions-tile192-0.json" "$OUT/lesions-tile192-5.json" | tee "$OUT/lesions-tile192-paired.md"
+$PY benchmarks/lesions_paired.py "$OUT/lesions-tile128-0.json" "$OUT/lesions-tile128-5.json" -- "$OUT/lesions-tile192-0.json" "$OUT/lesions-tile192-5.json" | tee "$OUT/lesions-tile192-vs-128.md"
 $PY benchmarks/suppression_steps.py --steps 1 2 4 --tile 128 --threads 1 | tee "$OUT/steps-tile128.md"
 $PY benchmarks/suppression_speed.py --threads 2 --repeats 5 --steps 1 --tile 0 128 --memory | tee "$OUT/speed-tile.md"
