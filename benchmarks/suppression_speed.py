@@ -61,7 +61,7 @@ def rg1() -> pydicom.Dataset:
 
 def peak_memory_mb(weights: Path | None, steps: int, tile: int | None, threads: int) -> float:
     """Peak resident memory (MB) of a fresh process that segments and suppresses RG1 once."""
-    code = (f"import sys, resource; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); "
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); "
             "import suppression_speed as s; s.one_run("
             f"{str(weights) if weights else None!r}, {steps}, {tile!r}, {threads})")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
