@@ -369,3 +369,28 @@ def test_rib_shaped_keeps_bands_drops_blobs_never_adds() -> None:
     np.testing.assert_allclose(shaped[40:48, 10:86], 1.0, atol=1e-6)
     residual = shaped - band  # a blob straddling the band's edge leaves a thin rim (digital lines)
     assert (residual ** 2).sum() < 0.1 * (blob ** 2).sum()
+
+
+def test_rib_median_post_step_in_the_suppressor(tiny_weights: Path) -> None:
+    from ribnode.models.preprocess import to_working
+    from ribnode.models.suppression.shape import rib_median
+
+    radiograph, segmentation = _radiograph(), _segmentation((70, 60))
+    off = RibSuppressor(tiny_weights, device="cpu", threads=1)
+    on = RibSuppressor(tiny_weights, device="cpu", threads=1, rib_median_px_512=160)  # 11 px at 32
+    assert off.info.parameters["rib_median_line_px_512"] == 0  # the json's default: off
+    assert (on.rib_median_px, on.info.parameters["rib_median_line_px_512"]) == (11, 160)
+    a, b = off(radiograph, segmentation), on(radiograph, segmentation)
+    assert not np.allclose(a.bone, b.bone)
+    assert (b.bone >= 0).all() and not b.bone[~b.mask].any()
+    np.testing.assert_array_equal(b.soft_stored[~b.mask], radiograph.stored[~b.mask])
+    np.testing.assert_array_equal(on(radiograph, segmentation).soft_stored, b.soft_stored)  # reproducible
+    # what it subtracts: the working-size layer, zero outside the region, median along the ribs
+    region_w = to_working(b.mask.astype(np.float32), WORKING) >= 0.5
+    estimate = off.pipeline(to_working(radiograph.image, WORKING)[None],
+                            to_working(b.mask.astype(np.float32), WORKING)[None], off.steps, [b.seed])
+    expected = rib_median(np.where(region_w, estimate.bone[0], 0.0), region_w, 11)
+    np.testing.assert_array_equal(on._shaped(estimate.bone[0], to_working(b.mask.astype(np.float32), WORKING)),
+                                  expected)
+    with pytest.raises(ValueError, match="rib median"):
+        RibSuppressor(tiny_weights, device="cpu", threads=1, rib_median_px_512=-1)

@@ -89,9 +89,18 @@ def test_model_versions_change_the_idempotency_key(node_settings: Settings, tmp_
     weights.write_bytes(b"weights-v1")
     other = node_settings.models.model_copy(update={"segmentation_weights": weights})
     assert model_versions(other)["segmentation"] != versions["segmentation"]
+    assert "segmentation_config" not in model_versions(other)  # no json beside these weights
+    weights.with_suffix(".json").write_text('{"threshold": 0.5}')
+    first = model_versions(other)["segmentation_config"]
+    weights.with_suffix(".json").write_text('{"threshold": 0.6}')
+    assert model_versions(other)["segmentation_config"] != first  # a new json is a new model
+    assert {"segmentation_config", "suppression_config"} <= set(versions)  # the shipped jsons
     assert "suppression_tile" not in versions  # unset: the keys of jobs made before the setting
     tiled = node_settings.models.model_copy(update={"suppression_tile": 128})
     assert model_versions(tiled)["suppression_tile"] == "128"
+    assert "suppression_rib_median" not in versions
+    median = node_settings.models.model_copy(update={"suppression_rib_median": 31})
+    assert model_versions(median)["suppression_rib_median"] == "31"
 
 
 def test_broker_down_at_enqueue_then_back(tmp_path: Path) -> None:

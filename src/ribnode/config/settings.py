@@ -113,6 +113,10 @@ class ModelSettings(BaseModel):
     # Window the suppression denoiser runs on, px at its working size (a multiple of 8; 0: the
     # whole image); unset: the model's own default (its json). See docs/models/rib-suppression.md.
     suppression_tile: int | None = Field(default=None, ge=0, le=4096)
+    # Median of the suppression's bone layer along the ribs, line length in px at 512 (0: off); a
+    # nodule narrower than half the line is not read as bone. Unset: the model's own default (its
+    # json). See docs/models/rib-suppression.md.
+    suppression_rib_median: int | None = Field(default=None, ge=0, le=255)
     backend: Literal["onnx", "torch"] = "onnx"
     intra_op_threads: int = 0  # 0: let the runtime choose
     # Largest Rows x Columns read_radiograph accepts (checked before decoding pixel data).

@@ -58,6 +58,7 @@ class RibPipeline:
             weights=settings.suppression_weights,
             steps=settings.suppression_steps,
             tile_px=settings.suppression_tile,
+            rib_median_px_512=settings.suppression_rib_median,
             device=settings.device,
             backend=settings.backend,
             threads=settings.intra_op_threads,

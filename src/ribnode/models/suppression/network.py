@@ -103,6 +103,9 @@ class SuppressionConfig:
     #: > 0: keep only the rib-shaped part of the bone layer (``shape.rib_shaped``), line length
     #: in px at 512 (longer than the largest nodule diameter the lesion test uses, 24 px)
     rib_shape_line_px_512: int = 0
+    #: > 0: replace the bone layer by its median along the ribs (``shape.rib_median``), line
+    #: length in px at 512: a nodule narrower than half the line is not read as bone
+    rib_median_line_px_512: int = 0
     #: > 0: run the denoiser on square windows of this side (px at the working size), the size
     #: of the training crops, and blend them (``pipeline.TiledDenoiser``); 0: the whole image
     tile_px: int = 0

@@ -26,14 +26,14 @@ from ribnode.models.suppression.data import region_radius
 from ribnode.models.suppression.network import SuppressionConfig
 from ribnode.models.suppression.pipeline import SuppressionPipeline, TorchDenoiser
 from ribnode.models.suppression.scheduler import DiffusersDDIM, NumpyDDIM
-from ribnode.models.suppression.shape import rib_shaped
+from ribnode.models.suppression.shape import rib_median, rib_shaped
 from ribnode.models.suppression.upsample import upsample_bone
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
 
 MODEL_NAME = "ribnode rib-suppression"
-MODEL_VERSION = "2.2.0"
+MODEL_VERSION = "2.3.0"
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 DEFAULT_ONNX = WEIGHTS_DIR / "rib-suppression.onnx"
 DEFAULT_TORCH = WEIGHTS_DIR / "rib-suppression.pt"
@@ -113,13 +113,18 @@ def _torch_denoiser(weights: Path, config: SuppressionConfig, device: str, threa
     return TorchDenoiser(unet, device), device
 
 
+def _odd_working_length(px_512: int, working_size: int) -> int:
+    """A line length given in px at 512, at the working size and odd (0: off)."""
+    return 0 if px_512 <= 0 else max(1, int(round(px_512 * working_size / 512))) | 1
+
+
 class RibSuppressor:
     """Rib and clavicle suppression of one radiograph (see the module docstring)."""
 
     def __init__(self, weights: Path | None = None, steps: int | None = None, device: str = "auto",
                  backend: str = "onnx", threads: int = 0, upsampling: str = "linear",
                  rib_shape_px_512: int | None = None, tile_px: int | None = None,
-                 tile_stride_px: int | None = None) -> None:
+                 tile_stride_px: int | None = None, rib_median_px_512: int | None = None) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend {backend!r}: expected one of {BACKENDS}")
         if device not in ("auto", "cpu", "cuda"):
@@ -135,7 +140,11 @@ class RibSuppressor:
         self.backend, self.upsampling = backend, upsampling
         line = self.config.rib_shape_line_px_512 if rib_shape_px_512 is None else int(rib_shape_px_512)
         # the line length at the working size, odd, 0 = off
-        self.rib_shape_px = 0 if line <= 0 else 2 * int(round(line * self.config.working_size / 512 / 2)) + 1
+        self.rib_shape_px = _odd_working_length(line, self.config.working_size)
+        median = self.config.rib_median_line_px_512 if rib_median_px_512 is None else int(rib_median_px_512)
+        if median < 0:
+            raise ValueError(f"rib median line {median} px: expected >= 0 (0: off)")
+        self.rib_median_px = _odd_working_length(median, self.config.working_size)
         if backend == "onnx":
             denoiser: Any = OrtDenoiser(path, device, threads)
             self.device = "cuda" if "CUDAExecutionProvider" in denoiser.providers else "cpu"
@@ -152,6 +161,7 @@ class RibSuppressor:
             "working_size": self.working_size, "scheduler": "DDIM", "upsampling": upsampling,
             "region_dilation_px_512": self.config.mask_dilation_px_512,
             "rib_shape_line_px_512": line,
+            "rib_median_line_px_512": median,
             "tile_px": self.pipeline.tile, "tile_stride_px": self.pipeline.stride,
         })
 
@@ -162,26 +172,35 @@ class RibSuppressor:
     def bone_layer(self, image: np.ndarray, region: np.ndarray, seed: int, steps: int | None = None) -> np.ndarray:
         """The bone layer to subtract on the source matrix of ``image`` (zero outside ``region``)."""
         size = self.working_size
-        estimate = self.pipeline(to_working(image, size)[None], to_working(region.astype(np.float32), size)[None],
-                                 steps or self.steps, [seed])
-        bone = upsample_bone(self._shaped(estimate.bone[0]), image.shape, self.upsampling, guide=image)
+        region_w = to_working(region.astype(np.float32), size)
+        estimate = self.pipeline(to_working(image, size)[None], region_w[None], steps or self.steps, [seed])
+        bone = upsample_bone(self._shaped(estimate.bone[0], region_w), image.shape, self.upsampling, guide=image)
         bone[~region] = 0.0
         return bone
 
-    def _shaped(self, bone_working: np.ndarray) -> np.ndarray:
-        """The rib-shaped part of a working-size bone layer (identity when the filter is off)."""
-        return rib_shaped(bone_working, self.rib_shape_px) if self.rib_shape_px else bone_working
+    def _shaped(self, bone_working: np.ndarray, region_working: np.ndarray) -> np.ndarray:
+        """The working-size bone layer after the optional post-steps (rib-shaped part, median
+        along the ribs); unchanged when both are off."""
+        if self.rib_shape_px:
+            bone_working = rib_shaped(bone_working, self.rib_shape_px)
+        if self.rib_median_px:
+            # the lines see the layer as it is subtracted (zero outside the region), so a rib's
+            # median never takes in what the network put outside the region
+            inside = region_working >= 0.5
+            bone_working = rib_median(np.where(inside, bone_working, 0.0), inside, self.rib_median_px)
+        return bone_working
 
     def bone_layers(self, images: list[np.ndarray], region: np.ndarray, seed: int,
                     steps: int | None = None) -> list[np.ndarray]:
         """``bone_layer`` of several same-shape images sharing one region and seed, in one batch."""
         size = self.working_size
         working = np.stack([to_working(image, size) for image in images])
-        regions = np.repeat(to_working(region.astype(np.float32), size)[None], len(images), axis=0)
+        region_w = to_working(region.astype(np.float32), size)
+        regions = np.repeat(region_w[None], len(images), axis=0)
         estimate = self.pipeline(working, regions, steps or self.steps, [seed] * len(images))
         out = []
         for bone_w, image in zip(estimate.bone, images):
-            bone = upsample_bone(self._shaped(bone_w), image.shape, self.upsampling, guide=image)
+            bone = upsample_bone(self._shaped(bone_w, region_w), image.shape, self.upsampling, guide=image)
             bone[~region] = 0.0
             out.append(bone)
         return out
