@@ -13,6 +13,7 @@ backend (diffusers UNet2DModel + DDIMScheduler) with the same threads.
 ``--tile 0 128`` times the denoiser on the whole working image (0) and on 128-px windows in the
 same run; ``--memory`` adds the peak resident memory of one suppression, measured in a fresh
 process per setting (``ru_maxrss``: the whole process, models and image included).
+``--rib-median 0 31`` times the suppression without and with the median along the ribs.
 """
 
 from __future__ import annotations
@@ -59,21 +60,23 @@ def rg1() -> pydicom.Dataset:
     return dataset
 
 
-def peak_memory_mb(weights: Path | None, steps: int, tile: int | None, threads: int) -> float:
+def peak_memory_mb(weights: Path | None, steps: int, tile: int | None, threads: int,
+                   median: int | None = None) -> float:
     """Peak resident memory (MB) of a fresh process that segments and suppresses RG1 once."""
     code = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); "
             "import suppression_speed as s; s.one_run("
-            f"{str(weights) if weights else None!r}, {steps}, {tile!r}, {threads})")
+            f"{str(weights) if weights else None!r}, {steps}, {tile!r}, {threads}, {median!r})")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     return float(out.strip().splitlines()[-1]) / 1024.0
 
 
-def one_run(weights: str | None, steps: int, tile: int | None, threads: int) -> None:
+def one_run(weights: str | None, steps: int, tile: int | None, threads: int, median: int | None = None) -> None:
     """Segment and suppress RG1 once; print the process's peak resident memory in KiB."""
     dataset = rg1()
     radiograph = read_radiograph(dataset)
     segmentation = RibSegmenter(threads=threads, device="cpu")(radiograph)
-    sup = RibSuppressor(Path(weights) if weights else None, steps=steps, device="cpu", threads=threads, tile_px=tile)
+    sup = RibSuppressor(Path(weights) if weights else None, steps=steps, device="cpu", threads=threads, tile_px=tile,
+                        rib_median_px_512=median)
     sup(radiograph, segmentation)
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
@@ -88,24 +91,28 @@ def main() -> None:
     parser.add_argument("--tile", type=int, nargs="+", default=[None],
                         help="denoiser windows in px at the working size (0: whole image; default: the json's)")
     parser.add_argument("--memory", action="store_true", help="also measure peak memory (onnx, fresh process)")
+    parser.add_argument("--rib-median", type=int, nargs="+", default=[None],
+                        help="median along the ribs, px at 512 (0: off; default: the json's)")
     args = parser.parse_args()
     dataset = rg1()
     segmenter = RibSegmenter(threads=args.threads, device="cpu")
     print(f"# rib suppression speed, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
     print(f"machine: {platform.machine()}, {cpu_model()}; threads {args.threads}; "
           f"input RG1_UNCR {dataset.Rows}x{dataset.Columns}; command: {' '.join(sys.argv)}\n")
-    print("| backend | steps | windows px | end to end wall s (median) | CPU s | read+segment wall s | "
+    print("| backend | steps | windows px | rib median px | end to end wall s (median) | CPU s | read+segment wall s | "
           "suppress wall s | peak memory MB | runs |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     backends = ["onnx", "torch"] if args.peer else ["onnx"]
-    for steps, tile, backend in ((s, t, b) for s in args.steps for t in args.tile for b in backends):
+    settings = ((s, t, m, b) for s in args.steps for t in args.tile for m in args.rib_median for b in backends)
+    for steps, tile, median, backend in settings:
         weights = args.weights
         if weights is not None and backend == "torch":
             weights = weights.with_suffix(".pt")
         sup = RibSuppressor(weights, steps=steps, device="cpu", backend=backend, threads=args.threads,
-                            tile_px=tile)
+                            tile_px=tile, rib_median_px_512=median)
         windows = sup.info.parameters["tile_px"] or "whole"
-        memory = (f"{peak_memory_mb(args.weights, steps, tile, args.threads):.0f}"
+        line = sup.info.parameters["rib_median_line_px_512"] or "off"
+        memory = (f"{peak_memory_mb(args.weights, steps, tile, args.threads, median):.0f}"
                   if args.memory and backend == "onnx" else "-")
 
         def whole() -> object:
@@ -117,7 +124,7 @@ def main() -> None:
         wall, cpu, runs = timed(whole, args.repeats)
         front, _, _ = timed(lambda: segmenter(read_radiograph(dataset)), args.repeats)
         back, _, _ = timed(lambda: sup(radiograph, segmentation), args.repeats)
-        print(f"| {backend} | {steps} | {windows} | {wall:.2f} | {cpu:.2f} | {front:.2f} | {back:.2f} | "
+        print(f"| {backend} | {steps} | {windows} | {line} | {wall:.2f} | {cpu:.2f} | {front:.2f} | {back:.2f} | "
               f"{memory} | {', '.join(f'{r:.2f}' for r in runs)} |", flush=True)
 
 
