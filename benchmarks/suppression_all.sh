@@ -79,18 +79,33 @@ $PY benchmarks/lesions_paired.py "$OUT/lesions-tile0-0.json" "$OUT/lesions-tile0
 $PY benchmarks/lesions_paired.py "$OUT/lesions-tile128-0.json" "$OUT/lesions-tile128-5.json" -- "$OUT/lesions-tile192-0.json" "$OUT/lesions-tile192-5.json" | tee "$OUT/lesions-tile192-vs-128.md"
 $PY benchmarks/suppression_steps.py --steps 1 2 4 --tile 128 --threads 1 | tee "$OUT/steps-tile128.md"
 $PY benchmarks/suppression_speed.py --threads 2 --repeats 5 --steps 1 --tile 0 128 --memory | tee "$OUT/speed-tile.md"
-# 8. the median along the ribs (ninth session, version 2.3.0): BSR against the line length (whole
-#    image and 128-px windows), the lesion test for several lengths from the same network runs
-#    (the same placements as eval-lesions), the product path, speed
-$PY benchmarks/suppression_rib_median.py bsr --lengths 0 21 31 41 --tile 0 128 --threads 1 | tee "$OUT/median-bsr.md"
-$PY benchmarks/suppression_rib_median.py lesions --lengths 0 31 41 --skip 0 --limit 5 --placements 5 --threads 1 --prefix "$OUT/median-whole-0" > "$OUT/median-whole-0.txt" &
-$PY benchmarks/suppression_rib_median.py lesions --lengths 0 31 41 --skip 5 --limit 5 --placements 5 --threads 1 --prefix "$OUT/median-whole-5" > "$OUT/median-whole-5.txt"
+# 8. the median along the ribs (ninth session, version 2.3.0, the ribs' direction from the region):
+#    BSR against the line length (whole image and 128-px windows), the lesion test for several
+#    lengths from the same network runs (the same placements as eval-lesions), the product path, speed
+$PY benchmarks/suppression_rib_median.py bsr --lengths 0 21 31 41 --direction region --tile 0 128 --threads 1 | tee "$OUT/median-bsr.md"
+$PY benchmarks/suppression_rib_median.py lesions --lengths 31 41 --direction region --skip 0 --limit 5 --placements 5 --threads 1 --prefix "$OUT/median-whole-0" > "$OUT/median-whole-0.txt" &
+$PY benchmarks/suppression_rib_median.py lesions --lengths 31 41 --direction region --skip 5 --limit 5 --placements 5 --threads 1 --prefix "$OUT/median-whole-5" > "$OUT/median-whole-5.txt"
 wait
-for L in 0 31 41; do
-  $PY benchmarks/lesions_table.py --merge "$OUT/median-whole-0-L$L.json" "$OUT/median-whole-5-L$L.json" | tee "$OUT/median-whole-L$L.md"
+for V in L0 L31-region L41-region; do
+  $PY benchmarks/lesions_table.py --merge "$OUT/median-whole-0-$V.json" "$OUT/median-whole-5-$V.json" | tee "$OUT/median-whole-$V.md"
 done
-for L in 31 41; do
-  $PY benchmarks/lesions_paired.py "$OUT/median-whole-0-L0.json" "$OUT/median-whole-5-L0.json" -- "$OUT/median-whole-0-L$L.json" "$OUT/median-whole-5-L$L.json" | tee "$OUT/median-paired-$L.md"
+for V in L31-region L41-region; do
+  $PY benchmarks/lesions_paired.py "$OUT/median-whole-0-L0.json" "$OUT/median-whole-5-L0.json" -- "$OUT/median-whole-0-$V.json" "$OUT/median-whole-5-$V.json" | tee "$OUT/median-paired-$V.md"
 done
-$PY -m ribnode eval-suppression --cases held-out --mask segmenter --threads 1 --json "$OUT/eval-seg-median31.json" > "$OUT/eval-seg-median31.txt"
 $PY benchmarks/suppression_speed.py --threads 2 --repeats 5 --steps 1 --rib-median 0 31 | tee "$OUT/speed-median.md"
+# 9. tried in the tenth session: the ribs' direction from the rib mask instead of the region
+#    (not adopted). BSR and the lesion test for both directions from the same network runs,
+#    paired, with the pairs' masks and on the product path (the segmenter's masks, 9 per cell)
+$PY benchmarks/suppression_rib_median.py bsr --lengths 0 31 --direction ribs region --tile 0 128 --threads 1 | tee "$OUT/direction-bsr.md"
+$PY benchmarks/suppression_rib_median.py lesions --lengths 31 --direction ribs region --skip 0 --limit 5 --placements 5 --threads 1 --prefix "$OUT/direction-0" > "$OUT/direction-0.txt" &
+$PY benchmarks/suppression_rib_median.py lesions --lengths 31 --direction ribs region --skip 5 --limit 5 --placements 5 --threads 1 --prefix "$OUT/direction-5" > "$OUT/direction-5.txt"
+wait
+for V in L0 L31-region L31-ribs; do
+  $PY benchmarks/lesions_table.py --merge "$OUT/direction-0-$V.json" "$OUT/direction-5-$V.json" | tee "$OUT/direction-$V.md"
+done
+$PY benchmarks/lesions_paired.py "$OUT/direction-0-L31-region.json" "$OUT/direction-5-L31-region.json" -- "$OUT/direction-0-L31-ribs.json" "$OUT/direction-5-L31-ribs.json" | tee "$OUT/direction-paired.md"
+$PY benchmarks/suppression_rib_median.py lesions --mask segmenter --lengths 31 --direction ribs region --limit 3 --placements 3 --threads 1 --prefix "$OUT/direction-seg" > "$OUT/direction-seg.txt"
+for V in L0 L31-region L31-ribs; do
+  $PY benchmarks/lesions_table.py "$OUT/direction-seg-$V.json" | tee "$OUT/direction-seg-$V.md"
+done
+$PY benchmarks/lesions_paired.py "$OUT/direction-seg-L31-region.json" -- "$OUT/direction-seg-L31-ribs.json" | tee "$OUT/direction-seg-paired.md"

@@ -4,19 +4,23 @@ Two parts, both on the held-out JSRT / BSE-JSRT pairs listed in the weights' jso
 the pairs' own rib masks (local definition) dilated 5 px, seed 0, ONNX Runtime, the model's
 default steps:
 
-* ``bsr``: BSR and PSNR gain for each line length (0: off), for the network's layer and for
-  the true layer ``x - y`` of the pair put through the same filter (what the filter alone costs
-  a perfect estimate);
+* ``bsr``: BSR and PSNR gain for each line length (0: off) and each source of the ribs'
+  direction (``--direction``: the region dilated from the rib mask, as the runtime does, or the
+  rib mask itself, tried in the tenth session), for the network's layer and for the true
+  layer ``x - y`` of the pair put through the same filter (what the filter alone costs a
+  perfect estimate);
 * ``lesions``: the lesion-retention test of ``eval-lesions`` for each line length, from the
   *same* network runs: each radiograph with and without each nodule is run once, and every
-  length filters that one estimate. The placements are drawn exactly as ``eval-lesions`` draws
-  them (same seed, same order, same ``--skip/--limit/--placements``), so length 0 is the plain
-  ``eval-lesions`` run. One ``eval-lesions``-style JSON per length is written
-  (``PREFIX-L<length>.json``), for ``lesions_table.py`` and ``lesions_paired.py``.
+  length and direction filters that one estimate. The placements are drawn exactly as
+  ``eval-lesions`` draws them (same seed, same order, same ``--skip/--limit/--placements``), so
+  length 0 is the plain ``eval-lesions`` run with the median off. One ``eval-lesions``-style
+  JSON per variant is written (``PREFIX-L0.json``, ``PREFIX-L<length>-<direction>.json``), for
+  ``lesions_table.py`` and ``lesions_paired.py``. ``--mask segmenter`` runs the product path
+  (the shipped segmenter's mask), as ``eval-lesions --mask segmenter`` does.
 
     .venv/bin/python benchmarks/suppression_rib_median.py bsr --lengths 0 21 31 41 --tile 0 128
-    .venv/bin/python benchmarks/suppression_rib_median.py lesions --lengths 0 31 41 --skip 0 --limit 5 \\
-        --placements 5 --prefix var/bench-suppression/median-0
+    .venv/bin/python benchmarks/suppression_rib_median.py lesions --lengths 31 --direction region ribs \\
+        --skip 0 --limit 5 --placements 5 --prefix var/bench-suppression/median-0
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ribnode.models.metrics import suppression_metrics  # noqa: E402
+from ribnode.models.segmentation import RibSegmenter  # noqa: E402
+from ribnode.models.segmentation.data import read_png_unit  # noqa: E402
 from ribnode.models.suppression import RibSuppressor  # noqa: E402
 from ribnode.models.suppression.data import DEFAULT_DATA, load_pairs  # noqa: E402
 from ribnode.models.suppression.evaluate import lesion_trials  # noqa: E402
@@ -44,10 +50,25 @@ from ribnode.models.suppression.shape import rib_median  # noqa: E402
 from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 
 
-def filtered(bone: np.ndarray, region: np.ndarray, length: int) -> np.ndarray:
+Variant = tuple[int, str]  # (line length px at 512, 0: off; direction from "region" or "ribs")
+
+
+def variants(lengths: list[int], directions: list[str]) -> list[Variant]:
+    return [(0, "")] + [(length, d) for length in lengths if length for d in directions]
+
+
+def variant_name(variant: Variant) -> str:
+    return "L0" if variant[0] == 0 else f"L{variant[0]}-{variant[1]}"
+
+
+def filtered(bone: np.ndarray, mask: np.ndarray, region: np.ndarray, variant: Variant) -> np.ndarray:
     """What ``RibSuppressor(rib_median_px_512=length)`` subtracts, given its layer with the
-    filter off, on a 512 image (working size = source size; checked in ``main``)."""
-    return bone if length == 0 else rib_median(bone, region, length) * region
+    filter off, on a 512 image (working size = source size; checked in ``main``); direction
+    "region" is the runtime's filter, "ribs" reads the direction from the rib mask instead."""
+    length, direction = variant
+    if length == 0:
+        return bone
+    return rib_median(bone, region, mask if direction == "ribs" else region, length) * region
 
 
 class SharedRuns:
@@ -55,19 +76,20 @@ class SharedRuns:
     image and hands out that layer filtered with ``length``."""
 
     def __init__(self, suppressor: RibSuppressor) -> None:
-        self.suppressor, self.length = suppressor, 0
+        self.suppressor, self.variant = suppressor, (0, "")
         self.cache: dict[tuple[str, int], np.ndarray] = {}
 
     def region(self, mask: np.ndarray) -> np.ndarray:
         return self.suppressor.region(mask)
 
-    def bone_layers(self, images: list[np.ndarray], region: np.ndarray, seed: int) -> list[np.ndarray]:
+    def bone_layers(self, images: list[np.ndarray], mask: np.ndarray, seed: int) -> list[np.ndarray]:
         out = []
+        region = self.region(mask)
         for image in images:
             key = (hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest(), seed)
             if key not in self.cache:
-                self.cache[key] = self.suppressor.bone_layers([image], region, seed)[0]
-            out.append(filtered(self.cache[key], region, self.length))
+                self.cache[key] = self.suppressor.bone_layers([image], mask, seed)[0]
+            out.append(filtered(self.cache[key], mask, region, self.variant))
         return out
 
 
@@ -76,8 +98,8 @@ def check_shortcut(weights: Path | None, threads: int, tile: int, pair: Any, len
     off = RibSuppressor(weights, device="cpu", threads=threads, tile_px=tile, rib_median_px_512=0)
     on = RibSuppressor(weights, device="cpu", threads=threads, tile_px=tile, rib_median_px_512=length)
     region = off.region(pair.rib_mask)
-    a = filtered(off.bone_layer(pair.radiograph, region, 0), region, length)
-    b = on.bone_layer(pair.radiograph, region, 0)
+    a = filtered(off.bone_layer(pair.radiograph, pair.rib_mask, 0), pair.rib_mask, region, (length, "region"))
+    b = on.bone_layer(pair.radiograph, pair.rib_mask, 0)
     if not np.array_equal(a, b):
         raise SystemExit(f"shortcut differs from the runtime by {np.abs(a - b).max():.3g}")
 
@@ -89,9 +111,10 @@ def header(args: argparse.Namespace, what: str) -> None:
 
 def run_bsr(args: argparse.Namespace) -> None:
     header(args, "BSR against the rib-median line length")
-    print("| denoiser window | line px at 512 | BSR mean | BSR worst | PSNR gain dB mean | pairs lower than off | "
-          "true layer through the filter: BSR mean (worst) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| denoiser window | line px at 512 | direction from | BSR mean | BSR worst | PSNR gain dB mean | "
+          "pairs lower than off | true layer through the filter: BSR mean (worst) |")
+    print("|---|---|---|---|---|---|---|---|")
+    chosen = variants(args.lengths, args.direction)
     pairs = None
     for tile in args.tile:
         sup = RibSuppressor(args.weights, device="cpu", threads=args.threads, tile_px=tile, rib_median_px_512=0)
@@ -99,25 +122,26 @@ def run_bsr(args: argparse.Namespace) -> None:
             held = sup.config.training["held_out_cases"]
             pairs = load_pairs(args.data, held[: args.limit] if args.limit else held)
             check_shortcut(args.weights, args.threads, tile, pairs[0], max(args.lengths))
-        figures: dict[int, list[dict[str, float]]] = {length: [] for length in args.lengths}
-        truth: dict[int, list[float]] = {length: [] for length in args.lengths}
+        figures: dict[Variant, list[dict[str, float]]] = {v: [] for v in chosen}
+        truth: dict[Variant, list[float]] = {v: [] for v in chosen}
         for pair in pairs:
-            region = sup.region(pair.rib_mask)
-            bone = sup.bone_layer(pair.radiograph, region, 0)
+            mask = pair.rib_mask
+            region = sup.region(mask)
+            bone = sup.bone_layer(pair.radiograph, mask, 0)
             x, y = pair.radiograph.astype(np.float64), pair.soft_tissue.astype(np.float64)
             true_bone = (np.clip(x - y, 0.0, None) * region).astype(np.float32)
-            for length in args.lengths:
-                figures[length].append(suppression_metrics(x, y, x - filtered(bone, region, length), pair.region))
-                truth[length].append(suppression_metrics(x, y, x - filtered(true_bone, region, length),
-                                                         pair.region)["bsr"])
-        off = [f["bsr"] for f in figures[0]] if 0 in figures else None
-        for length in args.lengths:
-            bsr = np.array([f["bsr"] for f in figures[length]])
-            gain = np.mean([f["psnr_gain_db"] for f in figures[length]])
-            lower = "-" if off is None or length == 0 else f"{int((bsr < np.array(off)).sum())}/{len(bsr)}"
-            print(f"| {'whole image' if tile == 0 else f'{tile} px'} | {length or 'off'} | {bsr.mean():.4f} | "
-                  f"{bsr.min():.4f} | {gain:+.2f} | {lower} | {np.mean(truth[length]):.4f} "
-                  f"({np.min(truth[length]):.4f}) |", flush=True)
+            for v in chosen:
+                figures[v].append(suppression_metrics(x, y, x - filtered(bone, mask, region, v), pair.region))
+                truth[v].append(suppression_metrics(x, y, x - filtered(true_bone, mask, region, v),
+                                                    pair.region)["bsr"])
+        off = np.array([f["bsr"] for f in figures[(0, "")]])
+        for v in chosen:
+            bsr = np.array([f["bsr"] for f in figures[v]])
+            gain = np.mean([f["psnr_gain_db"] for f in figures[v]])
+            lower = "-" if v[0] == 0 else f"{int((bsr < off).sum())}/{len(bsr)}"
+            print(f"| {'whole image' if tile == 0 else f'{tile} px'} | {v[0] or 'off'} | {v[1] or '-'} | "
+                  f"{bsr.mean():.4f} | {bsr.min():.4f} | {gain:+.2f} | {lower} | {np.mean(truth[v]):.4f} "
+                  f"({np.min(truth[v]):.4f}) |", flush=True)
 
 
 def run_lesions(args: argparse.Namespace) -> None:
@@ -128,33 +152,42 @@ def run_lesions(args: argparse.Namespace) -> None:
     cases = sorted(held)[args.skip:]
     cases = cases[: args.limit] if args.limit else cases
     shared = SharedRuns(sup)
+    # --mask segmenter: the product path, as ``eval-lesions --mask segmenter`` runs it (the
+    # shipped segmenter's mask places the nodules and bounds the region)
+    segmenter = RibSegmenter(device="cpu", threads=args.threads) if args.mask == "segmenter" else None
     rng = np.random.default_rng(args.seed)
-    trials: dict[int, list[Any]] = {length: [] for length in args.lengths}
+    chosen = variants(args.lengths, args.direction)
+    trials: dict[Variant, list[Any]] = {v: [] for v in chosen}
     for i, case in enumerate(cases):
         pair = load_pairs(args.data, [case])[0]
         if i == 0:
             check_shortcut(args.weights, args.threads, tile, pair, max(args.lengths))
+        image, rib_mask = pair.radiograph, pair.rib_mask
+        if segmenter is not None:
+            image = read_png_unit(args.data / "source" / f"{case}.png", True).astype(np.float32)
+            rib_mask = segmenter.segment_image(image).mask
         start = rng
-        for length in args.lengths:
-            rng = copy.deepcopy(start)  # every length places the same nodules
-            shared.length = length
-            trials[length] += lesion_trials(shared, case, pair.radiograph, pair.rib_mask, args.placements, rng,
-                                            seed=args.seed)
+        for v in chosen:
+            rng = copy.deepcopy(start)  # every variant places the same nodules
+            shared.variant = v
+            trials[v] += lesion_trials(shared, case, image, rib_mask, args.placements, rng, seed=args.seed)
         shared.cache.clear()
-        print(f"{case}: {len(trials[args.lengths[0]])} trials per length", flush=True)
+        print(f"{case}: {len(trials[(0, '')])} trials per variant", flush=True)
     info = dict(vars(sup.info))
-    for length in args.lengths:
-        table = summarise(trials[length])
-        info["parameters"] = {**sup.info.parameters, "rib_median_line_px_512": length}
-        path = Path(f"{args.prefix}-L{length}.json")
+    for v in chosen:
+        table = summarise(trials[v])
+        info["parameters"] = {**sup.info.parameters, "rib_median_line_px_512": v[0],
+                              "rib_median_direction": v[1] or None}
+        path = Path(f"{args.prefix}-{variant_name(v)}.json")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({
             "data": str(args.data), "model": info, "placements": args.placements, "cases": cases,
-            "cells": [{"location": k[0], "radius_512": k[1], "contrast": k[2], **v} for k, v in table.items()],
-            "trials": [vars(t) for t in trials[length]]}, indent=2, default=str) + "\n")
+            "mask": args.mask,
+            "cells": [{"location": k[0], "radius_512": k[1], "contrast": k[2], **c} for k, c in table.items()],
+            "trials": [vars(t) for t in trials[v]]}, indent=2, default=str) + "\n")
         rib = [s["retention_mean"] for k, s in table.items() if k[0] == "rib"]
         lung = [s["retention_mean"] for k, s in table.items() if k[0] == "lung"]
-        print(f"line {length or 'off'}: rib cells {min(rib):.4f}-{max(rib):.4f}, lung cells {min(lung):.4f}-"
+        print(f"{variant_name(v)}: rib cells {min(rib):.4f}-{max(rib):.4f}, lung cells {min(lung):.4f}-"
               f"{max(lung):.4f}, spurious max {max(s['spurious_max'] for s in table.values()):.5f}; wrote {path}")
 
 
@@ -162,6 +195,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("part", choices=("bsr", "lesions"))
     parser.add_argument("--lengths", type=int, nargs="+", default=[0, 21, 31, 41], help="px at 512; 0: off")
+    parser.add_argument("--direction", nargs="+", choices=("region", "ribs"), default=["region"],
+                        help="the ribs' direction from the region (the runtime's) or the rib mask")
     parser.add_argument("--tile", type=int, nargs="+", default=[0], help="denoiser windows (lesions: the first)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--weights", type=Path, default=None)
@@ -169,11 +204,11 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="at most N held-out cases (0: all)")
     parser.add_argument("--skip", type=int, default=0, help="lesions: leave out the first N held-out cases")
     parser.add_argument("--placements", type=int, default=5, help="lesions: centres per location and radius")
+    parser.add_argument("--mask", choices=("reference", "segmenter"), default="reference",
+                        help="lesions: the pair's rib mask, or the shipped segmenter's (the product path)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prefix", default="var/bench-suppression/rib-median", help="lesions: JSON path prefix")
     args = parser.parse_args()
-    if 0 not in args.lengths:
-        args.lengths = [0, *args.lengths]
     (run_bsr if args.part == "bsr" else run_lesions)(args)
 
 

@@ -50,14 +50,14 @@ class ImageFigures:
     seconds: float
 
 
-def region_function(source: str, suppressor: Any, segmenter: Any | None) -> Callable[[SuppressionPair], np.ndarray]:
-    """How the region of one pair is made: reference mask or segmenter mask, dilated."""
+def mask_function(source: str, segmenter: Any | None) -> Callable[[SuppressionPair], np.ndarray]:
+    """Which rib mask one pair is suppressed with: the pair's own (reference) or the segmenter's."""
     if source == "reference":
-        return lambda pair: suppressor.region(pair.rib_mask)
+        return lambda pair: pair.rib_mask
     if source == "segmenter":
         if segmenter is None:
             raise ValueError("mask source 'segmenter' needs a RibSegmenter")
-        return lambda pair: suppressor.region(segmenter.segment_image(pair.radiograph).mask)
+        return lambda pair: segmenter.segment_image(pair.radiograph).mask
     raise ValueError(f"mask source {source!r}: expected one of {MASK_SOURCES}")
 
 
@@ -65,12 +65,13 @@ def evaluate_pairs(suppressor: Any, pairs: Sequence[SuppressionPair], mask_sourc
                    segmenter: Any | None = None, seed: int = 0,
                    steps: int | None = None) -> list[ImageFigures]:
     """Suppress every pair (same ``seed`` for all) and compute its figures."""
-    make_region = region_function(mask_source, suppressor, segmenter)
+    make_mask = mask_function(mask_source, segmenter)
     rows = []
     for pair in pairs:
         start = time.perf_counter()
-        region = make_region(pair)
-        bone = suppressor.bone_layer(pair.radiograph, region, seed, steps)
+        mask = make_mask(pair)
+        region = suppressor.region(mask)
+        bone = suppressor.bone_layer(pair.radiograph, mask, seed, steps)
         seconds = time.perf_counter() - start
         x = pair.radiograph.astype(np.float64)
         p = x - bone
@@ -138,17 +139,16 @@ def lesion_trials(suppressor: Any, case_id: str, image: np.ndarray, rib_mask: np
     ``x`` and the nodule images run one at a time (a batch multiplies the attention's memory).
     """
     x = image.astype(np.float64)
-    region = suppressor.region(rib_mask)
     lung = lung_field(rib_mask)
     scale = max(image.shape) / 512.0
     trials = []
-    p = x - suppressor.bone_layers([x.astype(np.float32)], region, seed)[0]  # same for every centre
+    p = x - suppressor.bone_layers([x.astype(np.float32)], rib_mask, seed)[0]  # same for every centre
     for location in locations:
         for radius_512 in radii_512:
             radius = radius_512 * scale
             for centre in placements(rng, rib_mask, lung, location, radius, placements_per_cell):
                 nodules = [nodule(image.shape, centre, radius, c) for c in contrasts]
-                bones = [suppressor.bone_layers([(x + n).astype(np.float32)], region, seed)[0] for n in nodules]
+                bones = [suppressor.bone_layers([(x + n).astype(np.float32)], rib_mask, seed)[0] for n in nodules]
                 for contrast, n, bone in zip(contrasts, nodules, bones):
                     retention, spurious = retention_and_spurious(p, x + n - bone, n, centre, radius)
                     trials.append(LesionTrial(case_id, location, radius_512, contrast, retention, spurious))

@@ -169,30 +169,20 @@ class RibSuppressor:
         """Where the output may differ from the input: ``mask`` dilated by 5 px at 512 (scaled)."""
         return dilate_mask(mask, region_radius(mask.shape, self.config.mask_dilation_px_512))
 
-    def bone_layer(self, image: np.ndarray, region: np.ndarray, seed: int, steps: int | None = None) -> np.ndarray:
-        """The bone layer to subtract on the source matrix of ``image`` (zero outside ``region``)."""
-        size = self.working_size
-        region_w = to_working(region.astype(np.float32), size)
-        estimate = self.pipeline(to_working(image, size)[None], region_w[None], steps or self.steps, [seed])
-        bone = upsample_bone(self._shaped(estimate.bone[0], region_w), image.shape, self.upsampling, guide=image)
-        bone[~region] = 0.0
-        return bone
+    def bone_layer(self, image: np.ndarray, mask: np.ndarray, seed: int, steps: int | None = None) -> np.ndarray:
+        """The bone layer to subtract on the source matrix of ``image``, given its rib ``mask``
+        (zero outside ``region(mask)``)."""
+        return self.bone_layers([image], mask, seed, steps)[0]
 
-    def _shaped(self, bone_working: np.ndarray, region_working: np.ndarray) -> np.ndarray:
-        """The working-size bone layer after the optional post-steps (rib-shaped part, median
-        along the ribs); unchanged when both are off."""
-        if self.rib_shape_px:
-            bone_working = rib_shaped(bone_working, self.rib_shape_px)
-        if self.rib_median_px:
-            # the lines see the layer as it is subtracted (zero outside the region), so a rib's
-            # median never takes in what the network put outside the region
-            inside = region_working >= 0.5
-            bone_working = rib_median(np.where(inside, bone_working, 0.0), inside, self.rib_median_px)
-        return bone_working
-
-    def bone_layers(self, images: list[np.ndarray], region: np.ndarray, seed: int,
+    def bone_layers(self, images: list[np.ndarray], mask: np.ndarray, seed: int,
                     steps: int | None = None) -> list[np.ndarray]:
-        """``bone_layer`` of several same-shape images sharing one region and seed, in one batch."""
+        """``bone_layer`` of several same-shape images sharing one rib mask and seed, in one batch."""
+        return self._bone_layers(images, mask, self.region(mask), seed, steps)
+
+    def _bone_layers(self, images: list[np.ndarray], mask: np.ndarray, region: np.ndarray, seed: int,
+                     steps: int | None) -> list[np.ndarray]:
+        if mask.shape != region.shape:
+            raise ValueError(f"rib mask {mask.shape} does not match the region {region.shape}")
         size = self.working_size
         working = np.stack([to_working(image, size) for image in images])
         region_w = to_working(region.astype(np.float32), size)
@@ -205,6 +195,21 @@ class RibSuppressor:
             out.append(bone)
         return out
 
+    def _shaped(self, bone_working: np.ndarray, region_working: np.ndarray) -> np.ndarray:
+        """The working-size bone layer after the optional post-steps (rib-shaped part, median
+        along the ribs); unchanged when both are off."""
+        if self.rib_shape_px:
+            bone_working = rib_shaped(bone_working, self.rib_shape_px)
+        if self.rib_median_px:
+            # the lines see the layer as it is subtracted (zero outside the region), so a rib's
+            # median never takes in what the network put outside the region. The ribs' direction
+            # is read from the region, not from the rib mask: with the segmenter's masks (the
+            # product path) the region's direction keeps more of a rib nodule and changes less
+            # around it (docs/benchmarks/suppression.md, "Tried in the tenth session")
+            inside = region_working >= 0.5
+            bone_working = rib_median(np.where(inside, bone_working, 0.0), inside, inside, self.rib_median_px)
+        return bone_working
+
     def __call__(self, radiograph: Radiograph, segmentation: SegmentationResult,
                  seed: int | None = None) -> SuppressionResult:
         """Suppress the ribs of ``radiograph`` inside the dilated ``segmentation`` mask."""
@@ -215,7 +220,7 @@ class RibSuppressor:
         if seed is None:
             seed = seed_for(radiograph)
         region = self.region(segmentation.mask)
-        bone = self.bone_layer(radiograph.image, region, seed)
+        bone = self._bone_layers([radiograph.image], segmentation.mask, region, seed, None)[0]
         soft = radiograph.subtract_layer(bone, region)
         seconds = time.perf_counter() - start
         steps = self.steps if self.config.mode == "diffusion" else 1

@@ -9,7 +9,8 @@ Ribs and clavicles are long bands; a nodule is a compact blob. Two post-steps us
   exceeds its input (``open(B) <= B``), so this step can only subtract *less*. Measured on
   version 2.0.0, it spread a nodule's trace along the lines (spurious change 0.0133).
 * ``rib_median``: the median of ``B`` along the rib through each pixel, the rib's direction
-  taken from the region mask. It drops a bump narrower than half the line without spreading it.
+  taken from a mask (the runtime passes the region). It drops a bump narrower than half the
+  line without spreading it.
 
 Neither adds or paints anything into the image: the layer stays >= 0.
 """
@@ -48,15 +49,19 @@ def rib_shaped(bone: np.ndarray, length: int, orientations: int = 12) -> np.ndar
     return np.minimum(out, bone)
 
 
-def rib_axis_orientation(region: np.ndarray, orientations: int = 12, sigma_px: float = 6.0) -> np.ndarray:
+def rib_axis_orientation(ribs: np.ndarray, orientations: int = 12, sigma_px: float = 6.0) -> np.ndarray:
     """Per pixel, the index ``k`` of the line direction ``180 * k / orientations`` degrees
     (``line_footprint``'s convention) closest to the rib running through it.
 
-    The direction comes from the structure tensor of the (smoothed) region mask alone: its
-    edges run along the ribs, so the dominant gradient is across them. The mask is the same
-    with or without a nodule in the image, so a nodule cannot turn the filter.
+    The direction comes from the structure tensor of the (smoothed) mask alone: its edges run
+    along the ribs, so the dominant gradient is across them. The mask is the same with or
+    without a nodule in the image, so a nodule cannot turn the filter. ``ribs`` may be the rib
+    mask or the region dilated from it. Where ribs lie close, the region is one blob with no
+    direction there, and the rib mask keeps each rib's edges; but the segmenter's rib mask is
+    ragged, and measured on the product path the region's direction is the safer one
+    (``docs/benchmarks/suppression.md``, "Tried in the tenth session").
     """
-    m = ndimage.gaussian_filter(np.asarray(region, dtype=np.float64), 2.0)
+    m = ndimage.gaussian_filter(np.asarray(ribs, dtype=np.float64), 2.0)
     grad_row, grad_col = ndimage.sobel(m, axis=0), ndimage.sobel(m, axis=1)
     j_cc = ndimage.gaussian_filter(grad_col * grad_col, sigma_px)
     j_rr = ndimage.gaussian_filter(grad_row * grad_row, sigma_px)
@@ -67,9 +72,12 @@ def rib_axis_orientation(region: np.ndarray, orientations: int = 12, sigma_px: f
     return np.round(along_deg / (180.0 / orientations)).astype(np.int64) % orientations
 
 
-def rib_median(bone: np.ndarray, region: np.ndarray, length: int, orientations: int = 12) -> np.ndarray:
+def rib_median(bone: np.ndarray, region: np.ndarray, ribs: np.ndarray, length: int,
+               orientations: int = 12) -> np.ndarray:
     """The bone layer replaced, inside ``region``, by its median along the rib through each pixel.
 
+    The rib's direction at each pixel comes from the mask ``ribs`` (``rib_axis_orientation``):
+    the runtime passes ``region`` itself.
     A rib's bone layer changes slowly along the rib. A nodule that the network partly read as
     bone is a bump shorter than half the line (``length`` px: diameters up to about
     ``length / 2``), and the median along the line drops it. Unlike a mean, the median does
@@ -82,7 +90,9 @@ def rib_median(bone: np.ndarray, region: np.ndarray, length: int, orientations: 
     region = np.asarray(region, dtype=bool)
     if region.shape != bone.shape:
         raise ValueError(f"region {region.shape} does not match the bone layer {bone.shape}")
-    direction = rib_axis_orientation(region, orientations)
+    if np.shape(ribs) != bone.shape:
+        raise ValueError(f"rib mask {np.shape(ribs)} does not match the bone layer {bone.shape}")
+    direction = rib_axis_orientation(np.asarray(ribs, dtype=bool), orientations)
     out = bone.copy()
     for k in range(orientations):
         where = region & (direction == k)
