@@ -177,12 +177,10 @@ class RibSuppressor:
     def bone_layers(self, images: list[np.ndarray], mask: np.ndarray, seed: int,
                     steps: int | None = None) -> list[np.ndarray]:
         """``bone_layer`` of several same-shape images sharing one rib mask and seed, in one batch."""
-        return self._bone_layers(images, mask, self.region(mask), seed, steps)
+        return self._bone_layers(images, self.region(mask), seed, steps)
 
-    def _bone_layers(self, images: list[np.ndarray], mask: np.ndarray, region: np.ndarray, seed: int,
+    def _bone_layers(self, images: list[np.ndarray], region: np.ndarray, seed: int,
                      steps: int | None) -> list[np.ndarray]:
-        if mask.shape != region.shape:
-            raise ValueError(f"rib mask {mask.shape} does not match the region {region.shape}")
         size = self.working_size
         working = np.stack([to_working(image, size) for image in images])
         region_w = to_working(region.astype(np.float32), size)
@@ -220,7 +218,7 @@ class RibSuppressor:
         if seed is None:
             seed = seed_for(radiograph)
         region = self.region(segmentation.mask)
-        bone = self._bone_layers([radiograph.image], segmentation.mask, region, seed, None)[0]
+        bone = self._bone_layers([radiograph.image], region, seed, None)[0]
         soft = radiograph.subtract_layer(bone, region)
         seconds = time.perf_counter() - start
         steps = self.steps if self.config.mode == "diffusion" else 1
