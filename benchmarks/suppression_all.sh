@@ -109,3 +109,10 @@ for V in L0 L31-region L31-ribs; do
   $PY benchmarks/lesions_table.py "$OUT/direction-seg-$V.json" | tee "$OUT/direction-seg-$V.md"
 done
 $PY benchmarks/lesions_paired.py "$OUT/direction-seg-L31-region.json" -- "$OUT/direction-seg-L31-ribs.json" | tee "$OUT/direction-seg-paired.md"
+#    2.3.0 on the product path with 50 per cell (the segmenter's masks place the nodules and
+#    bound the region), paired with the median off on the same placements
+$PY benchmarks/suppression_rib_median.py lesions --mask segmenter --lengths 31 --direction region --skip 0 --limit 5 --placements 5 --threads 1 --prefix "$OUT/seg50-0" > "$OUT/seg50-0.txt" &
+$PY benchmarks/suppression_rib_median.py lesions --mask segmenter --lengths 31 --direction region --skip 5 --limit 5 --placements 5 --threads 1 --prefix "$OUT/seg50-5" > "$OUT/seg50-5.txt"
+wait
+$PY benchmarks/lesions_table.py --merge "$OUT/seg50-0-L31-region.json" "$OUT/seg50-5-L31-region.json" | tee "$OUT/seg50-L31-region.md"
+$PY benchmarks/lesions_paired.py "$OUT/seg50-0-L0.json" "$OUT/seg50-5-L0.json" -- "$OUT/seg50-0-L31-region.json" "$OUT/seg50-5-L31-region.json" | tee "$OUT/seg50-paired.md"
