@@ -63,7 +63,7 @@ def variant_name(variant: Variant) -> str:
 
 def filtered(bone: np.ndarray, mask: np.ndarray, region: np.ndarray, variant: Variant) -> np.ndarray:
     """What ``RibSuppressor(rib_median_px_512=length)`` subtracts, given its layer with the
-    filter off, on a 512 image (working size = source size; checked in ``main``); direction
+    filter off, on a 512 image (working size = source size; checked by ``check_shortcut``); direction
     "region" is the runtime's filter, "ribs" reads the direction from the rib mask instead."""
     length, direction = variant
     if length == 0:
@@ -73,7 +73,7 @@ def filtered(bone: np.ndarray, mask: np.ndarray, region: np.ndarray, variant: Va
 
 class SharedRuns:
     """Stands in for ``RibSuppressor`` in ``lesion_trials``: runs the network once per input
-    image and hands out that layer filtered with ``length``."""
+    image and hands out that layer filtered with the current ``variant``."""
 
     def __init__(self, suppressor: RibSuppressor) -> None:
         self.suppressor, self.variant = suppressor, (0, "")
