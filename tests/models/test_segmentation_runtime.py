@@ -238,3 +238,50 @@ def test_synthetic_training_chests_take_the_real_pairs_label_rule() -> None:
     assert TrainConfig(data="unused").synthetic_labels == "in-lung"
     with pytest.raises(ValueError):
         synthetic_tensors(TrainConfig(data="unused", synthetic=1, synthetic_labels="other"))
+
+
+def test_bone_head_target_is_the_bone_layer_in_the_inputs_units() -> None:
+    from ribnode.models.segmentation.normalisation import to_working
+    from ribnode.models.segmentation.train import BONE_TARGET_SCALE, prepare_bone
+
+    rng = np.random.default_rng(3)
+    soft = rng.uniform(0.2, 0.6, (128, 128)).astype(np.float32)
+    bone = np.zeros_like(soft)
+    bone[40:80, :] = 0.05  # a flat 40-px band of bone, 0.05 of full scale
+    target = prepare_bone(soft + bone, soft, 64)
+    inside, outside = target[24:36, 8:56], target[:12, 8:56]
+    # the band, divided by the width of the percentile window that normalise puts on the
+    # working-size radiograph (the network's input), times the scale
+    low, high = np.percentile(to_working(soft + bone, 64), [1.0, 99.0])
+    assert np.allclose(inside, BONE_TARGET_SCALE * 0.05 / (high - low), rtol=0.05)
+    assert np.abs(outside).max() < 1e-6
+    # a detector's gain and offset do not move it: the head learns the bone's share of the input
+    assert np.allclose(prepare_bone(3 * (soft + bone) + 0.1, 3 * soft + 0.1, 64), target, atol=1e-4)
+    assert not np.allclose(prepare_bone(soft + 2 * bone, soft, 64), target, atol=1e-2)
+
+
+def test_train_seg_bone_head_trains_and_is_dropped_at_export(tmp_path: Path) -> None:
+    from ribnode.models.segmentation.train import load_model
+
+    data = _pairs_folder(tmp_path / "pairs", 6)
+    out = tmp_path / "run"
+    args = ["train-seg", "--data", str(data), "--output", str(out), "--epochs", "2",
+            "--batch-size", "2", "--working-size", "32", "--held-out", "2", "--base", "4",
+            "--depth", "2", "--device", "cpu", "--seed", "5", "--bone-weight", "1"]
+    assert main(args) == 0
+    trained, state = load_model(out / "checkpoint.pt")
+    assert trained.bone is not None and "bone.weight" in state["model"]
+    config = json.loads((out / "rib-segmentation.json").read_text())
+    assert config["training"]["config"]["bone_weight"] == 1.0
+    assert config["architecture"]["bone_head"] is False and config["architecture"]["out_channels"] == 1
+    assert config["architecture"]["trained_with_bone_head"] is True
+    exported = unet_from_onnx(out / "rib-segmentation.onnx")
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        logits, bone = trained.forward_with_bone(x)
+        assert torch.allclose(exported(x), logits, atol=PARITY_ATOL)
+        assert bone.shape == logits.shape
+    session = ort.InferenceSession(str(out / "rib-segmentation.onnx"), providers=["CPUExecutionProvider"])
+    assert len(session.get_outputs()) == 1
+    with pytest.raises(ValueError):  # a network without the head cannot pretend to have one
+        exported.forward_with_bone(x)

@@ -49,6 +49,9 @@ def _add_train(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
                         help="scale of the gamma/contrast/brightness augmentation (0: none)")
     parser.add_argument("--labels", choices=LABELS, default=DEFAULT_LABELS,
                         help="rib-mask definition (default %(default)s; 'reference': the shared tool's)")
+    parser.add_argument("--bone-weight", type=float, default=0.0,
+                        help="> 0: train an auxiliary head on the bone layer (radiograph - bone-suppressed), "
+                             "its L1 loss weighted so; the head is dropped at export")
     parser.add_argument("--base", type=int, default=16, help="U-Net channels at full resolution")
     parser.add_argument("--depth", type=int, default=5, help="U-Net resolution levels")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -73,8 +76,8 @@ def _train(args: argparse.Namespace) -> int:
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
         held_out=args.held_out, seed=args.seed, split_seed=args.split_seed, threads=args.threads, inverted=args.inverted,
         synthetic=args.synthetic, synthetic_labels=args.synthetic_labels, device=args.device, intensity_augmentation=args.intensity_aug,
-        labels=args.labels,
-        unet=UNetConfig(base=args.base, depth=args.depth).as_dict(),
+        labels=args.labels, bone_weight=args.bone_weight,
+        unet=UNetConfig(base=args.base, depth=args.depth, bone_head=args.bone_weight > 0).as_dict(),
     )
     if args.export_only:
         checkpoint = args.output / "checkpoint.pt"

@@ -119,6 +119,11 @@ def rib_mask(radiograph: np.ndarray, soft_tissue: np.ndarray, labels: str = DEFA
     raise ValueError(f"labels {labels!r}: expected one of {', '.join(LABEL_DEFINITIONS)}")
 
 
+def bone_layer(radiograph: np.ndarray, soft_tissue: np.ndarray) -> np.ndarray:
+    """The bone layer every label definition starts from: ``radiograph - soft``, Gaussian sigma 1 px."""
+    return _bone_layer(radiograph, soft_tissue)
+
+
 def _bone_layer(radiograph: np.ndarray, soft_tissue: np.ndarray) -> np.ndarray:
     if radiograph.shape != soft_tissue.shape:
         raise ValueError(
@@ -214,7 +219,9 @@ def _cached_mask(data_dir: Path, case_id: str, inverted: bool, radiograph: np.nd
     mask = rib_mask(radiograph, soft, labels)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(mask.astype(np.uint8) * 255).save(path)
+        partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.png")  # atomic for parallel runs
+        Image.fromarray(mask.astype(np.uint8) * 255).save(partial)
+        partial.replace(path)
     except OSError as error:  # a read-only home must not stop training or evaluation
         logger.warning("cannot cache the rib mask of %s in %s: %s", case_id, path.parent, error)
     return mask

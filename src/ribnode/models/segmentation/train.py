@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ribnode.models.segmentation.data import DEFAULT_LABELS, case_ids, load_pair, rib_mask, split_cases
+from ribnode.models.segmentation.data import DEFAULT_LABELS, bone_layer, case_ids, load_pair, rib_mask, split_cases
 from ribnode.models.segmentation.normalisation import normalise, to_working
 from ribnode.models.segmentation.unet import UNet, UNetConfig, count_parameters
 
@@ -50,6 +50,7 @@ class TrainConfig:
     synthetic: int = 0  # synthetic radiographs added to training (ribnode.models.synthetic)
     synthetic_labels: str = "in-lung"  # of the synthetic chests: SYNTHETIC_LABELS
     intensity_augmentation: float = 1.0  # scales the gamma/contrast/brightness ranges (0: none)
+    bone_weight: float = 0.0  # > 0: auxiliary bone-layer head, its L1 loss weighted so (training only)
     device: str = "auto"
     unet: dict[str, Any] = field(default_factory=lambda: UNetConfig().as_dict())
 
@@ -72,15 +73,42 @@ def prepare_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.nda
     return working, np.clip(soft, 0.0, 1.0)
 
 
+#: The bone-layer target is in the network input's units (the radiograph's percentile window),
+#: times this, so that a typical rib is about 0.2-0.5 (BSE-JSRT's layer peaks near 0.1 of full
+#: scale on a window of about 0.7).
+BONE_TARGET_SCALE = 4.0
+
+
+def prepare_bone(radiograph: np.ndarray, soft_tissue: np.ndarray, size: int) -> np.ndarray:
+    """Working-size bone-layer target of the auxiliary head, in the normalised input's units.
+
+    The layer is the labels' own (``radiograph - soft``, Gaussian sigma 1 px at the source),
+    resampled like the image and divided by the width of the window ``normalise`` applies to
+    the radiograph, so it is the bone's share of what the network sees.
+    """
+    working = to_working(radiograph, size)
+    low, high = np.percentile(working, [1.0, 99.0])
+    layer = to_working(bone_layer(radiograph, soft_tissue).astype(np.float32), size)
+    return np.asarray(BONE_TARGET_SCALE * layer / max(float(high - low), 1e-6), dtype=np.float32)
+
+
 def load_tensors(config: TrainConfig, ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack the working-size images and targets of ``ids`` as N x 1 x S x S tensors."""
+    """Stack the working-size images and targets of ``ids`` as N x 1 x S x S tensors.
+
+    With ``bone_weight`` > 0 the targets have a second channel, the bone layer
+    (``prepare_bone``), which the augmentation moves with the mask.
+    """
     images, masks = [], []
     for case in ids:
         pair = load_pair(Path(config.data), case, inverted=config.inverted, labels=config.labels)
         image, mask = prepare_pair(pair.radiograph, pair.mask, config.working_size)
         images.append(image)
-        masks.append(mask)
-    return torch.from_numpy(np.stack(images)[:, None]), torch.from_numpy(np.stack(masks)[:, None])
+        if config.bone_weight > 0:
+            masks.append(np.stack([mask, prepare_bone(pair.radiograph, pair.soft_tissue,
+                                                      config.working_size)]))
+        else:
+            masks.append(mask[None])
+    return torch.from_numpy(np.stack(images)[:, None]), torch.from_numpy(np.stack(masks))
 
 
 #: Labels of synthetic training chests. "in-lung": ``labels``' rule applied to the exact pair,
@@ -94,6 +122,8 @@ def synthetic_tensors(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor] 
     """Synthetic chests added to training, if requested, labelled per ``SYNTHETIC_LABELS``."""
     if config.synthetic <= 0:
         return None
+    if config.bone_weight > 0:
+        raise ValueError("synthetic chests and the bone head are not combined (no BSE bone layer)")
     from ribnode.models.synthetic import generate_chest
 
     if config.synthetic_labels not in SYNTHETIC_LABELS:
@@ -178,6 +208,15 @@ def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return bce + (1 - dice).mean()
 
 
+def training_loss(model: UNet, images: torch.Tensor, targets: torch.Tensor,
+                  bone_weight: float) -> torch.Tensor:
+    """Dice + BCE on the rib channel; plus ``bone_weight`` x L1 of the bone head, if any."""
+    if bone_weight <= 0:
+        return dice_bce_loss(model(images), targets[:, :1])
+    logits, bone = model.forward_with_bone(images)
+    return dice_bce_loss(logits, targets[:, :1]) + bone_weight * F.l1_loss(bone, targets[:, 1:2])
+
+
 @torch.no_grad()
 def validate(model: UNet, images: torch.Tensor, masks: torch.Tensor, device: torch.device) -> float:
     """Mean Dice at working size (prediction > 0.5 against soft target > 0.5)."""
@@ -232,7 +271,10 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
     synthetic = synthetic_tensors(config)
     if synthetic is not None:
         train_x, train_y = torch.cat([train_x, synthetic[0]]), torch.cat([train_y, synthetic[1]])
-    model = UNet(UNetConfig(**config.unet)).to(device)
+    unet = UNetConfig(**config.unet)
+    if unet.bone_head != (config.bone_weight > 0):
+        raise ValueError(f"bone_weight {config.bone_weight} and unet bone_head {unet.bone_head} disagree")
+    model = UNet(unet).to(device)
     logger.info("U-Net %s, %d parameters", config.unet, count_parameters(model))
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate,
                                  weight_decay=config.weight_decay)
@@ -262,7 +304,7 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
             batch = order[step * config.batch_size : (step + 1) * config.batch_size]
             images, masks = augment(train_x[batch], train_y[batch], generator,
                                     config.intensity_augmentation)
-            loss = dice_bce_loss(model(images.to(device)), masks.to(device))
+            loss = training_loss(model, images.to(device), masks.to(device), config.bone_weight)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()

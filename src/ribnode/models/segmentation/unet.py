@@ -29,6 +29,7 @@ class UNetConfig:
     base: int = 16
     depth: int = 5  # resolution levels, including the bottleneck
     batchnorm: bool = True  # False: BatchNorm folded into biased convolutions (exported form)
+    bone_head: bool = False  # training only: a second 1x1 head estimating the bone layer
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,8 +84,20 @@ class UNet(nn.Module):
         self.down.extend(DoubleConv(a, b, bn) for a, b in zip(widths[:-1], widths[1:]))
         self.up = nn.ModuleList(Up(b, a, bn) for a, b in zip(widths[:-1], widths[1:]))
         self.head = nn.Conv2d(widths[0], self.config.out_channels, 1)
+        self.bone = nn.Conv2d(widths[0], 1, 1) if self.config.bone_head else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def forward_with_bone(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rib logits and the auxiliary bone-layer estimate (``bone_head`` networks only)."""
+        if self.bone is None:
+            raise ValueError("this U-Net has no bone head (UNetConfig.bone_head is False)")
+        features = self.features(x)
+        return self.head(features), self.bone(features)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last decoder level's feature map, input-sized, that the 1x1 heads read."""
         skips: list[torch.Tensor] = []
         for level, block in enumerate(self.down):
             if level:
@@ -94,7 +107,7 @@ class UNet(nn.Module):
         x = skips.pop()
         for block in reversed(self.up):
             x = block(x, skips.pop())
-        return self.head(x)
+        return x
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -106,17 +119,20 @@ def count_parameters(model: nn.Module) -> int:
 def fold_batchnorm(model: UNet) -> UNet:
     """An eval-mode copy of ``model`` with every BatchNorm folded into its convolution.
 
-    Same function (up to float rounding), fewer layers. It is the form exported to ONNX, so
+    Same function (up to float rounding), fewer layers; an auxiliary bone head is dropped (it
+    only serves training). It is the form exported to ONNX, so
     the ONNX initializers carry exactly this module's parameter names and a torch model can be
     rebuilt from the shipped ONNX file (parity tests on the shipped weights).
     """
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     model = model.eval()
-    if not model.config.batchnorm:
+    if not model.config.batchnorm and not model.config.bone_head:
         return model
-    folded = UNet(replace(model.config, batchnorm=False)).eval()
+    folded = UNet(replace(model.config, batchnorm=False, bone_head=False)).eval()
     folded.load_state_dict(model.state_dict(), strict=False)
+    if not model.config.batchnorm:
+        return folded
     pairs = zip((m for m in model.modules() if isinstance(m, DoubleConv)),
                 (m for m in folded.modules() if isinstance(m, DoubleConv)))
     for source, target in pairs:
