@@ -71,7 +71,7 @@ def reference_rib_mask(radiograph: np.ndarray, soft_tissue: np.ndarray,
     is smoothed (Gaussian, sigma 1 px), thresholded at ``threshold``, opened once, islands
     under 30 px are dropped and holes filled: exactly ``derive_rib_masks.bone_mask``.
     """
-    return _clean(_bone_layer(radiograph, soft_tissue) > threshold)
+    return _clean(bone_layer(radiograph, soft_tissue) > threshold)
 
 
 def local_rib_mask(radiograph: np.ndarray, soft_tissue: np.ndarray,
@@ -102,7 +102,7 @@ def local_open_rib_mask(radiograph: np.ndarray, soft_tissue: np.ndarray,
 
 def _local_threshold(radiograph: np.ndarray, soft_tissue: np.ndarray, fraction: float,
                      radius_512: float, floor: float) -> np.ndarray:
-    bone = _bone_layer(radiograph, soft_tissue)
+    bone = bone_layer(radiograph, soft_tissue)
     radius = max(1, int(round(radius_512 * max(bone.shape) / 512.0)))
     peak = ndimage.maximum_filter(bone, size=2 * radius + 1)
     return np.asarray((bone > fraction * peak) & (bone > floor))
@@ -121,10 +121,6 @@ def rib_mask(radiograph: np.ndarray, soft_tissue: np.ndarray, labels: str = DEFA
 
 def bone_layer(radiograph: np.ndarray, soft_tissue: np.ndarray) -> np.ndarray:
     """The bone layer every label definition starts from: ``radiograph - soft``, Gaussian sigma 1 px."""
-    return _bone_layer(radiograph, soft_tissue)
-
-
-def _bone_layer(radiograph: np.ndarray, soft_tissue: np.ndarray) -> np.ndarray:
     if radiograph.shape != soft_tissue.shape:
         raise ValueError(
             f"radiograph {radiograph.shape} and soft tissue {soft_tissue.shape} differ in shape"
