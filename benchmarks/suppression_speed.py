@@ -13,7 +13,8 @@ backend (diffusers UNet2DModel + DDIMScheduler) with the same threads.
 ``--tile 0 128`` times the denoiser on the whole working image (0) and on 128-px windows in the
 same run; ``--memory`` adds the peak resident memory of one suppression, measured in a fresh
 process per setting (``ru_maxrss``: the whole process, models and image included).
-``--rib-median 0 31`` times the suppression without and with the median along the ribs.
+``--rib-median 0 31`` times the suppression without and with the median along the ribs,
+``--edge-taper 0 5`` without and with the edge taper.
 """
 
 from __future__ import annotations
@@ -93,25 +94,29 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="also measure peak memory (onnx, fresh process)")
     parser.add_argument("--rib-median", type=int, nargs="+", default=[None],
                         help="median along the ribs, px at 512 (0: off; default: the json's)")
+    parser.add_argument("--edge-taper", type=float, nargs="+", default=[None],
+                        help="edge taper reach, px at 512 (0: off; default: the json's); --memory uses the json's")
     args = parser.parse_args()
     dataset = rg1()
     segmenter = RibSegmenter(threads=args.threads, device="cpu")
     print(f"# rib suppression speed, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
     print(f"machine: {platform.machine()}, {cpu_model()}; threads {args.threads}; "
           f"input RG1_UNCR {dataset.Rows}x{dataset.Columns}; command: {' '.join(sys.argv)}\n")
-    print("| backend | steps | windows px | rib median px | end to end wall s (median) | CPU s | read+segment wall s | "
-          "suppress wall s | peak memory MB | runs |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| backend | steps | windows px | rib median px | edge taper px | end to end wall s (median) | CPU s | "
+          "read+segment wall s | suppress wall s | peak memory MB | runs |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     backends = ["onnx", "torch"] if args.peer else ["onnx"]
-    settings = ((s, t, m, b) for s in args.steps for t in args.tile for m in args.rib_median for b in backends)
-    for steps, tile, median, backend in settings:
+    settings = ((s, t, m, e, b) for s in args.steps for t in args.tile for m in args.rib_median
+                for e in args.edge_taper for b in backends)
+    for steps, tile, median, taper, backend in settings:
         weights = args.weights
         if weights is not None and backend == "torch":
             weights = weights.with_suffix(".pt")
         sup = RibSuppressor(weights, steps=steps, device="cpu", backend=backend, threads=args.threads,
-                            tile_px=tile, rib_median_px_512=median)
+                            tile_px=tile, rib_median_px_512=median, edge_taper_px_512=taper)
         windows = sup.info.parameters["tile_px"] or "whole"
         line = sup.info.parameters["rib_median_line_px_512"] or "off"
+        reach = f"{sup.info.parameters['edge_taper_px_512']:g}" if sup.info.parameters["edge_taper_px_512"] else "off"
         memory = (f"{peak_memory_mb(args.weights, steps, tile, args.threads, median):.0f}"
                   if args.memory and backend == "onnx" else "-")
 
@@ -124,7 +129,7 @@ def main() -> None:
         wall, cpu, runs = timed(whole, args.repeats)
         front, _, _ = timed(lambda: segmenter(read_radiograph(dataset)), args.repeats)
         back, _, _ = timed(lambda: sup(radiograph, segmentation), args.repeats)
-        print(f"| {backend} | {steps} | {windows} | {line} | {wall:.2f} | {cpu:.2f} | {front:.2f} | {back:.2f} | "
+        print(f"| {backend} | {steps} | {windows} | {line} | {reach} | {wall:.2f} | {cpu:.2f} | {front:.2f} | {back:.2f} | "
               f"{memory} | {', '.join(f'{r:.2f}' for r in runs)} |", flush=True)
 
 

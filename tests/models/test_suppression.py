@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -371,20 +372,29 @@ def test_rib_shaped_keeps_bands_drops_blobs_never_adds() -> None:
     assert (residual ** 2).sum() < 0.1 * (blob ** 2).sum()
 
 
-def test_rib_median_post_step_in_the_suppressor(tiny_weights: Path) -> None:
-    from ribnode.models.preprocess import to_working
-    from ribnode.models.suppression.shape import rib_median
-
+def _post_step_off_and_on(weights: Path, parameter: str, **setting: Any) -> tuple[Any, ...]:
+    """A suppressor with the json's defaults (post-step ``parameter`` off) and one with ``setting``,
+    run on the same radiograph: the checks both post-steps share (something changes, the layer
+    stays >= 0 and inside the region, the pixels outside are the stored ones, reproducible)."""
     radiograph, segmentation = _radiograph(), _segmentation((70, 60))
-    off = RibSuppressor(tiny_weights, device="cpu", threads=1)
-    on = RibSuppressor(tiny_weights, device="cpu", threads=1, rib_median_px_512=160)  # 11 px at 32
-    assert off.info.parameters["rib_median_line_px_512"] == 0  # the json's default: off
-    assert (on.rib_median_px, on.info.parameters["rib_median_line_px_512"]) == (11, 160)
+    off = RibSuppressor(weights, device="cpu", threads=1)
+    on = RibSuppressor(weights, device="cpu", threads=1, **setting)
+    assert off.info.parameters[parameter] == 0  # the json's default: off
     a, b = off(radiograph, segmentation), on(radiograph, segmentation)
     assert not np.allclose(a.bone, b.bone)
     assert (b.bone >= 0).all() and not b.bone[~b.mask].any()
     np.testing.assert_array_equal(b.soft_stored[~b.mask], radiograph.stored[~b.mask])
     np.testing.assert_array_equal(on(radiograph, segmentation).soft_stored, b.soft_stored)  # reproducible
+    return radiograph, segmentation, off, on, a, b
+
+
+def test_rib_median_post_step_in_the_suppressor(tiny_weights: Path) -> None:
+    from ribnode.models.preprocess import to_working
+    from ribnode.models.suppression.shape import rib_median
+
+    radiograph, segmentation, off, on, a, b = _post_step_off_and_on(
+        tiny_weights, "rib_median_line_px_512", rib_median_px_512=160)  # 11 px at 32
+    assert (on.rib_median_px, on.info.parameters["rib_median_line_px_512"]) == (11, 160)
     # what it subtracts: the working-size layer, zero outside the region, median along the ribs
     region_w = to_working(b.mask.astype(np.float32), WORKING) >= 0.5
     estimate = off.pipeline(to_working(radiograph.image, WORKING)[None],
@@ -396,3 +406,27 @@ def test_rib_median_post_step_in_the_suppressor(tiny_weights: Path) -> None:
                                   expected)
     with pytest.raises(ValueError, match="rib median"):
         RibSuppressor(tiny_weights, device="cpu", threads=1, rib_median_px_512=-1)
+
+
+def test_edge_taper_post_step_in_the_suppressor(tiny_weights: Path) -> None:
+    """The layer is weighted by ``edge_taper`` of the rib mask at the working size (after the
+    median, when both are on): 1 on the ribs, 0 at the region's border; it only subtracts less."""
+    from ribnode.models.preprocess import to_working
+    from ribnode.models.suppression.shape import edge_taper
+    from ribnode.models.suppression.upsample import upsample_bone
+
+    radiograph, segmentation, off, on, a, b = _post_step_off_and_on(
+        tiny_weights, "edge_taper_px_512", edge_taper_px_512=80)  # 5 px at 32
+    assert (on.edge_taper_px, on.info.parameters["edge_taper_px_512"]) == (5.0, 80.0)
+    assert (b.bone <= a.bone + 1e-7).all()
+    # what it subtracts: the plain working-size layer times the taper of the working rib mask
+    region_w = to_working(b.mask.astype(np.float32), WORKING)
+    estimate = off.pipeline(to_working(radiograph.image, WORKING)[None], region_w[None], off.steps, [b.seed])
+    weight = edge_taper(to_working(segmentation.mask.astype(np.float32), WORKING) >= 0.5, 5.0)
+    expected = upsample_bone(off._shaped(estimate.bone[0], region_w) * weight, radiograph.shape, "linear",
+                             guide=radiograph.image)
+    expected[~b.mask] = 0.0
+    np.testing.assert_array_equal(b.bone, expected)
+    np.testing.assert_array_equal(on.bone_layer(radiograph.image, segmentation.mask, b.seed), b.bone)
+    with pytest.raises(ValueError, match="edge taper"):
+        RibSuppressor(tiny_weights, device="cpu", threads=1, edge_taper_px_512=-1)

@@ -68,11 +68,13 @@ def write_soft_png(radiograph: Radiograph, soft_stored: np.ndarray, path: Path) 
 def run_infer(inputs: Sequence[Path], output: Path, weights: Path | None = None,
               device: str = "auto", threads: int = 0, steps: int | None = None, seed: int | None = None,
               suppression_weights: Path | None = None, suppress: bool = True,
-              tile: int | None = None, rib_median: int | None = None) -> InferReport:
+              tile: int | None = None, rib_median: int | None = None,
+              edge_taper: float | None = None) -> InferReport:
     """Segment every input; write ``OUTPUT/<stem>-ribs.png`` for each one that decodes, and
     (``suppress``) ``OUTPUT/<stem>-soft.png``, the bone-suppressed image (``steps`` DDIM steps,
     ``seed`` or the one derived from the SOP Instance UID / pixels, denoiser window ``tile``,
-    median along the ribs ``rib_median`` px at 512; None: the model's own)."""
+    median along the ribs ``rib_median`` px at 512, edge taper ``edge_taper`` px at 512; None:
+    the model's own)."""
     from ribnode.models.segmentation import RibSegmenter
 
     segmenter = RibSegmenter(weights=weights, device=device, threads=threads)
@@ -81,7 +83,7 @@ def run_infer(inputs: Sequence[Path], output: Path, weights: Path | None = None,
         from ribnode.models.suppression import RibSuppressor
 
         suppressor = RibSuppressor(suppression_weights, steps=steps, device=device, threads=threads, tile_px=tile,
-                                   rib_median_px_512=rib_median)
+                                   rib_median_px_512=rib_median, edge_taper_px_512=edge_taper)
     report = InferReport()
     for path in inputs:
         path = Path(path)

@@ -140,6 +140,9 @@ def _add_infer(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     parser.add_argument("--rib-median", type=int, default=None, metavar="PX512",
                         help="median of the rib-suppression's bone layer along the ribs, line length in px "
                              "at 512 (0: off; default: the model's own, in its json)")
+    parser.add_argument("--edge-taper", type=float, default=None, metavar="PX512",
+                        help="fade the rib-suppression's bone layer from the rib mask to 0 at this distance, "
+                             "px at 512 (0: off; default: the model's own, in its json)")
     parser.add_argument("--no-soft", dest="suppress", action="store_false",
                         help="segment only (no <stem>-soft.png)")
     parser.set_defaults(handler=_infer)
@@ -151,7 +154,7 @@ def _infer(args: argparse.Namespace) -> int:
     report = run_infer(args.inputs, args.output, weights=args.weights,
                        device=args.device, threads=args.threads, steps=args.steps, seed=args.seed,
                        suppression_weights=args.suppression_weights, suppress=args.suppress, tile=args.tile,
-                       rib_median=args.rib_median)
+                       rib_median=args.rib_median, edge_taper=args.edge_taper)
     for written in report.written:
         print(written)
     for path, reason in report.failed.items():

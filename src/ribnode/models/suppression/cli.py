@@ -40,6 +40,9 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rib-median", type=int, default=None, metavar="PX512",
                         help="replace the bone layer by its median along the ribs: line length in px at 512 "
                              "(0 off; default: the json's)")
+    parser.add_argument("--edge-taper", type=float, default=None, metavar="PX512",
+                        help="fade the bone layer from the rib mask to 0 at this distance, px at 512 "
+                             "(0 off; default: the json's)")
     parser.add_argument("--tile", type=int, default=None, metavar="PX",
                         help="run the denoiser on windows of PX at the working size (0: whole image; default: the json's)")
     parser.add_argument("--tile-stride", type=int, default=None, metavar="PX",
@@ -149,7 +152,8 @@ def _suppressor(args: argparse.Namespace) -> Any:
 
     return RibSuppressor(args.weights, steps=args.steps, device=args.device, backend=args.backend,
                          threads=args.threads, upsampling=args.upsampling, rib_shape_px_512=args.rib_shape,
-                         tile_px=args.tile, tile_stride_px=args.tile_stride, rib_median_px_512=args.rib_median)
+                         tile_px=args.tile, tile_stride_px=args.tile_stride, rib_median_px_512=args.rib_median,
+                         edge_taper_px_512=args.edge_taper)
 
 
 def _segmenter(args: argparse.Namespace) -> Any:

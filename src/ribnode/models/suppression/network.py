@@ -106,6 +106,9 @@ class SuppressionConfig:
     #: > 0: replace the bone layer by its median along the ribs (``shape.rib_median``), line
     #: length in px at 512: a nodule narrower than half the line is not read as bone
     rib_median_line_px_512: int = 0
+    #: > 0: weight the bone layer by ``shape.edge_taper`` of the rib mask: 1 on the mask, 0 at
+    #: this distance from it (px at 512; the region's dilation, so the layer fades out over it)
+    edge_taper_px_512: float = 0.0
     #: > 0: run the denoiser on square windows of this side (px at the working size), the size
     #: of the training crops, and blend them (``pipeline.TiledDenoiser``); 0: the whole image
     tile_px: int = 0

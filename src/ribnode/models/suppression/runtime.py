@@ -7,7 +7,10 @@ is recorded in the result, so the same input gives the same output bit for bit p
 
 The output is ``p = x - B * R``: ``B`` the estimated bone layer (>= 0) upsampled to the source
 matrix, ``R`` the segmentation mask dilated by 5 px at 512 (scaled to the source). Outside
-``R`` the stored pixels are returned unchanged (``Radiograph.subtract_layer``).
+``R`` the stored pixels are returned unchanged (``Radiograph.subtract_layer``). Post-steps on
+``B`` at the working size, each set in the model's json: the median along the ribs
+(``shape.rib_median``), then the edge taper (``shape.edge_taper``: 1 on the rib mask, 0 at the
+region's border).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from ribnode.models.suppression.data import region_radius
 from ribnode.models.suppression.network import SuppressionConfig
 from ribnode.models.suppression.pipeline import SuppressionPipeline, TorchDenoiser
 from ribnode.models.suppression.scheduler import DiffusersDDIM, NumpyDDIM
-from ribnode.models.suppression.shape import rib_median, rib_shaped
+from ribnode.models.suppression.shape import edge_taper, rib_median, rib_shaped
 from ribnode.models.suppression.upsample import upsample_bone
 
 logger = logging.getLogger(__name__)
@@ -124,7 +127,8 @@ class RibSuppressor:
     def __init__(self, weights: Path | None = None, steps: int | None = None, device: str = "auto",
                  backend: str = "onnx", threads: int = 0, upsampling: str = "linear",
                  rib_shape_px_512: int | None = None, tile_px: int | None = None,
-                 tile_stride_px: int | None = None, rib_median_px_512: int | None = None) -> None:
+                 tile_stride_px: int | None = None, rib_median_px_512: int | None = None,
+                 edge_taper_px_512: float | None = None) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend {backend!r}: expected one of {BACKENDS}")
         if device not in ("auto", "cpu", "cuda"):
@@ -145,6 +149,11 @@ class RibSuppressor:
         if median < 0:
             raise ValueError(f"rib median line {median} px: expected >= 0 (0: off)")
         self.rib_median_px = _odd_working_length(median, self.config.working_size)
+        taper = float(self.config.edge_taper_px_512 if edge_taper_px_512 is None else edge_taper_px_512)
+        if taper < 0:
+            raise ValueError(f"edge taper {taper} px: expected >= 0 (0: off)")
+        # the reach at the working size, 0 = off
+        self.edge_taper_px = taper * self.config.working_size / 512.0
         if backend == "onnx":
             denoiser: Any = OrtDenoiser(path, device, threads)
             self.device = "cuda" if "CUDAExecutionProvider" in denoiser.providers else "cpu"
@@ -162,6 +171,7 @@ class RibSuppressor:
             "region_dilation_px_512": self.config.mask_dilation_px_512,
             "rib_shape_line_px_512": line,
             "rib_median_line_px_512": median,
+            "edge_taper_px_512": taper,
             "tile_px": self.pipeline.tile, "tile_stride_px": self.pipeline.stride,
         })
 
@@ -177,18 +187,24 @@ class RibSuppressor:
     def bone_layers(self, images: list[np.ndarray], mask: np.ndarray, seed: int,
                     steps: int | None = None) -> list[np.ndarray]:
         """``bone_layer`` of several same-shape images sharing one rib mask and seed, in one batch."""
-        return self._bone_layers(images, self.region(mask), seed, steps)
+        return self._bone_layers(images, mask, self.region(mask), seed, steps)
 
-    def _bone_layers(self, images: list[np.ndarray], region: np.ndarray, seed: int,
+    def _bone_layers(self, images: list[np.ndarray], mask: np.ndarray, region: np.ndarray, seed: int,
                      steps: int | None) -> list[np.ndarray]:
         size = self.working_size
         working = np.stack([to_working(image, size) for image in images])
         region_w = to_working(region.astype(np.float32), size)
         regions = np.repeat(region_w[None], len(images), axis=0)
         estimate = self.pipeline(working, regions, steps or self.steps, [seed] * len(images))
+        taper = None
+        if self.edge_taper_px:
+            taper = edge_taper(to_working(np.asarray(mask, np.float32), size) >= 0.5, self.edge_taper_px)
         out = []
         for bone_w, image in zip(estimate.bone, images):
-            bone = upsample_bone(self._shaped(bone_w, region_w), image.shape, self.upsampling, guide=image)
+            shaped = self._shaped(bone_w, region_w)
+            if taper is not None:
+                shaped = shaped * taper
+            bone = upsample_bone(shaped, image.shape, self.upsampling, guide=image)
             bone[~region] = 0.0
             out.append(bone)
         return out
@@ -218,7 +234,7 @@ class RibSuppressor:
         if seed is None:
             seed = seed_for(radiograph)
         region = self.region(segmentation.mask)
-        bone = self._bone_layers([radiograph.image], region, seed, None)[0]
+        bone = self._bone_layers([radiograph.image], segmentation.mask, region, seed, None)[0]
         soft = radiograph.subtract_layer(bone, region)
         seconds = time.perf_counter() - start
         steps = self.steps if self.config.mode == "diffusion" else 1

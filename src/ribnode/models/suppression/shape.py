@@ -12,7 +12,16 @@ Ribs and clavicles are long bands; a nodule is a compact blob. Two post-steps us
   taken from a mask (the runtime passes the region). It drops a bump narrower than half the
   line without spreading it.
 
-Neither adds or paints anything into the image: the layer stays >= 0.
+And one weight on where the layer may act:
+
+* ``edge_taper``: 1 on the rib mask, falling linearly to 0 at a set distance from it (the
+  region's dilation). The region is dilated so that a rib edge the mask misses by a few pixels
+  is still suppressed; the taper lets the layer fade out over that margin instead of stopping
+  at the region's border, and it damps what the network puts into the gaps between ribs, which
+  is lung.
+
+None of them adds or paints anything into the image: the layer stays >= 0, and a taper can only
+make it smaller.
 """
 
 from __future__ import annotations
@@ -101,3 +110,15 @@ def rib_median(bone: np.ndarray, region: np.ndarray, ribs: np.ndarray, length: i
                                              mode="nearest")
             out[where] = filtered[where]
     return np.maximum(out, 0.0)
+
+
+def edge_taper(ribs: np.ndarray, reach_px: float) -> np.ndarray:
+    """Weights for the bone layer from the rib mask ``ribs``: 1 on the mask, ``1 - d / reach_px``
+    at a distance of ``d`` px from it, and 0 from ``reach_px`` on (float32, same shape)."""
+    if reach_px <= 0:
+        raise ValueError(f"taper reach {reach_px} px: expected > 0")
+    ribs = np.asarray(ribs, dtype=bool)
+    if not ribs.any():
+        return np.zeros(ribs.shape, np.float32)
+    distance = ndimage.distance_transform_edt(~ribs)
+    return np.clip(1.0 - distance / float(reach_px), 0.0, 1.0).astype(np.float32)
