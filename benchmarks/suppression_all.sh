@@ -8,6 +8,9 @@
 #   ribnode train-suppression --mode regression --output runs/suppression/regression \
 #       --install runs/suppression/regression/export/rib-suppression-regression.onnx
 # and ../shared/data/jsrt-bse-512.
+# Commands that take the model's defaults run the shipped version (2.4.0: median along the ribs and
+# edge taper). Sections 1-9 were measured before the taper (2.3.0 and earlier); add --edge-taper 0
+# (--rib-median 0 as well for 2.2.0) to those commands to reproduce their figures exactly.
 set -euo pipefail
 OUT=${1:-var/bench-suppression}
 PY=${PY:-.venv/bin/python}
@@ -116,3 +119,24 @@ $PY benchmarks/suppression_rib_median.py lesions --mask segmenter --lengths 31 -
 wait
 $PY benchmarks/lesions_table.py --merge "$OUT/seg50-0-L31-region.json" "$OUT/seg50-5-L31-region.json" | tee "$OUT/seg50-L31-region.md"
 $PY benchmarks/lesions_paired.py "$OUT/seg50-0-L0.json" "$OUT/seg50-5-L0.json" -- "$OUT/seg50-0-L31-region.json" "$OUT/seg50-5-L31-region.json" | tee "$OUT/seg50-paired.md"
+# 10. the edge taper (twelfth session, version 2.4.0): the layer weighted 1 on the rib mask down to
+#     0 at the region's border (5 px at 512), after the median. BSR, and the lesion test with the
+#     pairs' masks (both directions) and on the product path (50 per cell), each from the same
+#     network runs as the variants without it; the product path's BSR; speed
+$PY benchmarks/suppression_rib_median.py bsr --lengths 0 31 --tapers 0 5 --tile 0 --threads 1 | tee "$OUT/taper-bsr.md"
+$PY benchmarks/suppression_rib_median.py lesions --lengths 31 --direction region ribs --tapers 0 5 --skip 0 --limit 5 --placements 5 --threads 1 --prefix "$OUT/taper-pairs-0" > "$OUT/taper-pairs-0.txt" &
+$PY benchmarks/suppression_rib_median.py lesions --lengths 31 --direction region ribs --tapers 0 5 --skip 5 --limit 5 --placements 5 --threads 1 --prefix "$OUT/taper-pairs-5" > "$OUT/taper-pairs-5.txt"
+wait
+for V in L0 L31-region L31-ribs L0-T5 L31-region-T5 L31-ribs-T5; do
+  $PY benchmarks/lesions_table.py --merge "$OUT/taper-pairs-0-$V.json" "$OUT/taper-pairs-5-$V.json" | tee "$OUT/taper-pairs-$V.md"
+done
+$PY benchmarks/lesions_paired.py "$OUT/taper-pairs-0-L31-region.json" "$OUT/taper-pairs-5-L31-region.json" -- "$OUT/taper-pairs-0-L31-region-T5.json" "$OUT/taper-pairs-5-L31-region-T5.json" | tee "$OUT/taper-pairs-paired.md"
+$PY benchmarks/suppression_rib_median.py lesions --mask segmenter --lengths 31 --direction region --tapers 0 5 --skip 0 --limit 5 --placements 5 --threads 1 --prefix "$OUT/taper-seg-0" > "$OUT/taper-seg-0.txt" &
+$PY benchmarks/suppression_rib_median.py lesions --mask segmenter --lengths 31 --direction region --tapers 0 5 --skip 5 --limit 5 --placements 5 --threads 1 --prefix "$OUT/taper-seg-5" > "$OUT/taper-seg-5.txt"
+wait
+for V in L0 L31-region L0-T5 L31-region-T5; do
+  $PY benchmarks/lesions_table.py --merge "$OUT/taper-seg-0-$V.json" "$OUT/taper-seg-5-$V.json" | tee "$OUT/taper-seg-$V.md"
+done
+$PY benchmarks/lesions_paired.py "$OUT/taper-seg-0-L31-region.json" "$OUT/taper-seg-5-L31-region.json" -- "$OUT/taper-seg-0-L31-region-T5.json" "$OUT/taper-seg-5-L31-region-T5.json" | tee "$OUT/taper-seg-paired.md"
+$PY -m ribnode eval-suppression --cases held-out --mask segmenter --threads 1 --json "$OUT/taper-eval-seg.json" | tee "$OUT/taper-eval-seg.txt"
+$PY benchmarks/suppression_speed.py --threads 2 --repeats 5 --steps 1 --edge-taper 0 5 | tee "$OUT/speed-taper.md"

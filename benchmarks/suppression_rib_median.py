@@ -141,8 +141,9 @@ def header(args: argparse.Namespace, what: str) -> None:
 def run_bsr(args: argparse.Namespace) -> None:
     header(args, "BSR against the rib-median line length")
     print("| denoiser window | line px at 512 | direction from | taper px at 512 | BSR mean | BSR worst | "
-          "PSNR gain dB mean | pairs lower than off | true layer through the filter: BSR mean (worst) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "PSNR gain dB mean | pairs lower than off | pairs lower than untapered | "
+          "true layer through the filter: BSR mean (worst) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     chosen = variants(args.lengths, args.direction, args.tapers)
     pairs = None
     for tile in args.tile:
@@ -171,9 +172,11 @@ def run_bsr(args: argparse.Namespace) -> None:
             bsr = np.array([f["bsr"] for f in figures[v]])
             gain = np.mean([f["psnr_gain_db"] for f in figures[v]])
             lower = "-" if v == OFF else f"{int((bsr < off).sum())}/{len(bsr)}"
+            untapered = np.array([f["bsr"] for f in figures[(v[0], v[1], 0.0)]])
+            lower_taper = f"{int((bsr < untapered).sum())}/{len(bsr)}" if v[2] else "-"
             print(f"| {'whole image' if tile == 0 else f'{tile} px'} | {v[0] or 'off'} | {v[1] or '-'} | "
                   f"{f'{v[2]:g}' if v[2] else 'off'} | "
-                  f"{bsr.mean():.4f} | {bsr.min():.4f} | {gain:+.2f} | {lower} | {np.mean(truth[v]):.4f} "
+                  f"{bsr.mean():.4f} | {bsr.min():.4f} | {gain:+.2f} | {lower} | {lower_taper} | {np.mean(truth[v]):.4f} "
                   f"({np.min(truth[v]):.4f}) |", flush=True)
 
 

@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
 
 MODEL_NAME = "ribnode rib-suppression"
-MODEL_VERSION = "2.3.0"
+MODEL_VERSION = "2.4.0"
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 DEFAULT_ONNX = WEIGHTS_DIR / "rib-suppression.onnx"
 DEFAULT_TORCH = WEIGHTS_DIR / "rib-suppression.pt"
