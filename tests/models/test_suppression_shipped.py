@@ -194,3 +194,18 @@ def test_infer_writes_soft_png_of_the_input_size_and_depth(tmp_path: Path) -> No
     assert (soft[~far] != source.stored[~far]).any()
     small = np.asarray(Image.open(out / "small-soft.png"))
     assert small.shape == (300, 280) and small.dtype == np.uint8
+
+
+def test_node_settings_reach_the_suppressor() -> None:
+    """``models.suppression_rib_median`` and ``models.suppression_edge_taper`` override the
+    json's post-steps in the worker's pipeline; unset, the json's values stand."""
+    from ribnode.config.settings import Settings
+    from ribnode.models.pipeline import RibPipeline
+
+    models = Settings().models.model_copy(update={"intra_op_threads": 1})
+    shipped = RibPipeline(models).suppressor
+    assert (shipped.rib_median_px, shipped.edge_taper_px) == (31, 5.0)
+    overridden = RibPipeline(models.model_copy(update={"suppression_rib_median": 0,
+                                                       "suppression_edge_taper": 0.0})).suppressor
+    assert (overridden.rib_median_px, overridden.edge_taper_px) == (0, 0.0)
+    assert overridden.info.parameters["edge_taper_px_512"] == 0.0

@@ -101,6 +101,9 @@ def test_model_versions_change_the_idempotency_key(node_settings: Settings, tmp_
     assert "suppression_rib_median" not in versions
     median = node_settings.models.model_copy(update={"suppression_rib_median": 31})
     assert model_versions(median)["suppression_rib_median"] == "31"
+    assert "suppression_edge_taper" not in versions
+    untapered = node_settings.models.model_copy(update={"suppression_edge_taper": 0.0})
+    assert model_versions(untapered)["suppression_edge_taper"] == "0"
 
 
 def test_broker_down_at_enqueue_then_back(tmp_path: Path) -> None:

@@ -117,6 +117,9 @@ class ModelSettings(BaseModel):
     # nodule narrower than half the line is not read as bone. Unset: the model's own default (its
     # json). See docs/models/rib-suppression.md.
     suppression_rib_median: int | None = Field(default=None, ge=0, le=255)
+    # Edge taper of the suppression's bone layer: 1 on the rib mask, 0 at this distance from it,
+    # px at 512 (0: off). Unset: the model's own default (its json). See docs/models/rib-suppression.md.
+    suppression_edge_taper: float | None = Field(default=None, ge=0, le=64)
     backend: Literal["onnx", "torch"] = "onnx"
     intra_op_threads: int = 0  # 0: let the runtime choose
     # Largest Rows x Columns read_radiograph accepts (checked before decoding pixel data).

@@ -59,6 +59,7 @@ class RibPipeline:
             steps=settings.suppression_steps,
             tile_px=settings.suppression_tile,
             rib_median_px_512=settings.suppression_rib_median,
+            edge_taper_px_512=settings.suppression_edge_taper,
             device=settings.device,
             backend=settings.backend,
             threads=settings.intra_op_threads,

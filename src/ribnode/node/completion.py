@@ -64,6 +64,8 @@ def model_versions(models: ModelSettings) -> dict[str, str]:
         out["suppression_tile"] = str(models.suppression_tile)
     if models.suppression_rib_median is not None:
         out["suppression_rib_median"] = str(models.suppression_rib_median)
+    if models.suppression_edge_taper is not None:
+        out["suppression_edge_taper"] = f"{models.suppression_edge_taper:g}"
     out["backend"] = models.backend
     return out
 
