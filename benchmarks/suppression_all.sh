@@ -140,3 +140,7 @@ done
 $PY benchmarks/lesions_paired.py "$OUT/taper-seg-0-L31-region.json" "$OUT/taper-seg-5-L31-region.json" -- "$OUT/taper-seg-0-L31-region-T5.json" "$OUT/taper-seg-5-L31-region-T5.json" | tee "$OUT/taper-seg-paired.md"
 $PY -m ribnode eval-suppression --cases held-out --mask segmenter --threads 1 --json "$OUT/taper-eval-seg.json" | tee "$OUT/taper-eval-seg.txt"
 $PY benchmarks/suppression_speed.py --threads 2 --repeats 5 --steps 1 --edge-taper 0 5 | tee "$OUT/speed-taper.md"
+#     2.4.0's BSR and time against sampling steps (1-8 on all 25 held-out pairs; 16, 32 and 1 on the first 6)
+$PY benchmarks/suppression_steps.py --steps 1 2 4 8 --threads 2 | tee "$OUT/steps-2.4.md"
+$PY benchmarks/suppression_steps.py --steps 16 32 --limit 6 --threads 2 | tee "$OUT/steps-2.4-l6.md"
+$PY benchmarks/suppression_steps.py --steps 1 --limit 6 --threads 2 | tee "$OUT/steps-2.4-l6-1.md"
