@@ -144,3 +144,16 @@ $PY benchmarks/suppression_speed.py --threads 2 --repeats 5 --steps 1 --edge-tap
 $PY benchmarks/suppression_steps.py --steps 1 2 4 8 --threads 2 | tee "$OUT/steps-2.4.md"
 $PY benchmarks/suppression_steps.py --steps 16 32 --limit 6 --threads 2 | tee "$OUT/steps-2.4-l6.md"
 $PY benchmarks/suppression_steps.py --steps 1 --limit 6 --threads 2 | tee "$OUT/steps-2.4-l6-1.md"
+# 11. 128-px denoiser windows with 2.4.0's post-steps (thirteenth session, not adopted): the lesion
+#     test with the pairs' masks (the same 1200 placements) and BSR, median 31 and 41 px, with and
+#     without the taper
+$PY benchmarks/suppression_rib_median.py lesions --lengths 31 41 --direction region --tapers 0 5 --tile 128 --skip 0 --limit 5 --placements 5 --threads 1 --prefix "$OUT/w128-s0" > "$OUT/w128-s0.txt" &
+$PY benchmarks/suppression_rib_median.py lesions --lengths 31 41 --direction region --tapers 0 5 --tile 128 --skip 5 --limit 5 --placements 5 --threads 1 --prefix "$OUT/w128-s5" > "$OUT/w128-s5.txt"
+wait
+for V in L0 L0-T5 L31-region L31-region-T5 L41-region L41-region-T5; do
+  $PY benchmarks/lesions_table.py --merge "$OUT/w128-s0-$V.json" "$OUT/w128-s5-$V.json" | tee "$OUT/w128-$V.md"
+done
+$PY benchmarks/suppression_rib_median.py bsr --lengths 0 31 41 --direction region --tapers 0 5 --tile 128 --threads 1 | tee "$OUT/w128-bsr.md"
+for V in L0 L31-region L41-region; do
+  $PY benchmarks/lesions_paired.py "$OUT/w128-s0-$V.json" "$OUT/w128-s5-$V.json" -- "$OUT/w128-s0-$V-T5.json" "$OUT/w128-s5-$V-T5.json" | tee "$OUT/w128-paired-$V.md"
+done
