@@ -157,3 +157,4 @@ $PY benchmarks/suppression_rib_median.py bsr --lengths 0 31 41 --direction regio
 for V in L0 L31-region L41-region; do
   $PY benchmarks/lesions_paired.py "$OUT/w128-s0-$V.json" "$OUT/w128-s5-$V.json" -- "$OUT/w128-s0-$V-T5.json" "$OUT/w128-s5-$V-T5.json" | tee "$OUT/w128-paired-$V.md"
 done
+$PY -m ribnode eval-suppression --cases held-out --mask segmenter --threads 2 --tile 128 --json "$OUT/w128-eval-seg.json" | tee "$OUT/w128-eval-seg.txt"
