@@ -44,7 +44,7 @@ from ribnode.models.segmentation.data import (  # noqa: E402
 )
 from ribnode.models.segmentation.evaluate import select_cases  # noqa: E402
 from ribnode.models.segmentation.runtime import RibSegmenter  # noqa: E402
-from ribnode.models.suppression.shape import line_footprint, rib_axis_orientation  # noqa: E402
+from ribnode.models.suppression.shape import along_rib_lines, rib_axis_orientation  # noqa: E402
 from benchmarks.machine import cpu_model  # noqa: E402
 
 BINS = (1.5, 2.5, 4.5, 8.5, np.inf)
@@ -88,18 +88,8 @@ def count_far_positives(far: dict[str, int], predicted: np.ndarray, label: np.nd
 def along_ribs(probability: np.ndarray, length: int, statistic: str, orientations: int = 12) -> np.ndarray:
     """The probability replaced by its mean or median along the rib through each pixel."""
     direction = rib_axis_orientation(probability >= 0.5, orientations)
-    out = probability.copy()
-    for k in range(orientations):
-        where = direction == k
-        if not where.any():
-            continue
-        footprint = line_footprint(length, 180.0 * k / orientations)
-        if statistic == "mean":
-            filtered = ndimage.convolve(probability, footprint / footprint.sum(), mode="nearest")
-        else:
-            filtered = ndimage.median_filter(probability, footprint=footprint, mode="nearest")
-        out[where] = filtered[where]
-    return out
+    everywhere = np.ones(probability.shape, dtype=bool)
+    return along_rib_lines(probability, everywhere, direction, length, statistic, orientations)
 
 
 def post_steps() -> dict[str, Callable[[np.ndarray], np.ndarray]]:

@@ -102,14 +102,27 @@ def rib_median(bone: np.ndarray, region: np.ndarray, ribs: np.ndarray, length: i
     if np.shape(ribs) != bone.shape:
         raise ValueError(f"rib mask {np.shape(ribs)} does not match the bone layer {bone.shape}")
     direction = rib_axis_orientation(np.asarray(ribs, dtype=bool), orientations)
-    out = bone.copy()
+    return np.maximum(along_rib_lines(bone, region, direction, length, "median", orientations), 0.0)
+
+
+def along_rib_lines(values: np.ndarray, where: np.ndarray, direction: np.ndarray, length: int,
+                    statistic: str = "median", orientations: int = 12) -> np.ndarray:
+    """``values`` replaced, where ``where`` holds, by their median (or mean) over a line of
+    ``length`` px in each pixel's rib direction (``rib_axis_orientation``'s index); unchanged
+    elsewhere."""
+    if statistic not in ("median", "mean"):
+        raise ValueError(f"statistic {statistic!r}: expected 'median' or 'mean'")
+    out = values.copy()
     for k in range(orientations):
-        where = region & (direction == k)
-        if where.any():
-            filtered = ndimage.median_filter(bone, footprint=line_footprint(length, 180.0 * k / orientations),
-                                             mode="nearest")
-            out[where] = filtered[where]
-    return np.maximum(out, 0.0)
+        here = where & (direction == k)
+        if here.any():
+            footprint = line_footprint(length, 180.0 * k / orientations)
+            if statistic == "median":
+                filtered = ndimage.median_filter(values, footprint=footprint, mode="nearest")
+            else:
+                filtered = ndimage.convolve(values, footprint / footprint.sum(), mode="nearest")
+            out[here] = filtered[here]
+    return out
 
 
 def edge_taper(ribs: np.ndarray, reach_px: float) -> np.ndarray:
