@@ -32,13 +32,23 @@ class ModelInfo:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
+#: The anatomy the segmentation model outputs, in its channel order (one sigmoid each).
+STRUCTURES = ("ribs", "clavicles", "lungs")
+
+
 @dataclass(frozen=True)
 class SegmentationResult:
-    """Rib mask on the *source* matrix (Rows x Columns), with the model's probability map."""
+    """Anatomy masks on the *source* matrix (Rows x Columns), with the model's probabilities.
 
-    mask: np.ndarray  # bool, source Rows x Columns
-    probability: np.ndarray  # float32 in [0, 1], source Rows x Columns
+    ``mask``/``probability`` are the ribs; ``structures`` maps each name of ``STRUCTURES``
+    that the model outputs to its bool mask on the source matrix (``lungs``: the lung fields
+    including the retrocardiac shadow, the region in which bone is suppressed).
+    """
+
+    mask: np.ndarray  # bool, source Rows x Columns (ribs)
+    probability: np.ndarray  # float32 in [0, 1], source Rows x Columns (ribs)
     model: ModelInfo
+    structures: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
