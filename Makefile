@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip wheel setuptools
-	$(PY) -m pip install -q -e '.[ml,test]'
+	$(PY) -m pip install -q -e '.[lab,test]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -165,17 +165,16 @@ def check_weights(settings: Settings) -> None:
     """Fail before starting anything when a model's weights file is missing (otherwise the
     worker would retry the job until it is dead)."""
     from ribnode.models.segmentation.runtime import DEFAULT_WEIGHTS
-    from ribnode.models.suppression.runtime import DEFAULT_ONNX, DEFAULT_TORCH
+    from ribnode.models.suppression.runtime import DEFAULT_CONFIG
 
     models = settings.models
-    suppression_default = DEFAULT_ONNX if models.backend == "onnx" else DEFAULT_TORCH
     wanted = {"segmentation": models.segmentation_weights or DEFAULT_WEIGHTS,
-              "suppression": models.suppression_weights or suppression_default}
+              "suppression": models.suppression_weights or DEFAULT_CONFIG}
     missing = [f"{name} weights {path}" for name, path in wanted.items() if not Path(path).is_file()]
     if missing:
         raise DemoError(f"{'; '.join(missing)} not found: set models.segmentation_weights / "
-                        "models.suppression_weights, or train them (ribnode train-seg --install, "
-                        "ribnode train-suppression --install)")
+                        "models.suppression_weights, or train them (ribnode-lab train-seg, "
+                        "ribnode-lab train-suppression; docs/models/)")
 
 
 def write_config(settings: Settings, path: Path) -> Path:

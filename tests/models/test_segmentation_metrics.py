@@ -1,4 +1,4 @@
-"""Dice, IoU and HD95 (ribnode.models.metrics) on masks whose figures are known by construction."""
+"""Dice, IoU and HD95 (ribnode_lab.metrics) on masks whose figures are known by construction."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from ribnode.models.metrics import dice, hd95, iou, segmentation_metrics, surface
+from ribnode_lab.metrics import dice, hd95, iou, segmentation_metrics, surface
 
 
 def _square(shape: tuple[int, int], top: int, left: int, side: int) -> np.ndarray:

@@ -84,26 +84,23 @@ def test_completion_thread_dispatches_in_background(node_settings: Settings, led
 
 def test_model_versions_change_the_idempotency_key(node_settings: Settings, tmp_path: Path) -> None:
     versions = model_versions(node_settings.models)
-    assert set(versions) >= {"segmentation", "suppression", "suppression_steps", "backend"}
+    assert set(versions) == {"segmentation", "segmentation_config", "suppression_config", "suppression_steps"}
+    assert "absent" not in versions.values()  # the shipped weights and jsons
     weights = tmp_path / "seg.onnx"
     weights.write_bytes(b"weights-v1")
     other = node_settings.models.model_copy(update={"segmentation_weights": weights})
     assert model_versions(other)["segmentation"] != versions["segmentation"]
-    assert "segmentation_config" not in model_versions(other)  # no json beside these weights
+    assert model_versions(other)["segmentation_config"] == "absent"  # no json beside these weights
     weights.with_suffix(".json").write_text('{"threshold": 0.5}')
     first = model_versions(other)["segmentation_config"]
     weights.with_suffix(".json").write_text('{"threshold": 0.6}')
     assert model_versions(other)["segmentation_config"] != first  # a new json is a new model
-    assert {"segmentation_config", "suppression_config"} <= set(versions)  # the shipped jsons
-    assert "suppression_tile" not in versions  # unset: the keys of jobs made before the setting
-    tiled = node_settings.models.model_copy(update={"suppression_tile": 128})
-    assert model_versions(tiled)["suppression_tile"] == "128"
-    assert "suppression_rib_median" not in versions
-    median = node_settings.models.model_copy(update={"suppression_rib_median": 31})
-    assert model_versions(median)["suppression_rib_median"] == "31"
-    assert "suppression_edge_taper" not in versions
-    untapered = node_settings.models.model_copy(update={"suppression_edge_taper": 0.0})
-    assert model_versions(untapered)["suppression_edge_taper"] == "0"
+    suppression = tmp_path / "rib-suppression.json"
+    suppression.write_text('{"default_steps": 1}')
+    moved = node_settings.models.model_copy(update={"suppression_weights": suppression})
+    assert model_versions(moved)["suppression_config"] != versions["suppression_config"]
+    stepped = node_settings.models.model_copy(update={"suppression_steps": 2})
+    assert model_versions(stepped)["suppression_steps"] == "2" != versions["suppression_steps"]
 
 
 def test_broker_down_at_enqueue_then_back(tmp_path: Path) -> None:

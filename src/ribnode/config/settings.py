@@ -107,20 +107,9 @@ class ModelSettings(BaseModel):
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     segmentation_weights: Path | None = None  # None: the shipped ONNX model
-    suppression_weights: Path | None = None  # None: the shipped ONNX model
-    # DDIM sampling steps of the rib suppression (1-1000); unset: the model's own default (its json).
-    suppression_steps: int | None = Field(default=None, ge=1, le=1000)
-    # Window the suppression denoiser runs on, px at its working size (a multiple of 8; 0: the
-    # whole image); unset: the model's own default (its json). See docs/models/rib-suppression.md.
-    suppression_tile: int | None = Field(default=None, ge=0, le=4096)
-    # Median of the suppression's bone layer along the ribs, line length in px at 512 (0: off); a
-    # nodule narrower than half the line is not read as bone. Unset: the model's own default (its
-    # json). See docs/models/rib-suppression.md.
-    suppression_rib_median: int | None = Field(default=None, ge=0, le=255)
-    # Edge taper of the suppression's bone layer: 1 on the rib mask, 0 at this distance from it,
-    # px at 512 (0: off). Unset: the model's own default (its json). See docs/models/rib-suppression.md.
-    suppression_edge_taper: float | None = Field(default=None, ge=0, le=64)
-    backend: Literal["onnx", "torch"] = "onnx"
+    suppression_weights: Path | None = None  # the model's json; None: the shipped model
+    # Refiner sampling steps of the bone suppression (1-16); unset: the model's own default (its json).
+    suppression_steps: int | None = Field(default=None, ge=1, le=16)
     intra_op_threads: int = 0  # 0: let the runtime choose
     # Largest Rows x Columns read_radiograph accepts (checked before decoding pixel data).
     max_pixels: int = Field(default=8192 * 8192, ge=64 * 64)

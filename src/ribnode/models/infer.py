@@ -1,9 +1,10 @@
 """``ribnode infer``: run the models on DICOM files or bone-bright grayscale PNGs.
 
-For each input it writes ``<stem>-ribs.png`` (0/255, the input's exact Rows x Columns) and
-``<stem>-soft.png`` (the bone-suppressed image, the input's size, bit depth and convention). Inputs that cannot be chest radiographs
-(colour, multi-frame, too small, undecodable) are reported by name and skipped; the others
-are still processed.
+For each input it writes ``<stem>-ribs.png``, ``<stem>-clavicles.png`` and ``<stem>-lungs.png``
+(0/255, the input's exact Rows x Columns), ``<stem>-region.png`` (0/255: where the suppressed
+image may differ from the input) and ``<stem>-soft.png`` (the bone-suppressed image, the input's
+size, bit depth and convention). Inputs that cannot be chest radiographs (colour, multi-frame,
+too small, undecodable) are reported by name and skipped; the others are still processed.
 """
 
 from __future__ import annotations
@@ -67,14 +68,10 @@ def write_soft_png(radiograph: Radiograph, soft_stored: np.ndarray, path: Path) 
 
 def run_infer(inputs: Sequence[Path], output: Path, weights: Path | None = None,
               device: str = "auto", threads: int = 0, steps: int | None = None, seed: int | None = None,
-              suppression_weights: Path | None = None, suppress: bool = True,
-              tile: int | None = None, rib_median: int | None = None,
-              edge_taper: float | None = None) -> InferReport:
-    """Segment every input; write ``OUTPUT/<stem>-ribs.png`` for each one that decodes, and
-    (``suppress``) ``OUTPUT/<stem>-soft.png``, the bone-suppressed image (``steps`` DDIM steps,
-    ``seed`` or the one derived from the SOP Instance UID / pixels, denoiser window ``tile``,
-    median along the ribs ``rib_median`` px at 512, edge taper ``edge_taper`` px at 512; None:
-    the model's own)."""
+              suppression_weights: Path | None = None, suppress: bool = True) -> InferReport:
+    """Segment every input and write one mask PNG per structure; with ``suppress``, also the
+    region and the bone-suppressed image (``steps`` refiner steps and ``seed``; None: the
+    model's own steps and the seed derived from the SOP Instance UID or the pixels)."""
     from ribnode.models.segmentation import RibSegmenter
 
     segmenter = RibSegmenter(weights=weights, device=device, threads=threads)
@@ -82,8 +79,7 @@ def run_infer(inputs: Sequence[Path], output: Path, weights: Path | None = None,
     if suppress:
         from ribnode.models.suppression import RibSuppressor
 
-        suppressor = RibSuppressor(suppression_weights, steps=steps, device=device, threads=threads, tile_px=tile,
-                                   rib_median_px_512=rib_median, edge_taper_px_512=edge_taper)
+        suppressor = RibSuppressor(suppression_weights, steps=steps, device=device, threads=threads)
     report = InferReport()
     for path in inputs:
         path = Path(path)
@@ -94,9 +90,11 @@ def run_infer(inputs: Sequence[Path], output: Path, weights: Path | None = None,
             report.failed[path] = str(error)
             continue
         segmentation = segmenter(radiograph)
-        report.written.append(write_mask_png(segmentation.mask, output / f"{path.stem}-ribs.png"))
+        for name, mask in segmentation.structures.items():
+            report.written.append(write_mask_png(mask, output / f"{path.stem}-{name}.png"))
         if suppressor is not None:
             result = suppressor(radiograph, segmentation, seed)
+            report.written.append(write_mask_png(result.mask, output / f"{path.stem}-region.png"))
             report.written.append(write_soft_png(radiograph, result.soft_stored, output / f"{path.stem}-soft.png"))
         logger.info("%s: %dx%d, rib fraction %.3f", path, *segmentation.mask.shape,
                     float(segmentation.mask.mean()))

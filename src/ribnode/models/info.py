@@ -49,6 +49,8 @@ class SegmentationResult:
     probability: np.ndarray  # float32 in [0, 1], source Rows x Columns (ribs)
     model: ModelInfo
     structures: dict[str, np.ndarray] = field(default_factory=dict)
+    #: each structure's probability at the model's square working size (same field of view)
+    working_probabilities: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

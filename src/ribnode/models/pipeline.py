@@ -1,4 +1,4 @@
-"""The rib pipeline: decode a radiograph, segment the ribs, suppress the bone layer.
+"""The pipeline: decode a radiograph, segment the chest anatomy, suppress the bone layer.
 
 A pipeline only wires the parts (diffusers' pipeline philosophy): preprocessing lives in
 ``ribnode.models.preprocess``, the networks in ``segmentation`` and ``suppression``. The two
@@ -44,7 +44,7 @@ class RibPipeline:
     """
 
     def __init__(self, settings: ModelSettings) -> None:
-        # Imported here: the runtimes pull in onnxruntime (and torch for the torch backend).
+        # Imported here: the runtimes pull in onnxruntime.
         from ribnode.models.segmentation.runtime import RibSegmenter
         from ribnode.models.suppression.runtime import RibSuppressor
 
@@ -57,11 +57,7 @@ class RibPipeline:
         self.suppressor = RibSuppressor(
             weights=settings.suppression_weights,
             steps=settings.suppression_steps,
-            tile_px=settings.suppression_tile,
-            rib_median_px_512=settings.suppression_rib_median,
-            edge_taper_px_512=settings.suppression_edge_taper,
             device=settings.device,
-            backend=settings.backend,
             threads=settings.intra_op_threads,
         )
 
@@ -86,7 +82,7 @@ class RibPipeline:
         suppression = self.suppressor(radiograph, segmentation, seed=seed)
         end = time.perf_counter()
         logger.info(
-            "rib pipeline on %s: %dx%d, %d rib pixels, decode %.2f s, segmentation %.2f s, "
+            "pipeline on %s: %dx%d, %d rib pixels, decode %.2f s, segmentation %.2f s, "
             "suppression %.2f s (%d steps)",
             radiograph.sop_instance_uid,
             radiograph.stored.shape[0],

@@ -46,27 +46,17 @@ def _sha256(path: Path) -> str:
 
 
 def model_versions(models: ModelSettings) -> dict[str, str]:
-    """What the job's results depend on, for the idempotency key: the weights' sha256 (or
-    "absent" while no weights are shipped) and that of the json beside them, the sampling steps,
-    the denoiser window, the rib median and the backend."""
-    weights = {
-        "segmentation": models.segmentation_weights or SHIPPED_WEIGHTS / "rib-segmentation.onnx",
-        "suppression": models.suppression_weights or SHIPPED_WEIGHTS / "rib-suppression.onnx",
+    """What the job's results depend on, for the idempotency key: the sha256 of the
+    segmentation's weights and json, that of the suppression's json (it names the sha256 of
+    both of its networks and holds every inference parameter), and the sampling steps."""
+    seg = models.segmentation_weights or SHIPPED_WEIGHTS / "rib-segmentation.onnx"
+    files = {
+        "segmentation": seg,
+        "segmentation_config": seg.with_suffix(".json"),
+        "suppression_config": models.suppression_weights or SHIPPED_WEIGHTS / "rib-suppression.json",
     }
-    out = {name: _sha256(p) if p.is_file() else "absent" for name, p in weights.items()}
-    # the json beside each weights file holds settings the output depends on (e.g. the
-    # suppression's default steps and post-steps): a new json is a new model
-    for name, p in weights.items():
-        if p.with_suffix(".json").is_file():
-            out[f"{name}_config"] = _sha256(p.with_suffix(".json"))
+    out = {name: _sha256(p) if p.is_file() else "absent" for name, p in files.items()}
     out["suppression_steps"] = str(models.suppression_steps or "model default")
-    if models.suppression_tile is not None:  # absent when unset: keys of earlier jobs stay the same
-        out["suppression_tile"] = str(models.suppression_tile)
-    if models.suppression_rib_median is not None:
-        out["suppression_rib_median"] = str(models.suppression_rib_median)
-    if models.suppression_edge_taper is not None:
-        out["suppression_edge_taper"] = f"{models.suppression_edge_taper:g}"
-    out["backend"] = models.backend
     return out
 
 

@@ -1,7 +1,7 @@
-"""ribnode.models.segmentation: the rib-segmentation U-Net and its ONNX Runtime segmenter.
+"""ribnode.models.segmentation: chest anatomy (ribs, clavicles, lung fields) on ONNX Runtime.
 
 Importing this package is torch-free and onnxruntime-free: ``RibSegmenter`` imports
-onnxruntime when constructed; training and export (torch) live in ``train``/``export``.
+onnxruntime when constructed. Training and export live in the lab (``ribnode_lab``).
 """
 
 from ribnode.models.segmentation.runtime import RibSegmenter

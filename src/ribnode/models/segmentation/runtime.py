@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from scipy import ndimage
 
 from ribnode.models.info import ModelInfo, SegmentationResult, sha256_file
 from ribnode.models.segmentation.normalisation import normalise, to_source, to_working
@@ -26,7 +27,7 @@ logger.addHandler(logging.NullHandler())
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "rib-segmentation.onnx"
-INSTALL_HINT = "onnxruntime is needed for inference: pip install 'ribnode[ml]' (or onnxruntime-gpu)"
+INSTALL_HINT = "onnxruntime is needed for inference: pip install ribnode (or onnxruntime-gpu)"
 
 
 def _import_onnxruntime() -> Any:
@@ -66,7 +67,7 @@ def load_config(weights: Path) -> dict[str, Any]:
 
 
 class RibSegmenter:
-    """Ribs and clavicles of a chest radiograph, as a mask on the source matrix."""
+    """Chest anatomy (ribs, clavicles, lung fields) of a radiograph, as masks on the source matrix."""
 
     def __init__(self, weights: Path | None = None, device: str = "auto", threads: int = 0,
                  threshold: float = 0.5) -> None:
@@ -78,7 +79,7 @@ class RibSegmenter:
         if not self.weights.is_file():
             raise FileNotFoundError(
                 f"segmentation weights {self.weights} not found; train them with "
-                "'ribnode train-seg --install' or pass weights=")
+                "'ribnode-lab train-seg' (docs/models/rib-segmentation.md) or pass weights=")
         self.config = load_config(self.weights)
         self.working_size = int(self.config["working_size"])
         self.threshold = threshold
@@ -90,10 +91,10 @@ class RibSegmenter:
             weights_sha256=self.config["sha256"],
             parameters={"working_size": self.working_size, "threshold": threshold,
                         "normalisation": self.config.get("normalisation"),
-                        "providers": self.providers,
+                        "providers": self.providers, "outputs": list(self.config.get("outputs", ["ribs"])),
                         "parameters": self.config.get("architecture", {}).get("parameters")},
         )
-        logger.info("rib segmenter %s (%s) on %s", self.weights.name,
+        logger.info("anatomy segmenter %s (%s) on %s", self.weights.name,
                     self.info.weights_sha256[:12], self.providers)
 
     def _session(self, device: str, threads: int) -> Any:
@@ -106,11 +107,14 @@ class RibSegmenter:
         providers = select_providers(device, list(ort.get_available_providers()))
         return ort.InferenceSession(str(self.weights), sess_options=options, providers=providers)
 
-    def predict_working(self, image: np.ndarray) -> np.ndarray:
-        """Rib probability (float32, [0, 1]) at working size for a bone-bright 2-D image.
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The structures of the network's channels, in order (``info.STRUCTURES`` or a prefix)."""
+        return tuple(self.config.get("outputs", ["ribs"]))
 
-        An image not already ``working_size`` square is first resampled to it.
-        """
+    def predict_working(self, image: np.ndarray) -> np.ndarray:
+        """Probabilities (float32, [0, 1], one channel per ``outputs``) at working size for a
+        bone-bright 2-D image; an image not already ``working_size`` square is resampled to it."""
         image = np.asarray(image, dtype=np.float32)
         if image.ndim != 2:
             raise ValueError(f"expected a 2-D grayscale image, got shape {image.shape}")
@@ -118,20 +122,33 @@ class RibSegmenter:
             image = to_working(image, self.working_size)
         batch = normalise(image)[None, None]
         name = self.session.get_inputs()[0].name
-        logits = self.session.run(None, {name: batch})[0][0, 0]
+        logits = self.session.run(None, {name: batch})[0][0]
         return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
 
     def __call__(self, radiograph: Radiograph) -> SegmentationResult:
-        """Segment one radiograph; mask and probability on its source Rows x Columns."""
+        """Segment one radiograph; masks and probability on its source Rows x Columns."""
         return self.segment_image(radiograph.image)
 
     def segment_image(self, image: np.ndarray) -> SegmentationResult:
-        """Segment a bone-bright [0, 1] 2-D image; mask and probability on the same matrix."""
+        """Segment a bone-bright [0, 1] 2-D image; masks and rib probability on the same matrix.
+
+        Each structure's probability returns to the source matrix by linear interpolation and
+        is thresholded there; the lung fields' holes are filled (a field is one region).
+        """
         image = np.asarray(image, dtype=np.float32)
         if image.ndim != 2:
             raise ValueError(f"image must be 2-D, got shape {image.shape}")
         working = self.predict_working(to_working(image, self.working_size))
-        probability = np.clip(to_source(working, image.shape, "linear"), 0.0, 1.0)
-        mask = probability > self.threshold
-        return SegmentationResult(mask=mask, probability=probability.astype(np.float32),
-                                  model=self.info)
+        structures: dict[str, np.ndarray] = {}
+        probability = np.zeros(image.shape, np.float32)
+        for index, name in enumerate(self.outputs):
+            prob = np.clip(to_source(working[index], image.shape, "linear"), 0.0, 1.0)
+            mask = prob > self.threshold
+            if name == "lungs":
+                mask = np.asarray(ndimage.binary_fill_holes(mask), dtype=bool)
+            if name == "ribs":
+                probability = prob.astype(np.float32)
+            structures[name] = mask
+        return SegmentationResult(mask=structures["ribs"], probability=probability, model=self.info,
+                                  structures=structures,
+                                  working_probabilities=dict(zip(self.outputs, working)))

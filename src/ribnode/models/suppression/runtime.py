@@ -1,46 +1,50 @@
-"""``RibSuppressor``: the shipped rib-suppression model on a decoded radiograph.
+"""``RibSuppressor``: bone suppression of one radiograph (ONNX Runtime and numpy, no torch).
 
-ONNX Runtime path (default): the exported denoiser plus the numpy DDIM twin, no torch needed.
-Torch path: the diffusers ``UNet2DModel`` and diffusers' ``DDIMScheduler``. Both start from
-the same seeded numpy noise; the seed comes from the SOP Instance UID (``seed_from_uid``) and
-is recorded in the result, so the same input gives the same output bit for bit per backend.
+The output is the radiograph minus an estimated bone layer, at the full source matrix:
+``p = x - w * B``. ``B`` is never negative (the networks can only remove density). ``w`` is the
+*region weight*, a continuous function of the segmentation's lung-field probability (the
+retrocardiac lung included): the probability at 512, smoothed (Gaussian, ``region_sigma_px_512``),
+mapped linearly from ``region_floor`` (weight 0) to ``region_floor + region_ramp`` (weight 1).
+The *region* is where ``w > 0``; outside it the stored pixels are returned unchanged, bit for bit
+(``Radiograph.subtract_layer``). Because ``w`` follows the probability continuously and no
+threshold gates the subtraction, a small change of the image (a nodule) changes the output far
+from it only as much as it changes the probability there.
 
-The output is ``p = x - B * R``: ``B`` the estimated bone layer (>= 0) upsampled to the source
-matrix, ``R`` the segmentation mask dilated by 5 px at 512 (scaled to the source). Outside
-``R`` the stored pixels are returned unchanged (``Radiograph.subtract_layer``). Post-steps on
-``B`` at the working size, each set in the model's json: the median along the ribs
-(``shape.rib_median``), then the edge taper (``shape.edge_taper``: 1 on the rib mask, 0 at the
-region's border).
+``B`` comes from two networks at the working size (512):
+
+1. the **estimator**, a U-Net that maps the radiograph (normalised linearly per image between
+   its 1st and 99th percentiles) to the bone layer;
+2. the **refiner**, a diffusers ``UNet2DModel``: a rectified-flow bridge that starts at the
+   estimate plus a little seeded noise and takes ``steps`` Euler steps (``scheduler``) towards
+   the layer, seeing the radiograph and the estimate at every step.
+
+The weighted layer returns to the source matrix by linear interpolation. Every inference parameter lives in the model's json: changing one is a new
+model version. The product's knobs are ``steps``, ``seed`` and ``device``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from ribnode.models.info import ModelInfo, SegmentationResult, SuppressionResult, sha256_file
-from ribnode.models.preprocess import Radiograph, dilate_mask, to_working
-from ribnode.models.suppression.data import region_radius
-from ribnode.models.suppression.network import SuppressionConfig
-from ribnode.models.suppression.pipeline import SuppressionPipeline, TorchDenoiser
-from ribnode.models.suppression.scheduler import DiffusersDDIM, NumpyDDIM
-from ribnode.models.suppression.shape import edge_taper, rib_median, rib_shaped
-from ribnode.models.suppression.upsample import upsample_bone
+from ribnode.models.preprocess import Radiograph, to_source, to_working
+from ribnode.models.suppression import scheduler
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
 
-MODEL_NAME = "ribnode rib-suppression"
-MODEL_VERSION = "2.4.0"
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
-DEFAULT_ONNX = WEIGHTS_DIR / "rib-suppression.onnx"
-DEFAULT_TORCH = WEIGHTS_DIR / "rib-suppression.pt"
-BACKENDS = ("onnx", "torch")
+DEFAULT_CONFIG = WEIGHTS_DIR / "rib-suppression.json"
+INSTALL_HINT = "onnxruntime is needed for inference: pip install ribnode (or onnxruntime-gpu)"
 
 
 def seed_from_uid(sop_instance_uid: str) -> int:
@@ -59,184 +63,153 @@ def seed_for(radiograph: Radiograph) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
-def config_path(weights: Path) -> Path:
-    """The config json of a weights file: ``<stem>.json`` beside it, else ``config.json``."""
-    beside = weights.with_suffix(".json")
-    if beside.is_file():
-        return beside
-    run = weights.parent / "config.json"
-    if run.is_file():
-        return run
-    raise FileNotFoundError(f"no config for {weights}: expected {beside} or {run}")
+@dataclass(frozen=True)
+class SuppressionConfig:
+    """The model's json: the two networks and every inference parameter."""
+
+    name: str
+    version: str
+    estimator: str  # file name of the estimator ONNX, beside the json
+    refiner: str  # file name of the refiner ONNX
+    working_size: int
+    percentiles: tuple[float, float]
+    bone_scale: float  # network units = bone-bright units * bone_scale / (hi - lo)
+    eta: float  # std of the refiner's starting noise, network units
+    default_steps: int
+    region_sigma_px_512: float  # smoothing of the lung-field probability
+    region_floor: float  # smoothed probability at which the weight starts (0)
+    region_ramp: float  # rise of the smoothed probability over which the weight reaches 1
+    derivation: str  # what the output is, for the Derivation Description
+    record: dict[str, Any]  # the rest of the json (training, metrics, sha256 of each file)
+
+    @classmethod
+    def load(cls, path: Path) -> "SuppressionConfig":
+        data = json.loads(Path(path).read_text())
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data and k != "record"}
+        missing = set(cls.__dataclass_fields__) - set(known) - {"record"}
+        if missing:
+            raise ValueError(f"{path}: missing {', '.join(sorted(missing))}")
+        known["percentiles"] = tuple(known["percentiles"])
+        return cls(**known, record={k: v for k, v in data.items() if k not in known})
 
 
-class OrtDenoiser:
-    """The exported denoiser on ONNX Runtime (CUDA when asked for and available, else CPU)."""
-
-    def __init__(self, path: Path, device: str = "auto", threads: int = 0) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:  # optional backend: say how to get it
-            raise ImportError("the onnx backend needs onnxruntime: pip install 'ribnode[ml]'") from exc
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(threads)
-        options.inter_op_num_threads = 1
-        # No CPU memory arena: at a 512 working grid the mid-block self-attention needs about
-        # 1 GB per image, and the arena keeps (and fragments) every peak, so a long-running
-        # worker grew to many GB. Without it one image peaks near 2.9 GB and memory is returned;
-        # measured about 25 % slower (docs/models/rib-suppression.md).
-        options.enable_cpu_mem_arena = False
-        available = ort.get_available_providers()
-        providers = ["CPUExecutionProvider"]
-        if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
-            providers.insert(0, "CUDAExecutionProvider")
-        elif device == "cuda":
-            raise RuntimeError(f"device 'cuda' asked for but onnxruntime offers only {available}")
-        self.session = ort.InferenceSession(str(path), options, providers=providers)
-        self.providers = self.session.get_providers()
-
-    def __call__(self, model_input: np.ndarray, timesteps: np.ndarray) -> np.ndarray:
-        return self.session.run(["bone"], {"sample": np.ascontiguousarray(model_input, np.float32),
-                                           "timestep": timesteps.astype(np.int64)})[0]
-
-
-def _torch_denoiser(weights: Path, config: SuppressionConfig, device: str, threads: int) -> tuple[Any, str]:
+def _session(path: Path, device: str, threads: int) -> Any:
     try:
-        import torch
-    except ImportError as exc:
-        raise ImportError("the torch backend needs torch and diffusers: pip install 'ribnode[ml]'") from exc
-    from ribnode.models.suppression.network import build_unet
-
-    if threads:
-        torch.set_num_threads(int(threads))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    unet = build_unet(config.network)
-    unet.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    return TorchDenoiser(unet, device), device
-
-
-def _odd_working_length(px_512: int, working_size: int) -> int:
-    """A line length given in px at 512, at the working size and odd (0: off)."""
-    return 0 if px_512 <= 0 else max(1, int(round(px_512 * working_size / 512))) | 1
+        import onnxruntime as ort
+    except ImportError as exc:  # optional backend: say how to get it
+        raise ImportError(INSTALL_HINT) from exc
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(threads)
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    available = ort.get_available_providers()
+    providers = ["CPUExecutionProvider"]
+    if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
+        providers.insert(0, "CUDAExecutionProvider")
+    elif device == "cuda":
+        raise RuntimeError(f"device 'cuda' asked for but onnxruntime offers only {available}")
+    return ort.InferenceSession(str(path), options, providers=providers)
 
 
 class RibSuppressor:
-    """Rib and clavicle suppression of one radiograph (see the module docstring)."""
+    """Bone suppression inside the lung fields (see the module docstring)."""
 
     def __init__(self, weights: Path | None = None, steps: int | None = None, device: str = "auto",
-                 backend: str = "onnx", threads: int = 0, upsampling: str = "linear",
-                 rib_shape_px_512: int | None = None, tile_px: int | None = None,
-                 tile_stride_px: int | None = None, rib_median_px_512: int | None = None,
-                 edge_taper_px_512: float | None = None) -> None:
-        if backend not in BACKENDS:
-            raise ValueError(f"backend {backend!r}: expected one of {BACKENDS}")
+                 threads: int = 0) -> None:
         if device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device {device!r}: expected auto, cpu or cuda")
-        if steps is not None and int(steps) < 1:
-            raise ValueError(f"steps {steps}: expected >= 1")
-        path = Path(weights) if weights is not None else (DEFAULT_ONNX if backend == "onnx" else DEFAULT_TORCH)
+        path = Path(weights) if weights is not None else DEFAULT_CONFIG
+        if path.suffix != ".json":
+            raise ValueError(f"suppression weights {path}: expected the model's json (rib-suppression.json)")
         if not path.is_file():
-            raise FileNotFoundError(f"suppression weights {path} not found")
-        self.config = SuppressionConfig.load(config_path(path))
-        # None: the model's own default number of steps (``default_steps`` in its json)
+            raise FileNotFoundError(f"suppression model {path} not found")
+        self.config = SuppressionConfig.load(path)
         self.steps = int(steps) if steps is not None else int(self.config.default_steps)
-        self.backend, self.upsampling = backend, upsampling
-        line = self.config.rib_shape_line_px_512 if rib_shape_px_512 is None else int(rib_shape_px_512)
-        # the line length at the working size, odd, 0 = off
-        self.rib_shape_px = _odd_working_length(line, self.config.working_size)
-        median = self.config.rib_median_line_px_512 if rib_median_px_512 is None else int(rib_median_px_512)
-        if median < 0:
-            raise ValueError(f"rib median line {median} px: expected >= 0 (0: off)")
-        self.rib_median_px = _odd_working_length(median, self.config.working_size)
-        taper = float(self.config.edge_taper_px_512 if edge_taper_px_512 is None else edge_taper_px_512)
-        if taper < 0:
-            raise ValueError(f"edge taper {taper} px: expected >= 0 (0: off)")
-        # the reach at the working size, 0 = off
-        self.edge_taper_px = taper * self.config.working_size / 512.0
-        if backend == "onnx":
-            denoiser: Any = OrtDenoiser(path, device, threads)
-            self.device = "cuda" if "CUDAExecutionProvider" in denoiser.providers else "cpu"
-            sampler: Any = NumpyDDIM(self.config.scheduler)
-        else:
-            denoiser, self.device = _torch_denoiser(path, self.config, device, threads)
-            sampler = DiffusersDDIM(self.config.scheduler)
-        # tile_px/tile_stride_px None: the json's (0 = the whole working image at once)
-        self.pipeline = SuppressionPipeline(denoiser, sampler, self.config, tile_px, tile_stride_px)
-        self.working_size = self.config.working_size
-        self.info = ModelInfo(MODEL_NAME, MODEL_VERSION, sha256_file(path), {
-            "backend": backend, "device": self.device, "mode": self.config.mode,
-            "steps": self.steps if self.config.mode == "diffusion" else 1,
-            "working_size": self.working_size, "scheduler": "DDIM", "upsampling": upsampling,
-            "region_dilation_px_512": self.config.mask_dilation_px_512,
-            "rib_shape_line_px_512": line,
-            "rib_median_line_px_512": median,
-            "edge_taper_px_512": taper,
-            "tile_px": self.pipeline.tile, "tile_stride_px": self.pipeline.stride,
+        if not 1 <= self.steps <= 16:
+            raise ValueError(f"steps {self.steps}: expected 1..16")
+        files = {role: path.parent / getattr(self.config, role) for role in ("estimator", "refiner")}
+        digests = {role: sha256_file(f) for role, f in files.items()}
+        for role, digest in digests.items():
+            expected = self.config.record.get(f"{role}_sha256")
+            if expected not in (None, digest):
+                raise ValueError(f"{files[role]} has sha256 {digest}, the json names {expected}")
+        self.estimator = _session(files["estimator"], device, threads)
+        self.refiner = _session(files["refiner"], device, threads)
+        self.device = "cuda" if "CUDAExecutionProvider" in self.estimator.get_providers() else "cpu"
+        self.working_size = int(self.config.working_size)
+        # one hash names the model: sha256 over the two networks' hashes, in this order
+        combined = hashlib.sha256(f"{digests['estimator']}:{digests['refiner']}".encode()).hexdigest()
+        self.info = ModelInfo(self.config.name, self.config.version, combined, {
+            "steps": self.steps, "device": self.device, "working_size": self.working_size,
+            "estimator_sha256": digests["estimator"], "refiner_sha256": digests["refiner"],
+            "scheduler": "FlowMatchEuler (rectified-flow bridge from the estimate)",
+            "derivation": self.config.derivation,
         })
 
-    def region(self, mask: np.ndarray) -> np.ndarray:
-        """Where the output may differ from the input: ``mask`` dilated by 5 px at 512 (scaled)."""
-        return dilate_mask(mask, region_radius(mask.shape, self.config.mask_dilation_px_512))
-
-    def bone_layer(self, image: np.ndarray, mask: np.ndarray, seed: int, steps: int | None = None) -> np.ndarray:
-        """The bone layer to subtract on the source matrix of ``image``, given its rib ``mask``
-        (zero outside ``region(mask)``)."""
-        return self.bone_layers([image], mask, seed, steps)[0]
-
-    def bone_layers(self, images: list[np.ndarray], mask: np.ndarray, seed: int,
-                    steps: int | None = None) -> list[np.ndarray]:
-        """``bone_layer`` of several same-shape images sharing one rib mask and seed, in one batch."""
-        return self._bone_layers(images, mask, self.region(mask), seed, steps)
-
-    def _bone_layers(self, images: list[np.ndarray], mask: np.ndarray, region: np.ndarray, seed: int,
-                     steps: int | None) -> list[np.ndarray]:
+    def weight(self, lung_probability: np.ndarray) -> np.ndarray:
+        """The region weight at the working size from a lung-field probability map (any square
+        working grid covering the image: resampled to the suppression's)."""
+        probability = np.asarray(lung_probability, np.float32)
         size = self.working_size
-        working = np.stack([to_working(image, size) for image in images])
-        region_w = to_working(region.astype(np.float32), size)
-        regions = np.repeat(region_w[None], len(images), axis=0)
-        estimate = self.pipeline(working, regions, steps or self.steps, [seed] * len(images))
-        taper = None
-        if self.edge_taper_px:
-            taper = edge_taper(to_working(np.asarray(mask, np.float32), size) >= 0.5, self.edge_taper_px)
-        out = []
-        for bone_w, image in zip(estimate.bone, images):
-            shaped = self._shaped(bone_w, region_w)
-            if taper is not None:
-                shaped = shaped * taper
-            bone = upsample_bone(shaped, image.shape, self.upsampling, guide=image)
-            bone[~region] = 0.0
-            out.append(bone)
-        return out
+        if probability.shape != (size, size):
+            probability = to_source(probability, (size, size), "linear")
+        sigma = self.config.region_sigma_px_512 * size / 512.0
+        smooth = ndimage.gaussian_filter(probability.astype(np.float64), sigma)
+        ramp = (smooth - self.config.region_floor) / self.config.region_ramp
+        return np.clip(ramp, 0.0, 1.0).astype(np.float32)
 
-    def _shaped(self, bone_working: np.ndarray, region_working: np.ndarray) -> np.ndarray:
-        """The working-size bone layer after the optional post-steps (rib-shaped part, median
-        along the ribs); unchanged when both are off."""
-        if self.rib_shape_px:
-            bone_working = rib_shaped(bone_working, self.rib_shape_px)
-        if self.rib_median_px:
-            # the lines see the layer as it is subtracted (zero outside the region), so a rib's
-            # median never takes in what the network put outside the region. The ribs' direction
-            # is read from the region, not from the rib mask: with the segmenter's masks (the
-            # product path) the region's direction keeps more of a rib nodule and changes less
-            # around it (docs/benchmarks/suppression.md, "Tried in the tenth session")
-            inside = region_working >= 0.5
-            bone_working = rib_median(np.where(inside, bone_working, 0.0), inside, inside, self.rib_median_px)
-        return bone_working
+    def estimate(self, image: np.ndarray, seed: int, steps: int | None = None,
+                 refine: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(bone layer at the working size in the image's units, the estimator's alone), no region.
+
+        ``refine`` False returns the estimator's layer twice (the comparison the model card makes).
+        """
+        working = to_working(np.asarray(image, np.float32), self.working_size)
+        lo, hi = np.percentile(working, self.config.percentiles)
+        span = float(max(hi - lo, 1e-6))
+        norm = ((working - lo) / span).astype(np.float32)[None, None]
+        first = self.estimator.run(None, {"image": norm})[0].astype(np.float32)
+        unit = span / self.config.bone_scale
+        if not refine:
+            layer = np.maximum(first[0, 0], 0.0) * unit
+            return layer, layer
+        rng = np.random.default_rng(seed)
+        state = first + np.float32(self.config.eta) * rng.standard_normal(first.shape, dtype=np.float32)
+        levels = scheduler.sigmas(steps or self.steps)
+        for sigma, sigma_next in zip(levels[:-1], levels[1:]):
+            model_input = np.concatenate([state, norm, first], axis=1)
+            velocity = self.refiner.run(None, {"sample": model_input,
+                                               "timestep": np.array([scheduler.timestep(sigma)], np.float32)})[0]
+            state = scheduler.euler_step(state, velocity, sigma, sigma_next)
+        return np.maximum(state[0, 0], 0.0) * unit, np.maximum(first[0, 0], 0.0) * unit
+
+    def region(self, lung_probability: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """Where the output may differ from the input, on a source matrix of ``shape``."""
+        return np.asarray(to_source(self.weight(lung_probability), shape, "linear") > 0.0)
+
+    def bone_layer(self, image: np.ndarray, lung_probability: np.ndarray, seed: int, steps: int | None = None,
+                   refine: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(weighted bone layer on the source matrix of ``image``, region): zero outside the region."""
+        shape = np.asarray(image).shape
+        weight = self.weight(lung_probability)
+        layer, _ = self.estimate(image, seed, steps, refine)
+        region = np.asarray(to_source(weight, shape, "linear") > 0.0)
+        bone = np.maximum(to_source(layer * weight, shape, "linear"), 0.0).astype(np.float32)
+        bone[~region] = 0.0
+        return bone, region
 
     def __call__(self, radiograph: Radiograph, segmentation: SegmentationResult,
                  seed: int | None = None) -> SuppressionResult:
-        """Suppress the ribs of ``radiograph`` inside the dilated ``segmentation`` mask."""
+        """Suppress the bone of ``radiograph`` inside the lung fields of ``segmentation``."""
         start = time.perf_counter()
-        if segmentation.mask.shape != radiograph.shape:
-            raise ValueError(f"segmentation mask {segmentation.mask.shape} does not match the "
-                             f"radiograph {radiograph.shape}")
+        lungs = segmentation.working_probabilities.get("lungs")
+        if lungs is None:
+            raise ValueError("the segmentation has no lung-field probability: the suppression needs its region")
         if seed is None:
             seed = seed_for(radiograph)
-        region = self.region(segmentation.mask)
-        bone = self._bone_layers([radiograph.image], segmentation.mask, region, seed, None)[0]
+        bone, region = self.bone_layer(radiograph.image, lungs, seed)
         soft = radiograph.subtract_layer(bone, region)
         seconds = time.perf_counter() - start
-        steps = self.steps if self.config.mode == "diffusion" else 1
-        logger.info("suppressed %s in %.2f s (seed %d, %d steps)", radiograph.sop_instance_uid, seconds, seed, steps)
-        return SuppressionResult(soft, bone, region, int(seed), steps, self.working_size, self.info, seconds)
+        logger.info("suppressed %s in %.2f s (seed %d, %d steps)", radiograph.sop_instance_uid, seconds,
+                    seed, self.steps)
+        return SuppressionResult(soft, bone, region, int(seed), self.steps, self.working_size, self.info, seconds)
