@@ -121,8 +121,15 @@ def load_suppression(run: Path, name: str = "final.pt") -> tuple[Estimator, nn.M
 
 def export_suppression(run: Path, out_dir: Path, metrics: dict[str, Any] | None = None,
                        default_steps: int = 1, checkpoint: str = "final.pt") -> Path:
-    """Export a ``train_suppression`` run into ``out_dir``."""
+    """Export a ``train_suppression`` run into ``out_dir``, the estimator's BatchNorm statistics
+    recalibrated on the run's whole training images first."""
+    from ribnode_lab.data import load_cases
+    from ribnode_lab.train_suppression import make_pair, recalibrate_batchnorm
+
     estimator, refiner, record = load_suppression(run, checkpoint)
+    train_ids = set(json.loads((run / "split.json").read_text())["train"])
+    cases, _ = load_cases(Path(record["config"]["data"]))
+    recalibrate_batchnorm(estimator, [make_pair(c) for c in cases if c.case_id in train_ids])
     training = {**record, "split": json.loads((run / "split.json").read_text())}
     return write_suppression(estimator, refiner, out_dir, float(record["config"]["eta"]), training,
                              metrics, default_steps)

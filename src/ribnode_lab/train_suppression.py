@@ -141,6 +141,25 @@ def sample(pair: Pair, rng: np.random.Generator, crop: int, nodule_prob: float) 
     return tuple(np.ascontiguousarray(v, dtype=np.float32)[None] for v in (n, target, weight))
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(estimator: Estimator, pairs: list[Pair]) -> None:
+    """Set every BatchNorm's running statistics to their average over whole training images.
+
+    Training sees 128-px crops, whose statistics differ from a whole radiograph's; with the
+    running averages of crop statistics the estimator at inference removed 0.42 of the bone
+    (slope, training images), against 0.76 with whole-image statistics (docs/lab/).
+    """
+    for module in estimator.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average
+    estimator.train()
+    for pair in pairs:
+        lo, hi = window(pair.x)
+        estimator(torch.from_numpy(((pair.x - lo) / (hi - lo)).astype(np.float32))[None, None])
+    estimator.eval()
+
+
 def ssim(a: torch.Tensor, b: torch.Tensor, window_px: int = 7) -> torch.Tensor:
     """Mean SSIM (uniform window), data range 1."""
     c1, c2 = 0.01**2, 0.03**2
@@ -250,6 +269,7 @@ def train(config: SuppressionTrainConfig) -> Path:
                         "torch_rng": torch.get_rng_state()}, partial)
             partial.replace(ckpt)
     bar.close()
+    recalibrate_batchnorm(estimator, pairs)
     final = out / "final.pt"
     torch.save({"estimator": estimator.state_dict(), "refiner": refiner.state_dict(),
                 "config": asdict(config), "history": history}, final)
