@@ -40,7 +40,7 @@ class RibPipeline:
     ``RibPipeline(settings.models)(dataset)``: the models are built from the settings (shipped
     weights when ``segmentation_weights``/``suppression_weights`` are unset). Raises
     ``FileNotFoundError`` when weights are missing and ``preprocess.InputError`` for an input
-    that cannot be a chest radiograph.
+    that cannot be a chest radiograph (``NotAChestError`` when its lung fields are not plausible).
     """
 
     def __init__(self, settings: ModelSettings) -> None:
@@ -78,6 +78,7 @@ class RibPipeline:
         )
         decoded = time.perf_counter()
         segmentation = self.segmenter(radiograph)
+        self.segmenter.check_chest(segmentation)  # NotAChestError: nothing is made
         segmented = time.perf_counter()
         suppression = self.suppressor(radiograph, segmentation, seed=seed)
         end = time.perf_counter()

@@ -85,6 +85,10 @@ class DecodeError(InputError):
     """The pixel data is missing, malformed or in a transfer syntax no decoder handles."""
 
 
+class NotAChestError(InputError):
+    """The lung fields the segmentation finds are not those of a frontal chest radiograph."""
+
+
 @dataclass(frozen=True)
 class Radiograph:
     """A decoded radiograph: stored pixels plus the linear map to bone-bright [0, 1].

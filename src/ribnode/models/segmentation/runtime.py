@@ -66,6 +66,39 @@ def load_config(weights: Path) -> dict[str, Any]:
     return config
 
 
+#: The input gate's limits (a model's json may set its own under "chest_gate"): the lung
+#: fields' share of the image, the share of each image half they fill, where their centre lies
+#: (fractions of the width and height) and their mean probability.
+CHEST_GATE = {"area": [0.12, 0.62], "half_area": 0.04, "centre_x": [0.35, 0.65],
+              "centre_y": [0.25, 0.75], "confidence": 0.75}
+
+
+def chest_gate(lung_probability: np.ndarray, limits: dict[str, Any] | None = None) -> list[str]:
+    """Why a lung-field probability map (working size) is not that of a frontal chest
+    radiograph: an empty list when it is plausible (area, both lungs, position, confidence)."""
+    limits = {**CHEST_GATE, **(limits or {})}
+    mask = np.asarray(lung_probability) > 0.5
+    reasons = []
+    area = float(mask.mean())
+    if not limits["area"][0] <= area <= limits["area"][1]:
+        reasons.append(f"lung fields cover {area:.0%} of the image (expected "
+                       f"{limits['area'][0]:.0%}-{limits['area'][1]:.0%})")
+    if not mask.any():
+        return reasons
+    half = mask.shape[1] // 2
+    for side, part in (("left", mask[:, :half]), ("right", mask[:, half:])):
+        if part.mean() < limits["half_area"]:
+            reasons.append(f"no lung field in the image's {side} half ({part.mean():.0%})")
+    rows, cols = np.nonzero(mask)
+    cx, cy = cols.mean() / mask.shape[1], rows.mean() / mask.shape[0]
+    if not (limits["centre_x"][0] <= cx <= limits["centre_x"][1] and limits["centre_y"][0] <= cy <= limits["centre_y"][1]):
+        reasons.append(f"lung fields centred at ({cx:.2f}, {cy:.2f}) of the image, not near its middle")
+    confidence = float(np.asarray(lung_probability)[mask].mean())
+    if confidence < limits["confidence"]:
+        reasons.append(f"mean lung-field probability {confidence:.2f} (expected >= {limits['confidence']})")
+    return reasons
+
+
 class RibSegmenter:
     """Chest anatomy (ribs, clavicles, lung fields) of a radiograph, as masks on the source matrix."""
 
@@ -128,6 +161,17 @@ class RibSegmenter:
     def __call__(self, radiograph: Radiograph) -> SegmentationResult:
         """Segment one radiograph; masks and probability on its source Rows x Columns."""
         return self.segment_image(radiograph.image)
+
+    def check_chest(self, result: SegmentationResult) -> None:
+        """Raise ``NotAChestError`` unless the lung fields are those of a frontal chest radiograph."""
+        from ribnode.models.preprocess import NotAChestError
+
+        lungs = result.working_probabilities.get("lungs")
+        if lungs is None:
+            raise NotAChestError("the segmentation model has no lung-field output: cannot check the input")
+        reasons = chest_gate(lungs, self.config.get("chest_gate"))
+        if reasons:
+            raise NotAChestError("not a frontal chest radiograph: " + "; ".join(reasons))
 
     def segment_image(self, image: np.ndarray) -> SegmentationResult:
         """Segment a bone-bright [0, 1] 2-D image; masks and rib probability on the same matrix.
