@@ -7,7 +7,7 @@ product path (the segmenter's region) on cases neither model saw:
 
 - paired cases (jsrt-bse-512): sorted per JSRT stratum (JPCLN, JPCNN), every 5th held out
   (index 4, 9, ...): 25 of 128;
-- unpaired cases (jsrt-scr-512 only, 99): the same rule, 20 of 99 (lungs and clavicles only).
+- unpaired cases (jsrt-scr-512 only, 99): the same rule per stratum, 19 of 99 (lungs and clavicles only).
 """
 
 from __future__ import annotations

@@ -1,0 +1,76 @@
+"""The lab's training runs: a few steps on the shared development data, resumed from their
+checkpoint, exported, and read by the runtime (tiny networks: this checks the machinery, not
+the figures, which docs/benchmarks.md holds)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the lab extra (make test installs it)")
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def data() -> Path:
+    if not (DATA / "jsrt-scr-512" / "image").is_dir():
+        pytest.fail(f"{DATA} is missing: the lab tests need ../shared/data beside the checkout")
+    return DATA
+
+
+def test_split_keeps_every_fifth_case_per_stratum_and_labels_the_lung_field(data: Path) -> None:
+    from ribnode_lab.data import held_out, load_cases
+
+    train, held = load_cases(data)
+    assert len(train) + len(held) == 227 and not {c.case_id for c in train} & {c.case_id for c in held}
+    assert sum(c.paired for c in held) == 25 and sum(not c.paired for c in held) == 19
+    assert held_out(["A1", "A2", "A3", "A4", "A5", "B1"], every=5) == {"A5"}
+    case = next(c for c in held if c.paired)
+    assert (case.lung_field >= case.lungs).all() and (case.lung_field >= case.heart).all()
+    energy = case.bone.astype(np.float64) ** 2  # the lung field holds (nearly) all the bone BSE-JSRT removes
+    assert energy[case.lung_field].sum() / energy.sum() > 0.98
+
+
+def test_segmentation_trains_resumes_and_exports(data: Path, tmp_path: Path) -> None:
+    from ribnode.models.segmentation import RibSegmenter
+    from ribnode_lab.export import export_segmentation
+    from ribnode_lab.train_seg import SegTrainConfig, train
+
+    config = SegTrainConfig(data=str(data), out=str(tmp_path / "run"), working_size=64, steps=2, batch=2,
+                            base=4, depth=3, checkpoint_every=1)
+    train(config)
+    first = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert first["step"] == 2
+    config.steps = 3
+    train(config)  # resumes from the checkpoint: one more step
+    state = torch.load(tmp_path / "run" / "final.pt", weights_only=False)
+    assert [h[0] for h in state["history"]] == [1, 2, 3]
+    onnx = export_segmentation(tmp_path / "run", tmp_path / "weights")
+    assert json.loads(onnx.with_suffix(".json").read_text())["outputs"] == ["ribs", "clavicles", "lungs"]
+    result = RibSegmenter(onnx, threads=1).segment_image(np.random.default_rng(0).random((80, 80)).astype(np.float32))
+    assert set(result.structures) == {"ribs", "clavicles", "lungs"}
+
+
+def test_suppression_trains_both_networks_resumes_and_exports(data: Path, tmp_path: Path) -> None:
+    from ribnode.models.suppression import RibSuppressor
+    from ribnode_lab.export import export_suppression
+    from ribnode_lab.train_suppression import SuppressionTrainConfig, train
+
+    config = SuppressionTrainConfig(data=str(data), out=str(tmp_path / "run"), steps=3, batch=2, crop=64,
+                                    full_from=0.7, refiner_from=0.34, base=4, depth=3,
+                                    refiner_channels="8,8", checkpoint_every=1)
+    train(config)  # step 1 the estimator alone, steps 2-3 both networks
+    config.steps = 4
+    train(config)  # resumes; step 4 is the whole-image fine-tune
+    state = torch.load(tmp_path / "run" / "final.pt", weights_only=False)
+    history = state["history"]
+    assert [h[0] for h in history] == [1, 2, 3, 4]
+    assert history[0][2] == 0.0 and history[-1][2] > 0.0  # the refiner trains from its start step on
+    path = export_suppression(tmp_path / "run", tmp_path / "weights")
+    suppressor = RibSuppressor(path, threads=1)
+    layer, first = suppressor.estimate(np.random.default_rng(0).random((64, 64)).astype(np.float32), seed=1)
+    assert layer.shape == (512, 512) and (layer >= 0).all() and (first >= 0).all()
