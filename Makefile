@@ -30,8 +30,9 @@ test: services venv
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: venv
-	$(PY) -m pip install -q mypy
-	$(PY) -m mypy src/ribnode
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(PY) -m mypy src/ribnode src/ribnode_lab
 
 clean:
 	rm -rf var demo-output .pytest_cache

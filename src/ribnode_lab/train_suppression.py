@@ -29,6 +29,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -76,10 +77,11 @@ class Estimator(nn.Module):
         return F.softplus(self.unet(x), beta=5.0)
 
 
-def build_refiner(channels: tuple[int, ...]) -> nn.Module:
+def build_refiner(channels: tuple[int, ...]) -> Any:
+    """The refiner, a diffusers ``UNet2DModel`` whose last convolution starts at zero."""
     from diffusers import UNet2DModel
 
-    model = UNet2DModel(
+    model: Any = UNet2DModel(
         sample_size=512, in_channels=3, out_channels=1, block_out_channels=channels,
         layers_per_block=1, down_block_types=("DownBlock2D",) * len(channels),
         up_block_types=("UpBlock2D",) * len(channels), norm_num_groups=8,
