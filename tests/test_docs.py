@@ -104,3 +104,31 @@ def test_benchmarks_commands_are_checked() -> None:
     assert _command_problem("`ribnode eval-seg`")
     assert _command_problem("`.venv/bin/python benchmarks/ingest.py --runs 3`") is None
     assert _command_problem("`ribnode-lab eval-seg`") is None
+
+
+DELETED_NAMES = (
+    "suppression_tile",
+    "rib_median",
+    "edge_taper",
+    "--backend",
+    "ribnode train-",
+    "ribnode eval-",
+    "rib-suppression.pt",
+    "models.metrics",
+    "docs/benchmarks/",
+    "benchmarks/collect.py",
+)
+
+
+def test_docs_outside_the_lab_name_no_deleted_variant() -> None:
+    """The variants not adopted, the old lab subcommands of `ribnode` and the old benchmark
+    sections are history: only docs/lab/ may name them."""
+    found = [
+        f"{path.relative_to(ROOT)}:{number}: {name}"
+        for path in sorted((ROOT / "docs").rglob("*.md"))
+        if "lab" not in path.relative_to(ROOT / "docs").parts
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        for name in DELETED_NAMES
+        if name in line
+    ]
+    assert not found, "\n".join(found)
