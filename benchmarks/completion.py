@@ -7,7 +7,7 @@ the job's "queued" transition minus the study's last instance arrival, both from
 
 Usage::
 
-    .venv/bin/python benchmarks/completion.py --quiet 1 2 5 --repeats 5 --out docs/benchmarks/completion.md
+    .venv/bin/python benchmarks/completion.py --quiet 1 2 5 --repeats 5 --out var/bench/completion.md
 """
 
 from __future__ import annotations

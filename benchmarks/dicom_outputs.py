@@ -1,8 +1,8 @@
 """Time ``ribnode.dicom_sr.build_outputs`` (SC + SEG + SR) and writing the three files.
 
 Inputs are made without the models (as in tests/dicom_sr): the real RG1 CR chest of
-pydicom-data (1955x1841, 15 bits) and a synthetic 12-bit DX. Prints a Markdown section for
-docs/benchmarks/dicom-outputs.md. Run:
+pydicom-data (1955x1841, 15 bits) and a synthetic 12-bit DX. Prints a Markdown section; its
+figures go into the rows of ``docs/benchmarks.md``. Run:
 
     .venv/bin/python benchmarks/dicom_outputs.py --repeats 5
 """

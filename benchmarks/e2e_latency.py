@@ -15,7 +15,8 @@ Orthanc by STOW-RS. Each run, Orthanc sends a new study (fresh UIDs) to ribnode 
 
 The first job of a worker loads the models (cold); it is reported apart and excluded from the
 median. Sources: the RG1 CR chest of pydicom-data (1955x1841, MONOCHROME1) and a synthetic DX
-chest (``ribnode.models.synthetic``). Prints a Markdown section for docs/benchmarks/e2e.md:
+chest (``ribnode.models.synthetic``). Prints a Markdown section; its figures go into the rows of
+``docs/benchmarks.md``:
 
     .venv/bin/python benchmarks/e2e_latency.py --runs 3
 """

@@ -8,7 +8,8 @@ C-STORE destination), and Orthanc's own start and stop (what the test suite pays
 The objects are built by ``ribnode.dicom_sr.build_outputs`` without the models (inputs as in
 tests/dicom_sr): the RG1 CR chest of pydicom-data (1955x1841, 15 bits) and a 512x512 DX.
 A re-send replaces (deterministic UIDs, Orthanc ``OverwriteInstances``), so repeats do not grow
-the PACS. Prints a Markdown section for docs/benchmarks/export.md. Run:
+the PACS. Prints a Markdown section; its figures go into the rows of
+``docs/benchmarks.md``. Run:
 
     .venv/bin/python benchmarks/export_latency.py --repeats 7
 """

@@ -12,7 +12,7 @@ transition minus the last instance's arrival (same clock, no polling error).
 
 Usage::
 
-    .venv/bin/python benchmarks/ingest.py --instances 240 --runs 3 --out docs/benchmarks/ingest.md
+    .venv/bin/python benchmarks/ingest.py --instances 240 --runs 3 --out var/bench/ingest.md
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ synthetic generator (``generate_chest``).
 Inputs: the real RG1 CR chest of pydicom-data (1955x1841, 15 bits, MONOCHROME1) in three
 transfer syntaxes, a synthetic DX 512x512 written to a temporary folder, and the generator at
 256, 512 and 1024. Median of ``--repeats`` runs after one warm-up, one process. Prints a
-Markdown section for ``docs/benchmarks/preprocessing.md``. Run:
+Markdown section; its figures go into the rows of ``docs/benchmarks.md``. Run:
 
     .venv/bin/python benchmarks/preprocess.py --repeats 7
 """

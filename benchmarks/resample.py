@@ -14,7 +14,8 @@ Speed: median wall time of ``--repeats`` runs after one warm-up. Accuracy, all w
 definition: (1) geometry, the error on a horizontal ramp in the interior against the
 pixel-centre positions (a half-pixel shift would show as 0.5 * factor); (2) a round trip of a
 disc + a rib-like band mask (linear down, linear up, threshold 0.5): IoU and centroid shift in
-source pixels. Prints a Markdown section for ``docs/benchmarks/resample.md``. Run:
+source pixels. Prints a Markdown section (the last run is in
+``docs/lab/resample.md``). Run:
 
     .venv/bin/python benchmarks/resample.py --repeats 7
 """
