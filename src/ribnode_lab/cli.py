@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     export.add_argument("--out", type=Path, default=SEG_WEIGHTS.parent, help="weights folder (default: the shipped one)")
     export.add_argument("--checkpoint", default="final.pt")
     export.add_argument("--default-steps", type=int, default=1)
-    for name in ("eval-seg", "eval-suppression", "eval-lesions"):
+    for name in ("eval-seg", "eval-suppression", "eval-lesions", "eval-gate"):
         p = sub.add_parser(name, help=f"{name.split('-', 1)[1]} figures on held-out JSRT cases")
         p.add_argument("--data", type=Path, default=DATA)
         p.add_argument("--cases", choices=("held-out", "train", "all"), default="held-out")
@@ -92,7 +92,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     segmenter, suppressor = _models(args)
     cases = _cases(args)
-    if args.command == "eval-seg":
+    if args.command == "eval-gate":
+        import data_store
+
+        folder = Path(data_store.__file__).parent / "data"
+        rg = {p.stem: p for p in sorted(folder.glob("RG[13]_*.dcm"))}
+        _emit(evaluate.evaluate_gate(segmenter, _cases(args), rg), args.json)
+    elif args.command == "eval-seg":
         _emit(evaluate.evaluate_segmentation(segmenter, suppressor, cases), args.json)
     elif args.command == "eval-suppression":
         _emit(evaluate.evaluate_suppression(segmenter, suppressor, cases, args.steps), args.json)

@@ -215,3 +215,34 @@ def write(figures: dict[str, Any], path: Path | None) -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text + "\n")
+
+
+def evaluate_gate(segmenter: RibSegmenter, cases: list[Case], rg_files: dict[str, Path]) -> dict[str, Any]:
+    """The input gate on every JSRT radiograph, RG1 in each encoding, phantoms, RG3 (an
+    extremity) and synthetic images that are not chests: what it passes and what it refuses."""
+    import pydicom
+
+    from ribnode.models.preprocess import NotAChestError, read_radiograph
+    from ribnode.models.synthetic import generate_chest
+
+    def verdict(image: np.ndarray) -> str:
+        try:
+            segmenter.check_chest(segmenter.segment_image(np.asarray(image, np.float32)))
+        except NotAChestError as error:
+            return str(error)
+        return "pass"
+
+    rows, cols = np.mgrid[:512, :512]
+    rng = np.random.default_rng(0)
+    groups: dict[str, dict[str, str]] = {
+        "jsrt": {c.case_id: verdict(c.image) for c in cases},
+        "rg": {name: verdict(read_radiograph(pydicom.dcmread(path)).image) for name, path in rg_files.items()},
+        "phantom": {f"seed {s}": verdict(generate_chest(s, 512).radiograph) for s in range(10)},
+        "not a chest": {
+            "noise": verdict(rng.random((512, 512))), "flat": verdict(np.full((512, 512), 0.5)),
+            "ramp": verdict(rows / 511.0), "disc": verdict(np.clip(np.hypot(rows - 256, cols - 256) / 300, 0, 1)),
+            "bars": verdict(((cols // 32) % 2).astype(float)),
+        },
+    }
+    return {name: {"passed": sum(v == "pass" for v in group.values()), "n": len(group),
+                   "refused": {k: v for k, v in group.items() if v != "pass"}} for name, group in groups.items()}

@@ -46,6 +46,7 @@ class SegTrainConfig:
     base: int = 16
     depth: int = 5
     nodule_prob: float = 0.7
+    phantoms: int = 40  # synthetic chests (ribnode.models.synthetic) added to the training cases
     seed: int = 20261207
     threads: int = 1
     checkpoint_every: int = 100
@@ -68,6 +69,22 @@ def prepare(case: Case, size: int) -> Sample:
     where = to_working((case.lung_field | case.clavicles).astype(np.float32), size) > 0.5
     return Sample(case.case_id, to_working(case.image, size), target.astype(np.float32), known,
                   where.astype(np.float32))
+
+
+def prepare_phantom(seed: int, size: int) -> Sample:
+    """A synthetic chest with exact labels: lung fields (lung path, retrocardiac included), ribs
+    by the reference rule on its exact bone layer inside the lung field; clavicles unlabelled."""
+    from ribnode.models.synthetic import generate_chest
+    from ribnode_lab.data import reference_rib_mask
+
+    chest = generate_chest(seed, 512)
+    assert chest.lung_mask is not None
+    field = np.asarray(ndimage.binary_fill_holes(chest.lung_mask), dtype=bool)
+    ribs = reference_rib_mask(chest.radiograph, chest.soft_tissue) & ndimage.binary_dilation(field, iterations=3)
+    target = np.stack([np.clip(to_working(m.astype(np.float32), size), 0, 1) for m in (ribs, np.zeros_like(ribs), field)])
+    where = to_working(field.astype(np.float32), size) > 0.5
+    return Sample(f"phantom-{seed}", to_working(chest.radiograph, size), target.astype(np.float32),
+                  np.array([1.0, 0.0, 1.0], np.float32), where.astype(np.float32))
 
 
 def augment(sample: Sample, rng: np.random.Generator, nodule_prob: float) -> tuple[np.ndarray, np.ndarray]:
@@ -131,6 +148,7 @@ def train(config: SegTrainConfig) -> Path:
     (out / "split.json").write_text(json.dumps({"train": [c.case_id for c in train_cases],
                                                 "held_out": [c.case_id for c in test_cases]}, indent=1))
     samples = [prepare(c, config.working_size) for c in train_cases]
+    samples += [prepare_phantom(5000 + i, config.working_size) for i in range(config.phantoms)]
     torch.manual_seed(config.seed)
     model = UNet(UNetConfig(in_channels=1, out_channels=len(STRUCTURES), base=config.base, depth=config.depth))
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)

@@ -187,6 +187,10 @@ def estimator_loss(pred: torch.Tensor, target: torch.Tensor, n: torch.Tensor, we
 
 def refiner_loss(refiner: nn.Module, estimate: torch.Tensor, target: torch.Tensor, n: torch.Tensor,
                  weight: torch.Tensor, eta: float) -> torch.Tensor:
+    # The estimate's strength is scaled at random (0.5-1.3): the estimator in training (batch
+    # statistics of crops) and at inference (whole-image statistics) differ in strength, and the
+    # refiner must correct whichever it gets; it sees the radiograph to tell the true strength.
+    estimate = estimate * torch.empty(len(n), 1, 1, 1).uniform_(0.5, 1.3)
     t = torch.rand(len(n), 1, 1, 1)
     start = estimate + eta * torch.randn_like(estimate)
     state = t * start + (1 - t) * target
