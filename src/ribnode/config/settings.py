@@ -130,7 +130,11 @@ class OutputSettings(BaseModel):
     """The DICOM objects written back (dicom_sr)."""
 
     content_qualification: Literal["RESEARCH", "PRODUCT", "SERVICE"] = "RESEARCH"
-    burned_in_label: bool = False
+    # Burned-in "AI SYNTHETIC" corner mark on the SC (Burned In Annotation says YES when on).
+    burned_in_label: bool = True
+    # Window of the SC: "source" copies the source's VOI (Window Center/Width, VOI LUT) so that
+    # side by side the only difference is the suppression; "own": 0.5-99.5 percentile of the SC.
+    sc_window: Literal["source", "own"] = "source"
     institution_name: str | None = None
     node_id: str = "ribnode-1"
     # Private block "RIBNODE 1" (group 0071): AI-generated flag + provenance JSON.

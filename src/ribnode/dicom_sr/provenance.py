@@ -18,6 +18,7 @@ import pydicom
 from pydicom.sr.codedict import codes
 
 from ribnode import __version__ as RIBNODE_VERSION
+from ribnode.dicom_sr.uids import model_device_uid
 from ribnode.models.info import ModelInfo
 
 logger = logging.getLogger(__name__)
@@ -76,10 +77,12 @@ def contribution_description(
 def model_equipment(
     model: ModelInfo, purpose: str, context: ProcessingContext, description: str,
 ) -> hd.ContributingEquipment:
-    """One Contributing Equipment item for a model.
+    """One Contributing Equipment item for a model, with the model's Device UID (0018,1002):
+    IHE AIR identifies the algorithm by manufacturer, model name, software versions and Device
+    UID in this item.
 
-    ``purpose`` is ``"synthesizing"`` (109100, on the SC) or ``"processing"`` (109102, on the
-    SEG and SR).
+    ``purpose`` is ``"synthesizing"`` (109100, the suppression model on the SC) or
+    ``"processing"`` (109102, every other model item).
     """
     codes_by_purpose = {
         "synthesizing": codes.DCM.SynthesizingEquipment,
@@ -87,7 +90,7 @@ def model_equipment(
     }
     if purpose not in codes_by_purpose:
         raise ValueError(f"purpose {purpose!r} is not one of {sorted(codes_by_purpose)}")
-    return hd.ContributingEquipment(
+    item = hd.ContributingEquipment(
         manufacturer=MANUFACTURER,
         purpose_of_reference=codes_by_purpose[purpose],
         manufacturer_model_name=_lo(model.name),
@@ -97,6 +100,8 @@ def model_equipment(
         contribution_datetime=context.created,
         contribution_description=description,
     )
+    item.DeviceUID = model_device_uid(model.name, model.version, model.weights_sha256)
+    return item
 
 
 def pin_times(dataset: pydicom.Dataset, created: datetime.datetime) -> None:
@@ -210,6 +215,7 @@ def describe_standard(dataset: pydicom.Dataset) -> dict[str, Any]:
             "purpose": f"({purpose.CodeValue}, {purpose.CodingSchemeDesignator}, "
                        f"\"{purpose.CodeMeaning}\")",
             "model": str(item.get("ManufacturerModelName", "")),
+            "device_uid": str(item.get("DeviceUID", "")) or None,
             "software_versions": [str(v) for v in versions] if versions is not None else [],
             "contribution_datetime": str(item.get("ContributionDateTime", "")),
             "contribution_description": str(item.get("ContributionDescription", "")),
