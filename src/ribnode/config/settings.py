@@ -59,6 +59,10 @@ class SpoolSettings(BaseModel):
     max_wait_s: float = 600.0
     # How often the completion thread looks for quiet studies and unsent jobs, seconds.
     completion_poll_s: float = 0.5
+    # A re-sent instance already processed (same SOP Instance UID) is processed again (a
+    # "rerun" job) instead of only counted as a duplicate; ``ribnode rerun STUDY_UID`` does
+    # it on demand.
+    rerun_on_resend: bool = False
 
 
 class LedgerSettings(BaseModel):

@@ -28,7 +28,7 @@ from ribnode.node.ledger import InstanceCheck, Ledger
 from ribnode.workers.jobs import describe_radiograph
 
 if TYPE_CHECKING:
-    from ribnode.dicom_sr import OutputSet
+    from ribnode.dicom_sr import OutputSet, ResultSeries
     from ribnode.models.pipeline import PipelineOutput, RibPipeline
 
 logger = logging.getLogger(__name__)
@@ -72,10 +72,27 @@ class ModelStep:
                     time.perf_counter() - start, seg.name, seg.version, seg.weights_sha256[:12],
                     sup.name, sup.version, sup.weights_sha256[:12], self.pipeline.suppressor.steps)
 
-    def __call__(self, path: Path, settings: Settings) -> InstanceOutcome:
+    @staticmethod
+    def result_series(paths: Sequence[Path]) -> ResultSeries:
+        """The result series of a job: the views of all its instances (headers only), so that
+        every source of the job lands in one SC, one SEG and one SR series."""
+        from ribnode.dicom_sr import result_series
+
+        headers = []
+        for path in paths:
+            try:
+                headers.append(pydicom.dcmread(path, stop_before_pixels=True))
+            except (OSError, pydicom.errors.InvalidDicomError) as exc:
+                logger.warning("%s: header unreadable for the series description (%s)", path, exc)
+        return result_series(headers)
+
+    def __call__(self, path: Path, settings: Settings, series: ResultSeries | None = None,
+                 ledger: Ledger | None = None) -> InstanceOutcome:
         """Run the models on one spooled instance and build its SC, SEG and SR.
 
-        An input the models cannot take (``preprocess.InputError``) is returned in
+        ``series``: the job's result series (:meth:`result_series`); ``ledger``: where the
+        objects of earlier runs on this instance are looked up, so a re-run names what it
+        replaces. An input the models cannot take (``preprocess.InputError``) is returned in
         ``check.error``: permanent, retrying cannot fix the file. A missing file raises
         ``OSError`` (transient: the spool may be on a share that is not mounted yet).
         """
@@ -92,9 +109,14 @@ class ModelStep:
         except (InputError, pydicom.errors.InvalidDicomError) as exc:
             return InstanceOutcome(
                 InstanceCheck(error=f"cannot decode {path.name}: {type(exc).__name__}: {exc}"))
+        previous = None
+        if ledger is not None:
+            from ribnode.node.delivery_ledger import DeliveryLedger
+
+            previous = DeliveryLedger(ledger).earlier_outputs(str(source.SOPInstanceUID))
         try:
             outputs = build_outputs(source, output.segmentation, output.suppression,
-                                    settings.outputs)
+                                    settings.outputs, series=series, previous=previous)
         except ValueError as exc:  # a source dicom_sr cannot derive from (named in the message)
             return InstanceOutcome(InstanceCheck(
                 error=f"cannot build outputs for {path.name}: {exc}"))
