@@ -256,7 +256,7 @@ def build_outputs(
     segmentation: SegmentationResult,
     suppression: SuppressionResult,
     settings: OutputSettings,
-    created: datetime.datetime | None = None,
+    created: datetime.datetime | Mapping[str, datetime.datetime] | None = None,
     series: ResultSeries | None = None,
     previous: Mapping[str, Sequence[Mapping[str, str]]] | None = None,
 ) -> OutputSet:
@@ -267,26 +267,36 @@ def build_outputs(
     ``sop_instance_uid``, ``series_instance_uid``, ``study_instance_uid``, ``sop_class_uid``);
     the new SR names the newest other SR in its Predecessor Documents Sequence, and every
     provenance record lists what it replaces.
+
+    ``created`` (default: now) stamps the objects (Instance Creation, Content, Series and
+    Contribution date/time); a mapping gives a time per kind ("sc", "seg", "sr"; missing: now),
+    so that an object whose UID an earlier run already made is written with that run's time and
+    is byte-identical to it (``workers.pipeline_step``).
     """
     source_uid = _check_inputs(source, segmentation, suppression)
     series = series if series is not None else result_series([source])
     keys = content_keys(source, segmentation, suppression, settings, series)
     source = _source_header(source)
-    created = created if created is not None else datetime.datetime.now().astimezone()
-    context = ProcessingContext(
-        created=created, node_id=settings.node_id,
-        content_qualification=settings.content_qualification,
-        institution_name=settings.institution_name,
-    )
+    now = datetime.datetime.now().astimezone()
+    times = dict(created) if isinstance(created, Mapping) else {}
+    default = created if isinstance(created, datetime.datetime) else now
+    context = {
+        kind: ProcessingContext(
+            created=times.get(kind, default), node_id=settings.node_id,
+            content_qualification=settings.content_qualification,
+            institution_name=settings.institution_name,
+        )
+        for kind in ("sc", "seg", "sr")
+    }
     own_sr = content_uid(keys["sr"], "sr")
     sc_uids, seg_uids, sr_uids = output_uids(
         keys, segmentation, suppression, series, _predecessor(previous, "sr", own_sr)
     )
-    sc = sc_module.build_sc(source, suppression, segmentation, settings, context, sc_uids)
-    seg = seg_module.build_seg(source, segmentation, context, seg_uids)
-    sr = sr_module.build_sr(source, seg, sc, segmentation, suppression, context, sr_uids)
+    sc = sc_module.build_sc(source, suppression, segmentation, settings, context["sc"], sc_uids)
+    seg = seg_module.build_seg(source, segmentation, context["seg"], seg_uids)
+    sr = sr_module.build_sr(source, seg, sc, segmentation, suppression, context["sr"], sr_uids)
     provenance = {
-        kind: _record(kind, dataset, source_uid, segmentation, suppression, created)
+        kind: _record(kind, dataset, source_uid, segmentation, suppression, context[kind].created)
         for kind, dataset in (("sc", sc), ("seg", seg), ("sr", sr))
     }
     measurements = sr_module.measure_all(source, segmentation, suppression)

@@ -12,16 +12,18 @@ module global.
 
 from __future__ import annotations
 
+import datetime
 import errno
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pydicom
 import pydicom.errors
+import pydicom.valuerep
 
 from ribnode.config.settings import ModelSettings, Settings
 from ribnode.node.ledger import InstanceCheck, Ledger
@@ -29,6 +31,7 @@ from ribnode.workers.jobs import describe_radiograph
 
 if TYPE_CHECKING:
     from ribnode.dicom_sr import OutputSet, ResultSeries
+    from ribnode.models.info import SegmentationResult, SuppressionResult
     from ribnode.models.pipeline import PipelineOutput, RibPipeline
 
 logger = logging.getLogger(__name__)
@@ -96,7 +99,6 @@ class ModelStep:
         ``check.error``: permanent, retrying cannot fix the file. A missing file raises
         ``OSError`` (transient: the spool may be on a share that is not mounted yet).
         """
-        from ribnode.dicom_sr import build_outputs
         from ribnode.models.preprocess import InputError
 
         if not path.is_file():
@@ -109,14 +111,9 @@ class ModelStep:
         except (InputError, pydicom.errors.InvalidDicomError) as exc:
             return InstanceOutcome(
                 InstanceCheck(error=f"cannot decode {path.name}: {type(exc).__name__}: {exc}"))
-        previous = None
-        if ledger is not None:
-            from ribnode.node.delivery_ledger import DeliveryLedger
-
-            previous = DeliveryLedger(ledger).earlier_outputs(str(source.SOPInstanceUID))
         try:
-            outputs = build_outputs(source, output.segmentation, output.suppression,
-                                    settings.outputs, series=series, previous=previous)
+            outputs = build_job_outputs(source, output.segmentation, output.suppression,
+                                        settings, series, ledger)
         except ValueError as exc:  # a source dicom_sr cannot derive from (named in the message)
             return InstanceOutcome(InstanceCheck(
                 error=f"cannot build outputs for {path.name}: {exc}"))
@@ -139,6 +136,53 @@ class ModelStep:
             return report.state
         stage_outputs(job_id, output_sets, settings, ledger)
         return export_job(job_id, settings, ledger).state
+
+
+def build_job_outputs(
+    source: pydicom.Dataset, segmentation: SegmentationResult, suppression: SuppressionResult,
+    settings: Settings, series: ResultSeries | None = None, ledger: Ledger | None = None,
+) -> OutputSet:
+    """``dicom_sr.build_outputs`` as a job calls it: in the job's result series, naming what
+    earlier runs on this source made (from the ledger), and with an earlier run's time for
+    each object it already made, so the same content is the same object, byte for byte."""
+    from ribnode.dicom_sr import build_outputs
+    from ribnode.node.delivery_ledger import DeliveryLedger
+
+    previous = (DeliveryLedger(ledger).earlier_outputs(str(source.SOPInstanceUID))
+                if ledger is not None else {})
+    outputs = build_outputs(source, segmentation, suppression, settings.outputs, series=series,
+                            previous=previous)
+    earlier = earlier_times(outputs, previous, Path(settings.export.staging_dir))
+    if earlier:
+        outputs = build_outputs(source, segmentation, suppression, settings.outputs,
+                                created=earlier, series=series, previous=previous)
+    return outputs
+
+
+def earlier_times(
+    outputs: OutputSet, previous: Mapping[str, Sequence[Mapping[str, str]]], staging: Path,
+) -> dict[str, datetime.datetime]:
+    """For each object an earlier run already made (same SOP Instance UID: same content), the
+    time it was made, read back from its staged copy (Contribution DateTime, which
+    ``dicom_sr`` pins to the run's time). Rebuilt with these times the objects are
+    byte-identical to the earlier ones, as a PACS that already holds them expects."""
+    times: dict[str, datetime.datetime] = {}
+    for kind, dataset in zip(("sc", "seg", "sr"), outputs.datasets()):
+        for record in previous.get(kind, ()):
+            if record.get("sop_instance_uid") != str(dataset.SOPInstanceUID):
+                continue
+            try:
+                staged = pydicom.dcmread(staging / record["path"], stop_before_pixels=True)
+                value = next(item.ContributionDateTime
+                             for item in staged.ContributingEquipmentSequence
+                             if "ContributionDateTime" in item)
+                times[kind] = pydicom.valuerep.DT(str(value))
+            except (OSError, KeyError, AttributeError, StopIteration, ValueError,
+                    pydicom.errors.InvalidDicomError) as exc:
+                logger.warning("earlier %s %s: its time is unreadable (%s); written anew",
+                               kind, dataset.SOPInstanceUID, exc)
+            break
+    return times
 
 
 def model_step(app: Any, settings: Settings) -> ModelStep:
