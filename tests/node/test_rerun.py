@@ -116,3 +116,20 @@ def test_serve_warns_on_all_interfaces_without_an_allow_list(
     assert (text is not None) == warned
     if warned:
         assert "WARNING" in capsys.readouterr().err
+
+
+def test_readme_pacs_example_listens_for_another_host_and_keeps_the_allow_list() -> None:
+    """Regression (issue 26, 6): the README's PACS example left the listener on 127.0.0.1, so a
+    PACS on another host could not connect."""
+    import re
+
+    import yaml
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Pointing ribnode at a real PACS", 1)[1]
+    [block] = re.findall(r"```yaml\n(.*?)```", section, flags=re.S)[:1]
+    example = yaml.safe_load(block)
+    listener = ListenerSettings(**example["listener"])
+    assert listener.bind_address == "0.0.0.0"
+    assert listener.allowed_senders and not listener.open_mode
+    assert warn_if_exposed(listener) is None
