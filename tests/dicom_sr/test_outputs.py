@@ -277,3 +277,18 @@ def test_contribution_description_names_each_parameter_once() -> None:
     assert "backend onnx" in text and "seed 7" in text
     # without the run's values, the model's own parameters are listed
     assert "steps 1" in contribution_description(model)
+
+
+def test_a_changed_source_header_changes_the_uids() -> None:
+    """What the outputs copy from the source (patient, study, nested sequences) is content too."""
+    source = synthetic_dx(rows=64, columns=64)
+    segmentation, suppression = model_inputs(source)
+    base = build_outputs(source, segmentation, suppression, OutputSettings(), created=CREATED)
+    item = pydicom.Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = "1", "99X", "a"
+    source.ProcedureCodeSequence = [item]
+    first = build_outputs(source, segmentation, suppression, OutputSettings(), created=CREATED)
+    assert first.sc.SOPInstanceUID != base.sc.SOPInstanceUID
+    item.CodeMeaning = "b"  # only inside a sequence
+    second = build_outputs(source, segmentation, suppression, OutputSettings(), created=CREATED)
+    assert second.sc.SOPInstanceUID != first.sc.SOPInstanceUID

@@ -32,6 +32,7 @@ from ribnode.dicom_sr.provenance import (
     add_private_block,
     model_record,
 )
+from ribnode import __version__ as RIBNODE_VERSION
 from ribnode.dicom_sr.uids import (
     array_digest,
     combined_sha256,
@@ -39,7 +40,6 @@ from ribnode.dicom_sr.uids import (
     content_uid,
     device_observer_uid,
 )
-from ribnode import __version__ as RIBNODE_VERSION
 from ribnode.models.info import ModelInfo, SegmentationResult, SuppressionResult
 
 logger = logging.getLogger(__name__)
@@ -144,11 +144,11 @@ def result_series(sources: Sequence[pydicom.Dataset]) -> ResultSeries:
 
 
 def _source_digest(source: pydicom.Dataset) -> str:
-    """SHA-256 of the source's header (every element but Pixel Data, and its transfer syntax):
-    what the outputs copy from it."""
+    """SHA-256 of the source's header (every element but Pixel Data, nested ones included, and
+    its transfer syntax): what the outputs copy from it."""
     parts = [
         f"{element.tag}|{element.VR}|{element.value!r}"
-        for element in source if element.tag != 0x7FE00010
+        for element in source.iterall() if element.tag != 0x7FE00010
     ]
     file_meta = getattr(source, "file_meta", None)
     parts.append(str(getattr(file_meta, "TransferSyntaxUID", "")) if file_meta is not None else "")
