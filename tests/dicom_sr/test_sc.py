@@ -75,7 +75,12 @@ def test_sc_contributing_equipment_names_the_model(dx_outputs: DxOutputs) -> Non
     for text in ("steps 4", "seed 42", "working resolution 512x512"):
         assert text in synth.ContributionDescription
     assert str(synth.ContributionDateTime).startswith("20261121010203")
-    assert "109102:ribnode rib-segmentation" in items
+    # IHE AIR 6.5.3.1: every algorithm has an item with "Processing Algorithm" and a Device UID.
+    algorithm = items["Newcode1:ribnode rib-suppression"]
+    assert algorithm.PurposeOfReferenceCodeSequence[0].CodingSchemeDesignator == "99IHE"
+    assert algorithm.DeviceUID == synth.DeviceUID
+    assert items["Newcode1:ribnode rib-segmentation"].DeviceUID != synth.DeviceUID
+    assert "99IHE" in {i.CodingSchemeDesignator for i in sc.CodingSchemeIdentificationSequence}
     assert sc.Manufacturer == "ribnode" and sc.DeviceSerialNumber == "ribnode-1"
 
 

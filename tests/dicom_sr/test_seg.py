@@ -119,7 +119,7 @@ def test_references_and_geometry(dx_outputs: DxOutputs) -> None:
     assert seg.StudyInstanceUID == source.StudyInstanceUID
     assert "SyntheticData" not in seg
     equipment = [i for i in seg.ContributingEquipmentSequence if i.Manufacturer == "ribnode"]
-    assert equipment[0].PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
+    assert equipment[0].PurposeOfReferenceCodeSequence[0].CodeValue == "Newcode1"  # IHE AIR
     assert equipment[0].DeviceUID  # IHE AIR: the algorithm's Device UID
 
 

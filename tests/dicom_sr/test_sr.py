@@ -129,4 +129,4 @@ def test_evidence_is_source_seg_and_sc(dx_outputs: DxOutputs) -> None:
     assert sr.ContentQualification == "RESEARCH"
     purposes = {i.PurposeOfReferenceCodeSequence[0].CodeValue for i in sr.ContributingEquipmentSequence
                 if i.Manufacturer == "ribnode"}
-    assert purposes == {"109102"}
+    assert purposes == {"Newcode1"}  # IHE AIR "Processing Algorithm", both models

@@ -25,6 +25,7 @@ from ribnode.dicom_sr.provenance import (
     MANUFACTURER,
     ProcessingContext,
     contribution_description,
+    declare_ihe_scheme,
     equipment_kwargs,
     model_equipment,
     pin_times,
@@ -192,19 +193,19 @@ def burned_in_annotation(source: Dataset, settings: OutputSettings) -> str:
 def _sc_equipment(
     suppression: SuppressionResult, segmentation: SegmentationResult, context: ProcessingContext,
 ) -> list[hd.ContributingEquipment]:
-    """The suppression model synthesized the image (109100); the segmentation bounded it."""
-    synthesizing = model_equipment(
-        suppression.model, "synthesizing", context,
-        contribution_description(
-            suppression.model, seed=suppression.seed, steps=suppression.steps,
-            working_size=suppression.working_size,
-        ),
+    """The suppression model synthesized the image: DICOM's Synthesizing Equipment (109100)
+    and, as for every algorithm, IHE AIR's Processing Algorithm; the segmentation bounded it."""
+    description = contribution_description(
+        suppression.model, seed=suppression.seed, steps=suppression.steps,
+        working_size=suppression.working_size,
     )
-    processing = model_equipment(
-        segmentation.model, "processing", context,
-        contribution_description(segmentation.model) + "; rib mask that bounds the suppression",
+    synthesizing = model_equipment(suppression.model, "synthesizing", context, description)
+    algorithm = model_equipment(suppression.model, "algorithm", context, description)
+    segmentation_item = model_equipment(
+        segmentation.model, "algorithm", context,
+        contribution_description(segmentation.model) + "; anatomy that bounds the suppression",
     )
-    return [synthesizing, processing]
+    return [synthesizing, algorithm, segmentation_item]
 
 
 def _sc_pixels(
@@ -320,4 +321,5 @@ def _finish_sc(
     _copy_if_present(sc, source, ("BodyPartExamined", "Laterality", "ImageLaterality"))
     _set_spacing(sc, source)
     _set_lossy_history(sc, source)
+    declare_ihe_scheme(sc)
     pin_times(sc, context.created)

@@ -24,6 +24,7 @@ from ribnode.dicom_sr.provenance import (
     ProcessingContext,
     mark_synthetic_if_source_is,
     contribution_description,
+    declare_ihe_scheme,
     equipment_kwargs,
     model_equipment,
     pin_times,
@@ -167,7 +168,7 @@ def build_seg(
         for number, (spec, _) in enumerate(present, start=1)
     ]
     equipment = model_equipment(
-        segmentation.model, "processing", context, contribution_description(segmentation.model)
+        segmentation.model, "algorithm", context, contribution_description(segmentation.model)
     )
     seg = hd.seg.Segmentation(
         source_images=[source],
@@ -186,6 +187,7 @@ def build_seg(
         **equipment_kwargs(context),
     )
     _finish_seg(seg, source, uids)
+    declare_ihe_scheme(seg)
     pin_times(seg, context.created)
     return seg
 

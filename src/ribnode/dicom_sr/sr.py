@@ -29,6 +29,7 @@ from ribnode.dicom_sr.geometry import (
 from ribnode.dicom_sr.provenance import (
     ProcessingContext,
     mark_synthetic_if_source_is,
+    IHE_SCHEME,
     contribution_description,
     equipment_kwargs,
     model_equipment,
@@ -245,9 +246,9 @@ def build_sr(
     """The TID 1500 report; evidence: the source, the SEG and the SC. UNVERIFIED, COMPLETE."""
     report = measurement_report(source, seg, sc, segmentation, suppression, context, uids)
     equipment = [
-        model_equipment(segmentation.model, "processing", context,
+        model_equipment(segmentation.model, "algorithm", context,
                         contribution_description(segmentation.model)),
-        model_equipment(suppression.model, "processing", context,
+        model_equipment(suppression.model, "algorithm", context,
                         contribution_description(suppression.model, seed=suppression.seed,
                                                  steps=suppression.steps,
                                                  working_size=suppression.working_size)),
@@ -267,10 +268,16 @@ def build_sr(
         is_final=False,
         series_description=uids.series_description,
         contributing_equipment=equipment,
-        coding_schemes=[CodingSchemeIdentificationItem(
-            designator=PRIVATE_SCHEME, name="ribnode private codes",
-            responsible_organization="ribnode project",
-        )],
+        coding_schemes=[
+            CodingSchemeIdentificationItem(
+                designator=PRIVATE_SCHEME, name="ribnode private codes",
+                responsible_organization="ribnode project",
+            ),
+            CodingSchemeIdentificationItem(
+                designator=IHE_SCHEME, name="IHE placeholder codes",
+                responsible_organization="IHE Radiology (AI Results profile)",
+            ),
+        ],
         **kwargs,
     )
     mark_synthetic_if_source_is(sr, source)
