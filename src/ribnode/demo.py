@@ -413,7 +413,8 @@ def before_after_png(source_path: Path, sc: pydicom.Dataset, seg: pydicom.Datase
     after = _display(sc.pixel_array, source, radiograph.lo, radiograph.hi)
     diff = before - after
     scale = max(float(np.abs(diff).max()), 1e-6)
-    mask = np.asarray(seg.pixel_array).reshape(before.shape) > 0
+    # frame 1 is segment 1, the ribs (one frame per segment: ribs, clavicles, lung fields)
+    mask = np.asarray(seg.pixel_array).reshape(-1, *before.shape)[0] > 0
     panels = [("original", before), ("AI SYNTHETIC bone-suppressed", after),
               (f"difference (removed bone, x{1 / scale:.1f})", np.clip(diff / scale, 0, 1)),
               ("rib mask (DICOM-SEG)", mask.astype(np.float64))]

@@ -81,11 +81,34 @@ def rib_mask(rows: int, columns: int) -> np.ndarray:
     return mask
 
 
+def clavicle_mask(rows: int, columns: int) -> np.ndarray:
+    """Two short oblique bands near the top, one each side (they overlap the ribs' region)."""
+    r, c = np.mgrid[0:rows, 0:columns]
+    mask = np.zeros((rows, columns), dtype=bool)
+    for side in (-1, 1):
+        centre = rows * 0.2 - side * 0.15 * (c - columns / 2)
+        half = (c - columns / 2) * side
+        mask |= (np.abs(r - centre) < rows * 0.025) & (half > columns * 0.05) & (half < columns * 0.4)
+    return mask
+
+
+def lung_mask(rows: int, columns: int) -> np.ndarray:
+    """Two ellipses, the lung fields (the retrocardiac shadow included: they meet in the middle)."""
+    r, c = np.mgrid[0:rows, 0:columns]
+    mask = np.zeros((rows, columns), dtype=bool)
+    for centre in (columns * 0.3, columns * 0.7):
+        mask |= ((r - rows * 0.55) / (rows * 0.38)) ** 2 + ((c - centre) / (columns * 0.24)) ** 2 < 1
+    return mask
+
+
 def model_inputs(
     source: Dataset, change: int = 200, seed: int = 42, seg_model: ModelInfo = SEG_MODEL,
-    sup_model: ModelInfo = SUP_MODEL,
+    sup_model: ModelInfo = SUP_MODEL, structures: tuple[str, ...] = ("ribs", "clavicles", "lungs"),
+    steps: int = 4,
 ) -> tuple[SegmentationResult, SuppressionResult]:
-    """Segmentation and suppression results: bone-bright values lowered by ``change`` in the mask."""
+    """Segmentation and suppression results: bone-bright values lowered by ``change`` in the
+    rib mask. ``structures``: the masks the segmentation result carries (all three by default;
+    ``()`` for a model that gives the ribs only, through ``mask``)."""
     stored = source.pixel_array
     mask = rib_mask(*stored.shape)
     sign = 1 if source.PhotometricInterpretation == "MONOCHROME1" else -1
@@ -95,8 +118,11 @@ def model_inputs(
     soft_stored = soft.astype(stored.dtype)
     bone = np.zeros(stored.shape, dtype=np.float32)
     bone[mask] = change / high
-    segmentation = SegmentationResult(mask, mask.astype(np.float32), seg_model)
-    suppression = SuppressionResult(soft_stored, bone, mask, seed, 4, 512, sup_model)
+    shapes = {"ribs": mask, "clavicles": clavicle_mask(*stored.shape),
+              "lungs": lung_mask(*stored.shape)}
+    segmentation = SegmentationResult(mask, mask.astype(np.float32), seg_model,
+                                      {name: shapes[name] for name in structures})
+    suppression = SuppressionResult(soft_stored, bone, mask, seed, steps, 512, sup_model)
     return segmentation, suppression
 
 

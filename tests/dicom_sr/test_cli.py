@@ -11,6 +11,7 @@ import pytest
 
 from ribnode.dicom_sr import OutputSet
 from ribnode.dicom_sr.cli import add_commands
+from ribnode.node.orthanc import OrthancServer
 from tests.dicom_sr.inputs import SUP_MODEL
 
 
@@ -42,3 +43,25 @@ def test_provenance_text_and_missing_file(
     assert "Synthesizing Equipment" in text and SUP_MODEL.weights_sha256 in text
     args = _parse(["provenance", str(tmp_path / "absent.dcm")])
     assert args.handler(args) == 1
+
+
+def test_provenance_reads_what_the_pacs_holds_over_dicomweb(
+    dx_outputs: tuple[pydicom.Dataset, OutputSet, dict[str, Path]], orthanc: OrthancServer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Regression (issue 26, 6): ``ribnode provenance`` accepted only local files."""
+    source, outputs, paths = dx_outputs
+    for path in paths.values():
+        orthanc.upload(path)
+    base = f"{orthanc.dicomweb_url}/studies/{source.StudyInstanceUID}"
+    sc = outputs.sc
+    instance = f"{base}/series/{sc.SeriesInstanceUID}/instances/{sc.SOPInstanceUID}"
+    args = _parse(["provenance", "--json", instance, f"{base}/series/{outputs.sr.SeriesInstanceUID}"])
+    assert args.handler(args) == 0
+    infos = json.loads(capsys.readouterr().out)
+    assert [info["modality"] for info in infos] == ["OT", "SR"]
+    assert infos[0]["private_record"]["sop_instance_uid"] == sc.SOPInstanceUID
+    assert all(info["ai_equipment"][0]["device_uid"] for info in infos)
+    args = _parse(["provenance", f"{base}/series/1.2.3.4"])
+    assert args.handler(args) == 1
+    assert "cannot read" in capsys.readouterr().out

@@ -13,9 +13,8 @@ import pydicom
 import pytest
 
 from ribnode.config.settings import OutputSettings
-from ribnode.dicom_sr import OutputSet, build_outputs, derived_uid
+from ribnode.dicom_sr import OutputSet, ResultSeries, build_outputs, result_series
 from ribnode.dicom_sr.provenance import describe_standard, read_private_block
-from ribnode.dicom_sr.uids import combined_sha256
 from tests.dicom_sr.conftest import write_outputs
 from tests.dicom_sr.inputs import CREATED, SEG_MODEL, SUP_MODEL, model_inputs, synthetic_dx
 
@@ -46,9 +45,107 @@ def test_uids_stable_across_time_and_distinct_per_kind() -> None:
     assert _uids(now) == _uids(later)
     flat = [uid for pair in _uids(now) for uid in pair]
     assert len(set(flat)) == 6
-    both = combined_sha256(SEG_MODEL.weights_sha256, SUP_MODEL.weights_sha256)
-    assert now.sc.SOPInstanceUID == derived_uid(source.SOPInstanceUID, both, "sc")
-    assert now.seg.SOPInstanceUID == derived_uid(source.SOPInstanceUID, SEG_MODEL.weights_sha256, "seg")
+
+
+def _with(suppression: object, **changes: object) -> object:
+    return dataclasses.replace(suppression, **changes)  # type: ignore[type-var]
+
+
+def _variants(source: pydicom.Dataset) -> dict[str, tuple[object, object, OutputSettings]]:
+    """One change at a time of everything that changes the objects' bytes."""
+    segmentation, suppression = model_inputs(source)
+    base = OutputSettings()
+    other_pixels = suppression.soft_stored.copy()
+    other_pixels[40, 40] += 1
+    seg_params = dataclasses.replace(SEG_MODEL, parameters={"threshold": 0.6})
+    sup_version = dataclasses.replace(SUP_MODEL, version="1.0.1")
+    return {
+        "steps": (segmentation, _with(suppression, steps=2), base),
+        "seed": (segmentation, _with(suppression, seed=43), base),
+        "working size": (segmentation, _with(suppression, working_size=256), base),
+        "one pixel": (segmentation, _with(suppression, soft_stored=other_pixels), base),
+        "suppression version": (segmentation, _with(suppression, model=sup_version), base),
+        "segmentation parameter": (dataclasses.replace(segmentation, model=seg_params),
+                                   suppression, base),
+        "label off": (segmentation, suppression, OutputSettings(burned_in_label=False)),
+        "own window": (segmentation, suppression, OutputSettings(sc_window="own")),
+        "no private block": (segmentation, suppression, OutputSettings(private_block=False)),
+        "node id": (segmentation, suppression, OutputSettings(node_id="node-2")),
+    }
+
+
+@pytest.mark.parametrize("change", list(_variants(synthetic_dx(rows=64, columns=64))))
+def test_other_content_gets_other_uids(change: str) -> None:
+    """Regression (issue 26, 1): UIDs came from the source UID, the weights hash and the kind
+    only, so 2 sampling steps instead of 1, or the label turned on, kept the SC's UID while its
+    pixels differed, and a PACS that keeps the first copy silently hid the new result."""
+    source = synthetic_dx(rows=64, columns=64)
+    segmentation, suppression = model_inputs(source)
+    base = build_outputs(source, segmentation, suppression, OutputSettings(), created=CREATED)
+    seg2, sup2, settings = _variants(source)[change]
+    other = build_outputs(source, seg2, sup2, settings, created=CREATED)  # type: ignore[arg-type]
+    for old, new in zip(base.datasets(), other.datasets()):
+        same_bytes = _encoded(old) == _encoded(new)
+        assert (old.SOPInstanceUID == new.SOPInstanceUID) == same_bytes, (change, old.Modality)
+    assert other.sc.SOPInstanceUID != base.sc.SOPInstanceUID or change == "segmentation parameter"
+    assert other.sr.SOPInstanceUID != base.sr.SOPInstanceUID
+    assert other.sr.SeriesInstanceUID != base.sr.SeriesInstanceUID or change in ("seed", "one pixel")
+
+
+def _encoded(dataset: pydicom.Dataset) -> bytes:
+    from io import BytesIO
+
+    buffer = BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_sources_of_a_study_share_one_series_per_kind() -> None:
+    """Regression (issue 26, 5): a 3-image study gave nine series, three each numbered 9901,
+    9902 and 9903 with identical descriptions."""
+    sources = [synthetic_dx(rows=64, columns=64, seed=0) for _ in range(3)]
+    for index, source in enumerate(sources):
+        source.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.{index + 1}"
+        source.InstanceNumber = index + 1
+    sources[2].ViewPosition = "LL"
+    series = result_series(sources)
+    assert series == ResultSeries(("LL", "PA"))
+    sets = [build_outputs(s, *model_inputs(s), OutputSettings(), created=CREATED, series=series)
+            for s in sources]
+    for kind in range(3):
+        datasets = [output.datasets()[kind] for output in sets]
+        assert len({d.SeriesInstanceUID for d in datasets}) == 1
+        assert len({d.SOPInstanceUID for d in datasets}) == 3
+        assert [int(d.InstanceNumber) for d in datasets] == [1, 2, 3]
+        assert datasets[0].SeriesDescription.endswith(" LL, PA")
+    numbers = [int(d.SeriesNumber) for d in sets[0].datasets()]
+    assert numbers == [9901, 9902, 9903]
+    descriptions = {d.SeriesDescription for d in sets[0].datasets()}
+    assert len(descriptions) == 3
+
+
+def test_a_rerun_names_what_it_replaces() -> None:
+    source = synthetic_dx(rows=64, columns=64)
+    segmentation, suppression = model_inputs(source)
+    first = build_outputs(source, segmentation, suppression, OutputSettings(), created=CREATED)
+    previous = {kind: [{"sop_instance_uid": str(d.SOPInstanceUID),
+                        "series_instance_uid": str(d.SeriesInstanceUID),
+                        "study_instance_uid": str(d.StudyInstanceUID),
+                        "sop_class_uid": str(d.SOPClassUID)}]
+                for kind, d in zip(("sc", "seg", "sr"), first.datasets())}
+    again = build_outputs(source, segmentation, _with(suppression, steps=1), OutputSettings(),
+                          created=CREATED, previous=previous)
+    item = again.sr.PredecessorDocumentsSequence[0]
+    assert item.StudyInstanceUID == source.StudyInstanceUID
+    assert item.ReferencedSeriesSequence[0].SeriesInstanceUID == first.sr.SeriesInstanceUID
+    assert item.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == \
+        first.sr.SOPInstanceUID
+    assert again.provenance["sc"]["replaces"] == first.sc.SOPInstanceUID
+    assert again.provenance["seg"]["replaces"] is None  # the same SEG: nothing replaced
+    # The same run again names the same predecessor, so it stays byte-identical.
+    same = build_outputs(source, segmentation, _with(suppression, steps=1), OutputSettings(),
+                         created=CREATED, previous={"sr": [again.provenance["sr"], *previous["sr"]]})
+    assert _encoded(same.sr) == _encoded(again.sr)
 
 
 def test_new_weights_give_new_uids() -> None:
@@ -180,3 +277,18 @@ def test_contribution_description_names_each_parameter_once() -> None:
     assert "backend onnx" in text and "seed 7" in text
     # without the run's values, the model's own parameters are listed
     assert "steps 1" in contribution_description(model)
+
+
+def test_a_changed_source_header_changes_the_uids() -> None:
+    """What the outputs copy from the source (patient, study, nested sequences) is content too."""
+    source = synthetic_dx(rows=64, columns=64)
+    segmentation, suppression = model_inputs(source)
+    base = build_outputs(source, segmentation, suppression, OutputSettings(), created=CREATED)
+    item = pydicom.Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = "1", "99X", "a"
+    source.ProcedureCodeSequence = [item]
+    first = build_outputs(source, segmentation, suppression, OutputSettings(), created=CREATED)
+    assert first.sc.SOPInstanceUID != base.sc.SOPInstanceUID
+    item.CodeMeaning = "b"  # only inside a sequence
+    second = build_outputs(source, segmentation, suppression, OutputSettings(), created=CREATED)
+    assert second.sc.SOPInstanceUID != first.sc.SOPInstanceUID

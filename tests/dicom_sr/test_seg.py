@@ -1,4 +1,5 @@
-"""DICOM-SEG of the ribs: BINARY, on the source matrix, with the algorithm identified."""
+"""DICOM-SEG of the chest anatomy: one BINARY segment per structure (ribs, clavicles, lung
+fields), each with its SNOMED CT type, on the source matrix, with the algorithm identified."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pydicom.uid import generate_uid
 from ribnode.config.settings import OutputSettings
 from ribnode.dicom_sr import OutputSet, build_outputs
 from tests.dicom_sr.conftest import write_outputs
+from ribnode.dicom_sr.seg import SEGMENTS
 from tests.dicom_sr.inputs import CREATED, model_inputs, synthetic_dx
 from tests.dicom_sr.validation import assert_valid_and_explained as assert_valid
 from tests.peers.fixtures import assert_dicom_valid
@@ -23,7 +25,8 @@ DxOutputs = tuple[pydicom.Dataset, OutputSet, dict[str, Path]]
 def test_seg_is_valid_without_warnings_of_its_own(dx_outputs: DxOutputs) -> None:
     _, _, paths = dx_outputs
     warnings = assert_valid(paths["seg"])
-    assert not [w for w in warnings if "RIBNODE" not in w and "Unrecognized tag" not in w], warnings
+    assert not [w for w in warnings if "RIBNODE" not in w and "Unrecognized tag" not in w
+                and "DeviceUID" not in w], warnings
 
 
 def test_mask_round_trip(dx_outputs: DxOutputs) -> None:
@@ -32,28 +35,72 @@ def test_mask_round_trip(dx_outputs: DxOutputs) -> None:
     seg = hd.seg.Segmentation.from_dataset(pydicom.dcmread(paths["seg"]))
     assert seg.SegmentationType == "BINARY"
     assert (seg.Rows, seg.Columns) == (source.Rows, source.Columns)
-    assert seg.NumberOfFrames == 1
+    assert seg.NumberOfFrames == 3  # one frame per segment
     pixels = seg.get_pixels_by_source_instance(
-        source_sop_instance_uids=[source.SOPInstanceUID], segment_numbers=[1]
+        source_sop_instance_uids=[source.SOPInstanceUID], segment_numbers=[1, 2, 3]
     )
-    np.testing.assert_array_equal(pixels[0, :, :, 0].astype(bool), segmentation.mask)
-    np.testing.assert_array_equal(pydicom.dcmread(paths["seg"]).pixel_array.astype(bool), segmentation.mask)
+    for index, name in enumerate(("ribs", "clavicles", "lungs")):
+        np.testing.assert_array_equal(pixels[0, :, :, index].astype(bool),
+                                      segmentation.structures[name], err_msg=name)
 
 
-def test_segment_description(dx_outputs: DxOutputs) -> None:
-    _, _, paths = dx_outputs
+# SNOMED CT codes as pydicom's dictionary has them (codes.SCT.Rib, .Clavicle, .Lung).
+EXPECTED_SEGMENTS = [
+    (1, "Ribs", "113197003", "Rib"),
+    (2, "Clavicles", "51299004", "Clavicle"),
+    (3, "Lung fields", "39607008", "Lung"),
+]
+
+
+def test_segment_descriptions(dx_outputs: DxOutputs) -> None:
+    from pydicom.sr.codedict import codes
+
+    assert [s.property_type.value for s in SEGMENTS] == [
+        codes.SCT.Rib.value, codes.SCT.Clavicle.value, codes.SCT.Lung.value]
+    _, outputs, paths = dx_outputs
     seg = pydicom.dcmread(paths["seg"])
-    segment = seg.SegmentSequence[0]
-    assert segment.SegmentLabel == "Ribs" and segment.SegmentNumber == 1
-    assert segment.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "91723000"
-    assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == "113197003"
-    assert segment.SegmentAlgorithmType == "AUTOMATIC"
-    algorithm = segment.SegmentationAlgorithmIdentificationSequence[0]
-    assert algorithm.AlgorithmFamilyCodeSequence[0].CodeValue == "123110"
-    assert algorithm.AlgorithmName == "ribnode rib-segmentation"
-    assert algorithm.AlgorithmVersion == "1.0.0"
-    assert "threshold=0.5" in algorithm.AlgorithmParameters
-    assert "a1" * 32 in algorithm.AlgorithmParameters
+    found = [(int(s.SegmentNumber), s.SegmentLabel, s.SegmentedPropertyTypeCodeSequence[0].CodeValue,
+              s.SegmentedPropertyTypeCodeSequence[0].CodeMeaning) for s in seg.SegmentSequence]
+    assert found == EXPECTED_SEGMENTS
+    sr_tracking = {g.tracking_identifier: g.tracking_uid for g in hd.sr.Comprehensive3DSR.from_dataset(
+        outputs.sr).content.get_planar_roi_measurement_groups()}
+    for segment in seg.SegmentSequence:
+        assert segment.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "91723000"
+        modifier = segment.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence
+        assert modifier[0].CodeValue == "51440002"  # right and left
+        assert segment.SegmentAlgorithmType == "AUTOMATIC"
+        algorithm = segment.SegmentationAlgorithmIdentificationSequence[0]
+        assert algorithm.AlgorithmFamilyCodeSequence[0].CodeValue == "123110"
+        assert algorithm.AlgorithmName == "ribnode rib-segmentation"
+        assert algorithm.AlgorithmVersion == "1.0.0"
+        assert "threshold=0.5" in algorithm.AlgorithmParameters
+        assert "a1" * 32 in algorithm.AlgorithmParameters
+        # IHE AIR: the segment and the SR's measurement group share tracking ID and UID.
+        assert segment.TrackingID == segment.SegmentLabel
+        assert sr_tracking[segment.TrackingID] == segment.TrackingUID
+
+
+@pytest.mark.parametrize("structures", [(), ("ribs",), ("clavicles",), ("ribs", "lungs")])
+def test_one_segment_per_structure_present(structures: tuple[str, ...], tmp_path: Path) -> None:
+    """Until the model outputs all three, the SEG carries the ribs (from ``mask`` when the
+    result has no "ribs") and whatever else is present, in the fixed order."""
+    source = synthetic_dx(rows=64, columns=64)
+    segmentation, suppression = model_inputs(source, structures=structures)
+    outputs = build_outputs(source, segmentation, suppression, OutputSettings(), created=CREATED)
+    paths = write_outputs(outputs, tmp_path)
+    assert_valid(paths["seg"])
+    assert_valid(paths["sr"])
+    labels = [s.SegmentLabel for s in pydicom.dcmread(paths["seg"]).SegmentSequence]
+    expected = ["Ribs"] + [label for name, label in (("clavicles", "Clavicles"),
+                                                     ("lungs", "Lung fields")) if name in structures]
+    assert labels == expected
+    read = hd.seg.segread(paths["seg"])
+    pixels = read.get_pixels_by_source_instance(
+        source_sop_instance_uids=[source.SOPInstanceUID],
+        segment_numbers=list(range(1, len(expected) + 1)))
+    np.testing.assert_array_equal(pixels[0, :, :, 0].astype(bool), segmentation.mask)
+    groups = hd.sr.Comprehensive3DSR.from_dataset(outputs.sr).content.get_planar_roi_measurement_groups()
+    assert [g.tracking_identifier for g in groups] == expected
 
 
 def test_references_and_geometry(dx_outputs: DxOutputs) -> None:
@@ -62,17 +109,18 @@ def test_references_and_geometry(dx_outputs: DxOutputs) -> None:
     series = seg.ReferencedSeriesSequence[0]
     assert series.SeriesInstanceUID == source.SeriesInstanceUID
     assert series.ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
-    frame = seg.PerFrameFunctionalGroupsSequence[0]
-    derivation = frame.DerivationImageSequence[0].SourceImageSequence[0]
-    assert derivation.ReferencedSOPInstanceUID == source.SOPInstanceUID
-    assert "PlanePositionSequence" not in frame
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        derivation = frame.DerivationImageSequence[0].SourceImageSequence[0]
+        assert derivation.ReferencedSOPInstanceUID == source.SOPInstanceUID
+        assert "PlanePositionSequence" not in frame
     assert "FrameOfReferenceUID" not in seg
     # Imager Pixel Spacing only: no Pixel Measures (no calibrated spacing in the patient).
     assert "PixelMeasuresSequence" not in seg.SharedFunctionalGroupsSequence[0]
     assert seg.StudyInstanceUID == source.StudyInstanceUID
     assert "SyntheticData" not in seg
     equipment = [i for i in seg.ContributingEquipmentSequence if i.Manufacturer == "ribnode"]
-    assert equipment[0].PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
+    assert equipment[0].PurposeOfReferenceCodeSequence[0].CodeValue == "Newcode1"  # IHE AIR
+    assert equipment[0].DeviceUID  # IHE AIR: the algorithm's Device UID
 
 
 @pytest.mark.parametrize("spacing", ["pixel", "imager", "zero", "none"])
@@ -136,7 +184,7 @@ def test_empty_mask_still_writes_one_frame(tmp_path: Path) -> None:
     paths = write_outputs(outputs, tmp_path)
     for path in paths.values():
         assert_valid(path)
-    assert pydicom.dcmread(paths["seg"]).NumberOfFrames == 1
+    assert pydicom.dcmread(paths["seg"]).NumberOfFrames == 1  # the ribs only: no structures
 
 
 def test_mask_shape_is_checked() -> None:

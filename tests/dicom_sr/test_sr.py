@@ -23,7 +23,8 @@ def test_sr_is_valid(dx_outputs: DxOutputs) -> None:
     _, _, paths = dx_outputs
     warnings = assert_valid(paths["sr"])
     # The only warnings: ribnode's private coding scheme and private tags, both declared.
-    own = [w for w in warnings if "99RIBNODE" not in w and "Unrecognized tag" not in w]
+    own = [w for w in warnings if "99RIBNODE" not in w and "Unrecognized tag" not in w
+           and "DeviceUID" not in w]
     assert not own, own
 
 
@@ -52,24 +53,54 @@ def test_dsrdump_prints_the_tree(dx_outputs: DxOutputs) -> None:
         assert expected in text, f"{expected!r} not in dsrdump output:\n{text}"
 
 
-def test_measurements_read_back(dx_outputs: DxOutputs) -> None:
+def test_measurements_cover_each_structure(dx_outputs: DxOutputs) -> None:
     source, outputs, paths = dx_outputs
     segmentation, suppression = model_inputs(source)
     sr = hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(paths["sr"]))
     groups = sr.content.get_planar_roi_measurement_groups()
-    assert len(groups) == 1
-    values = {m.name.meaning: (m.value, m.unit.value) for m in groups[0].get_measurements()}
-    area_mm2 = segmentation.mask.sum() * 0.2 * 0.2
-    assert values["Area"][0] == pytest.approx(area_mm2)
-    assert values["Area"][1] == "mm2"
-    assert values["Bone signal removed"][0] == pytest.approx(
-        float(np.mean(suppression.bone[segmentation.mask])), rel=1e-6)
-    assert values["Bone signal removed"][1] == "1"
-    reference = groups[0].referenced_segmentation_frame
-    assert reference is not None
-    sop = reference[0].ReferencedSOPSequence[0]
-    assert sop.ReferencedSOPInstanceUID == outputs.seg.SOPInstanceUID
-    assert [int(sop.ReferencedFrameNumber)] == [1]
+    expected = [("ribs", "Ribs", "113197003"), ("clavicles", "Clavicles", "51299004"),
+                ("lungs", "Lung fields", "39607008")]
+    assert [g.tracking_identifier for g in groups] == [label for _, label, _ in expected]
+    for frame, (group, (name, label, code)) in enumerate(zip(groups, expected), start=1):
+        mask = segmentation.structures[name]
+        assert group.finding_type.value == code
+        values = {m.name.meaning: (m.value, m.unit.value) for m in group.get_measurements()}
+        assert values["Area"][0] == pytest.approx(mask.sum() * 0.2 * 0.2), name
+        assert values["Area"][1] == "mm2"
+        assert values["Bone signal removed"][0] == pytest.approx(
+            float(np.mean(suppression.bone[mask])), rel=1e-6), name
+        assert values["Bone signal removed"][1] == "1"
+        reference = group.referenced_segmentation_frame
+        assert reference is not None
+        sop = reference[0].ReferencedSOPSequence[0]
+        assert sop.ReferencedSOPInstanceUID == outputs.seg.SOPInstanceUID
+        assert [int(sop.ReferencedFrameNumber)] == [frame]  # the segment's own frame
+    structures = outputs.provenance["sr"]["structures"]
+    assert sorted(structures) == ["clavicles", "lungs", "ribs"]
+
+
+@pytest.mark.parametrize(
+    ("spacing", "magnification", "factor", "method"),
+    [
+        ("imager", None, 0.2 * 0.2, "RN0004"),  # detector plane, not corrected
+        ("imager", 1.1, 0.2 * 0.2 / 1.21, "RN0003"),  # isocenter: about 21 % smaller
+        ("pixel", 1.1, 0.15 * 0.15, "RN0002"),  # the source's calibrated Pixel Spacing
+    ],
+)
+def test_area_states_its_plane(
+    spacing: str, magnification: float | None, factor: float, method: str,
+) -> None:
+    """Regression: the area used the detector-plane Imager Pixel Spacing even with an
+    Estimated Radiographic Magnification Factor, about 21 % too large, and named no plane."""
+    source = synthetic_dx(rows=64, columns=64, spacing=spacing)
+    if magnification is not None:
+        source.EstimatedRadiographicMagnificationFactor = magnification
+    segmentation, suppression = model_inputs(source)
+    outputs = build_outputs(source, segmentation, suppression, OutputSettings(), created=CREATED)
+    group = hd.sr.Comprehensive3DSR.from_dataset(outputs.sr).content.get_planar_roi_measurement_groups()[0]
+    area = [m for m in group.get_measurements() if m.name.meaning == "Area"][0]
+    assert area.value == pytest.approx(segmentation.mask.sum() * factor)
+    assert area.method is not None and area.method.value == method
 
 
 def test_area_in_pixels_without_spacing() -> None:
@@ -98,4 +129,4 @@ def test_evidence_is_source_seg_and_sc(dx_outputs: DxOutputs) -> None:
     assert sr.ContentQualification == "RESEARCH"
     purposes = {i.PurposeOfReferenceCodeSequence[0].CodeValue for i in sr.ContributingEquipmentSequence
                 if i.Manufacturer == "ribnode"}
-    assert purposes == {"109102"}
+    assert purposes == {"Newcode1"}  # IHE AIR "Processing Algorithm", both models

@@ -31,7 +31,8 @@ def test_synthetic_study_outputs(tmp_path: Path, photometric: str, pixel_spacing
     soft_stored = radiograph.subtract_layer(bone, region)
     segmentation = SegmentationResult(region, region.astype(np.float32), SEG_MODEL)
     suppression = SuppressionResult(soft_stored, bone.astype(np.float32), region, 7, 4, 256, SUP_MODEL)
-    outputs = build_outputs(source, segmentation, suppression, OutputSettings(), created=CREATED)
+    outputs = build_outputs(source, segmentation, suppression, OutputSettings(burned_in_label=False),
+                            created=CREATED)
     paths = write_outputs(outputs, tmp_path / "out")
     for written in paths.values():
         assert_valid(written)

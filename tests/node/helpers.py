@@ -193,7 +193,11 @@ class ValidationStep:
     def __init__(self, settings: Settings) -> None:
         self.models = settings.models.model_copy(deep=True)
 
-    def __call__(self, path: Path, settings: Settings) -> Any:
+    @staticmethod
+    def result_series(paths: Any) -> None:
+        return None
+
+    def __call__(self, path: Path, settings: Settings, *args: Any) -> Any:
         from ribnode.workers.jobs import process_instance
         from ribnode.workers.pipeline_step import InstanceOutcome
 

@@ -61,6 +61,9 @@ def test_orthanc_round_trip(tmp_path: Path, orthanc_factory, rg1_files: dict[str
     settings = make_settings(tmp_path, port, **{
         "export.destinations": [{"name": "pacs", "kind": "stow", "url": pacs.dicomweb_url}],
         "export.staging_dir": str(tmp_path / "outputs"),
+        # Orthanc's preview stretches each image's min..max; the burned-in mark (on by default)
+        # adds the extremes and would rescale the whole SC preview. Its own tests: test_sc.py.
+        "outputs.burned_in_label": False,
     })
     ledger = Ledger(settings.ledger.url)
     jobs: list[JobRef] = []

@@ -28,11 +28,20 @@ from tests.peers.fixtures import assert_dicom_valid, dsrdump, free_port
 WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "src/ribnode/models/weights"
 SHIPPED = (WEIGHTS_DIR / "rib-segmentation.onnx", WEIGHTS_DIR / "rib-suppression.onnx")
 WEIGHT_ENV = ("RIBNODE_MODELS__SEGMENTATION_WEIGHTS", "RIBNODE_MODELS__SUPPRESSION_WEIGHTS")
+#: Series Description of each kind, before the source views it names (" PA", " LL, PA").
 AI_DESCRIPTIONS = {
     "sc": "AI SYNTHETIC bone-suppressed (not original)",
-    "seg": "AI rib segmentation",
-    "sr": "AI rib measurements (TID 1500)",
+    "seg": "AI chest anatomy segmentation",
+    "sr": "AI chest anatomy measurements (TID 1500)",
 }
+
+
+def ai_kind(description: str) -> str | None:
+    """The kind ("sc", "seg", "sr") of a result series by its description, or None."""
+    for kind, base in AI_DESCRIPTIONS.items():
+        if description == base or description.startswith(base + " "):
+            return kind
+    return None
 STEPS = 2  # few sampling steps: the loop is under test here, not the model's quality
 
 

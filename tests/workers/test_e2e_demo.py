@@ -30,7 +30,7 @@ def _demo(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str]
 def _check_outputs(out: Path, stdout: str) -> None:
     datasets = {kind: check_object(out / f"{kind}.dcm", kind) for kind in ("sc", "seg", "sr")}
     for kind, ds in datasets.items():
-        assert ds.SeriesDescription == AI_DESCRIPTIONS[kind]
+        assert ds.SeriesDescription.startswith(AI_DESCRIPTIONS[kind] + " ")
     study = {str(ds.StudyInstanceUID) for ds in datasets.values()}
     assert len(study) == 1 and study.pop() in stdout
     png = Image.open(out / "before-after.png")
@@ -57,7 +57,7 @@ def test_demo_with_orthanc_shows_the_series_in_the_study(tmp_path: Path) -> None
     _check_outputs(out, result.stdout)
     listing = result.stdout.split("Orthanc (")[-1]
     for description in AI_DESCRIPTIONS.values():
-        assert f'"{description}"' in listing
+        assert f'"{description} ' in listing
     assert str(pydicom.dcmread(out / "sc.dcm").StudyInstanceUID) in listing
 
 

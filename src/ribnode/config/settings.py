@@ -59,6 +59,10 @@ class SpoolSettings(BaseModel):
     max_wait_s: float = 600.0
     # How often the completion thread looks for quiet studies and unsent jobs, seconds.
     completion_poll_s: float = 0.5
+    # A re-sent instance already processed (same SOP Instance UID) is processed again (a
+    # "rerun" job) instead of only counted as a duplicate; ``ribnode rerun STUDY_UID`` does
+    # it on demand.
+    rerun_on_resend: bool = False
 
 
 class LedgerSettings(BaseModel):
@@ -119,7 +123,11 @@ class OutputSettings(BaseModel):
     """The DICOM objects written back (dicom_sr)."""
 
     content_qualification: Literal["RESEARCH", "PRODUCT", "SERVICE"] = "RESEARCH"
-    burned_in_label: bool = False
+    # Burned-in "AI SYNTHETIC" corner mark on the SC (Burned In Annotation says YES when on).
+    burned_in_label: bool = True
+    # Window of the SC: "source" copies the source's VOI (Window Center/Width, VOI LUT) so that
+    # side by side the only difference is the suppression; "own": 0.5-99.5 percentile of the SC.
+    sc_window: Literal["source", "own"] = "source"
     institution_name: str | None = None
     node_id: str = "ribnode-1"
     # Private block "RIBNODE 1" (group 0071): AI-generated flag + provenance JSON.

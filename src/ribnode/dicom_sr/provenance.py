@@ -18,6 +18,7 @@ import pydicom
 from pydicom.sr.codedict import codes
 
 from ribnode import __version__ as RIBNODE_VERSION
+from ribnode.dicom_sr.uids import model_device_uid
 from ribnode.models.info import ModelInfo
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,15 @@ PRIVATE_PROVENANCE = 0x02  # UT JSON, the object's provenance record
 
 _LO_MAX = 64
 _ST_MAX = 1024
+
+#: IHE AIR (Rev 1.1, 6.5.3.1 General Result Encoding Requirements): the Purpose of Reference of
+#: the Contributing Equipment item that describes each algorithm. "Newcode1" in IHE's private
+#: scheme 99IHE is the profile's placeholder until DICOM assigns a code; declared in each
+#: object's Coding Scheme Identification Sequence (:func:`declare_ihe_scheme`).
+AIR_PROCESSING_ALGORITHM = hd.sr.CodedConcept("Newcode1", "99IHE", "Processing Algorithm")
+IHE_SCHEME = "99IHE"
+#: Purposes of Reference of ribnode's model items, as ``describe_standard`` recognises them.
+MODEL_PURPOSES = ("109100", "Newcode1")
 
 
 @dataclass(frozen=True)
@@ -76,20 +86,24 @@ def contribution_description(
 def model_equipment(
     model: ModelInfo, purpose: str, context: ProcessingContext, description: str,
 ) -> hd.ContributingEquipment:
-    """One Contributing Equipment item for a model.
+    """One Contributing Equipment item for a model, with the model's Device UID (0018,1002):
+    IHE AIR identifies the algorithm by manufacturer, model name, software versions and Device
+    UID in this item.
 
-    ``purpose`` is ``"synthesizing"`` (109100, on the SC) or ``"processing"`` (109102, on the
-    SEG and SR).
+    ``purpose`` is ``"algorithm"`` (IHE AIR's "Processing Algorithm", every model on every
+    object) or ``"synthesizing"`` (109100, DICOM's Synthesizing Equipment: the suppression
+    model on the SC once more, so that the standard term for synthetic content is there too).
     """
     codes_by_purpose = {
         "synthesizing": codes.DCM.SynthesizingEquipment,
-        "processing": codes.DCM.ProcessingEquipment,
+        "algorithm": AIR_PROCESSING_ALGORITHM,
     }
     if purpose not in codes_by_purpose:
         raise ValueError(f"purpose {purpose!r} is not one of {sorted(codes_by_purpose)}")
-    return hd.ContributingEquipment(
+    # highdicom accepts only CID 7005 terms; AIR's code is set on the item afterwards.
+    item = hd.ContributingEquipment(
         manufacturer=MANUFACTURER,
-        purpose_of_reference=codes_by_purpose[purpose],
+        purpose_of_reference=codes.DCM.ProcessingEquipment,
         manufacturer_model_name=_lo(model.name),
         software_versions=[_lo(model.version), _lo(context.software_version)],
         device_serial_number=_lo(context.node_id),
@@ -97,6 +111,24 @@ def model_equipment(
         contribution_datetime=context.created,
         contribution_description=description,
     )
+    item.PurposeOfReferenceCodeSequence = [hd.sr.CodedConcept(
+        codes_by_purpose[purpose].value, codes_by_purpose[purpose].scheme_designator,
+        codes_by_purpose[purpose].meaning)]
+    item.DeviceUID = model_device_uid(model.name, model.version, model.weights_sha256)
+    return item
+
+
+def declare_ihe_scheme(dataset: pydicom.Dataset) -> None:
+    """Coding Scheme Identification Sequence (SOP Common, PS3.3 C.12.1.1.4) item for 99IHE,
+    the scheme of AIR's Purpose of Reference code, unless already declared."""
+    items = list(dataset.get("CodingSchemeIdentificationSequence", []))
+    if any(item.get("CodingSchemeDesignator") == IHE_SCHEME for item in items):
+        return
+    item = pydicom.Dataset()
+    item.CodingSchemeDesignator = IHE_SCHEME
+    item.CodingSchemeName = "IHE placeholder codes"
+    item.CodingSchemeResponsibleOrganization = "IHE Radiology (AI Results profile)"
+    dataset.CodingSchemeIdentificationSequence = [*items, item]
 
 
 def pin_times(dataset: pydicom.Dataset, created: datetime.datetime) -> None:
@@ -203,13 +235,14 @@ def describe_standard(dataset: pydicom.Dataset) -> dict[str, Any]:
     equipment = []
     for item in dataset.get("ContributingEquipmentSequence", []):
         purpose = item.PurposeOfReferenceCodeSequence[0]
-        if purpose.CodeValue not in ("109100", "109102") or item.get("Manufacturer") != MANUFACTURER:
+        if purpose.CodeValue not in MODEL_PURPOSES or item.get("Manufacturer") != MANUFACTURER:
             continue
         versions = item.get("SoftwareVersions")
         equipment.append({
             "purpose": f"({purpose.CodeValue}, {purpose.CodingSchemeDesignator}, "
                        f"\"{purpose.CodeMeaning}\")",
             "model": str(item.get("ManufacturerModelName", "")),
+            "device_uid": str(item.get("DeviceUID", "")) or None,
             "software_versions": [str(v) for v in versions] if versions is not None else [],
             "contribution_datetime": str(item.get("ContributionDateTime", "")),
             "contribution_description": str(item.get("ContributionDescription", "")),

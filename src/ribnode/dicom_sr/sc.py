@@ -25,6 +25,7 @@ from ribnode.dicom_sr.provenance import (
     MANUFACTURER,
     ProcessingContext,
     contribution_description,
+    declare_ihe_scheme,
     equipment_kwargs,
     model_equipment,
     pin_times,
@@ -35,6 +36,10 @@ logger = logging.getLogger(__name__)
 
 SERIES_NUMBER = 9901
 SERIES_DESCRIPTION = "AI SYNTHETIC bone-suppressed (not original)"
+#: What the suppression does, when its model json names no ``derivation`` parameter.
+DEFAULT_DERIVATION = (
+    "rib and clavicle shadows attenuated inside the lung fields; not an acquired radiograph"
+)
 
 #: Source image for image processing operation (PS3.16 CID 7202).
 PURPOSE_SOURCE_FOR_PROCESSING = hd.sr.CodedConcept(
@@ -51,10 +56,11 @@ LOSSY_SYNTAXES = frozenset({
 
 @dataclass(frozen=True)
 class ScUids:
-    """Series and SOP Instance UID of the SC."""
+    """Series and SOP Instance UID of the SC, and its series' description."""
 
     series_instance_uid: str
     sop_instance_uid: str
+    series_description: str = SERIES_DESCRIPTION
 
 
 def check_pixels(source: Dataset, pixels: np.ndarray) -> tuple[int, bool]:
@@ -95,14 +101,20 @@ def window_for(pixels: np.ndarray, slope: float, intercept: float) -> tuple[floa
     return float((low + high) / 2.0), width
 
 
+def derivation_text(suppression: SuppressionResult) -> str:
+    """What the suppression did, from the model's own json (``derivation``), else the default."""
+    text = suppression.model.parameters.get("derivation")
+    return str(text).strip() if text else DEFAULT_DERIVATION
+
+
 def derivation_description(suppression: SuppressionResult) -> str:
     """Derivation Description (ST): what was done, by which model, and that it is not real."""
     model = suppression.model
     return (
         f"AI bone suppression ({model.name} v{model.version}, weights "
         f"sha256:{model.weights_sha256[:16]}, {suppression.steps} steps, seed {suppression.seed}): "
-        "ribs and clavicles removed; not an acquired radiograph"
-    )
+        f"{derivation_text(suppression)}"
+    )[:1024]
 
 
 def _source_image_item(source: Dataset) -> Dataset:
@@ -147,6 +159,16 @@ def _set_lossy_history(sc: Dataset, source: Dataset) -> None:
 
 
 def _set_spacing(sc: Dataset, source: Dataset) -> None:
+    """Pixel Spacing and the Basic Pixel Spacing Calibration macro (PS3.3 10.7) of the SC.
+
+    The SC is pixel-aligned with the source, so its spacing is the source's, in the plane
+    ``geometry.source_spacing`` chose: the source's calibrated Pixel Spacing (its calibration
+    type and description copied), Imager Pixel Spacing corrected by the Estimated Radiographic
+    Magnification Factor (GEOMETRY), or Imager Pixel Spacing at the detector plane (no type,
+    which neither GEOMETRY nor FIDUCIAL describes, and so no description either: the macro allows
+    it only with a type). Image Comments states the plane in every case. No spacing: no Pixel
+    Spacing.
+    """
     spacing = source_spacing(source)
     if spacing is None:
         return
@@ -154,34 +176,43 @@ def _set_spacing(sc: Dataset, source: Dataset) -> None:
         pydicom.valuerep.DSfloat(spacing.row_mm, auto_format=True),
         pydicom.valuerep.DSfloat(spacing.col_mm, auto_format=True),
     ]
-    # From Imager Pixel Spacing the value is at the detector plane (PS3.3 10.7.1.1). The
-    # Basic Pixel Spacing Calibration macro cannot say so: its description is only allowed
-    # with a Calibration Type (GEOMETRY/FIDUCIAL), neither of which applies. The provenance
-    # record and docs/dicom-conformance.md state it.
+    if spacing.calibration_type is not None:
+        sc.PixelSpacingCalibrationType = spacing.calibration_type
+        if spacing.calibration_description:
+            sc.PixelSpacingCalibrationDescription = spacing.calibration_description[:64]
+    sc.ImageComments = f"Pixel Spacing: {spacing.plane_description}"
+
+
+def burned_in_annotation(source: Dataset, settings: OutputSettings) -> str:
+    """YES when the label is burned in, or when the source's pixels (copied outside the lung
+    fields) already carry burned-in annotation; NO otherwise (General Image module, PS3.3 C.7.6.1)."""
+    source_has = str(source.get("BurnedInAnnotation", "") or "").upper() == "YES"
+    return "YES" if settings.burned_in_label or source_has else "NO"
 
 
 def _sc_equipment(
     suppression: SuppressionResult, segmentation: SegmentationResult, context: ProcessingContext,
 ) -> list[hd.ContributingEquipment]:
-    """The suppression model synthesized the image (109100); the segmentation bounded it."""
-    synthesizing = model_equipment(
-        suppression.model, "synthesizing", context,
-        contribution_description(
-            suppression.model, seed=suppression.seed, steps=suppression.steps,
-            working_size=suppression.working_size,
-        ),
+    """The suppression model synthesized the image: DICOM's Synthesizing Equipment (109100)
+    and, as for every algorithm, IHE AIR's Processing Algorithm; the segmentation bounded it."""
+    description = contribution_description(
+        suppression.model, seed=suppression.seed, steps=suppression.steps,
+        working_size=suppression.working_size,
     )
-    processing = model_equipment(
-        segmentation.model, "processing", context,
-        contribution_description(segmentation.model) + "; rib mask that bounds the suppression",
+    synthesizing = model_equipment(suppression.model, "synthesizing", context, description)
+    algorithm = model_equipment(suppression.model, "algorithm", context, description)
+    segmentation_item = model_equipment(
+        segmentation.model, "algorithm", context,
+        contribution_description(segmentation.model) + "; anatomy that bounds the suppression",
     )
-    return [synthesizing, processing]
+    return [synthesizing, algorithm, segmentation_item]
 
 
 def _sc_pixels(
     source: Dataset, suppression: SuppressionResult, settings: OutputSettings,
 ) -> tuple[np.ndarray, int, bool, tuple[float, float]]:
-    """Pixels to write (label burned in if asked), bits stored, signedness and the window."""
+    """Pixels to write (label burned in if asked), bits stored, signedness and the output's own
+    window (used only when ``outputs.sc_window`` is "own" or the source has none)."""
     bits_stored, signed = check_pixels(source, suppression.soft_stored)
     photometric = str(source.PhotometricInterpretation)
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
@@ -216,10 +247,29 @@ def build_sc(
         # are copied as received, so this is logged with the source UID, not a Python warning.
         logger.info("source %s: %s", source.SOPInstanceUID, warning.message)
     _finish_sc(sc, source, suppression, settings, context, bits_stored, signed)
+    _set_window(sc, source, settings, center, width)
+    return sc
+
+
+#: VOI LUT module attributes (PS3.3 C.11.2) copied from the source by default.
+_SOURCE_VOI = ("WindowCenter", "WindowWidth", "WindowCenterWidthExplanation", "VOILUTFunction",
+               "VOILUTSequence")
+
+
+def _set_window(
+    sc: Dataset, source: Dataset, settings: OutputSettings, center: float, width: float,
+) -> None:
+    """The source's own window by default, so that beside the original the only difference a
+    reader sees is the suppression; the output's own window when ``outputs.sc_window`` is
+    "own", or when the source has none."""
+    if settings.sc_window == "source" and ("WindowCenter" in source or "VOILUTSequence" in source):
+        for keyword in _SOURCE_VOI:
+            if keyword in source:
+                sc[keyword] = source[keyword]
+        return
     sc.WindowCenter = pydicom.valuerep.DSfloat(center, auto_format=True)
     sc.WindowWidth = pydicom.valuerep.DSfloat(width, auto_format=True)
     sc.WindowCenterWidthExplanation = "ribnode: 0.5-99.5 percentile of the output"
-    return sc
 
 
 def _sc_image(
@@ -240,7 +290,7 @@ def _sc_image(
         patient_orientation=("L", "F"),  # replaced by the source's own value in _finish_sc
         transfer_syntax_uid=pydicom.uid.ExplicitVRLittleEndian,
         contributing_equipment=_sc_equipment(suppression, segmentation, context),
-        series_description=SERIES_DESCRIPTION,
+        series_description=uids.series_description,
         **equipment_kwargs(context),
     )
 
@@ -265,10 +315,11 @@ def _finish_sc(
     sc.TimeOfSecondaryCapture = pydicom.valuerep.TM(context.created.time().replace(tzinfo=None))
     sc.SourceImageSequence = [_source_image_item(source)]
     sc.DerivationDescription = derivation_description(suppression)
-    sc.BurnedInAnnotation = "YES" if settings.burned_in_label else "NO"
+    sc.BurnedInAnnotation = burned_in_annotation(source, settings)
     # Type 2: the source's value, or present and empty when the source has none.
     sc["PatientOrientation"].value = source.get("PatientOrientation") or None
     _copy_if_present(sc, source, ("BodyPartExamined", "Laterality", "ImageLaterality"))
     _set_spacing(sc, source)
     _set_lossy_history(sc, source)
+    declare_ihe_scheme(sc)
     pin_times(sc, context.created)

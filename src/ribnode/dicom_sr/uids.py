@@ -1,23 +1,32 @@
-"""Deterministic UIDs for the objects ribnode writes back.
+"""UIDs that follow content: one UID per content, a new UID for any other content.
 
-A re-run of the same models on the same source instance must *replace* its earlier results in
-the PACS, never add a second copy, so every Series and SOP Instance UID is a pure function of
-(source SOP Instance UID, weights sha256, object kind): ``pydicom.uid.generate_uid`` hashes the
-entropy sources (SHA-512) into a decimal suffix under pydicom's root
-``1.2.826.0.1.3680043.8.498.`` (PS3.5 9.1; 64 characters at most).
+Every SOP Instance UID is a pure function of a *content key*: a SHA-256 over everything that
+changes the object's bytes (the source's header, the models' names, versions, weights and
+parameters, the run's seed, steps and working size, the result arrays themselves, the output
+settings and the ribnode version; ``ribnode.dicom_sr.outputs.content_keys``). The same inputs and
+settings give the same UIDs (a re-sent object is the same object); anything else gives new ones,
+so a PACS that keeps the first copy of a UID can never hide a changed result behind it.
+
+``pydicom.uid.generate_uid`` hashes the entropy sources (SHA-512) into a decimal suffix under
+pydicom's root ``1.2.826.0.1.3680043.8.498.`` (PS3.5 9.1; 64 characters at most).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
+from collections.abc import Mapping
+from typing import Any
 
+import numpy as np
 from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
 
 logger = logging.getLogger(__name__)
 
-#: Object kinds with a UID of their own. ``*.series`` kinds are Series Instance UIDs.
+#: Object kinds with a UID of their own. ``*.series`` kinds are Series Instance UIDs;
+#: ``sr.tracking.<structure>`` (one per segment) is checked by prefix.
 KINDS = (
     "sc",
     "sc.series",
@@ -30,34 +39,43 @@ KINDS = (
 )
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 
-def _check_uid(value: str) -> None:
-    if not value or len(value) > 64 or not _UID.match(value):
-        raise ValueError(f"source SOP Instance UID {value!r} is not a valid DICOM UID")
-
-
-def _check_sha(value: str) -> None:
+def _check_sha(value: str, what: str = "content key") -> None:
     if not _SHA256.match(value):
-        raise ValueError(f"weights sha256 {value!r} is not 64 lowercase hex digits")
+        raise ValueError(f"{what} {value!r} is not 64 lowercase hex digits")
 
 
-def derived_uid(source_sop_instance_uid: str, weights_sha256: str, kind: str) -> str:
-    """UID of one output object: the same inputs give the same UID, a new kind a new one.
-
-    ``kind`` is one of :data:`KINDS` (``"sc"``, ``"seg.series"``, ...).
-    """
-    _check_uid(source_sop_instance_uid)
-    _check_sha(weights_sha256)
-    if kind not in KINDS:
+def _check_kind(kind: str) -> None:
+    base = kind if not kind.startswith("sr.tracking.") else "sr.tracking"
+    if base not in KINDS:
         raise ValueError(f"UID kind {kind!r} is not one of {', '.join(KINDS)}")
-    return str(
-        generate_uid(
-            prefix=PYDICOM_ROOT_UID,
-            entropy_srcs=[source_sop_instance_uid, weights_sha256, kind],
-        )
-    )
+
+
+def content_key(parts: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of ``parts`` as canonical JSON (sorted keys): the identity of a content."""
+    text = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def array_digest(*arrays: np.ndarray) -> str:
+    """SHA-256 (hex) of arrays: shape, dtype and every byte, so any changed pixel changes it."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        contiguous = np.ascontiguousarray(array)
+        digest.update(f"{contiguous.shape}|{contiguous.dtype.str}|".encode("ascii"))
+        digest.update(contiguous.tobytes())
+    return digest.hexdigest()
+
+
+def content_uid(key: str, kind: str) -> str:
+    """UID of one object (or series) of ``kind`` whose content key is ``key``.
+
+    ``kind`` is one of :data:`KINDS`; the same key under two kinds gives two UIDs.
+    """
+    _check_sha(key)
+    _check_kind(kind)
+    return str(generate_uid(prefix=PYDICOM_ROOT_UID, entropy_srcs=[key, kind]))
 
 
 def combined_sha256(*weights_sha256: str) -> str:
@@ -66,11 +84,19 @@ def combined_sha256(*weights_sha256: str) -> str:
     The order matters and is fixed by the caller (segmentation first, then suppression).
     """
     for value in weights_sha256:
-        _check_sha(value)
+        _check_sha(value, "weights sha256")
     return hashlib.sha256(":".join(weights_sha256).encode("ascii")).hexdigest()
 
 
 def device_observer_uid(weights_sha256: str) -> str:
-    """Device Observer UID (TID 1004) of the model: it changes exactly when the weights change."""
-    _check_sha(weights_sha256)
+    """Device Observer UID (TID 1004) of the models: it changes exactly when the weights change."""
+    _check_sha(weights_sha256, "weights sha256")
     return str(generate_uid(prefix=PYDICOM_ROOT_UID, entropy_srcs=["device", weights_sha256]))
+
+
+def model_device_uid(name: str, version: str, weights_sha256: str) -> str:
+    """Device UID (0018,1002) of one model in Contributing Equipment: one UID per name, version
+    and weights (IHE AIR identifies the algorithm by it)."""
+    _check_sha(weights_sha256, "weights sha256")
+    return str(generate_uid(prefix=PYDICOM_ROOT_UID,
+                            entropy_srcs=["model-device", name, version, weights_sha256]))

@@ -41,6 +41,50 @@ def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=status_command)
     _add_resend(sub)
+    _add_rerun(sub)
+
+
+def _add_rerun(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """``ribnode rerun STUDY_UID``: process a study again on purpose."""
+    rerun = sub.add_parser(
+        "rerun", help="process a study again on purpose (new settings or models)",
+        description=(
+            "Put every processed instance of a study back to pending: the running `ribnode "
+            "serve` makes a 'rerun' job of them after the quiet period. Objects whose content "
+            "changed get new UIDs in new series and name what they replace; unchanged objects "
+            "keep their UIDs. Re-sending the study from the PACS does not do this unless "
+            "spool.rerun_on_resend is on."
+        ),
+    )
+    rerun.add_argument("study_uid", metavar="STUDY_UID", help="Study Instance UID")
+    rerun.add_argument("--ledger-url", help="SQLAlchemy URL of the ledger (ledger.url)")
+    rerun.set_defaults(handler=rerun_command)
+
+
+def rerun_command(args: argparse.Namespace) -> int:
+    """``ribnode rerun STUDY_UID``: exit 0 when instances were put back, 1 when the study had
+    none to rerun, 2 when the ledger refuses (unknown study, a job still running)."""
+    from ribnode.node.ledger import AuditEventName, Ledger, LedgerError
+
+    settings = _settings(args)
+    ledger = Ledger(settings.ledger.url)
+    try:
+        count = ledger.request_rerun(args.study_uid)
+        if count:
+            ledger.audit(AuditEventName.APPLICATION_ACTIVITY,
+                         detail=f"rerun requested: {args.study_uid}")
+    except LedgerError as exc:
+        print(f"ribnode rerun: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        ledger.dispose()
+    if not count:
+        print(f"ribnode rerun: study {args.study_uid} has no processed instance to rerun",
+              file=sys.stderr)
+        return 1
+    print(f"study {args.study_uid}: {count} instance(s) pending again; `ribnode serve` makes a "
+          f"job of them after the quiet period ({settings.spool.quiet_period_s:g} s)")
+    return 0
 
 
 def _add_resend(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -101,6 +145,7 @@ def _serve(settings: Any) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    warn_if_exposed(settings.listener)
     with DicomListener(settings, ledger, spool, routing) as listener, completion:
         ledger.audit(AuditEventName.APPLICATION_ACTIVITY, detail="ribnode serve started")
         print(f"ribnode serve: {settings.listener.ae_title} listening on "
@@ -108,6 +153,28 @@ def _serve(settings: Any) -> int:
         stop.wait()
     ledger.audit(AuditEventName.APPLICATION_ACTIVITY, detail="ribnode serve stopped")
     return 0
+
+
+ALL_INTERFACES = ("0.0.0.0", "::", "", "*")
+
+
+def warn_if_exposed(listener: Any) -> str | None:
+    """Warn loudly (log and stderr) when the listener binds to every interface without an
+    allow-list: with ``open_mode`` anyone on the network may store; without it every caller is
+    refused, so the PACS cannot connect either. Returns the warning, or None."""
+    if str(listener.bind_address).strip() not in ALL_INTERFACES:
+        return None
+    if listener.allowed_senders and not listener.open_mode:
+        return None
+    consequence = ("open_mode is on: ANY host on the network may store instances"
+                   if listener.open_mode else
+                   "every association will be refused, the PACS's included")
+    text = (f"WARNING: listening on all interfaces ({listener.bind_address}) without a "
+            f"sender allow-list: {consequence}. List the PACS's AE title and host in "
+            "listener.allowed_senders (and leave open_mode off).")
+    logger.warning(text)
+    print(f"ribnode serve: {text}", file=sys.stderr, flush=True)
+    return text
 
 
 def status_command(args: argparse.Namespace) -> int:

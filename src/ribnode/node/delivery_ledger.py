@@ -111,6 +111,30 @@ class DeliveryLedger:
         with self.ledger.session() as s:
             return list(s.scalars(query))
 
+    def earlier_outputs(self, source_sop_instance_uid: str) -> dict[str, list[dict[str, str]]]:
+        """What earlier runs made from one source instance, by kind, newest first: each with
+        ``sop_instance_uid``, ``series_instance_uid``, ``study_instance_uid`` (from the staged
+        path ``<Study>/<Series>/<SOP>.dcm``), ``sop_class_uid`` (of the kind) and ``path``
+        (relative to ``export.staging_dir``). A re-run's objects name what they replace
+        (``dicom_sr.build_outputs(previous=...)``)."""
+        classes = {"sc": "1.2.840.10008.5.1.4.1.1.7", "seg": "1.2.840.10008.5.1.4.1.1.66.4",
+                   "sr": "1.2.840.10008.5.1.4.1.1.88.34"}
+        query = (select(OutputObject)
+                 .where(OutputObject.source_sop_instance_uid == source_sop_instance_uid)
+                 .order_by(OutputObject.created_at.desc(), OutputObject.id.desc()))
+        found: dict[str, list[dict[str, str]]] = {}
+        with self.ledger.session() as s:
+            for row in s.scalars(query):
+                parts = row.path.replace("\\", "/").split("/")
+                if len(parts) < 3 or row.kind not in classes:
+                    continue
+                found.setdefault(row.kind, []).append({
+                    "sop_instance_uid": row.sop_instance_uid, "series_instance_uid": parts[-2],
+                    "study_instance_uid": parts[-3], "sop_class_uid": classes[row.kind],
+                    "path": row.path,
+                })
+        return found
+
     # -- deliveries -----------------------------------------------------------------------
     def ensure(self, job_id: int, destinations: Sequence[str]) -> list[DeliveryRef]:
         """Create a pending delivery for each destination that has none yet; all of the job's."""

@@ -350,6 +350,34 @@ class Ledger:
         due = min(min(last + quiet, oldest + wait) for last, oldest in rows)
         return (due - utcnow()).total_seconds()
 
+    def request_rerun(self, study_instance_uid: str, sop_instance_uids: Sequence[str] | None = None) -> int:
+        """Process a study (or some of its instances) again on purpose (``ribnode rerun``,
+        ``spool.rerun_on_resend``): its routed, already dispatched instances go back to
+        "pending" and the study is due after the quiet period, so the completion thread makes a
+        "rerun" job of them. Returns how many instances were put back.
+
+        Raises :class:`LedgerError` for an unknown study, or while a job of the study is not
+        finished (its instances are still being worked on)."""
+        with self._write() as s:
+            study = s.scalar(select(Study).where(Study.study_instance_uid == study_instance_uid))
+            if study is None:
+                raise LedgerError(f"no study {study_instance_uid!r} in the ledger")
+            busy = list(s.scalars(select(Job.id).where(
+                Job.study_id == study.id, Job.state.not_in([str(t) for t in TERMINAL_JOB_STATES]))))
+            if busy:
+                raise LedgerError(f"study {study_instance_uid} has unfinished job(s) {busy}; "
+                                  "rerun it when they are done")
+            query = select(Instance).where(Instance.study_id == study.id,
+                                           Instance.state == InstanceState.DISPATCHED)
+            if sop_instance_uids is not None:
+                query = query.where(Instance.sop_instance_uid.in_(list(sop_instance_uids)))
+            instances = list(s.scalars(query))
+            for inst in instances:
+                inst.state = InstanceState.PENDING  # job_id kept: create_job sees a rerun
+            if instances:
+                study.last_received_at = utcnow()
+            return len(instances)
+
     def create_job(self, study_id: int, model_versions: dict[str, str]) -> JobRef | None:
         """Make a job of the study's pending instances (committed before it is enqueued).
 
@@ -368,14 +396,18 @@ class Ledger:
             if not pending:
                 return None
             previous = s.scalar(select(func.count(Job.id)).where(Job.study_id == study_id))
+            # An instance that was in a job before is pending again on purpose (request_rerun):
+            # the same instances and models make a new job, told apart by the job count.
+            rerun = any(i.job_id is not None for i in pending)
             key = idempotency_key(
-                study.study_instance_uid, [i.sop_instance_uid for i in pending], model_versions
+                study.study_instance_uid, [i.sop_instance_uid for i in pending],
+                {**model_versions, "rerun": str(previous)} if rerun else model_versions,
             )
             now = utcnow()
             job = Job(
                 study_id=study_id,
                 idempotency_key=key,
-                kind="follow-up" if previous else "initial",
+                kind="rerun" if rerun else "follow-up" if previous else "initial",
                 state=JobState.RECEIVED,
                 created_at=now,
                 updated_at=now,

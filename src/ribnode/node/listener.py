@@ -36,7 +36,7 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 
 from ribnode.config.settings import AllowedSender, ListenerSettings, Settings
-from ribnode.node.ledger import AuditEventName, AuditOutcome, Ledger, ReceivedInstance
+from ribnode.node.ledger import AuditEventName, AuditOutcome, Ledger, LedgerError, ReceivedInstance
 from ribnode.node.routing import RoutingRule
 from ribnode.node.spool import Spool
 
@@ -131,6 +131,8 @@ class StoreContext:
     spool: Spool
     ledger: Ledger
     routing: RoutingRule
+    # ``spool.rerun_on_resend``: a re-sent, already processed instance is processed again.
+    rerun_on_resend: bool = False
     # Per association: {study uid: [count, {sop classes}]}, flushed to the audit on release.
     transfers: dict[int, dict[str, list[Any]]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -229,6 +231,18 @@ def handle_c_store(event: Event, ctx: StoreContext) -> int:
         return OUT_OF_RESOURCES
 
 
+def _rerun_resent(ctx: StoreContext, study_uid: str, sop_uid: str) -> None:
+    """``spool.rerun_on_resend``: put a re-sent instance up for processing again (the spool
+    already holds it). Refused while its study has an unfinished job: logged, not raised."""
+    try:
+        count = ctx.ledger.request_rerun(study_uid, [sop_uid])
+    except LedgerError as exc:
+        logger.warning("re-sent %s not rerun: %s", sop_uid, exc)
+        return
+    if count:
+        logger.info("re-sent %s of study %s: processed again (rerun_on_resend)", sop_uid, study_uid)
+
+
 def _store(event: Event, ctx: StoreContext) -> int:
     calling = str(event.assoc.requestor.ae_title).strip()
     try:
@@ -242,6 +256,8 @@ def _store(event: Event, ctx: StoreContext) -> int:
         if ctx.ledger.is_known(sop_uid):
             ctx.ledger.count_duplicate(sop_uid)
             logger.info("duplicate SOP Instance UID %s from %s: counted, not stored again", sop_uid, calling)
+            if ctx.rerun_on_resend:
+                _rerun_resent(ctx, study_uid, sop_uid)
             return SUCCESS
         data = event.encoded_dataset()
         path = ctx.spool.write(study_uid, sop_uid, data)
@@ -331,6 +347,7 @@ class DicomListener:
             spool=spool or Spool(settings.spool.directory),
             ledger=ledger,
             routing=routing or RoutingRule(settings.routing.rules),
+            rerun_on_resend=settings.spool.rerun_on_resend,
         )
         self._server: ThreadedAssociationServer | None = None
         self._thread: threading.Thread | None = None

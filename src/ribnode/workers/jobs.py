@@ -112,11 +112,13 @@ def _check_all(instances: list[SpooledInstance], spool: Spool, settings: Setting
     errors and the objects built."""
     errors: list[str] = []
     output_sets: list[OutputSet] = []
+    # One SC, SEG and SR series for all the job's sources (docs/dicom-conformance.md 2.1).
+    series = step.result_series([spool.path(i.path) for i in instances]) if step else None
     for inst in instances:
         if step is None:
             check = process_instance(spool.path(inst.path), settings)
         else:
-            outcome = step(spool.path(inst.path), settings)
+            outcome = step(spool.path(inst.path), settings, series, ledger)
             check = outcome.check
             if outcome.outputs is not None:
                 output_sets.append(outcome.outputs)

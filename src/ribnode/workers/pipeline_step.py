@@ -12,23 +12,26 @@ module global.
 
 from __future__ import annotations
 
+import datetime
 import errno
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pydicom
 import pydicom.errors
+import pydicom.valuerep
 
 from ribnode.config.settings import ModelSettings, Settings
 from ribnode.node.ledger import InstanceCheck, Ledger
 from ribnode.workers.jobs import describe_radiograph
 
 if TYPE_CHECKING:
-    from ribnode.dicom_sr import OutputSet
+    from ribnode.dicom_sr import OutputSet, ResultSeries
+    from ribnode.models.info import SegmentationResult, SuppressionResult
     from ribnode.models.pipeline import PipelineOutput, RibPipeline
 
 logger = logging.getLogger(__name__)
@@ -72,14 +75,30 @@ class ModelStep:
                     time.perf_counter() - start, seg.name, seg.version, seg.weights_sha256[:12],
                     sup.name, sup.version, sup.weights_sha256[:12], self.pipeline.suppressor.steps)
 
-    def __call__(self, path: Path, settings: Settings) -> InstanceOutcome:
+    @staticmethod
+    def result_series(paths: Sequence[Path]) -> ResultSeries:
+        """The result series of a job: the views of all its instances (headers only), so that
+        every source of the job lands in one SC, one SEG and one SR series."""
+        from ribnode.dicom_sr import result_series
+
+        headers = []
+        for path in paths:
+            try:
+                headers.append(pydicom.dcmread(path, stop_before_pixels=True))
+            except (OSError, pydicom.errors.InvalidDicomError) as exc:
+                logger.warning("%s: header unreadable for the series description (%s)", path, exc)
+        return result_series(headers)
+
+    def __call__(self, path: Path, settings: Settings, series: ResultSeries | None = None,
+                 ledger: Ledger | None = None) -> InstanceOutcome:
         """Run the models on one spooled instance and build its SC, SEG and SR.
 
-        An input the models cannot take (``preprocess.InputError``) is returned in
+        ``series``: the job's result series (:meth:`result_series`); ``ledger``: where the
+        objects of earlier runs on this instance are looked up, so a re-run names what it
+        replaces. An input the models cannot take (``preprocess.InputError``) is returned in
         ``check.error``: permanent, retrying cannot fix the file. A missing file raises
         ``OSError`` (transient: the spool may be on a share that is not mounted yet).
         """
-        from ribnode.dicom_sr import build_outputs
         from ribnode.models.preprocess import InputError
 
         if not path.is_file():
@@ -93,8 +112,8 @@ class ModelStep:
             return InstanceOutcome(
                 InstanceCheck(error=f"cannot decode {path.name}: {type(exc).__name__}: {exc}"))
         try:
-            outputs = build_outputs(source, output.segmentation, output.suppression,
-                                    settings.outputs)
+            outputs = build_job_outputs(source, output.segmentation, output.suppression,
+                                        settings, series, ledger)
         except ValueError as exc:  # a source dicom_sr cannot derive from (named in the message)
             return InstanceOutcome(InstanceCheck(
                 error=f"cannot build outputs for {path.name}: {exc}"))
@@ -117,6 +136,53 @@ class ModelStep:
             return report.state
         stage_outputs(job_id, output_sets, settings, ledger)
         return export_job(job_id, settings, ledger).state
+
+
+def build_job_outputs(
+    source: pydicom.Dataset, segmentation: SegmentationResult, suppression: SuppressionResult,
+    settings: Settings, series: ResultSeries | None = None, ledger: Ledger | None = None,
+) -> OutputSet:
+    """``dicom_sr.build_outputs`` as a job calls it: in the job's result series, naming what
+    earlier runs on this source made (from the ledger), and with an earlier run's time for
+    each object it already made, so the same content is the same object, byte for byte."""
+    from ribnode.dicom_sr import build_outputs
+    from ribnode.node.delivery_ledger import DeliveryLedger
+
+    previous = (DeliveryLedger(ledger).earlier_outputs(str(source.SOPInstanceUID))
+                if ledger is not None else {})
+    outputs = build_outputs(source, segmentation, suppression, settings.outputs, series=series,
+                            previous=previous)
+    earlier = earlier_times(outputs, previous, Path(settings.export.staging_dir))
+    if earlier:
+        outputs = build_outputs(source, segmentation, suppression, settings.outputs,
+                                created=earlier, series=series, previous=previous)
+    return outputs
+
+
+def earlier_times(
+    outputs: OutputSet, previous: Mapping[str, Sequence[Mapping[str, str]]], staging: Path,
+) -> dict[str, datetime.datetime]:
+    """For each object an earlier run already made (same SOP Instance UID: same content), the
+    time it was made, read back from its staged copy (Contribution DateTime, which
+    ``dicom_sr`` pins to the run's time). Rebuilt with these times the objects are
+    byte-identical to the earlier ones, as a PACS that already holds them expects."""
+    times: dict[str, datetime.datetime] = {}
+    for kind, dataset in zip(("sc", "seg", "sr"), outputs.datasets()):
+        for record in previous.get(kind, ()):
+            if record.get("sop_instance_uid") != str(dataset.SOPInstanceUID):
+                continue
+            try:
+                staged = pydicom.dcmread(staging / record["path"], stop_before_pixels=True)
+                value = next(item.ContributionDateTime
+                             for item in staged.ContributingEquipmentSequence
+                             if "ContributionDateTime" in item)
+                times[kind] = pydicom.valuerep.DT(str(value))
+            except (OSError, KeyError, AttributeError, StopIteration, ValueError,
+                    pydicom.errors.InvalidDicomError) as exc:
+                logger.warning("earlier %s %s: its time is unreadable (%s); written anew",
+                               kind, dataset.SOPInstanceUID, exc)
+            break
+    return times
 
 
 def model_step(app: Any, settings: Settings) -> ModelStep:
