@@ -19,7 +19,6 @@ import pytest
 from PIL import Image
 
 from ribnode.models.preprocess import dilate_mask
-from ribnode.models.suppression.data import region_radius
 from ribnode.models.synthetic import generate_chest, write_dicom_study
 from ribnode.node.delivery_ledger import DeliveryLedger
 from ribnode.node.ledger import JobState
@@ -125,21 +124,25 @@ def _check_study(pacs: OrthancServer, node: Node, run: dict[str, Any], tmp: Path
         assert made[kind].source_sop_instance_uid == source_uid
         assert len(made[kind].weights_sha256) == 64
 
-    # Pixels: the SC equals the source exactly outside the dilated rib mask, differs inside.
+    # Pixels: the SC equals the source exactly outside the lung fields' region, differs inside.
     sc, seg = datasets["sc"], datasets["seg"]
     original = source.pixel_array.astype(np.int32)
     suppressed = sc.pixel_array.astype(np.int32)
     assert suppressed.shape == original.shape and sc.BitsStored == source.BitsStored
     assert sc.PhotometricInterpretation == source.PhotometricInterpretation
-    mask = np.asarray(seg.pixel_array).reshape(-1, *original.shape)[0] > 0  # segment 1: ribs
-    assert mask.any(), "the rib segmentation found no ribs"
+    frames = np.asarray(seg.pixel_array).reshape(-1, *original.shape) > 0
+    labels = [str(item.SegmentLabel).lower() for item in seg.SegmentSequence]
+    assert frames[0].any(), "the rib segmentation found no ribs"
+    lungs = frames[next(i for i, label in enumerate(labels) if "lung" in label)]
     assert sc.BurnedInAnnotation == "NO"  # the mark is off in this loop (see ``loop``)
-    region = dilate_mask(mask, region_radius(mask.shape, 5.0) + 1)
+    # the region: the lung-field probability smoothed and ramped (rib-suppression json); it
+    # ends within a few pixels of the thresholded lung fields, 16 px at 512 bound it
+    region = dilate_mask(lungs, max(1, round(16 * max(lungs.shape) / 512)))
     changed = suppressed != original
     assert not changed[~region].any(), f"{int(changed[~region].sum())} pixels changed outside the mask"
     assert changed[region].any()
 
-    # Orthanc renders the SC: its preview differs from the original's only in the rib region.
+    # Orthanc renders the SC: its preview differs from the original's only in the region.
     before = _preview(pacs, run["source_id"])
     [sc_id] = [s["Instances"][0] for s in run["series"]
                if ai_kind(s["MainDicomTags"].get("SeriesDescription", "")) == "sc"]
