@@ -19,6 +19,7 @@ from torch import nn
 
 from ribnode.models.info import STRUCTURES, sha256_file
 from ribnode.models.segmentation.normalisation import NORMALISATION
+from ribnode.models.segmentation.runtime import CHEST_GATE
 from ribnode_lab.unet import UNet, UNetConfig, count_parameters, fold_batchnorm
 from ribnode_lab.train_suppression import BONE_SCALE, PERCENTILES, Estimator, build_refiner
 
@@ -79,7 +80,7 @@ def write_segmentation(model: UNet, out_dir: Path, size: int, training: dict[str
     config = {
         "name": SEG_NAME, "version": SEG_VERSION, "weights": path.name, "sha256": sha256_file(path),
         "working_size": size, "outputs": list(STRUCTURES)[: model.config.out_channels], "threshold": 0.5,
-        "normalisation": NORMALISATION,
+        "normalisation": NORMALISATION, "chest_gate": CHEST_GATE,
         "architecture": {**replace(folded.config).as_dict(), "parameters": count_parameters(model)},
         "format": {"onnx_opset": OPSET, "input": "image", "output": "logits", "onnx_torch_max_error": error},
         "labels": {"ribs": "reference masks (../shared/tools/derive_rib_masks.py, threshold 0.02)",

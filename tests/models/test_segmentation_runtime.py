@@ -50,7 +50,7 @@ def test_provider_selection() -> None:
         select_providers("cuda", ["CPUExecutionProvider"])
 
 
-def _lungs(size: int = 256, centres: tuple = ((128, 80), (128, 176)), radius: float = 45.0) -> np.ndarray:
+def _lungs(size: int = 256, centres: tuple = ((128, 76), (128, 180)), radius: float = 52.0) -> np.ndarray:
     rows, cols = np.mgrid[:size, :size]
     probability = np.zeros((size, size), np.float32)
     for r, c in centres:
@@ -65,8 +65,11 @@ def test_chest_gate_passes_two_lungs_and_names_what_is_wrong() -> None:
     assert any("right half" in r for r in one_side)
     low = chest_gate(_lungs(centres=((220, 80), (220, 176)), radius=40))
     assert any("centred" in r for r in low)
-    unsure = chest_gate(_lungs() * 0.6)
-    assert any("probability" in r for r in unsure)
+    faint = chest_gate(_lungs() * 0.6)
+    assert any("probability" in r for r in faint)
+    rng = np.random.default_rng(0)
+    speckled = np.clip(_lungs() + rng.normal(0, 0.3, (256, 256)), 0, 1).astype(np.float32)
+    assert any("unsure" in r for r in chest_gate(speckled))
 
 
 def test_check_chest_raises_not_a_chest(tiny_models: dict, tmp_path: Path) -> None:

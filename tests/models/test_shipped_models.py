@@ -67,7 +67,7 @@ def test_the_gate_refuses_an_extremity_and_non_chest_images(segmenter: RibSegmen
         segmenter.check_chest(segmenter(read_radiograph(pydicom.dcmread(rg3_files["RG3_UNCR"]))))
     rng = np.random.default_rng(0)
     rows, cols = np.mgrid[:512, :512]
-    for image in (rng.random((512, 512)), np.full((512, 512), 0.5), (rows / 511.0), np.clip(np.hypot(rows - 256, cols - 256) / 300, 0, 1)):
+    for image in (rng.random((512, 512)), rng.random((1000, 900)), np.full((512, 512), 0.5), (rows / 511.0), np.clip(np.hypot(rows - 256, cols - 256) / 300, 0, 1)):
         with pytest.raises(NotAChestError):
             segmenter.check_chest(segmenter.segment_image(np.asarray(image, np.float32)))
 
