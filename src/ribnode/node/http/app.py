@@ -273,7 +273,7 @@ class StowService:
         if part.file is None or part.path is None:
             return PartOutcome(CANNOT_UNDERSTAND, detail=part.refused)
         part.close()
-        return await run_in_threadpool(store_part, self.ctx, part.path, part.size, caller, study)
+        return await run_in_threadpool(store_part, self.ctx, part.path, caller, study)
 
 
 async def _timed(stream: AsyncIterator[bytes], timeout_s: float) -> AsyncIterator[bytes]:

@@ -109,11 +109,11 @@ def _received(ds: Dataset, path: str, size: int, caller: StowCaller, routing: Ro
     )
 
 
-def store_part(ctx: StowContext, tmp: Path, size: int, caller: StowCaller, study_uid: str | None) -> PartOutcome:
+def store_part(ctx: StowContext, tmp: Path, caller: StowCaller, study_uid: str | None) -> PartOutcome:
     """Store one received part (a closed file from ``Spool.incoming``). Never raises: any
     surprise is logged with its traceback and answered 0xA700, as C-STORE does."""
     try:
-        return _store(ctx, tmp, size, caller, study_uid)
+        return _store(ctx, tmp, caller, study_uid)
     except Exception:  # the service must stay up whatever happens
         logger.exception("unexpected error storing a STOW-RS part; answering 0xA700")
         return PartOutcome(OUT_OF_RESOURCES, detail="internal error")
@@ -121,7 +121,7 @@ def store_part(ctx: StowContext, tmp: Path, size: int, caller: StowCaller, study
         tmp.unlink(missing_ok=True)  # adopted parts were renamed away already
 
 
-def _store(ctx: StowContext, tmp: Path, size: int, caller: StowCaller, path_study: str | None) -> PartOutcome:
+def _store(ctx: StowContext, tmp: Path, caller: StowCaller, path_study: str | None) -> PartOutcome:
     try:
         ds = decode_part(tmp)
     except UndecodableError as exc:
@@ -139,6 +139,7 @@ def _store(ctx: StowContext, tmp: Path, size: int, caller: StowCaller, path_stud
             ctx.ledger.count_duplicate(sop_uid)
             logger.info("duplicate SOP Instance UID %s from %s: counted, not stored again", sop_uid, caller.sender)
             return PartOutcome(SUCCESS, duplicate=True, **ids)
+        size = tmp.stat().st_size
         path = ctx.spool.adopt(tmp, study_uid, sop_uid)
         ctx.ledger.record_instance(_received(ds, path, size, caller, ctx.routing))
     except (OSError, SQLAlchemyError) as exc:
