@@ -44,7 +44,8 @@ Event = PartStart | PartData | PartEnd
 def boundary_of(content_type: Message) -> str:
     """The ``boundary`` parameter of a parsed Content-Type header; raises MultipartError."""
     boundary = content_type.get_param("boundary")
-    if not isinstance(boundary, str) or not 1 <= len(boundary) <= 70:  # RFC 2046 5.1.1
+    # RFC 2046 5.1.1 allows 70 characters; Orthanc sends 73, so be lenient up to 200.
+    if not isinstance(boundary, str) or not 1 <= len(boundary) <= 200:
         raise MultipartError("Content-Type has no valid boundary parameter")
     return boundary
 
