@@ -64,6 +64,7 @@ logger.addHandler(logging.NullHandler())
 
 DICOM_JSON = "application/dicom+json"
 ANONYMOUS = "ANONYMOUS"
+IN_FLIGHT = 8  # parts of one request stored at once (thread pool)
 
 
 class HttpRefusal(Exception):
@@ -229,7 +230,12 @@ class StowService:
 
     async def _receive(self, request: Request, parser: MultipartParser, caller: StowCaller,
                        study: str | None, outcomes: list[PartOutcome]) -> None:
+        """Stream the body part by part. Each complete part is stored in the thread pool while
+        the next ones arrive (at most ``IN_FLIGHT`` at once per request: concurrent fsyncs share
+        the file system's journal commits); every store has finished, and ``outcomes`` holds
+        them in the order of the parts, when this returns or raises."""
         part: _Part | None = None
+        stores: list[asyncio.Future[PartOutcome]] = []
         total = 0
         try:
             async for chunk in _timed(request.stream(), self.settings.read_timeout_s):
@@ -246,11 +252,15 @@ class StowService:
                     elif isinstance(event, PartData) and part is not None:
                         self._write(part, event.data)
                     elif isinstance(event, PartEnd) and part is not None:
-                        outcomes.append(await self._finish(part, caller, study))
+                        stores.append(asyncio.ensure_future(self._finish(part, caller, study)))
                         part = None
+                        if sum(not f.done() for f in stores) >= IN_FLIGHT:
+                            await asyncio.wait([f for f in stores if not f.done()],
+                                               return_when=asyncio.FIRST_COMPLETED)
         finally:
             if part is not None:
                 part.discard()
+            outcomes.extend(await asyncio.gather(*stores))  # store_part never raises
         if not parser.done:
             raise HttpRefusal(400, f"multipart body truncated after {total} bytes (no closing boundary)")
         if not outcomes:

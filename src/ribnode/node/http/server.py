@@ -26,8 +26,8 @@ class HttpServiceError(RuntimeError):
 
 
 def uvicorn_config(app: Any, settings: HttpSettings) -> uvicorn.Config:
-    """uvicorn settings: TLS from ``http.tls_*`` (the style of ``listener.tls_*``), no logging
-    set-up of its own (entry points configure logging), no lifespan."""
+    """uvicorn settings: the httptools (C) parser, TLS from ``http.tls_*`` (the style of
+    ``listener.tls_*``), no logging set-up of its own (entry points do that), no lifespan."""
     if (settings.tls_cert is None) != (settings.tls_key is None):
         raise HttpServiceError("set http.tls_cert and http.tls_key together")
     if settings.tls_verify_client and settings.tls_ca is None:
@@ -40,7 +40,7 @@ def uvicorn_config(app: Any, settings: HttpSettings) -> uvicorn.Config:
             "ssl_ca_certs": str(settings.tls_ca) if settings.tls_ca else None,
             "ssl_cert_reqs": ssl.CERT_REQUIRED if settings.tls_verify_client else ssl.CERT_NONE,
         }
-    return uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", http="h11",
+    return uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", http="httptools",
                           timeout_keep_alive=5, timeout_graceful_shutdown=5, **tls)
 
 

@@ -141,7 +141,8 @@ def _store(ctx: StowContext, tmp: Path, caller: StowCaller, path_study: str | No
             return PartOutcome(SUCCESS, duplicate=True, **ids)
         size = tmp.stat().st_size
         path = ctx.spool.adopt(tmp, study_uid, sop_uid)
-        ctx.ledger.record_instance(_received(ds, path, size, caller, ctx.routing))
+        if not ctx.ledger.record_instance(_received(ds, path, size, caller, ctx.routing)):
+            return PartOutcome(SUCCESS, duplicate=True, **ids)  # the same instance in flight twice
     except (OSError, SQLAlchemyError) as exc:
         logger.error("STOW-RS of %s from %s failed (0xA700): %s", sop_uid, caller.sender, exc)
         return PartOutcome(OUT_OF_RESOURCES, detail=str(exc), **ids)
