@@ -78,22 +78,22 @@ class HttpSender(BaseModel):
 class HttpSettings(BaseModel):
     """The HTTP service of ``ribnode serve``: DICOMweb STOW-RS, /healthz, /readyz, /metrics."""
 
-    # HTTP port; the service is off when unset (``ribnode serve --http-port``)
+    # HTTP port; the service is off when unset (`ribnode serve --http-port`)
     port: int | None = Field(default=None, ge=0, le=65535)
     bind_address: str = "127.0.0.1"  # address the HTTP port binds to
-    # Who may store over STOW-RS; an unknown or missing credential gets 401 and a Security Alert
+    # who may store over STOW-RS; a missing or unknown credential gets 401 and a Security Alert
     senders: list[HttpSender] = Field(default_factory=list)
-    # Accept STOW-RS without credentials (sender name ANONYMOUS): for the demo only
+    # accept STOW-RS without credentials (sender name ANONYMOUS): for the demo only
     open_mode: bool = False
-    # Largest STOW-RS request body, bytes; a larger one is answered 413
+    # largest STOW-RS request body, bytes; a larger one is answered 413
     max_request_bytes: int = Field(default=4 * 1024**3, ge=1)
-    # Largest single instance (multipart part), bytes; a larger one is answered 413
+    # largest single instance (multipart part), bytes; a larger one is answered 413
     max_instance_bytes: int = Field(default=1024**3, ge=1)
-    # Longest wait for the next piece of a request body, seconds; a slower client gets 408
+    # longest wait for the next piece of a request body, seconds; a slower client gets 408
     read_timeout_s: float = Field(default=30.0, gt=0)
     # /readyz fails (503) when the spool's file system has less free space than this, bytes
     min_spool_free_bytes: int = Field(default=1024**3, ge=0)
-    # HTTPS: off when ``tls_cert`` is unset (same style as listener.tls_*)
+    # HTTPS: off when tls_cert is unset (the same settings as listener.tls_*)
     tls_cert: Path | None = None
     tls_key: Path | None = None  # PEM private key of tls_cert
     tls_ca: Path | None = None  # PEM CA bundle used to verify client certificates
