@@ -462,3 +462,21 @@ def test_service_starts_fast(tmp_path: Path) -> None:
         assert ssl  # the module is used by the TLS test
     finally:
         service.stop()
+
+
+def test_serve_with_a_taken_http_port_exits_2_naming_it(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "ribnode.yaml"
+        config.write_text(http_settings(tmp_path).model_dump_json())  # JSON is YAML
+        out = subprocess.run(
+            [sys.executable, "-m", "ribnode", "--config", str(config), "serve", "--no-dimse", "--http-port", str(port)],
+            capture_output=True, text=True, timeout=120,
+        )
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert f"cannot listen on 127.0.0.1:{port} (HTTP)" in out.stderr

@@ -148,7 +148,7 @@ class _Part:
     path: Path | None
     size: int = 0
     refused: str = ""
-    head: bytearray = field(default_factory=bytearray)  # the first bytes, until the preamble is known
+    head: bytearray | None = field(default_factory=bytearray)  # the first bytes; None once written
 
     def write(self, data: bytes) -> None:
         """Write ``data``; a part that starts with the File Meta Information (group 0002)
@@ -156,20 +156,19 @@ class _Part:
         so the spool holds PS3.10 files as C-STORE leaves them. Nothing else is changed."""
         if self.file is None:
             return
-        if self.head is not None and len(self.head) < PREAMBLE:
-            self.head += data
-            if len(self.head) < PREAMBLE:
-                return
-            data, self.head = bytes(self.head), None  # type: ignore[assignment]
-            self.file.write(_with_preamble(data))
+        if self.head is None:
+            self.file.write(data)
             return
-        self.file.write(data)
+        self.head += data
+        if len(self.head) >= PREAMBLE:
+            self.file.write(_with_preamble(bytes(self.head)))
+            self.head = None
 
     def close(self) -> None:
-        """Flush what is held back and close the file."""
-        if self.file is not None and self.head:
-            self.file.write(_with_preamble(bytes(self.head)))
+        """Write out what is held back and close the file."""
         if self.file is not None:
+            if self.head:
+                self.file.write(_with_preamble(bytes(self.head)))
             self.file.close()
 
     def discard(self) -> None:

@@ -34,6 +34,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session
 
 from ribnode.node.ledger import Ledger, utcnow
 from ribnode.node.schema import (
@@ -69,7 +70,8 @@ class _Histogram:
         self.total += seconds
 
     def cumulative(self) -> list[tuple[str, float]]:
-        out, running = [], 0
+        out: list[tuple[str, float]] = []
+        running = 0
         for bound, count in zip([*map(str, BUCKETS), "+Inf"], self.counts):
             running += count
             out.append((bound, running))
@@ -117,7 +119,7 @@ class LedgerCollector(Collector):
             value=shutil.disk_usage(self._spool_dir).free,
         )
 
-    def _received(self, s: object) -> Iterator[Metric]:
+    def _received(self, s: Session) -> Iterator[Metric]:
         detail = AuditEvent.detail
         protocol = case((detail.like("STOW-RS %"), "stow-rs"), else_="dimse")
         outcome = case(
@@ -139,16 +141,16 @@ class LedgerCollector(Collector):
             "status 0xC210, 0xA700, 0xA900); duplicates are counted apart",
             labels=["protocol", "outcome"],
         )
-        for proto, result, events, instances in s.execute(query):  # type: ignore[attr-defined]
+        for proto, result, events, instances in s.execute(query):
             received.add_metric([proto, result], instances if result == "stored" else events)
         yield received
-        duplicates = s.scalar(select(func.coalesce(func.sum(Study.duplicate_count), 0)))  # type: ignore[attr-defined]
+        duplicates = s.scalar(select(func.coalesce(func.sum(Study.duplicate_count), 0)))
         yield CounterMetricFamily(
             "ribnode_instances_duplicate", "Copies of already received SOP instances (acknowledged, not stored)",
             value=duplicates or 0,
         )
 
-    def _rejected(self, s: object) -> Iterator[Metric]:
+    def _rejected(self, s: Session) -> Iterator[Metric]:
         detail = AuditEvent.detail
         reason = case(
             (detail.like("association rejected%"), "unknown_caller"),
@@ -173,28 +175,28 @@ class LedgerCollector(Collector):
             "(unknown_caller, unauthorized, HTTP_400, HTTP_408, HTTP_413, HTTP_415)",
             labels=["protocol", "reason"],
         )
-        for proto, why, count in s.execute(query):  # type: ignore[attr-defined]
+        for proto, why, count in s.execute(query):
             rejected.add_metric([proto, why.lower() if why.startswith("HTTP") else why], count)
         yield rejected
 
-    def _jobs(self, s: object) -> Iterator[Metric]:
-        counts = dict(s.execute(select(Job.state, func.count(Job.id)).group_by(Job.state)).all())  # type: ignore[attr-defined]
+    def _jobs(self, s: Session) -> Iterator[Metric]:
+        counts = dict(s.execute(select(Job.state, func.count(Job.id)).group_by(Job.state)).all())
         jobs = GaugeMetricFamily("ribnode_jobs", "Jobs by state", labels=["state"])
         for state in JobState:
             jobs.add_metric([str(state)], counts.get(str(state), 0))
         yield jobs
-        studies = s.scalar(select(func.count(func.distinct(Job.study_id))))  # type: ignore[attr-defined]
+        studies = s.scalar(select(func.count(func.distinct(Job.study_id))))
         yield CounterMetricFamily(
             "ribnode_studies_completed", "Studies that study completion turned into a job", value=studies or 0
         )
-        oldest = s.scalar(select(func.min(Job.created_at)).where(Job.state.in_([str(w) for w in WAITING])))  # type: ignore[attr-defined]
+        oldest = s.scalar(select(func.min(Job.created_at)).where(Job.state.in_([str(w) for w in WAITING])))
         yield GaugeMetricFamily(
             "ribnode_oldest_waiting_job_seconds",
             "Age of the oldest job not yet taken by a worker (received or queued); 0 when none",
             value=(utcnow() - oldest).total_seconds() if oldest is not None else 0.0,
         )
 
-    def _exports(self, s: object) -> Iterator[Metric]:
+    def _exports(self, s: Session) -> Iterator[Metric]:
         delivered = case((Delivery.state == "delivered", 1), else_=0)
         query = select(
             Delivery.destination, func.sum(Delivery.attempts), func.sum(delivered),
@@ -209,14 +211,14 @@ class LedgerCollector(Collector):
             labels=["destination"],
         )
         dead = GaugeMetricFamily("ribnode_export_dead", "Deliveries given up, per destination", labels=["destination"])
-        for name, tried, ok, gave_up in s.execute(query):  # type: ignore[attr-defined]
+        for name, tried, ok, gave_up in s.execute(query):
             attempts.add_metric([name], tried or 0)
             failures.add_metric([name], max(0, (tried or 0) - (ok or 0)))
             dead.add_metric([name], gave_up or 0)
         yield from (attempts, failures, dead)
 
-    def _stage_histogram(self, s: object) -> Metric:
-        rows = s.execute(  # type: ignore[attr-defined]
+    def _stage_histogram(self, s: Session) -> Metric:
+        rows = s.execute(
             select(JobTransition.id, JobTransition.job_id, JobTransition.to_state, JobTransition.at)
             .where(JobTransition.id > self._stages.last_id)
             .order_by(JobTransition.id)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -129,24 +129,24 @@ def _store(ctx: StowContext, tmp: Path, caller: StowCaller, path_study: str | No
         return PartOutcome(CANNOT_UNDERSTAND, detail=str(exc))
     study_uid, sop_uid = str(ds.StudyInstanceUID), str(ds.SOPInstanceUID)
     sop_class = str(ds.get("SOPClassUID", ""))
-    ids = {"sop_class_uid": sop_class, "sop_instance_uid": sop_uid, "study_instance_uid": study_uid}
+    stored = PartOutcome(SUCCESS, sop_class, sop_uid, study_uid)
     if path_study is not None and study_uid != path_study:
         detail = f"instance of study {study_uid} posted to study {path_study}"
         logger.warning("STOW-RS part from %s refused (0xA900): %s", caller.sender, detail)
-        return PartOutcome(STUDY_MISMATCH, detail=detail, **ids)
+        return replace(stored, status=STUDY_MISMATCH, detail=detail)
     try:
         if ctx.ledger.is_known(sop_uid):
             ctx.ledger.count_duplicate(sop_uid)
             logger.info("duplicate SOP Instance UID %s from %s: counted, not stored again", sop_uid, caller.sender)
-            return PartOutcome(SUCCESS, duplicate=True, **ids)
+            return replace(stored, duplicate=True)
         size = tmp.stat().st_size
         path = ctx.spool.adopt(tmp, study_uid, sop_uid)
         if not ctx.ledger.record_instance(_received(ds, path, size, caller, ctx.routing)):
-            return PartOutcome(SUCCESS, duplicate=True, **ids)  # the same instance in flight twice
+            return replace(stored, duplicate=True)  # the same instance in flight twice
     except (OSError, SQLAlchemyError) as exc:
         logger.error("STOW-RS of %s from %s failed (0xA700): %s", sop_uid, caller.sender, exc)
-        return PartOutcome(OUT_OF_RESOURCES, detail=str(exc), **ids)
-    return PartOutcome(SUCCESS, **ids)
+        return replace(stored, status=OUT_OF_RESOURCES, detail=str(exc))
+    return stored
 
 
 # -- audit ------------------------------------------------------------------------------------
