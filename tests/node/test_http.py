@@ -282,7 +282,7 @@ def test_oversize_request_and_instance_are_413(http: Http) -> None:
 
 def test_slow_client_gets_408_and_the_service_stays_up(http: Http) -> None:
     data = body(part(dx_dataset()))
-    with socket.create_connection(("127.0.0.1", http.service.port), timeout=10) as sock:
+    with socket.create_connection(("127.0.0.1", http.service.port), timeout=60) as sock:
         head = (f"POST /dicom-web/studies HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {CONTENT_TYPE}\r\n"
                 f"Authorization: Bearer {TOKEN}\r\nContent-Length: {len(data)}\r\n\r\n")
         sock.sendall(head.encode() + data[:3000])
@@ -290,7 +290,7 @@ def test_slow_client_gets_408_and_the_service_stays_up(http: Http) -> None:
         answer = sock.recv(65536).decode(errors="replace")  # we send nothing more
         waited = time.monotonic() - started
     assert answer.startswith("HTTP/1.1 408"), answer[:200]
-    assert 0.9 <= waited < 5
+    assert 0.9 <= waited < 30  # read_timeout_s is 1 s; slack for a loaded machine
     details = [e.detail for e in http.audits(AuditEventName.INSTANCES_TRANSFERRED) if e.outcome]
     assert [d[:16] for d in details] == ["STOW-RS HTTP 408"]
     assert http.alive()

@@ -14,9 +14,10 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from sqlalchemy.exc import SQLAlchemyError
@@ -40,6 +41,7 @@ logger.addHandler(logging.NullHandler())
 # PS3.4 GG.4-1 "Data Set does not match SOP Class" is what dcm4chee answers for an instance of
 # another study than the one in the STOW-RS path (PS3.18 10.5.3: 409 when none is stored).
 STUDY_MISMATCH = 0xA900
+DEFER_BYTES = 64 * 1024  # larger values (Pixel Data) stay on disk while a part is checked
 PROTOCOL = "STOW-RS"  # first word of the audit detail of every STOW-RS record (see metrics)
 
 
@@ -75,9 +77,10 @@ class StowContext:
 
 def decode_part(path: Path) -> Dataset:
     """The dataset of a DICOM part file (PS3.10, as PS3.18 8.6.1.2 requires), checked as a
-    C-STORE dataset is; raises :class:`UndecodableError`."""
+    C-STORE dataset is; raises :class:`UndecodableError`. Pixel Data is not read into memory
+    (``defer_size``): its length is checked against the geometry and the file instead."""
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(path, defer_size=DEFER_BYTES)
         syntax = UID(str(ds.file_meta.TransferSyntaxUID))
         study_uid, sop_uid = str(ds.StudyInstanceUID), str(ds.SOPInstanceUID)
     except Exception as exc:  # pydicom raises many types on bad input; all mean "undecodable"
@@ -86,8 +89,48 @@ def decode_part(path: Path) -> Dataset:
         raise UndecodableError("dataset has no Study or SOP Instance UID")
     if len(study_uid) > 64 or len(sop_uid) > 64:  # PS3.5 9.1: at most 64 characters
         raise UndecodableError(f"UID longer than 64 characters: {max(study_uid, sop_uid, key=len)[:80]!r}")
-    _check_pixel_data(ds, syntax)
+    _check_pixel_data(cast(Dataset, _PixelView(ds, path.stat().st_size)), syntax)
     return ds
+
+
+class _PixelView:
+    """What the listener's ``_check_pixel_data`` reads of a dataset (geometry, ``in``,
+    ``get``, ``len(PixelData)``), with a deferred Pixel Data measured, not read: only as long
+    as the bytes the file really holds (a truncated stream declares more than it has)."""
+
+    GEOMETRY = ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel", "NumberOfFrames")
+
+    def __init__(self, ds: Dataset, file_size: int) -> None:
+        self._values: dict[str, Any] = {k: ds[k].value for k in self.GEOMETRY if k in ds}
+        if "PixelData" in ds:
+            raw = ds.get_item("PixelData")
+            if isinstance(raw, RawDataElement) and raw.value is None:  # deferred: measure it
+                present = max(0, min(raw.length, file_size - raw.value_tell))
+            else:
+                present = len(raw.value or b"")
+            self._values["PixelData"] = bytes(0) if present == 0 else _Length(present)
+
+    def __contains__(self, keyword: str) -> bool:
+        return keyword in self._values
+
+    def __getattr__(self, keyword: str) -> Any:
+        try:
+            return self._values[keyword]
+        except KeyError:
+            raise AttributeError(keyword) from None
+
+    def get(self, keyword: str, default: Any = None) -> Any:
+        return self._values.get(keyword, default)
+
+
+class _Length:
+    """Stands in for bytes of which only the length matters."""
+
+    def __init__(self, length: int) -> None:
+        self._length = length
+
+    def __len__(self) -> int:
+        return self._length
 
 
 def _received(ds: Dataset, path: str, size: int, caller: StowCaller, routing: RoutingRule) -> ReceivedInstance:
