@@ -238,6 +238,18 @@ def test_non_dicom_and_truncated_parts_are_0xc210(http: Http) -> None:
     assert http.alive()
 
 
+def test_large_pixel_data_checked_without_reading_it(http: Http) -> None:
+    """Pixel Data over 64 KiB is deferred while a part is checked: a whole one is stored
+    intact, a truncated one is 0xC210."""
+    whole, cut = dx_dataset(rows=200, columns=200, seed=1), dx_dataset(rows=200, columns=200, seed=2)
+    answer = http.post(body(part(whole), part(encoded(cut)[:-100])))
+    assert answer.status_code == 202 and failed_reasons(answer) == [0xC210]
+    row = http.ledger.instance(str(whole.SOPInstanceUID))
+    assert row is not None
+    assert pydicom.dcmread(Spool(http.settings.spool.directory).path(row.path)).PixelData == whole.PixelData
+    assert http.ledger.instance(str(cut.SOPInstanceUID)) is None
+
+
 def test_truncated_body_and_wrong_media_type(http: Http) -> None:
     truncated = http.post(body(part(dx_dataset()), close=False)[:-100])
     assert truncated.status_code == 400 and "truncated" in truncated.json()["error"]

@@ -103,7 +103,7 @@ class _PixelView:
     def __init__(self, ds: Dataset, file_size: int) -> None:
         self._values: dict[str, Any] = {k: ds[k].value for k in self.GEOMETRY if k in ds}
         if "PixelData" in ds:
-            raw = ds.get_item("PixelData")
+            raw = ds.get_item("PixelData", keep_deferred=True)
             if isinstance(raw, RawDataElement) and raw.value is None:  # deferred: measure it
                 present = max(0, min(raw.length, file_size - raw.value_tell))
             else:
@@ -184,6 +184,7 @@ def _store(ctx: StowContext, tmp: Path, caller: StowCaller, path_study: str | No
             return replace(stored, duplicate=True)
         size = tmp.stat().st_size
         path = ctx.spool.adopt(tmp, study_uid, sop_uid)
+        ds.filename = str(ctx.spool.path(path))  # deferred values are read from where the file now is
         if not ctx.ledger.record_instance(_received(ds, path, size, caller, ctx.routing)):
             return replace(stored, duplicate=True)  # the same instance in flight twice
     except (OSError, SQLAlchemyError) as exc:
