@@ -33,7 +33,7 @@ from ribnode.node.routing import RoutingRule
 from ribnode.node.spool import Spool
 from tests.node.helpers import c_store, dx_dataset, make_settings, running_listener
 from tests.node.test_tls import pki  # noqa: F401  (pytest fixture)
-from tests.peers.fixtures import free_port
+from tests.peers.fixtures import echoscu, free_port
 
 TOKEN = "s3cret-token-of-the-vna"
 BOUNDARY = "ribnode-test-boundary"
@@ -375,6 +375,10 @@ def test_metrics_move_by_what_the_test_did(http: Http, node_settings: Settings) 
                           **{"ledger.url": http.settings.ledger.url, "spool.directory": http.settings.spool.directory})
     with running_listener(dimse, http.ledger) as listener:
         assert c_store(listener.port, [dx_dataset(seed=9), dx_dataset(seed=10)]) == [0, 0]
+        cut = Path(http.settings.spool.directory).parent / "cut.dcm"
+        cut.write_bytes(encoded(dx_dataset(seed=11))[:-1000])
+        assert c_store(listener.port, [cut]) == [0xC210]
+        assert echoscu(listener.port, called_aet="RIBNODE", calling_aet="STRANGER").returncode != 0
         time.sleep(0.5)  # the audit record is written when the association ends
     after = scrape(http.url)
 
@@ -384,6 +388,8 @@ def test_metrics_move_by_what_the_test_did(http: Http, node_settings: Settings) 
     assert moved("ribnode_instances_received_total", protocol="stow-rs", outcome="stored") == 4
     assert moved("ribnode_instances_received_total", protocol="stow-rs", outcome="0xC210") == 1
     assert moved("ribnode_instances_received_total", protocol="dimse", outcome="stored") == 2
+    assert moved("ribnode_instances_received_total", protocol="dimse", outcome="0xC210") == 1
+    assert moved("ribnode_requests_rejected_total", protocol="dimse", reason="unknown_caller") == 1
     assert moved("ribnode_instances_duplicate_total") == 1
     assert moved("ribnode_requests_rejected_total", protocol="stow-rs", reason="unauthorized") == 2
     assert moved("ribnode_requests_rejected_total", protocol="stow-rs", reason="http_413") == 1
@@ -492,3 +498,19 @@ def test_serve_with_a_taken_http_port_exits_2_naming_it(tmp_path: Path) -> None:
         )
     assert out.returncode == 2, out.stderr[-2000:]
     assert f"cannot listen on 127.0.0.1:{port} (HTTP)" in out.stderr
+
+
+def test_broker_probe_against_real_brokers(tmp_path: Path, redis_url: str) -> None:
+    """The probe ``ribnode serve`` gives /readyz: the filesystem broker and a live Redis pass,
+    a Redis port where nothing listens fails within seconds."""
+    from ribnode.node.http.app import broker_probe
+    from ribnode.workers.app import make_celery
+
+    broker_probe(make_celery(make_settings(tmp_path, free_port())))()
+    broker_probe(make_celery(make_settings(tmp_path, free_port(), **{"broker.url": redis_url})))()
+    dead = make_celery(make_settings(tmp_path, free_port(), **{"broker.url": f"redis://127.0.0.1:{free_port()}/0"}))
+    started = time.monotonic()
+    with pytest.raises(Exception) as caught:
+        broker_probe(dead, timeout_s=2.0)()
+    assert "Connection" in type(caught.value).__name__ or "refused" in str(caught.value).lower()
+    assert time.monotonic() - started < 10
