@@ -514,3 +514,17 @@ def test_broker_probe_against_real_brokers(tmp_path: Path, redis_url: str) -> No
         broker_probe(dead, timeout_s=2.0)()
     assert "Connection" in type(caught.value).__name__ or "refused" in str(caught.value).lower()
     assert time.monotonic() - started < 10
+
+
+def test_spool_recovery_removes_parts_left_by_a_crash(tmp_path: Path) -> None:
+    """A part being received when the process died stays in ``<spool>/.incoming``; the
+    recovery at the next start removes it and registers nothing."""
+    from ribnode.node.recovery import recover_spool
+
+    settings = http_settings(tmp_path)
+    spool, ledger = Spool(settings.spool.directory), Ledger(settings.ledger.url)
+    file, left = spool.incoming()
+    file.write(encoded(dx_dataset()))
+    file.close()
+    report = recover_spool(spool, ledger, RoutingRule(None))
+    assert not left.exists() and report.temporary_removed == 1 and report.registered == 0
