@@ -35,9 +35,9 @@ from pathlib import Path
 import pydicom
 import yaml
 from dicomweb_client.api import DICOMwebClient
-
 from ingest import RIBNODE, make_instances, wait_port  # noqa: E402  (benchmarks/ingest.py)
 from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
+
 from ribnode.node.orthanc import OrthancServer, free_port
 
 TOKEN = "bench-token"
@@ -58,16 +58,24 @@ def ribnode_rate(datasets: list[pydicom.Dataset], folder: Path, batch: int) -> f
     folder.mkdir(parents=True)
     port = free_port()
     config = folder / "ribnode.yaml"
-    config.write_text(yaml.safe_dump({
-        "http": {"senders": [{"name": "BENCH", "bearer_token": TOKEN}]},
-        "spool": {"directory": str(folder / "spool"), "quiet_period_s": 3600},
-        "ledger": {"url": f"sqlite:///{folder / 'ledger.sqlite'}"},
-        "broker": {"url": "filesystem://", "folder": str(folder / "broker")},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "http": {"senders": [{"name": "BENCH", "bearer_token": TOKEN}]},
+                "spool": {"directory": str(folder / "spool"), "quiet_period_s": 3600},
+                "ledger": {"url": f"sqlite:///{folder / 'ledger.sqlite'}"},
+                "broker": {"url": "filesystem://", "folder": str(folder / "broker")},
+            }
+        )
+    )
     env = {k: v for k, v in os.environ.items() if k != "RIBNODE_CONFIG"}
     log = (folder / "serve.log").open("w")
-    proc = subprocess.Popen([*RIBNODE, "--config", str(config), "--log-level", "WARNING", "serve",
-                             "--no-dimse", "--http-port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        [*RIBNODE, "--config", str(config), "--log-level", "WARNING", "serve", "--no-dimse", "--http-port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     try:
         wait_port(port)
         client = DICOMwebClient(f"http://127.0.0.1:{port}/dicom-web", headers={"Authorization": f"Bearer {TOKEN}"})
@@ -98,32 +106,37 @@ def orthanc_rate(datasets: list[pydicom.Dataset], folder: Path, batch: int) -> f
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def report(args: argparse.Namespace, rates: dict[str, list[float]], load: tuple[float, float, float],
-           size_mb: float) -> str:
+def report(
+    args: argparse.Namespace, rates: dict[str, list[float]], load: tuple[float, float, float], size_mb: float
+) -> str:
     rib, orth = statistics.median(rates["ribnode"]), statistics.median(rates["orthanc"])
     version = subprocess.run(["Orthanc", "--version"], capture_output=True, text=True).stdout.split()[1]
-    return "\n".join([
-        f"## STOW-RS ingest throughput, {args.size}x{args.size} instances (issue 27)",
-        "",
-        f"- Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- Machine: {os.cpu_count()}-core CPU, {cpu_model()}; Python {platform.python_version()}; Orthanc {version}",
-        f"- Load average when the benchmark started: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
-        f"- Command: `.venv/bin/python benchmarks/stow_ingest.py --instances {args.instances} --size {args.size} "
-        f"--batch {args.batch} --runs {args.runs}`",
-        f"- Data: {args.instances} synthetic DX chest instances, {args.size}x{args.size} 12-bit "
-        f"(uncompressed, {size_mb:.2f} MB each); dicomweb-client `store_instances`, {args.batch} per request, loopback.",
-        "- ribnode: `ribnode serve --no-dimse --http-port` (own process), SQLite WAL ledger, each part "
-        "streamed to the spool, fsynced and renamed before the response. Orthanc: Debian package, "
-        "DICOMweb plugin, SQLite index, `SyncStorageArea: true`; runs interleaved.",
-        "",
-        "| | runs (instances/s) | median instances/s |",
-        "|---|---|---|",
-        f"| ribnode STOW-RS | {', '.join(f'{r:.1f}' for r in rates['ribnode'])} | **{rib:.1f}** |",
-        f"| Orthanc STOW-RS | {', '.join(f'{r:.1f}' for r in rates['orthanc'])} | **{orth:.1f}** |",
-        "",
-        f"Ratio ribnode / Orthanc (medians, both fsync): **{rib / orth:.2f}** (target >= 1.0).",
-        "",
-    ])
+    return "\n".join(
+        [
+            f"## STOW-RS ingest throughput, {args.size}x{args.size} instances (issue 27)",
+            "",
+            f"- Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
+            f"- Machine: {os.cpu_count()}-core CPU, {cpu_model()}; Python {platform.python_version()}; "
+            f"Orthanc {version}",
+            f"- Load average when the benchmark started: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
+            f"- Command: `.venv/bin/python benchmarks/stow_ingest.py --instances {args.instances} --size {args.size} "
+            f"--batch {args.batch} --runs {args.runs}`",
+            f"- Data: {args.instances} synthetic DX chest instances, {args.size}x{args.size} 12-bit "
+            f"(uncompressed, {size_mb:.2f} MB each); dicomweb-client `store_instances`, {args.batch} per request, "
+            "loopback.",
+            "- ribnode: `ribnode serve --no-dimse --http-port` (own process), SQLite WAL ledger, each part "
+            "streamed to the spool, fsynced and renamed before the response. Orthanc: Debian package, "
+            "DICOMweb plugin, SQLite index, `SyncStorageArea: true`; runs interleaved.",
+            "",
+            "| | runs (instances/s) | median instances/s |",
+            "|---|---|---|",
+            f"| ribnode STOW-RS | {', '.join(f'{r:.1f}' for r in rates['ribnode'])} | **{rib:.1f}** |",
+            f"| Orthanc STOW-RS | {', '.join(f'{r:.1f}' for r in rates['orthanc'])} | **{orth:.1f}** |",
+            "",
+            f"Ratio ribnode / Orthanc (medians, both fsync): **{rib / orth:.2f}** (target >= 1.0).",
+            "",
+        ]
+    )
 
 
 def main() -> int:

@@ -41,38 +41,56 @@ TOKEN = "token-of-the-e2e-vna"
 
 
 def _status(config: Path) -> dict:
-    out = subprocess.run([*RIBNODE, "--config", str(config), "status", "--json"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [*RIBNODE, "--config", str(config), "status", "--json"], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
 
 def _metrics(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     text = requests.get(url + "/metrics", timeout=30).text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def test_dicomweb_client_stow_to_serve_and_worker_processes(tmp_path: Path, rg1_files: dict[str, Path]) -> None:
     require_weights()
     http_port = free_port()
     config = tmp_path / "ribnode.yaml"
-    config.write_text(yaml.safe_dump({
-        "http": {"senders": [{"name": "E2E-VNA", "bearer_token": TOKEN}], "min_spool_free_bytes": 0},
-        "spool": {"directory": str(tmp_path / "spool"), "quiet_period_s": 1.0},
-        "ledger": {"url": f"sqlite:///{tmp_path / 'ledger.sqlite'}"},
-        "broker": {"url": "filesystem://", "folder": str(tmp_path / "broker")},
-        "models": {"device": "cpu", "suppression_steps": STEPS, "intra_op_threads": 1},
-        "export": {"destinations": [{"name": "local", "kind": "folder", "path": str(tmp_path / "outbox")}],
-                   "staging_dir": str(tmp_path / "outputs")},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "http": {"senders": [{"name": "E2E-VNA", "bearer_token": TOKEN}], "min_spool_free_bytes": 0},
+                "spool": {"directory": str(tmp_path / "spool"), "quiet_period_s": 1.0},
+                "ledger": {"url": f"sqlite:///{tmp_path / 'ledger.sqlite'}"},
+                "broker": {"url": "filesystem://", "folder": str(tmp_path / "broker")},
+                "models": {"device": "cpu", "suppression_steps": STEPS, "intra_op_threads": 1},
+                "export": {
+                    "destinations": [{"name": "local", "kind": "folder", "path": str(tmp_path / "outbox")}],
+                    "staging_dir": str(tmp_path / "outputs"),
+                },
+            }
+        )
+    )
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("RIBNODE_CONFIG", None)
     logs = [(tmp_path / name).open("w") for name in ("serve.log", "worker.log")]
-    serve = subprocess.Popen([*RIBNODE, "--config", str(config), "serve", "--no-dimse", "--http-port", str(http_port)],
-                             stdout=logs[0], stderr=subprocess.STDOUT, env=env)
-    work = subprocess.Popen([*RIBNODE, "--config", str(config), "worker", "--pool", "solo"],
-                            stdout=logs[1], stderr=subprocess.STDOUT, env=env)
+    serve = subprocess.Popen(
+        [*RIBNODE, "--config", str(config), "serve", "--no-dimse", "--http-port", str(http_port)],
+        stdout=logs[0],
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    work = subprocess.Popen(
+        [*RIBNODE, "--config", str(config), "worker", "--pool", "solo"],
+        stdout=logs[1],
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     url = f"http://127.0.0.1:{http_port}"
     try:
         wait_for(lambda: _get_ok(url + "/healthz"), 60, "the HTTP service of ribnode serve")
@@ -113,24 +131,41 @@ def _get_ok(url: str) -> bool:
         return False
 
 
-def test_orthanc_stows_a_study_to_ribnode(tmp_path: Path, rg1_files: dict[str, Path],
-                                          orthanc_factory: Callable[..., OrthancServer]) -> None:
-    settings = make_settings(tmp_path, free_port(), **{
-        "http.port": free_port(),
-        "http.senders": [{"name": "ORTHANC-WEB", "username": "orthanc", "password": "pw-of-orthanc"}],
-        "http.min_spool_free_bytes": 0,
-    })
+def test_orthanc_stows_a_study_to_ribnode(
+    tmp_path: Path, rg1_files: dict[str, Path], orthanc_factory: Callable[..., OrthancServer]
+) -> None:
+    settings = make_settings(
+        tmp_path,
+        free_port(),
+        **{
+            "http.port": free_port(),
+            "http.senders": [{"name": "ORTHANC-WEB", "username": "orthanc", "password": "pw-of-orthanc"}],
+            "http.min_spool_free_bytes": 0,
+        },
+    )
     ledger = Ledger(settings.ledger.url)
     app = make_celery(settings)
     completion = StudyCompletion(settings, ledger, functools.partial(enqueue_job, app))
-    http = HttpService(make_app(settings, ledger, Spool(settings.spool.directory),
-                                RoutingRule(settings.routing.rules), lambda: None), settings.http)
+    http = HttpService(
+        make_app(settings, ledger, Spool(settings.spool.directory), RoutingRule(settings.routing.rules), lambda: None),
+        settings.http,
+    )
     with http, completion, celery_worker(app, settings):
-        pacs = orthanc_factory(extra_config={"DicomWeb": {
-            "Enable": True, "Root": "/dicom-web/",
-            "Servers": {"ribnode": {"Url": f"http://127.0.0.1:{http.port}/dicom-web/",
-                                    "Username": "orthanc", "Password": "pw-of-orthanc"}},
-        }})
+        pacs = orthanc_factory(
+            extra_config={
+                "DicomWeb": {
+                    "Enable": True,
+                    "Root": "/dicom-web/",
+                    "Servers": {
+                        "ribnode": {
+                            "Url": f"http://127.0.0.1:{http.port}/dicom-web/",
+                            "Username": "orthanc",
+                            "Password": "pw-of-orthanc",
+                        }
+                    },
+                }
+            }
+        )
         oid = pacs.upload(rg1_files["RG1_UNCR"])
         study_oid = pacs.rest("GET", f"/instances/{oid}/study").json()["ID"]
         answer = pacs.rest("POST", "/dicom-web/servers/ribnode/stow", json={"Resources": [study_oid]})
@@ -140,6 +175,8 @@ def test_orthanc_stows_a_study_to_ribnode(tmp_path: Path, rg1_files: dict[str, P
         assert row.calling_aet == "ORTHANC-WEB"
         job = wait_for(lambda: job_of_study(ledger, str(source.StudyInstanceUID), JobState.DONE), 120, "the job done")
         assert job.state == JobState.DONE
-    transferred = [e for e in ledger.audit_events(AuditEventName.INSTANCES_TRANSFERRED) if e.source_aet == "ORTHANC-WEB"]
+    transferred = [
+        e for e in ledger.audit_events(AuditEventName.INSTANCES_TRANSFERRED) if e.source_aet == "ORTHANC-WEB"
+    ]
     assert [(e.instance_count, e.outcome) for e in transferred] == [(1, 0)]
     ledger.dispose()

@@ -65,7 +65,7 @@ class HttpSender(BaseModel):
         return value.get_secret_value() if value is not None else None
 
     @model_validator(mode="after")
-    def _check_credentials(self) -> "HttpSender":
+    def _check_credentials(self) -> HttpSender:
         """Exactly one way in: a bearer token, or a user name with its password."""
         basic = self.username is not None or self.password is not None
         if basic and (self.username is None or self.password is None):

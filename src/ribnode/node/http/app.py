@@ -122,7 +122,9 @@ def _check_content_type(header: str) -> str:
         raise HttpRefusal(415, f"Content-Type {header!r} is not multipart/related")
     kind = parsed.get_param("type")
     if isinstance(kind, str) and kind.lower() != "application/dicom":
-        raise HttpRefusal(415, f"multipart/related type {kind!r} is not application/dicom (only PS3.10 files are accepted)")
+        raise HttpRefusal(
+            415, f"multipart/related type {kind!r} is not application/dicom (only PS3.10 files are accepted)"
+        )
     try:
         return boundary_of(parsed)
     except MultipartError as exc:
@@ -192,8 +194,11 @@ class StowService:
             what = "unknown credential" if request.headers.get("authorization") else "no credential"
             logger.warning("STOW-RS from %s refused (401): %s", host, what)
             await run_in_threadpool(audit_security_alert, self.ctx, host, f"HTTP 401 {what} from {host}")
-            return JSONResponse({"error": f"401 Unauthorized: {what}"}, 401,
-                                headers={"WWW-Authenticate": 'Bearer realm="ribnode", Basic realm="ribnode"'})
+            return JSONResponse(
+                {"error": f"401 Unauthorized: {what}"},
+                401,
+                headers={"WWW-Authenticate": 'Bearer realm="ribnode", Basic realm="ribnode"'},
+            )
         caller = StowCaller(sender, host)
         study = request.path_params.get("study")
         outcomes: list[PartOutcome] = []
@@ -209,16 +214,19 @@ class StowService:
             await run_in_threadpool(audit_failure, self.ctx, caller, "HTTP 400 client disconnected mid-request")
             return Response(status_code=400)
         await run_in_threadpool(audit_request, self.ctx, caller, outcomes)
-        return JSONResponse(store_response(outcomes, _base_url(request)), response_status(outcomes),
-                            media_type=DICOM_JSON)
+        return JSONResponse(
+            store_response(outcomes, _base_url(request)), response_status(outcomes), media_type=DICOM_JSON
+        )
 
     def _check_length(self, header: str | None) -> None:
         if header is not None and header.isdigit() and int(header) > self.settings.max_request_bytes:
-            raise HttpRefusal(413, f"request of {header} bytes is over http.max_request_bytes "
-                                   f"({self.settings.max_request_bytes})")
+            raise HttpRefusal(
+                413, f"request of {header} bytes is over http.max_request_bytes ({self.settings.max_request_bytes})"
+            )
 
-    async def _refuse(self, request: Request, caller: StowCaller, outcomes: list[PartOutcome],
-                      refusal: HttpRefusal) -> Response:
+    async def _refuse(
+        self, request: Request, caller: StowCaller, outcomes: list[PartOutcome], refusal: HttpRefusal
+    ) -> Response:
         logger.warning("STOW-RS from %s refused (%d): %s", caller.sender, refusal.status, refusal.reason)
         await run_in_threadpool(audit_request, self.ctx, caller, outcomes)
         await run_in_threadpool(audit_failure, self.ctx, caller, f"HTTP {refusal.status} {refusal.reason}")
@@ -227,8 +235,14 @@ class StowService:
         headers = {"Connection": "close"}  # the rest of the body is not read
         return JSONResponse(body, refusal.status, media_type=DICOM_JSON, headers=headers)
 
-    async def _receive(self, request: Request, parser: MultipartParser, caller: StowCaller,
-                       study: str | None, outcomes: list[PartOutcome]) -> None:
+    async def _receive(
+        self,
+        request: Request,
+        parser: MultipartParser,
+        caller: StowCaller,
+        study: str | None,
+        outcomes: list[PartOutcome],
+    ) -> None:
         """Stream the body part by part. Each complete part is stored in the thread pool while
         the next ones arrive (at most ``IN_FLIGHT`` at once per request: concurrent fsyncs share
         the file system's journal commits); every store has finished, and ``outcomes`` holds
@@ -240,7 +254,9 @@ class StowService:
             async for chunk in _timed(request.stream(), self.settings.read_timeout_s):
                 total += len(chunk)
                 if total > self.settings.max_request_bytes:
-                    raise HttpRefusal(413, f"request body over http.max_request_bytes ({self.settings.max_request_bytes})")
+                    raise HttpRefusal(
+                        413, f"request body over http.max_request_bytes ({self.settings.max_request_bytes})"
+                    )
                 try:
                     events = parser.feed(chunk)
                 except MultipartError as exc:
@@ -254,8 +270,7 @@ class StowService:
                         stores.append(asyncio.ensure_future(self._finish(part, caller, study)))
                         part = None
                         if sum(not f.done() for f in stores) >= IN_FLIGHT:
-                            await asyncio.wait([f for f in stores if not f.done()],
-                                               return_when=asyncio.FIRST_COMPLETED)
+                            await asyncio.wait([f for f in stores if not f.done()], return_when=asyncio.FIRST_COMPLETED)
         finally:
             if part is not None:
                 part.discard()
@@ -293,7 +308,7 @@ async def _timed(stream: AsyncIterator[bytes], timeout_s: float) -> AsyncIterato
             chunk = await asyncio.wait_for(iterator.__anext__(), timeout_s)
         except StopAsyncIteration:
             return
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise HttpRefusal(408, f"no request data for {timeout_s:g} s (http.read_timeout_s)") from None
         if chunk:
             yield chunk
@@ -322,8 +337,11 @@ class Readiness:
         checks["broker"] = _check(self.broker_check)
         try:
             free = shutil.disk_usage(self.spool_dir).free
-            checks["spool"] = {"ok": free >= self.min_free_bytes, "free_bytes": free,
-                               "min_free_bytes": self.min_free_bytes}
+            checks["spool"] = {
+                "ok": free >= self.min_free_bytes,
+                "free_bytes": free,
+                "min_free_bytes": self.min_free_bytes,
+            }
         except OSError as exc:
             checks["spool"] = {"ok": False, "error": str(exc)}
         return checks
@@ -375,10 +393,12 @@ def make_app(
     async def metrics(request: Request) -> Response:
         return Response(await run_in_threadpool(generate_latest, registry), media_type=CONTENT_TYPE_LATEST)
 
-    return Starlette(routes=[
-        Route("/dicom-web/studies", stow.handle, methods=["POST"]),
-        Route("/dicom-web/studies/{study}", stow.handle, methods=["POST"]),
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
-    ])
+    return Starlette(
+        routes=[
+            Route("/dicom-web/studies", stow.handle, methods=["POST"]),
+            Route("/dicom-web/studies/{study}", stow.handle, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+        ]
+    )

@@ -115,7 +115,8 @@ class LedgerCollector(Collector):
             with self._lock:
                 yield self._stage_histogram(s)
         yield GaugeMetricFamily(
-            "ribnode_spool_free_bytes", "Free bytes on the spool's file system",
+            "ribnode_spool_free_bytes",
+            "Free bytes on the spool's file system",
             value=shutil.disk_usage(self._spool_dir).free,
         )
 
@@ -131,8 +132,12 @@ class LedgerCollector(Collector):
         query = (
             select(protocol, outcome, func.count(AuditEvent.id), func.coalesce(func.sum(AuditEvent.instance_count), 0))
             .where(AuditEvent.event == str(AuditEventName.INSTANCES_TRANSFERRED))
-            .where(detail.like("received%") | detail.like("0x%") | detail.like("STOW-RS received%")
-                   | detail.like("STOW-RS 0x%"))
+            .where(
+                detail.like("received%")
+                | detail.like("0x%")
+                | detail.like("STOW-RS received%")
+                | detail.like("STOW-RS 0x%")
+            )
             .group_by(protocol, outcome)
         )
         received = CounterMetricFamily(
@@ -146,7 +151,8 @@ class LedgerCollector(Collector):
         yield received
         duplicates = s.scalar(select(func.coalesce(func.sum(Study.duplicate_count), 0)))
         yield CounterMetricFamily(
-            "ribnode_instances_duplicate", "Copies of already received SOP instances (acknowledged, not stored)",
+            "ribnode_instances_duplicate",
+            "Copies of already received SOP instances (acknowledged, not stored)",
             value=duplicates or 0,
         )
 
@@ -162,10 +168,11 @@ class LedgerCollector(Collector):
         query = (
             select(protocol, reason, func.count(AuditEvent.id))
             .where(
-                ((AuditEvent.event == str(AuditEventName.SECURITY_ALERT))
-                 & (detail.like("association rejected%") | detail.like("STOW-RS %")))
-                | ((AuditEvent.event == str(AuditEventName.INSTANCES_TRANSFERRED))
-                   & detail.like("STOW-RS HTTP %"))
+                (
+                    (AuditEvent.event == str(AuditEventName.SECURITY_ALERT))
+                    & (detail.like("association rejected%") | detail.like("STOW-RS %"))
+                )
+                | ((AuditEvent.event == str(AuditEventName.INSTANCES_TRANSFERRED)) & detail.like("STOW-RS HTTP %"))
             )
             .group_by(protocol, reason)
         )
@@ -199,15 +206,19 @@ class LedgerCollector(Collector):
     def _exports(self, s: Session) -> Iterator[Metric]:
         delivered = case((Delivery.state == "delivered", 1), else_=0)
         query = select(
-            Delivery.destination, func.sum(Delivery.attempts), func.sum(delivered),
+            Delivery.destination,
+            func.sum(Delivery.attempts),
+            func.sum(delivered),
             func.sum(case((Delivery.state == "dead", 1), else_=0)),
         ).group_by(Delivery.destination)
         attempts = CounterMetricFamily(
-            "ribnode_export_attempts", "Delivery attempts per destination (reset by ribnode resend)",
+            "ribnode_export_attempts",
+            "Delivery attempts per destination (reset by ribnode resend)",
             labels=["destination"],
         )
         failures = CounterMetricFamily(
-            "ribnode_export_failures", "Failed delivery attempts per destination (reset by ribnode resend)",
+            "ribnode_export_failures",
+            "Failed delivery attempts per destination (reset by ribnode resend)",
             labels=["destination"],
         )
         dead = GaugeMetricFamily("ribnode_export_dead", "Deliveries given up, per destination", labels=["destination"])
@@ -235,4 +246,3 @@ class LedgerCollector(Collector):
         for stage, hist in self._stages.histograms.items():
             family.add_metric([stage], hist.cumulative(), hist.total)
         return family
-

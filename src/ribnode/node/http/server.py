@@ -40,8 +40,16 @@ def uvicorn_config(app: Any, settings: HttpSettings) -> uvicorn.Config:
             "ssl_ca_certs": str(settings.tls_ca) if settings.tls_ca else None,
             "ssl_cert_reqs": ssl.CERT_REQUIRED if settings.tls_verify_client else ssl.CERT_NONE,
         }
-    return uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", http="httptools",
-                          timeout_keep_alive=5, timeout_graceful_shutdown=5, **tls)
+    return uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        http="httptools",
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=5,
+        **tls,
+    )
 
 
 class HttpService:
@@ -61,7 +69,9 @@ class HttpService:
         try:
             self._config.load()
         except (OSError, ssl.SSLError) as exc:
-            raise HttpServiceError(f"cannot load TLS files {self.settings.tls_cert}, {self.settings.tls_key}: {exc}") from exc
+            raise HttpServiceError(
+                f"cannot load TLS files {self.settings.tls_cert}, {self.settings.tls_key}: {exc}"
+            ) from exc
         try:
             sock = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -72,8 +82,9 @@ class HttpService:
         sock.setblocking(False)
         self._socket = sock
         self._server = uvicorn.Server(self._config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
-                                        name="http-service", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, name="http-service", daemon=True
+        )
         self._thread.start()
         deadline = time.monotonic() + 10
         while not self._server.started:

@@ -206,29 +206,50 @@ def audit_request(ctx: StowContext, caller: StowCaller, outcomes: list[PartOutco
             studies[out.study_instance_uid][0] += 1
             studies[out.study_instance_uid][1].add(out.sop_class_uid)
         elif out.status != SUCCESS:
-            audit_failure(ctx, caller, f"0x{out.status:04X} {out.detail}",
-                          AuditOutcome.SERIOUS_FAILURE if out.status == OUT_OF_RESOURCES else AuditOutcome.MINOR_FAILURE,
-                          out.study_instance_uid or None, out.sop_class_uid)
+            audit_failure(
+                ctx,
+                caller,
+                f"0x{out.status:04X} {out.detail}",
+                AuditOutcome.SERIOUS_FAILURE if out.status == OUT_OF_RESOURCES else AuditOutcome.MINOR_FAILURE,
+                out.study_instance_uid or None,
+                out.sop_class_uid,
+            )
     for study_uid, (count, classes) in studies.items():
         _audit_quietly(
-            ctx.ledger, AuditEventName.INSTANCES_TRANSFERRED, AuditOutcome.SUCCESS,
-            source_aet=caller.sender[:16], source_host=caller.host, destination_aet=ctx.ae_title,
-            study_instance_uid=study_uid, sop_class_uids=" ".join(sorted(classes)),
-            instance_count=count, detail=f"{PROTOCOL} received{note}",
+            ctx.ledger,
+            AuditEventName.INSTANCES_TRANSFERRED,
+            AuditOutcome.SUCCESS,
+            source_aet=caller.sender[:16],
+            source_host=caller.host,
+            destination_aet=ctx.ae_title,
+            study_instance_uid=study_uid,
+            sop_class_uids=" ".join(sorted(classes)),
+            instance_count=count,
+            detail=f"{PROTOCOL} received{note}",
         )
 
 
 def audit_failure(
-    ctx: StowContext, caller: StowCaller, detail: str, outcome: int = AuditOutcome.MINOR_FAILURE,
-    study_uid: str | None = None, sop_class: str | None = None,
+    ctx: StowContext,
+    caller: StowCaller,
+    detail: str,
+    outcome: int = AuditOutcome.MINOR_FAILURE,
+    study_uid: str | None = None,
+    sop_class: str | None = None,
 ) -> None:
     """A refused part or request: "DICOM Instances Transferred" with a failure outcome; the
     detail is ``STOW-RS <status> <reason>`` (0xC210, 0xA700, 0xA900 per part; HTTP 400, 408,
     413, 415 per request)."""
     _audit_quietly(
-        ctx.ledger, AuditEventName.INSTANCES_TRANSFERRED, outcome,
-        source_aet=caller.sender[:16], source_host=caller.host, destination_aet=ctx.ae_title,
-        study_instance_uid=study_uid, sop_class_uids=sop_class or None, instance_count=0,
+        ctx.ledger,
+        AuditEventName.INSTANCES_TRANSFERRED,
+        outcome,
+        source_aet=caller.sender[:16],
+        source_host=caller.host,
+        destination_aet=ctx.ae_title,
+        study_instance_uid=study_uid,
+        sop_class_uids=sop_class or None,
+        instance_count=0,
         detail=f"{PROTOCOL} {detail}"[:2000],
     )
 
@@ -236,8 +257,12 @@ def audit_failure(
 def audit_security_alert(ctx: StowContext, host: str, detail: str) -> None:
     """PS3.15 "Security Alert": a STOW-RS request with a missing or unknown credential."""
     _audit_quietly(
-        ctx.ledger, AuditEventName.SECURITY_ALERT, AuditOutcome.MINOR_FAILURE,
-        source_host=host, destination_aet=ctx.ae_title, detail=f"{PROTOCOL} {detail}"[:2000],
+        ctx.ledger,
+        AuditEventName.SECURITY_ALERT,
+        AuditOutcome.MINOR_FAILURE,
+        source_host=host,
+        destination_aet=ctx.ae_title,
+        detail=f"{PROTOCOL} {detail}"[:2000],
     )
 
 
