@@ -16,6 +16,8 @@ MODULES = [
     "ribnode.node.spool",
     "ribnode.node.recovery",
     "ribnode.node.cli",
+    "ribnode.node.http",
+    "ribnode.node.http.app",
     "ribnode.workers.app",
 ]
 

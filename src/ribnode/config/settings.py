@@ -50,6 +50,56 @@ class ListenerSettings(BaseModel):
     network_timeout_s: float = 60.0
 
 
+class HttpSender(BaseModel):
+    """A DICOMweb client allowed to store (STOW-RS): a bearer token or HTTP basic credentials,
+    mapped to a sender name that the ledger records like a calling AE title."""
+
+    name: str = Field(min_length=1, max_length=16)  # recorded as the calling AE title
+    bearer_token: SecretStr | None = None  # "Authorization: Bearer <token>"
+    username: str | None = None  # HTTP basic user
+    password: SecretStr | None = None  # HTTP basic password
+
+    @field_serializer("password", "bearer_token", when_used="json")
+    def _reveal_for_files(self, value: SecretStr | None) -> str | None:
+        """Kept when settings are written out as JSON/YAML (see DestinationSettings)."""
+        return value.get_secret_value() if value is not None else None
+
+    @model_validator(mode="after")
+    def _check_credentials(self) -> HttpSender:
+        """Exactly one way in: a bearer token, or a user name with its password."""
+        basic = self.username is not None or self.password is not None
+        if basic and (self.username is None or self.password is None):
+            raise ValueError(f"http sender {self.name!r}: set username and password together")
+        if basic == (self.bearer_token is not None):
+            raise ValueError(f"http sender {self.name!r}: set either bearer_token or username and password")
+        return self
+
+
+class HttpSettings(BaseModel):
+    """The HTTP service of ``ribnode serve``: DICOMweb STOW-RS, /healthz, /readyz, /metrics."""
+
+    # HTTP port; the service is off when unset (`ribnode serve --http-port`)
+    port: int | None = Field(default=None, ge=0, le=65535)
+    bind_address: str = "127.0.0.1"  # address the HTTP port binds to
+    # who may store over STOW-RS; a missing or unknown credential gets 401 and a Security Alert
+    senders: list[HttpSender] = Field(default_factory=list)
+    # accept STOW-RS without credentials (sender name ANONYMOUS): for the demo only
+    open_mode: bool = False
+    # largest STOW-RS request body, bytes; a larger one is answered 413
+    max_request_bytes: int = Field(default=4 * 1024**3, ge=1)
+    # largest single instance (multipart part), bytes; a larger one is answered 413
+    max_instance_bytes: int = Field(default=1024**3, ge=1)
+    # longest wait for the next piece of a request body, seconds; a slower client gets 408
+    read_timeout_s: float = Field(default=30.0, gt=0)
+    # /readyz fails (503) when the spool's file system has less free space than this, bytes
+    min_spool_free_bytes: int = Field(default=1024**3, ge=0)
+    # HTTPS: off when tls_cert is unset (the same settings as listener.tls_*)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None  # PEM private key of tls_cert
+    tls_ca: Path | None = None  # PEM CA bundle used to verify client certificates
+    tls_verify_client: bool = False  # require a client certificate signed by tls_ca
+
+
 class SpoolSettings(BaseModel):
     """Where received instances are written before C-STORE success goes back."""
 
@@ -221,6 +271,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     var_dir: Path = Path("var")
     listener: ListenerSettings = Field(default_factory=ListenerSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
     spool: SpoolSettings = Field(default_factory=SpoolSettings)
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
     broker: BrokerSettings = Field(default_factory=BrokerSettings)

@@ -31,6 +31,10 @@ def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
     serve.add_argument("--quiet-period", type=float, help="seconds without a new instance (spool.quiet_period_s)")
     serve.add_argument("--ledger-url", help="SQLAlchemy URL of the ledger (ledger.url)")
     serve.add_argument("--broker-url", help="Celery broker URL (broker.url)")
+    serve.add_argument("--http-port", type=int,
+                       help="HTTP port of STOW-RS, /healthz, /readyz, /metrics (http.port; off when unset)")
+    serve.add_argument("--no-dimse", action="store_true",
+                       help="no DICOM listener: the HTTP service (and study completion) only")
     serve.set_defaults(handler=serve_command)
 
     status = sub.add_parser(
@@ -106,6 +110,7 @@ def _settings(args: argparse.Namespace) -> Any:
         "spool.quiet_period_s": getattr(args, "quiet_period", None),
         "ledger.url": getattr(args, "ledger_url", None),
         "broker.url": getattr(args, "broker_url", None),
+        "http.port": getattr(args, "http_port", None),
     }
     return load_settings(args.config, overrides)
 
@@ -114,19 +119,21 @@ def serve_command(args: argparse.Namespace) -> int:
     """``ribnode serve``: listener + completion thread until SIGINT/SIGTERM. A configuration
     that cannot work (port taken, bad TLS files, malformed routing rule) exits with status 2
     and one line naming the problem."""
+    from ribnode.node.http import HttpServiceError
     from ribnode.node.listener import ListenerError
     from ribnode.node.routing import RuleError
 
     try:
-        return _serve(_settings(args))
-    except (ListenerError, RuleError) as exc:
+        return _serve(_settings(args), dimse=not getattr(args, "no_dimse", False))
+    except (ListenerError, RuleError, HttpServiceError) as exc:
         logger.error("ribnode serve cannot start: %s", exc)
         print(f"ribnode serve: {exc}", file=sys.stderr)
         return 2
 
 
-def _serve(settings: Any) -> int:
+def _serve(settings: Any, dimse: bool = True) -> int:
     import functools
+    from contextlib import ExitStack
 
     from ribnode.node.completion import StudyCompletion
     from ribnode.node.ledger import AuditEventName, Ledger
@@ -145,11 +152,21 @@ def _serve(settings: Any) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    warn_if_exposed(settings.listener)
-    with DicomListener(settings, ledger, spool, routing) as listener, completion:
+    if dimse:
+        warn_if_exposed(settings.listener)
+    with ExitStack() as stack:
+        if dimse:
+            listener = stack.enter_context(DicomListener(settings, ledger, spool, routing))
+        if settings.http.port is not None:
+            http = stack.enter_context(_http_service(settings, ledger, spool, routing, app))
+        stack.enter_context(completion)
         ledger.audit(AuditEventName.APPLICATION_ACTIVITY, detail="ribnode serve started")
-        print(f"ribnode serve: {settings.listener.ae_title} listening on "
-              f"{settings.listener.bind_address}:{listener.port}", flush=True)
+        if dimse:
+            print(f"ribnode serve: {settings.listener.ae_title} listening on "
+                  f"{settings.listener.bind_address}:{listener.port}", flush=True)
+        if settings.http.port is not None:
+            print(f"ribnode serve: HTTP (STOW-RS, /healthz, /readyz, /metrics) on "
+                  f"{http.scheme}://{settings.http.bind_address}:{http.port}", flush=True)
         stop.wait()
     ledger.audit(AuditEventName.APPLICATION_ACTIVITY, detail="ribnode serve stopped")
     return 0
@@ -175,6 +192,14 @@ def warn_if_exposed(listener: Any) -> str | None:
     logger.warning(text)
     print(f"ribnode serve: {text}", file=sys.stderr, flush=True)
     return text
+
+
+def _http_service(settings: Any, ledger: Any, spool: Any, routing: Any, celery_app: Any) -> Any:
+    """The HTTP service (``ribnode.node.http``), not yet started."""
+    from ribnode.node.http import HttpService
+    from ribnode.node.http.app import broker_probe, make_app
+
+    return HttpService(make_app(settings, ledger, spool, routing, broker_probe(celery_app)), settings.http)
 
 
 def status_command(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
@@ -22,6 +23,8 @@ logger.addHandler(logging.NullHandler())
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 # Owner read/write, group read: workers in the service group may read the spool, others not.
 FILE_MODE = 0o640
+# Folder of instances still arriving over the network (STOW-RS parts), before their UIDs are known.
+INCOMING = ".incoming"
 
 
 def safe_name(uid: str) -> str:
@@ -78,6 +81,40 @@ class Spool:
             _unlink_quietly(Path(tmp))
             raise
         _fsync_dir(folder)
+        return relative
+
+    def incoming(self) -> tuple[BinaryIO, Path]:
+        """A new temporary file for an instance whose UIDs are not known yet (a STOW-RS part
+        streamed from the network): ``<spool>/.incoming/.part.*.tmp``, open for writing. Hand
+        it to :meth:`adopt` once written, or delete it. Spool recovery removes leftovers."""
+        folder = self.directory / INCOMING
+        if not folder.is_dir():
+            folder.mkdir(exist_ok=True)
+            _fsync_dir(self.directory)
+        fd, tmp = tempfile.mkstemp(prefix=".part.", suffix=".tmp", dir=folder)
+        os.fchmod(fd, FILE_MODE)
+        return os.fdopen(fd, "wb"), Path(tmp)
+
+    def adopt(self, tmp: Path, study_uid: str, sop_uid: str) -> str:
+        """Make a closed file from :meth:`incoming` durable and move it atomically into place,
+        exactly as :meth:`write` does (fsync, ``os.replace``, fsync the folder); return the
+        spool-relative path. Raises OSError with the temporary file removed."""
+        relative = self.relative_path(study_uid, sop_uid)
+        target = self.path(relative)
+        try:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if not target.parent.is_dir():
+                target.parent.mkdir(exist_ok=True)
+                _fsync_dir(self.directory)
+            os.replace(tmp, target)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+        _fsync_dir(target.parent)
         return relative
 
     def exists(self, relative: str) -> bool:
