@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -146,8 +147,9 @@ class LedgerCollector(Collector):
             "status 0xC210, 0xA700, 0xA900); duplicates are counted apart",
             labels=["protocol", "outcome"],
         )
-        for proto, result, events, instances in s.execute(query):
-            received.add_metric([proto, result], instances if result == "stored" else events)
+        for proto, result, events, instances in s.execute(query).tuples():
+            label = str(result)
+            received.add_metric([str(proto), label], _number(instances if label == "stored" else events))
         yield received
         duplicates = s.scalar(select(func.coalesce(func.sum(Study.duplicate_count), 0)))
         yield CounterMetricFamily(
@@ -182,8 +184,9 @@ class LedgerCollector(Collector):
             "(unknown_caller, unauthorized, HTTP_400, HTTP_408, HTTP_413, HTTP_415)",
             labels=["protocol", "reason"],
         )
-        for proto, why, count in s.execute(query):
-            rejected.add_metric([proto, why.lower() if why.startswith("HTTP") else why], count)
+        for proto, why, count in s.execute(query).tuples():
+            label = str(why)
+            rejected.add_metric([str(proto), label.lower() if label.startswith("HTTP") else label], _number(count))
         yield rejected
 
     def _jobs(self, s: Session) -> Iterator[Metric]:
@@ -222,10 +225,10 @@ class LedgerCollector(Collector):
             labels=["destination"],
         )
         dead = GaugeMetricFamily("ribnode_export_dead", "Deliveries given up, per destination", labels=["destination"])
-        for name, tried, ok, gave_up in s.execute(query):
-            attempts.add_metric([name], tried or 0)
-            failures.add_metric([name], max(0, (tried or 0) - (ok or 0)))
-            dead.add_metric([name], gave_up or 0)
+        for name, tried, ok, gave_up in s.execute(query).tuples():
+            attempts.add_metric([str(name)], _number(tried))
+            failures.add_metric([str(name)], max(0.0, _number(tried) - _number(ok)))
+            dead.add_metric([str(name)], _number(gave_up))
         yield from (attempts, failures, dead)
 
     def _stage_histogram(self, s: Session) -> Metric:
@@ -246,3 +249,9 @@ class LedgerCollector(Collector):
         for stage, hist in self._stages.histograms.items():
             family.add_metric([stage], hist.cumulative(), hist.total)
         return family
+
+
+def _number(value: Any) -> float:
+    """An aggregate from SQL as a float: int, or Decimal (PostgreSQL's SUM); None (SUM over
+    no row) is 0."""
+    return 0.0 if value is None else float(value)
