@@ -147,7 +147,7 @@ class LedgerCollector(Collector):
             "status 0xC210, 0xA700, 0xA900); duplicates are counted apart",
             labels=["protocol", "outcome"],
         )
-        for proto, result, events, instances in s.execute(query).tuples():
+        for proto, result, events, instances in s.execute(query):
             label = str(result)
             received.add_metric([str(proto), label], _number(instances if label == "stored" else events))
         yield received
@@ -184,7 +184,7 @@ class LedgerCollector(Collector):
             "(unknown_caller, unauthorized, HTTP_400, HTTP_408, HTTP_413, HTTP_415)",
             labels=["protocol", "reason"],
         )
-        for proto, why, count in s.execute(query).tuples():
+        for proto, why, count in s.execute(query):
             label = str(why)
             rejected.add_metric([str(proto), label.lower() if label.startswith("HTTP") else label], _number(count))
         yield rejected
@@ -225,7 +225,7 @@ class LedgerCollector(Collector):
             labels=["destination"],
         )
         dead = GaugeMetricFamily("ribnode_export_dead", "Deliveries given up, per destination", labels=["destination"])
-        for name, tried, ok, gave_up in s.execute(query).tuples():
+        for name, tried, ok, gave_up in s.execute(query):
             attempts.add_metric([str(name)], _number(tried))
             failures.add_metric([str(name)], max(0.0, _number(tried) - _number(ok)))
             dead.add_metric([str(name)], _number(gave_up))
