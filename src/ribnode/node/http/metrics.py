@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -147,7 +148,8 @@ class LedgerCollector(Collector):
             labels=["protocol", "outcome"],
         )
         for proto, result, events, instances in s.execute(query):
-            received.add_metric([proto, result], instances if result == "stored" else events)
+            label = str(result)
+            received.add_metric([str(proto), label], _number(instances if label == "stored" else events))
         yield received
         duplicates = s.scalar(select(func.coalesce(func.sum(Study.duplicate_count), 0)))
         yield CounterMetricFamily(
@@ -183,7 +185,8 @@ class LedgerCollector(Collector):
             labels=["protocol", "reason"],
         )
         for proto, why, count in s.execute(query):
-            rejected.add_metric([proto, why.lower() if why.startswith("HTTP") else why], count)
+            label = str(why)
+            rejected.add_metric([str(proto), label.lower() if label.startswith("HTTP") else label], _number(count))
         yield rejected
 
     def _jobs(self, s: Session) -> Iterator[Metric]:
@@ -223,9 +226,9 @@ class LedgerCollector(Collector):
         )
         dead = GaugeMetricFamily("ribnode_export_dead", "Deliveries given up, per destination", labels=["destination"])
         for name, tried, ok, gave_up in s.execute(query):
-            attempts.add_metric([name], tried or 0)
-            failures.add_metric([name], max(0, (tried or 0) - (ok or 0)))
-            dead.add_metric([name], gave_up or 0)
+            attempts.add_metric([str(name)], _number(tried))
+            failures.add_metric([str(name)], max(0.0, _number(tried) - _number(ok)))
+            dead.add_metric([str(name)], _number(gave_up))
         yield from (attempts, failures, dead)
 
     def _stage_histogram(self, s: Session) -> Metric:
@@ -246,3 +249,9 @@ class LedgerCollector(Collector):
         for stage, hist in self._stages.histograms.items():
             family.add_metric([stage], hist.cumulative(), hist.total)
         return family
+
+
+def _number(value: Any) -> float:
+    """An aggregate from SQL as a float: int, or Decimal (PostgreSQL's SUM); None (SUM over
+    no row) is 0."""
+    return 0.0 if value is None else float(value)
