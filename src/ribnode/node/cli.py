@@ -95,7 +95,10 @@ def _serve(settings: Any) -> int:
     routing = RoutingRule(settings.routing.rules)  # a malformed rule fails here, before binding
     ledger = Ledger(settings.ledger.url)
     spool = Spool(settings.spool.directory)
-    recover_spool(spool, ledger, routing)
+    try:
+        recover_spool(spool, ledger, routing)
+    except Exception:  # never refuse to start over recovery: log it, serve, retry next start
+        logger.exception("spool recovery failed; serving anyway (it runs again at the next start)")
     app = make_celery(settings)
     completion = StudyCompletion(settings, ledger, functools.partial(enqueue_job, app))
     stop = threading.Event()

@@ -6,7 +6,14 @@ inference (PS3.4 Annex B.2.3 statuses):
 * 0x0000 once the instance is fsynced and renamed into the spool and recorded in the ledger
   (a second copy of a known SOP Instance UID is counted and acknowledged, not stored again);
 * 0xC210 "cannot understand" when the dataset cannot be decoded (truncated, no identifiers);
-* 0xA700 "out of resources" when the spool or the ledger cannot take it (ENOSPC, ...).
+* 0xA700 "out of resources" when the spool or the ledger cannot take it (ENOSPC, ...), and
+  for nothing else: the sender retries it;
+* 0x0110 "processing failure" (PS3.7 C.4) for an unexpected error (a bug), logged with its
+  traceback and audited, so that one odd instance is refused rather than retried for ever.
+
+Routing and the ledger's descriptive columns are read leniently (``routing.attribute_text``):
+an unknown or wrong VR on Modality, Photometric Interpretation, Body Part Examined, ... keeps
+the instance, not routed, with the reason ("Modality cannot be read: ...").
 
 Unknown callers are refused at association time (A-ASSOCIATE-RJ, "calling AE title not
 recognised") and recorded as a PS3.15 "Security Alert".
@@ -37,13 +44,14 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ribnode.config.settings import AllowedSender, ListenerSettings, Settings
 from ribnode.node.ledger import AuditEventName, AuditOutcome, Ledger, ReceivedInstance
-from ribnode.node.routing import RoutingRule
+from ribnode.node.routing import RoutingRule, attribute_text
 from ribnode.node.spool import Spool
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
 
 SUCCESS = 0x0000
+PROCESSING_FAILURE = 0x0110
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC210
 
@@ -187,36 +195,52 @@ def _check_pixel_data(ds: Dataset, transfer_syntax: Any) -> None:
         return  # a truncated fragment stream leaves pydicom with no attributes at all
     try:
         expected = _expected_native_length(ds)
-    except (TypeError, ValueError) as exc:
-        raise UndecodableError(f"bad image geometry: {exc}") from exc
-    actual = len(ds.PixelData)
+        actual = len(ds.PixelData)
+    except Exception as exc:  # unknown/wrong VR on Rows, Bits Allocated, ...: pydicom raises many types
+        raise UndecodableError(f"bad image geometry: {type(exc).__name__}: {exc}") from exc
     if actual < expected:
         raise UndecodableError(f"Pixel Data holds {actual} bytes, {expected} expected (truncated)")
 
 
-def _short(value: Any, limit: int) -> str | None:
-    """An optional attribute as text for the ledger: None when absent or longer than the
-    column (a malformed value must not turn into a database error and an 0xA700)."""
-    text = str(value).strip() if value is not None else ""
-    return text if 0 < len(text) <= limit else None
-
-
-def _received(ds: Dataset, event: Event, path: str, size: int, routing: RoutingRule) -> ReceivedInstance:
+def received_instance(
+    ds: Dataset,
+    routing: RoutingRule,
+    *,
+    path: str,
+    size: int,
+    sop_class_uid: str | None,
+    transfer_syntax_uid: str,
+    calling_aet: str | None,
+) -> ReceivedInstance:
+    """The ledger record of a spooled instance (listener and start-up recovery). Only the
+    identifiers are read strictly (the caller has checked them); every other attribute is read
+    leniently, and the routing decision never raises."""
+    patient_id = attribute_text(ds, "PatientID", 10_000)
+    accession = attribute_text(ds, "AccessionNumber", 10_000)
     decision = routing(ds)
     return ReceivedInstance(
         study_instance_uid=str(ds.StudyInstanceUID),
-        series_instance_uid=_short(ds.get("SeriesInstanceUID"), 64),
+        series_instance_uid=attribute_text(ds, "SeriesInstanceUID", 64),
         sop_instance_uid=str(ds.SOPInstanceUID),
-        sop_class_uid=str(_request(event).AffectedSOPClassUID or ds.get("SOPClassUID", "")),
-        transfer_syntax_uid=str(event.context.transfer_syntax),
-        modality=_short(ds.get("Modality"), 16),
+        sop_class_uid=(sop_class_uid or attribute_text(ds, "SOPClassUID", 64) or "")[:64],
+        transfer_syntax_uid=transfer_syntax_uid[:64],
+        modality=attribute_text(ds, "Modality", 16),
         path=path,
         size_bytes=size,
-        calling_aet=str(event.assoc.requestor.ae_title).strip()[:16],
+        calling_aet=calling_aet,
         routed=decision.routed,
         ignore_reason=decision.reason,
-        patient_id=str(ds.get("PatientID", ""))[:64] or None,
-        accession_number=str(ds.get("AccessionNumber", ""))[:64] or None,
+        patient_id=patient_id[:64] if patient_id else None,
+        accession_number=accession[:64] if accession else None,
+    )
+
+
+def _received(ds: Dataset, event: Event, path: str, size: int, routing: RoutingRule) -> ReceivedInstance:
+    return received_instance(
+        ds, routing, path=path, size=size,
+        sop_class_uid=str(_request(event).AffectedSOPClassUID or "") or None,
+        transfer_syntax_uid=str(event.context.transfer_syntax),
+        calling_aet=str(event.assoc.requestor.ae_title).strip()[:16],
     )
 
 
@@ -224,9 +248,13 @@ def handle_c_store(event: Event, ctx: StoreContext) -> int:
     """EVT_C_STORE handler: spool, record, answer. Never raises."""
     try:
         return _store(event, ctx)
-    except Exception:  # the listener must stay up whatever happens; log with traceback
-        logger.exception("unexpected error storing an instance; answering 0xA700")
-        return OUT_OF_RESOURCES
+    except Exception as exc:  # the listener must stay up whatever happens; log with traceback
+        # Not 0xA700: that tells the sender to retry, and an instance that trips a bug would
+        # be retried for ever. Refuse it, log and audit it (PS3.7 C.4 processing failure).
+        logger.exception("unexpected error storing an instance; answering 0x0110")
+        _audit_failure(ctx, event, AuditOutcome.SERIOUS_FAILURE,
+                       f"0x0110 unexpected error: {type(exc).__name__}: {exc}")
+        return PROCESSING_FAILURE
 
 
 def _store(event: Event, ctx: StoreContext) -> int:
@@ -244,8 +272,11 @@ def _store(event: Event, ctx: StoreContext) -> int:
             logger.info("duplicate SOP Instance UID %s from %s: counted, not stored again", sop_uid, calling)
             return SUCCESS
         data = event.encoded_dataset()
-        path = ctx.spool.write(study_uid, sop_uid, data)
-        ctx.ledger.record_instance(_received(ds, event, path, len(data), ctx.routing))
+        # Decided before the write: nothing that reads the header can fail between the spool
+        # and the ledger (the record itself never raises on a malformed attribute).
+        record = _received(ds, event, ctx.spool.relative_path(study_uid, sop_uid), len(data), ctx.routing)
+        ctx.spool.write(study_uid, sop_uid, data)
+        ctx.ledger.record_instance(record)
     except (OSError, SQLAlchemyError) as exc:
         logger.error("C-STORE of %s from %s failed (0xA700): %s", sop_uid, calling, exc)
         _audit_failure(ctx, event, AuditOutcome.SERIOUS_FAILURE, f"0xA700 {exc}", study_uid)
