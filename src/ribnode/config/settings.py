@@ -90,6 +90,17 @@ class BrokerSettings(BaseModel):
     # backoff, then "dead"); 30 s later a prefork pool child still stuck is killed (the job is
     # delivered again). Bounds how long a worker's warm shutdown (SIGTERM) can wait on a task.
     task_time_limit_s: float = Field(default=900.0, gt=0)
+    # A job "queued" this long, seconds, with no worker holding it is published again (its
+    # message was lost: Redis restarted without persistence, serve killed mid-publish). Longer
+    # than a normal wait in the queue; a duplicate message is harmless.
+    queued_timeout_s: float = Field(default=900.0, gt=0)
+    # A worker pool process whose resident memory exceeds this after a task, MiB, is replaced
+    # (Celery worker_max_memory_per_child; 0: never).
+    worker_max_memory_per_child_mb: int = Field(default=8192, ge=0)
+    # Hard address-space limit of each worker pool process, MiB (RLIMIT_AS; 0: none). A decoder
+    # that asks for more gets MemoryError instead of the OOM killer. Leave 0 on GPU workers
+    # (CUDA reserves large virtual ranges).
+    worker_memory_limit_mb: int = Field(default=0, ge=0)
 
 
 class RoutingSettings(BaseModel):

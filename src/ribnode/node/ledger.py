@@ -538,6 +538,41 @@ class Ledger:
             logger.warning("reclaimed running jobs %s (their worker is gone)", [j.id for j in moved])
         return moved
 
+    def reclaim_stale_queued(self, queued_timeout_s: float) -> list[JobRef]:
+        """Move back to "received" (so the dispatcher publishes them again) the jobs "queued"
+        for longer than ``queued_timeout_s`` with no worker holding them: their message was
+        lost (Redis restarted without persistence, or ``serve`` killed while publishing).
+        Deferred retries (queued with a lease) are :meth:`reclaim_running`'s. Publishing again
+        is harmless if the first message still arrives: the task id is the job's idempotency
+        key and a worker runs a job only from a claimable state. Each is audited."""
+        now = utcnow()
+        stale = (
+            (Job.state == str(JobState.QUEUED))
+            & Job.lease_until.is_(None)
+            & (Job.updated_at < now - timedelta(seconds=queued_timeout_s))
+        )
+        with self.session() as s:  # the usual answer is "none": no write lock for it
+            if s.scalar(select(func.count(Job.id)).where(stale)) == 0:
+                return []
+        query = (select(Job, Study.study_instance_uid).join(Study, Study.id == Job.study_id)
+                 .where(stale).order_by(Job.id))
+        moved: list[JobRef] = []
+        with self._write() as s:
+            for job, study_uid in s.execute(query).all():
+                error = (f"queued since {job.updated_at:%Y-%m-%d %H:%M:%S}Z and no worker took it "
+                         "(broker message lost?); published again")
+                if not self._move(s, job.id, JobState.RECEIVED, {JobState.QUEUED}, error):
+                    continue
+                s.add(AuditEvent(
+                    at=now, event=str(AuditEventName.APPLICATION_ACTIVITY),
+                    outcome=AuditOutcome.MINOR_FAILURE, study_instance_uid=study_uid,
+                    detail=f"job {job.id}: {error}",
+                ))
+                moved.append(_job_ref(job, study_uid))
+        if moved:
+            logger.warning("re-publishing queued jobs %s (no worker took them)", [j.id for j in moved])
+        return moved
+
     def record_enqueue_error(self, job_id: int, error: str) -> None:
         """The broker refused the task: the job stays "received" with the error."""
         with self._write() as s:

@@ -12,7 +12,6 @@ module global.
 
 from __future__ import annotations
 
-import errno
 import logging
 import time
 from collections.abc import Sequence
@@ -20,12 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pydicom
-import pydicom.errors
-
 from ribnode.config.settings import ModelSettings, Settings
 from ribnode.node.ledger import InstanceCheck, Ledger
-from ribnode.workers.jobs import describe_radiograph
+from ribnode.workers.jobs import UnusableInputError, decode_for_models, describe_radiograph
 
 if TYPE_CHECKING:
     from ribnode.dicom_sr import OutputSet
@@ -75,23 +71,20 @@ class ModelStep:
     def __call__(self, path: Path, settings: Settings) -> InstanceOutcome:
         """Run the models on one spooled instance and build its SC, SEG and SR.
 
-        An input the models cannot take (``preprocess.InputError``) is returned in
-        ``check.error``: permanent, retrying cannot fix the file. A missing file raises
-        ``OSError`` (transient: the spool may be on a share that is not mounted yet).
+        The instance is decoded within bounds first (:func:`jobs.decode_for_models`: the
+        compressed stream's header is checked before any decoder runs). An input the models
+        cannot take is returned in ``check.error``: permanent, retrying cannot fix the file. A
+        missing file raises ``OSError`` and a model error raises as it is (transient: retried
+        with the attempt count kept in the ledger).
         """
         from ribnode.dicom_sr import build_outputs
-        from ribnode.models.preprocess import InputError
 
-        if not path.is_file():
-            raise FileNotFoundError(errno.ENOENT, "spool file missing (is the spool mounted here?)",
-                                    str(path))
         start = time.perf_counter()
         try:
-            source = pydicom.dcmread(path)
-            output = self.pipeline(source)
-        except (InputError, pydicom.errors.InvalidDicomError) as exc:
-            return InstanceOutcome(
-                InstanceCheck(error=f"cannot decode {path.name}: {type(exc).__name__}: {exc}"))
+            source, radiograph = decode_for_models(path, settings)
+        except UnusableInputError as exc:  # permanent: the job never retries for this file
+            return InstanceOutcome(InstanceCheck(error=str(exc)))
+        output = self.pipeline(radiograph)  # a model error is not the file's: retried
         try:
             outputs = build_outputs(source, output.segmentation, output.suppression,
                                     settings.outputs)
