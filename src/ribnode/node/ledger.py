@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from ribnode.config.redact import redact
 from ribnode.node.schema import (
     TERMINAL_JOB_STATES,
     AuditEvent,
@@ -150,12 +152,27 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _create_private_file(path: Path) -> None:
+    """Create the SQLite file (and a missing folder) owner-only, 0600 / 0700, whatever the
+    umask: the ledger holds patient identifiers. SQLite gives its -wal and -shm files the mode
+    of the database file. An existing file is tightened too."""
+    if not path.parent.is_dir():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+    try:
+        os.chmod(path, 0o600)
+    except PermissionError as exc:  # a file of another user: say so, go on
+        logger.warning("cannot make the ledger %s private (0600): %s", path, exc)
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; for a SQLite file, create its folder and set WAL pragmas."""
     if url.startswith("sqlite"):
         database = url.split("///", 1)[-1] if "///" in url else ""
         if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            _create_private_file(Path(database))
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 15})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
@@ -292,7 +309,11 @@ class Ledger:
         outcome: int = AuditOutcome.SUCCESS,
         **fields: Any,
     ) -> None:
-        """Record a PS3.15 audit event (``fields``: columns of ``audit_events``)."""
+        """Record a PS3.15 audit event (``fields``: columns of ``audit_events``); credentials
+        in its text (a URL with a password) are masked."""
+        for name in ("detail", "destination_aet", "source_host"):
+            if isinstance(fields.get(name), str):
+                fields[name] = redact(fields[name])
         with self._write() as s:
             s.add(AuditEvent(at=utcnow(), event=str(event_name), outcome=outcome, **fields))
 
@@ -580,7 +601,7 @@ class Ledger:
                 update(Job)
                 .where(Job.id == job_id)
                 .values(
-                    last_error=error,
+                    last_error=redact(error),
                     enqueue_attempts=Job.enqueue_attempts + 1,
                     updated_at=utcnow(),
                 )
@@ -589,7 +610,7 @@ class Ledger:
     def record_job_error(self, job_id: int, error: str) -> None:
         """Note an error on a job without moving it (e.g. a worker could not even start it)."""
         with self._write() as s:
-            s.execute(update(Job).where(Job.id == job_id).values(last_error=error, updated_at=utcnow()))
+            s.execute(update(Job).where(Job.id == job_id).values(last_error=redact(error), updated_at=utcnow()))
 
     def transition(
         self,
@@ -627,6 +648,7 @@ class Ledger:
         )
         if not moved.rowcount:  # type: ignore[attr-defined]
             return False
+        error = redact(error)
         s.add(JobTransition(job_id=job_id, from_state=job.state, to_state=to_state, at=now, error=error))
         job.state = str(to_state)
         job.updated_at = now

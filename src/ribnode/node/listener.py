@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -91,6 +92,7 @@ class AllowListACSE(ACSE):
         calling = str(self.requestor.primitive.calling_ae_title).strip()  # type: ignore[union-attr]
         host = str(self.assoc.requestor.address)
         if self._policy.allows(calling, host):
+            self._audit_if_over_the_limit(calling, host)
             super()._negotiate_as_acceptor()
             return
         logger.warning("rejecting association from unknown caller %r at %s", calling, host)
@@ -107,6 +109,20 @@ class AllowListACSE(ACSE):
         self.assoc.kill()
 
 
+    def _audit_if_over_the_limit(self, calling: str, host: str) -> None:
+        """pynetdicom rejects an association over ``max_associations`` (local limit
+        exceeded, PS3.8 9.3.4); say so in the log and the audit trail."""
+        ae = self.assoc.ae
+        acceptors = [a for a in ae.active_associations if a.is_acceptor]
+        if len(acceptors) <= ae.maximum_associations:
+            return
+        detail = (f"association from {calling!r} at {host} rejected: {len(acceptors) - 1} "
+                  f"associations open, limit {ae.maximum_associations}")
+        logger.warning(detail)
+        _audit_quietly(self._ledger, AuditEventName.SECURITY_ALERT, AuditOutcome.MINOR_FAILURE,
+                       source_aet=calling[:16], source_host=host, detail=detail)
+
+
 class AllowListRequestHandler(RequestHandler):
     """pynetdicom request handler that installs :class:`AllowListACSE` on each association."""
 
@@ -115,6 +131,81 @@ class AllowListRequestHandler(RequestHandler):
         server = self.server
         assoc.acse = AllowListACSE(assoc, server.ribnode_policy, server.ribnode_ledger)  # type: ignore[attr-defined]
         return assoc
+
+
+class GuardedAssociationServer(ThreadedAssociationServer):
+    """The association server, hardened against starvation:
+
+    * the TLS handshake runs in the connection's own thread with a timeout
+      (``listener.tls_handshake_timeout_s``), never in the accept loop (pynetdicom wraps the
+      socket in ``get_request``, so one silent client blocked every other caller);
+    * at most ``listener.max_connections_per_host`` connections per host address: the next
+      one is closed at once;
+    * a refused handshake and a refused connection are logged and audited (PS3.15 Security
+      Alert). Configure with :meth:`guard` after ``AE.make_server``.
+    """
+
+    def guard(self, ledger: Ledger, per_host: int, handshake_timeout_s: float) -> None:
+        self.ribnode_ledger = ledger
+        self._per_host_limit = per_host
+        self._handshake_timeout_s = handshake_timeout_s
+        self._connections: dict[str, int] = defaultdict(int)
+        self._connections_lock = threading.Lock()
+
+    def get_request(self) -> tuple[Any, Any]:
+        """Accept only: the TLS handshake happens in :meth:`process_request_thread`."""
+        return cast(Any, self.socket).accept()
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Count the connection against its host; refuse it over the per-host limit."""
+        host = str(client_address[0])
+        with self._connections_lock:
+            if self._per_host_limit and self._connections[host] >= self._per_host_limit:
+                refused = True
+            else:
+                self._connections[host] += 1
+                refused = False
+        if refused:
+            self._alert(host, f"connection from {host} refused: {self._per_host_limit} "
+                              "connections from that host already open (listener.max_connections_per_host)")
+        return not refused
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        host = str(client_address[0])
+        try:
+            if self.ssl_context is not None:
+                request = self._handshake(request, host)
+                if request is None:
+                    return
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._connections_lock:
+                self._connections[host] -= 1
+                if self._connections[host] <= 0:
+                    del self._connections[host]
+
+    def _handshake(self, request: Any, host: str) -> Any:
+        """The server side of the TLS handshake within the timeout; None (socket closed,
+        audited) when it fails: plain TCP, a rogue certificate, an old protocol, silence."""
+        assert self.ssl_context is not None
+        request.settimeout(self._handshake_timeout_s)
+        try:
+            tls = self.ssl_context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as exc:  # socket.timeout is an OSError
+            reason = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+            self._alert(host, f"TLS handshake with {host} refused: {reason}"[:1000])
+            try:
+                request.close()
+            except OSError:
+                pass
+            return None
+        tls.settimeout(None)  # as pynetdicom's own accepted sockets: it polls with select
+        return tls
+
+    def _alert(self, host: str, detail: str) -> None:
+        logger.warning(detail)
+        _audit_quietly(self.ribnode_ledger, AuditEventName.SECURITY_ALERT, AuditOutcome.MINOR_FAILURE,
+                       source_host=host, detail=detail)
 
 
 def _audit_quietly(ledger: Ledger, name: AuditEventName, outcome: int, **fields: Any) -> None:
@@ -142,6 +233,8 @@ class StoreContext:
     # Per association: {study uid: [count, {sop classes}]}, flushed to the audit on release.
     transfers: dict[int, dict[str, list[Any]]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Per connection: when it opened (monotonic), to audit ACSE timeouts.
+    opened: dict[int, float] = field(default_factory=dict)
 
     def note_transfer(self, assoc_id: int, study_uid: str, sop_class: str) -> None:
         """Count one stored instance for the association's audit record."""
@@ -302,6 +395,32 @@ def _audit_failure(
     )
 
 
+def handle_connection_open(event: Event, ctx: StoreContext) -> None:
+    """EVT_CONN_OPEN: note when the connection opened (to tell a timeout from a probe)."""
+    with ctx.lock:
+        ctx.opened[id(event.assoc)] = time.monotonic()
+
+
+def handle_connection_close(event: Event, ctx: StoreContext, acse_timeout_s: float) -> None:
+    """EVT_CONN_CLOSE: a connection that never sent an A-ASSOCIATE-RQ and was closed by the
+    ACSE timeout (ARTIM) is a Security Alert: it held a slot doing nothing. A quick close (a
+    port probe, a health check) is only logged at debug level."""
+    with ctx.lock:
+        opened = ctx.opened.pop(id(event.assoc), None)
+    if getattr(event.assoc.requestor, "primitive", None) is not None or opened is None:
+        return  # an association was requested: the ACSE and the C-STORE handler audit it
+    held = time.monotonic() - opened
+    host = str(event.assoc.requestor.address)
+    if held < 0.9 * acse_timeout_s:
+        logger.debug("connection from %s closed after %.1f s without an association request", host, held)
+        return
+    detail = (f"connection from {host} sent no association request within {acse_timeout_s:g} s "
+              "(listener.acse_timeout_s): closed")
+    logger.warning(detail)
+    _audit_quietly(ctx.ledger, AuditEventName.SECURITY_ALERT, AuditOutcome.MINOR_FAILURE,
+                   source_host=host, detail=detail)
+
+
 def handle_association_end(event: Event, ctx: StoreContext) -> None:
     """EVT_RELEASED / EVT_ABORTED: one PS3.15 "DICOM Instances Transferred" per study."""
     with ctx.lock:
@@ -338,11 +457,24 @@ def make_ssl_context(settings: ListenerSettings) -> ssl.SSLContext | None:
             context.load_verify_locations(cafile=str(settings.tls_ca))
     except (OSError, ssl.SSLError) as exc:
         raise ListenerError(f"cannot load TLS files {settings.tls_cert}, {settings.tls_key}: {exc}") from exc
+    _warn_if_readable_by_others(settings.tls_key)
     if settings.tls_verify_client:
         if settings.tls_ca is None:
             raise ListenerError("listener.tls_verify_client needs listener.tls_ca")
         context.verify_mode = ssl.CERT_REQUIRED
     return context
+
+
+def _warn_if_readable_by_others(key: Any) -> None:
+    """A private key readable by the group or others is logged (it should be 0600)."""
+    import os
+
+    try:
+        mode = os.stat(key).st_mode & 0o777
+    except OSError:
+        return
+    if mode & 0o077:
+        logger.warning("TLS private key %s is mode %04o: make it 0600 (owner only)", key, mode)
 
 
 class DicomListener:
@@ -371,8 +503,8 @@ class DicomListener:
         ae.maximum_associations = self.settings.max_associations
         ae.maximum_pdu_size = self.settings.max_pdu_size
         ae.network_timeout = self.settings.network_timeout_s
-        ae.acse_timeout = self.settings.network_timeout_s
-        ae.dimse_timeout = self.settings.network_timeout_s
+        ae.acse_timeout = self.settings.acse_timeout_s
+        ae.dimse_timeout = self.settings.dimse_timeout_s
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cast(str, cx.abstract_syntax), ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
@@ -385,6 +517,8 @@ class DicomListener:
             (evt.EVT_C_STORE, handle_c_store, [self.context]),
             (evt.EVT_RELEASED, handle_association_end, [self.context]),
             (evt.EVT_ABORTED, handle_association_end, [self.context]),
+            (evt.EVT_CONN_OPEN, handle_connection_open, [self.context]),
+            (evt.EVT_CONN_CLOSE, handle_connection_close, [self.context, self.settings.acse_timeout_s]),
         ]
         address = (self.settings.bind_address, self.settings.port)
         try:
@@ -392,7 +526,7 @@ class DicomListener:
                 address,
                 ssl_context=make_ssl_context(self.settings),
                 evt_handlers=handlers,
-                server_class=ThreadedAssociationServer,
+                server_class=GuardedAssociationServer,
                 request_handler=AllowListRequestHandler,
             )
         except OSError as exc:
@@ -400,7 +534,8 @@ class DicomListener:
         server.ribnode_policy = SenderPolicy(  # type: ignore[attr-defined]
             tuple(self.settings.allowed_senders), self.settings.open_mode
         )
-        server.ribnode_ledger = self.ledger  # type: ignore[attr-defined]
+        cast(GuardedAssociationServer, server).guard(
+            self.ledger, self.settings.max_connections_per_host, self.settings.tls_handshake_timeout_s)
         ae._servers.append(server)  # server.shutdown() removes itself from this list
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="dicom-listener", daemon=True)
