@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import overload
 
 __all__ = ["RedactingFilter", "redact"]
 
@@ -27,6 +28,10 @@ _QUERY = re.compile(
 _AUTH = re.compile(r"(?P<head>\b(?:Bearer|Basic)\s+)(?P<secret>[A-Za-z0-9._~+/=\-]{8,})")
 
 
+@overload
+def redact(text: str) -> str: ...
+@overload
+def redact(text: None) -> None: ...
 def redact(text: str | None) -> str | None:
     """``text`` with passwords in URLs, secret query parameters and HTTP credentials masked."""
     if not text:

@@ -155,8 +155,8 @@ def status_command(args: argparse.Namespace) -> int:
         for d in destinations:
             states = ", ".join(f"{k} {v}" for k, v in sorted(d.deliveries.items()))
             due = f"; next attempt {d.next_attempt_at:%Y-%m-%d %H:%M:%S}Z" if d.next_attempt_at else ""
-            error = f"; last error: {redact(d.last_error)}" if d.last_error else ""
-            print(f"  {d.name}: {states}{due}{error}")
+            last = f"; last error: {redact(d.last_error)}" if d.last_error else ""
+            print(f"  {d.name}: {states}{due}{last}")
     if summary.last_errors:
         print("last errors:")
         for job_id, state, error, at in summary.last_errors:
