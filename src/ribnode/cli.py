@@ -50,6 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=(args.log_level or "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from ribnode.config.redact import RedactingFilter
+
+    for handler in logging.getLogger().handlers:  # no password or token in any log line
+        handler.addFilter(RedactingFilter())
     result = args.handler(args)
     return int(result or 0)
 

@@ -35,7 +35,7 @@ class ListenerSettings(BaseModel):
     ae_title: str = "RIBNODE"
     bind_address: str = "127.0.0.1"
     port: int = 11112
-    max_associations: int = 10
+    max_associations: int = 16
     # Sender allow-list. ``open_mode`` accepts any caller: for the demo only.
     open_mode: bool = False
     allowed_senders: list[AllowedSender] = Field(default_factory=list)
@@ -46,8 +46,20 @@ class ListenerSettings(BaseModel):
     tls_verify_client: bool = False
     # Largest PDU we accept (0: no limit). Large PDUs cut per-PDU overhead on big images.
     max_pdu_size: int = 0
-    # ACSE/DIMSE/network timeout for one association, seconds.
-    network_timeout_s: float = 60.0
+    # Idle network timeout of one association, seconds (no PDU for this long: A-ABORT).
+    network_timeout_s: float = 30.0
+    # ACSE timeout (ARTIM), seconds: a connection that sends no A-ASSOCIATE-RQ (or release)
+    # within this long is closed (audited as a Security Alert), so idle connections cannot
+    # hold the association slots.
+    acse_timeout_s: float = Field(default=10.0, gt=0)
+    # DIMSE timeout, seconds: longest wait for the next DIMSE message of an association.
+    dimse_timeout_s: float = Field(default=30.0, gt=0)
+    # TLS handshake timeout, seconds; the handshake runs in the connection's own thread, never
+    # in the accept loop. A failed or timed-out handshake is audited (Security Alert).
+    tls_handshake_timeout_s: float = Field(default=10.0, gt=0)
+    # Most simultaneous connections from one host address (0: no limit); over it the
+    # connection is closed at once and audited. Keeps one host from filling max_associations.
+    max_connections_per_host: int = Field(default=8, ge=0)
 
 
 class HttpSender(BaseModel):
@@ -144,6 +156,17 @@ class BrokerSettings(BaseModel):
     # backoff, then "dead"); 30 s later a prefork pool child still stuck is killed (the job is
     # delivered again). Bounds how long a worker's warm shutdown (SIGTERM) can wait on a task.
     task_time_limit_s: float = Field(default=900.0, gt=0)
+    # A job "queued" this long, seconds, with no worker holding it is published again (its
+    # message was lost: Redis restarted without persistence, serve killed mid-publish). Longer
+    # than a normal wait in the queue; a duplicate message is harmless.
+    queued_timeout_s: float = Field(default=900.0, gt=0)
+    # A worker pool process whose resident memory exceeds this after a task, MiB, is replaced
+    # (Celery worker_max_memory_per_child; 0: never).
+    worker_max_memory_per_child_mb: int = Field(default=8192, ge=0)
+    # Hard address-space limit of each worker pool process, MiB (RLIMIT_AS; 0: none). A decoder
+    # that asks for more gets MemoryError instead of the OOM killer. Leave 0 on GPU workers
+    # (CUDA reserves large virtual ranges).
+    worker_memory_limit_mb: int = Field(default=0, ge=0)
 
 
 class RoutingSettings(BaseModel):
@@ -237,9 +260,11 @@ class ExportSettings(BaseModel):
             DestinationSettings(name="local", kind="folder", path=Path("var/outbox"))
         ]
     )
-    max_attempts: int = 8  # attempts per destination before the delivery (and job) is dead
-    backoff_s: float = 2.0  # first retry delay; doubles per attempt, full jitter U(0, delay)
-    backoff_max_s: float = 300.0  # cap of the retry delay
+    # attempts per destination before the delivery (and job) is dead; with the default backoff
+    # they span at least 25 h (a PACS down over a night and a day is waited for unattended)
+    max_attempts: int = 110
+    backoff_s: float = 2.0  # first retry delay; doubles per attempt, jitter U(delay/2, delay)
+    backoff_max_s: float = 1800.0  # cap of the retry delay
     # Workers re-enqueue exports whose next attempt is overdue (task lost with a killed worker
     # or the broker) this often, seconds, and once at start; 0 turns the sweep off
     sweep_interval_s: float = 30.0

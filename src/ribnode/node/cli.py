@@ -146,7 +146,10 @@ def _serve(settings: Any, dimse: bool = True) -> int:
     routing = RoutingRule(settings.routing.rules)  # a malformed rule fails here, before binding
     ledger = Ledger(settings.ledger.url)
     spool = Spool(settings.spool.directory)
-    recover_spool(spool, ledger, routing)
+    try:
+        recover_spool(spool, ledger, routing)
+    except Exception:  # never refuse to start over recovery: log it, serve, retry next start
+        logger.exception("spool recovery failed; serving anyway (it runs again at the next start)")
     app = make_celery(settings)
     completion = StudyCompletion(settings, ledger, functools.partial(enqueue_job, app))
     stop = threading.Event()
@@ -203,32 +206,51 @@ def _http_service(settings: Any, ledger: Any, spool: Any, routing: Any, celery_a
 
 
 def status_command(args: argparse.Namespace) -> int:
-    """``ribnode status``: print the ledger summary."""
+    """``ribnode status``: print the ledger summary and how each export destination stands
+    (deliveries by state, latest error, next attempt). Credentials are masked."""
+    from ribnode.config.redact import redact
+    from ribnode.node.delivery_ledger import DeliveryLedger
     from ribnode.node.ledger import Ledger
 
     settings = _settings(args)
-    summary = Ledger(settings.ledger.url).summary()
+    ledger = Ledger(settings.ledger.url)
+    summary = ledger.summary()
+    destinations = DeliveryLedger(ledger).destination_status()
     if args.json:
         data = {
+            "ledger": redact(settings.ledger.url),
             "studies": summary.studies,
             "instances": summary.instances,
             "duplicates": summary.duplicates,
             "jobs": summary.jobs,
             "security_alerts": summary.security_alerts,
             "last_errors": [
-                {"job": j, "state": s, "error": e, "at": at.isoformat()} for j, s, e, at in summary.last_errors
+                {"job": j, "state": s, "error": redact(e), "at": at.isoformat()}
+                for j, s, e, at in summary.last_errors
+            ],
+            "destinations": [
+                {"name": d.name, "deliveries": d.deliveries, "last_error": redact(d.last_error),
+                 "next_attempt_at": d.next_attempt_at.isoformat() if d.next_attempt_at else None}
+                for d in destinations
             ],
         }
         print(json.dumps(data, indent=2))
         return 0
-    print(f"ledger     {settings.ledger.url}")
+    print(f"ledger     {redact(settings.ledger.url)}")
     print(f"studies    {summary.studies}")
     print("instances  " + (", ".join(f"{k} {v}" for k, v in sorted(summary.instances.items())) or "none")
           + f" (duplicates received: {summary.duplicates})")
     print("jobs       " + (", ".join(f"{k} {v}" for k, v in sorted(summary.jobs.items())) or "none"))
     print(f"security alerts (rejected associations): {summary.security_alerts}")
+    if destinations:
+        print("destinations:")
+        for d in destinations:
+            states = ", ".join(f"{k} {v}" for k, v in sorted(d.deliveries.items()))
+            due = f"; next attempt {d.next_attempt_at:%Y-%m-%d %H:%M:%S}Z" if d.next_attempt_at else ""
+            last = f"; last error: {redact(d.last_error)}" if d.last_error else ""
+            print(f"  {d.name}: {states}{due}{last}")
     if summary.last_errors:
         print("last errors:")
         for job_id, state, error, at in summary.last_errors:
-            print(f"  job {job_id} [{state}] {at:%Y-%m-%d %H:%M:%S}Z  {error}")
+            print(f"  job {job_id} [{state}] {at:%Y-%m-%d %H:%M:%S}Z  {redact(error)}")
     return 0

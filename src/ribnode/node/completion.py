@@ -10,8 +10,9 @@ error and is retried every ``enqueue_retry_s``; jobs left "received" by a crash 
 Every job reads received -> queued -> running: :func:`dispatch` commits "queued" *before* it
 publishes (a worker can take the task the instant it is published), and moves the job back to
 "received" with the error when publishing fails. Each pass also reclaims jobs left "running"
-by a dead worker (their lease, ``broker.job_lease_s``, expired): they go back to "received" and
-are sent again like any other.
+by a dead worker (their lease, ``broker.job_lease_s``, expired), and jobs "queued" for longer
+than ``broker.queued_timeout_s`` that no worker took (their message was lost): they go back to
+"received" and are sent again like any other.
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ class StudyCompletion:
         self.spool = settings.spool
         self.retry_s = settings.broker.enqueue_retry_s
         self.lease_s = settings.broker.job_lease_s
+        self.queued_timeout_s = settings.broker.queued_timeout_s
         self.ledger = ledger
         self.enqueue = enqueue
         self.versions = versions if versions is not None else model_versions(settings.models)
@@ -108,6 +110,7 @@ class StudyCompletion:
         jobs; returns the jobs created."""
         created = []
         self.ledger.reclaim_running(self.lease_s)
+        self.ledger.reclaim_stale_queued(self.queued_timeout_s)
         for study_id in self.ledger.due_studies(self.spool.quiet_period_s, self.spool.max_wait_s):
             job = self.ledger.create_job(study_id, self.versions)
             if job is not None:

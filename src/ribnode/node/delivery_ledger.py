@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, or_, select, update
 
+from ribnode.config.redact import redact
 from ribnode.node.ledger import Ledger, utcnow
 from ribnode.node.schema import Delivery, Job, JobState, OutputObject
 
@@ -59,6 +60,16 @@ class DeliveryRef:
     last_error: str | None
     next_attempt_at: datetime | None
     delivered_at: datetime | None
+
+
+@dataclass
+class DestinationStatus:
+    """How deliveries to one destination stand (``ribnode status``)."""
+
+    name: str
+    deliveries: dict[str, int] = field(default_factory=dict)  # by state
+    last_error: str | None = None
+    next_attempt_at: datetime | None = None
 
 
 def _ref(row: Delivery) -> DeliveryRef:
@@ -187,7 +198,7 @@ class DeliveryLedger:
 
     def mark_failed(self, delivery_id: int, error: str, next_attempt_at: datetime | None) -> None:
         """An attempt failed: retry at ``next_attempt_at``, or dead when it is None."""
-        values: dict[str, object] = {"last_error": error, "next_attempt_at": next_attempt_at}
+        values: dict[str, object] = {"last_error": redact(error), "next_attempt_at": next_attempt_at}
         if next_attempt_at is None:
             values["state"] = DeliveryState.DEAD
         with self._write() as s:
@@ -236,3 +247,34 @@ class DeliveryLedger:
         )
         with self.ledger.session() as s:
             return {job_id: due for job_id, due in s.execute(query)}
+
+    def destination_status(self) -> list[DestinationStatus]:
+        """Per destination: deliveries by state, the latest error and the next attempt due,
+        for ``ribnode status`` (an outage shows here while its retries run)."""
+        counts = (
+            select(Delivery.destination, Delivery.state, func.count(Delivery.id))
+            .group_by(Delivery.destination, Delivery.state)
+        )
+        next_due = (
+            select(Delivery.destination, func.min(Delivery.next_attempt_at))
+            .where(Delivery.state == DeliveryState.PENDING)
+            .group_by(Delivery.destination)
+        )
+        # the latest failure: a pending delivery whose next attempt is furthest away was the
+        # last to fail; otherwise the newest dead one
+        errors = (
+            select(Delivery.destination, Delivery.last_error)
+            .where(Delivery.last_error.is_not(None), Delivery.state != DeliveryState.DELIVERED)
+            .order_by((Delivery.state == DeliveryState.PENDING).desc(),
+                      Delivery.next_attempt_at.desc(), Delivery.id.desc())
+        )
+        out: dict[str, DestinationStatus] = {}
+        with self.ledger.session() as s:
+            for name, state, n in s.execute(counts):
+                out.setdefault(name, DestinationStatus(name)).deliveries[state] = n
+            for name, due in s.execute(next_due):
+                out[name].next_attempt_at = due
+            for name, error in s.execute(errors):
+                if out[name].last_error is None:
+                    out[name].last_error = error
+        return [out[name] for name in sorted(out)]

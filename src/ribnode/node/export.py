@@ -7,7 +7,7 @@ The worker calls, in order:
    ("DICOM Instances Accessed"), create one pending delivery per destination and move the job
    to "exporting".
 2. :func:`export_job`: attempt every delivery that is due. A destination that fails
-   transiently is retried later with exponential backoff and full jitter; when all
+   transiently is retried later with capped exponential backoff and jitter; when all
    destinations have the objects the job is "done"; when one gave up (``max_attempts``
    reached, or a permanent refusal) and none is pending the job is "dead" with the reason.
    The return value says when to call it again (the Celery export task does so).
@@ -65,6 +65,7 @@ __all__ = [
     "PermanentDeliveryError",
     "TransientDeliveryError",
     "backoff_delay",
+    "schedule_minimum_s",
     "deliver",
     "export_job",
     "resend",
@@ -123,13 +124,21 @@ def deliver(
 def backoff_delay(
     attempt: int, base_s: float, max_s: float, rng: random.Random | None = None
 ) -> float:
-    """Seconds to wait after failed attempt ``attempt`` (1-based): exponential, capped, full
-    jitter (uniform in [0, min(max, base * 2**(attempt-1))]) so that many jobs failing
-    together do not retry together (no retry storm when a PACS comes back)."""
+    """Seconds to wait after failed attempt ``attempt`` (1-based): exponential, capped, with
+    "equal" jitter (uniform in [c/2, c], c = min(max, base * 2**(attempt-1))) so that many
+    jobs failing together do not retry together (no retry storm when a PACS comes back), while
+    the schedule still lasts a known minimum: ``export.max_attempts`` attempts cover at least
+    :func:`schedule_minimum_s` (more than 24 h with the defaults)."""
     if attempt < 1:
         raise ValueError(f"attempt must be 1 or more, not {attempt}")
     ceiling = min(max_s, base_s * (2 ** min(attempt - 1, 62)))
-    return (rng or random).uniform(0.0, ceiling)
+    return (rng or random).uniform(ceiling / 2, ceiling)
+
+
+def schedule_minimum_s(max_attempts: int, base_s: float, max_s: float) -> float:
+    """The shortest time from the first to the last of ``max_attempts`` attempts: how long a
+    destination may be down before its delivery is dead."""
+    return sum(min(max_s, base_s * 2 ** min(a - 1, 62)) / 2 for a in range(1, max_attempts))
 
 
 # -- staging ----------------------------------------------------------------------------------

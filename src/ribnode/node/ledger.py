@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from ribnode.config.redact import redact
 from ribnode.node.schema import (
     TERMINAL_JOB_STATES,
     AuditEvent,
@@ -150,12 +152,27 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _create_private_file(path: Path) -> None:
+    """Create the SQLite file (and a missing folder) owner-only, 0600 / 0700, whatever the
+    umask: the ledger holds patient identifiers. SQLite gives its -wal and -shm files the mode
+    of the database file. An existing file is tightened too."""
+    if not path.parent.is_dir():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+    try:
+        os.chmod(path, 0o600)
+    except PermissionError as exc:  # a file of another user: say so, go on
+        logger.warning("cannot make the ledger %s private (0600): %s", path, exc)
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; for a SQLite file, create its folder and set WAL pragmas."""
     if url.startswith("sqlite"):
         database = url.split("///", 1)[-1] if "///" in url else ""
         if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            _create_private_file(Path(database))
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 15})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
@@ -292,7 +309,11 @@ class Ledger:
         outcome: int = AuditOutcome.SUCCESS,
         **fields: Any,
     ) -> None:
-        """Record a PS3.15 audit event (``fields``: columns of ``audit_events``)."""
+        """Record a PS3.15 audit event (``fields``: columns of ``audit_events``); credentials
+        in its text (a URL with a password) are masked."""
+        for name in ("detail", "destination_aet", "source_host"):
+            if isinstance(fields.get(name), str):
+                fields[name] = redact(fields[name])
         with self._write() as s:
             s.add(AuditEvent(at=utcnow(), event=str(event_name), outcome=outcome, **fields))
 
@@ -570,6 +591,41 @@ class Ledger:
             logger.warning("reclaimed running jobs %s (their worker is gone)", [j.id for j in moved])
         return moved
 
+    def reclaim_stale_queued(self, queued_timeout_s: float) -> list[JobRef]:
+        """Move back to "received" (so the dispatcher publishes them again) the jobs "queued"
+        for longer than ``queued_timeout_s`` with no worker holding them: their message was
+        lost (Redis restarted without persistence, or ``serve`` killed while publishing).
+        Deferred retries (queued with a lease) are :meth:`reclaim_running`'s. Publishing again
+        is harmless if the first message still arrives: the task id is the job's idempotency
+        key and a worker runs a job only from a claimable state. Each is audited."""
+        now = utcnow()
+        stale = (
+            (Job.state == str(JobState.QUEUED))
+            & Job.lease_until.is_(None)
+            & (Job.updated_at < now - timedelta(seconds=queued_timeout_s))
+        )
+        with self.session() as s:  # the usual answer is "none": no write lock for it
+            if s.scalar(select(func.count(Job.id)).where(stale)) == 0:
+                return []
+        query = (select(Job, Study.study_instance_uid).join(Study, Study.id == Job.study_id)
+                 .where(stale).order_by(Job.id))
+        moved: list[JobRef] = []
+        with self._write() as s:
+            for job, study_uid in s.execute(query).all():
+                error = (f"queued since {job.updated_at:%Y-%m-%d %H:%M:%S}Z and no worker took it "
+                         "(broker message lost?); published again")
+                if not self._move(s, job.id, JobState.RECEIVED, {JobState.QUEUED}, error):
+                    continue
+                s.add(AuditEvent(
+                    at=now, event=str(AuditEventName.APPLICATION_ACTIVITY),
+                    outcome=AuditOutcome.MINOR_FAILURE, study_instance_uid=study_uid,
+                    detail=f"job {job.id}: {error}",
+                ))
+                moved.append(_job_ref(job, study_uid))
+        if moved:
+            logger.warning("re-publishing queued jobs %s (no worker took them)", [j.id for j in moved])
+        return moved
+
     def record_enqueue_error(self, job_id: int, error: str) -> None:
         """The broker refused the task: the job stays "received" with the error."""
         with self._write() as s:
@@ -577,7 +633,7 @@ class Ledger:
                 update(Job)
                 .where(Job.id == job_id)
                 .values(
-                    last_error=error,
+                    last_error=redact(error),
                     enqueue_attempts=Job.enqueue_attempts + 1,
                     updated_at=utcnow(),
                 )
@@ -586,7 +642,7 @@ class Ledger:
     def record_job_error(self, job_id: int, error: str) -> None:
         """Note an error on a job without moving it (e.g. a worker could not even start it)."""
         with self._write() as s:
-            s.execute(update(Job).where(Job.id == job_id).values(last_error=error, updated_at=utcnow()))
+            s.execute(update(Job).where(Job.id == job_id).values(last_error=redact(error), updated_at=utcnow()))
 
     def transition(
         self,
@@ -624,6 +680,7 @@ class Ledger:
         )
         if not moved.rowcount:  # type: ignore[attr-defined]
             return False
+        error = redact(error)
         s.add(JobTransition(job_id=job_id, from_state=job.state, to_state=to_state, at=now, error=error))
         job.state = str(to_state)
         job.updated_at = now

@@ -6,7 +6,14 @@ inference (PS3.4 Annex B.2.3 statuses):
 * 0x0000 once the instance is fsynced and renamed into the spool and recorded in the ledger
   (a second copy of a known SOP Instance UID is counted and acknowledged, not stored again);
 * 0xC210 "cannot understand" when the dataset cannot be decoded (truncated, no identifiers);
-* 0xA700 "out of resources" when the spool or the ledger cannot take it (ENOSPC, ...).
+* 0xA700 "out of resources" when the spool or the ledger cannot take it (ENOSPC, ...), and
+  for nothing else: the sender retries it;
+* 0x0110 "processing failure" (PS3.7 C.4) for an unexpected error (a bug), logged with its
+  traceback and audited, so that one odd instance is refused rather than retried for ever.
+
+Routing and the ledger's descriptive columns are read leniently (``routing.attribute_text``):
+an unknown or wrong VR on Modality, Photometric Interpretation, Body Part Examined, ... keeps
+the instance, not routed, with the reason ("Modality cannot be read: ...").
 
 Unknown callers are refused at association time (A-ASSOCIATE-RJ, "calling AE title not
 recognised") and recorded as a PS3.15 "Security Alert".
@@ -17,6 +24,7 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -37,13 +45,14 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ribnode.config.settings import AllowedSender, ListenerSettings, Settings
 from ribnode.node.ledger import AuditEventName, AuditOutcome, Ledger, LedgerError, ReceivedInstance
-from ribnode.node.routing import RoutingRule
+from ribnode.node.routing import RoutingRule, attribute_text
 from ribnode.node.spool import Spool
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
 
 SUCCESS = 0x0000
+PROCESSING_FAILURE = 0x0110
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC210
 
@@ -83,6 +92,7 @@ class AllowListACSE(ACSE):
         calling = str(self.requestor.primitive.calling_ae_title).strip()  # type: ignore[union-attr]
         host = str(self.assoc.requestor.address)
         if self._policy.allows(calling, host):
+            self._audit_if_over_the_limit(calling, host)
             super()._negotiate_as_acceptor()
             return
         logger.warning("rejecting association from unknown caller %r at %s", calling, host)
@@ -99,6 +109,20 @@ class AllowListACSE(ACSE):
         self.assoc.kill()
 
 
+    def _audit_if_over_the_limit(self, calling: str, host: str) -> None:
+        """pynetdicom rejects an association over ``max_associations`` (local limit
+        exceeded, PS3.8 9.3.4); say so in the log and the audit trail."""
+        ae = self.assoc.ae
+        acceptors = [a for a in ae.active_associations if a.is_acceptor]
+        if len(acceptors) <= ae.maximum_associations:
+            return
+        detail = (f"association from {calling!r} at {host} rejected: {len(acceptors) - 1} "
+                  f"associations open, limit {ae.maximum_associations}")
+        logger.warning(detail)
+        _audit_quietly(self._ledger, AuditEventName.SECURITY_ALERT, AuditOutcome.MINOR_FAILURE,
+                       source_aet=calling[:16], source_host=host, detail=detail)
+
+
 class AllowListRequestHandler(RequestHandler):
     """pynetdicom request handler that installs :class:`AllowListACSE` on each association."""
 
@@ -107,6 +131,81 @@ class AllowListRequestHandler(RequestHandler):
         server = self.server
         assoc.acse = AllowListACSE(assoc, server.ribnode_policy, server.ribnode_ledger)  # type: ignore[attr-defined]
         return assoc
+
+
+class GuardedAssociationServer(ThreadedAssociationServer):
+    """The association server, hardened against starvation:
+
+    * the TLS handshake runs in the connection's own thread with a timeout
+      (``listener.tls_handshake_timeout_s``), never in the accept loop (pynetdicom wraps the
+      socket in ``get_request``, so one silent client blocked every other caller);
+    * at most ``listener.max_connections_per_host`` connections per host address: the next
+      one is closed at once;
+    * a refused handshake and a refused connection are logged and audited (PS3.15 Security
+      Alert). Configure with :meth:`guard` after ``AE.make_server``.
+    """
+
+    def guard(self, ledger: Ledger, per_host: int, handshake_timeout_s: float) -> None:
+        self.ribnode_ledger = ledger
+        self._per_host_limit = per_host
+        self._handshake_timeout_s = handshake_timeout_s
+        self._connections: dict[str, int] = defaultdict(int)
+        self._connections_lock = threading.Lock()
+
+    def get_request(self) -> tuple[Any, Any]:
+        """Accept only: the TLS handshake happens in :meth:`process_request_thread`."""
+        return cast(Any, self.socket).accept()
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Count the connection against its host; refuse it over the per-host limit."""
+        host = str(client_address[0])
+        with self._connections_lock:
+            if self._per_host_limit and self._connections[host] >= self._per_host_limit:
+                refused = True
+            else:
+                self._connections[host] += 1
+                refused = False
+        if refused:
+            self._alert(host, f"connection from {host} refused: {self._per_host_limit} "
+                              "connections from that host already open (listener.max_connections_per_host)")
+        return not refused
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        host = str(client_address[0])
+        try:
+            if self.ssl_context is not None:
+                request = self._handshake(request, host)
+                if request is None:
+                    return
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._connections_lock:
+                self._connections[host] -= 1
+                if self._connections[host] <= 0:
+                    del self._connections[host]
+
+    def _handshake(self, request: Any, host: str) -> Any:
+        """The server side of the TLS handshake within the timeout; None (socket closed,
+        audited) when it fails: plain TCP, a rogue certificate, an old protocol, silence."""
+        assert self.ssl_context is not None
+        request.settimeout(self._handshake_timeout_s)
+        try:
+            tls = self.ssl_context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as exc:  # socket.timeout is an OSError
+            reason = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+            self._alert(host, f"TLS handshake with {host} refused: {reason}"[:1000])
+            try:
+                request.close()
+            except OSError:
+                pass
+            return None
+        tls.settimeout(None)  # as pynetdicom's own accepted sockets: it polls with select
+        return tls
+
+    def _alert(self, host: str, detail: str) -> None:
+        logger.warning(detail)
+        _audit_quietly(self.ribnode_ledger, AuditEventName.SECURITY_ALERT, AuditOutcome.MINOR_FAILURE,
+                       source_host=host, detail=detail)
 
 
 def _audit_quietly(ledger: Ledger, name: AuditEventName, outcome: int, **fields: Any) -> None:
@@ -136,6 +235,8 @@ class StoreContext:
     # Per association: {study uid: [count, {sop classes}]}, flushed to the audit on release.
     transfers: dict[int, dict[str, list[Any]]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Per connection: when it opened (monotonic), to audit ACSE timeouts.
+    opened: dict[int, float] = field(default_factory=dict)
 
     def note_transfer(self, assoc_id: int, study_uid: str, sop_class: str) -> None:
         """Count one stored instance for the association's audit record."""
@@ -189,36 +290,52 @@ def _check_pixel_data(ds: Dataset, transfer_syntax: Any) -> None:
         return  # a truncated fragment stream leaves pydicom with no attributes at all
     try:
         expected = _expected_native_length(ds)
-    except (TypeError, ValueError) as exc:
-        raise UndecodableError(f"bad image geometry: {exc}") from exc
-    actual = len(ds.PixelData)
+        actual = len(ds.PixelData)
+    except Exception as exc:  # unknown/wrong VR on Rows, Bits Allocated, ...: pydicom raises many types
+        raise UndecodableError(f"bad image geometry: {type(exc).__name__}: {exc}") from exc
     if actual < expected:
         raise UndecodableError(f"Pixel Data holds {actual} bytes, {expected} expected (truncated)")
 
 
-def _short(value: Any, limit: int) -> str | None:
-    """An optional attribute as text for the ledger: None when absent or longer than the
-    column (a malformed value must not turn into a database error and an 0xA700)."""
-    text = str(value).strip() if value is not None else ""
-    return text if 0 < len(text) <= limit else None
-
-
-def _received(ds: Dataset, event: Event, path: str, size: int, routing: RoutingRule) -> ReceivedInstance:
+def received_instance(
+    ds: Dataset,
+    routing: RoutingRule,
+    *,
+    path: str,
+    size: int,
+    sop_class_uid: str | None,
+    transfer_syntax_uid: str,
+    calling_aet: str | None,
+) -> ReceivedInstance:
+    """The ledger record of a spooled instance (listener and start-up recovery). Only the
+    identifiers are read strictly (the caller has checked them); every other attribute is read
+    leniently, and the routing decision never raises."""
+    patient_id = attribute_text(ds, "PatientID", 10_000)
+    accession = attribute_text(ds, "AccessionNumber", 10_000)
     decision = routing(ds)
     return ReceivedInstance(
         study_instance_uid=str(ds.StudyInstanceUID),
-        series_instance_uid=_short(ds.get("SeriesInstanceUID"), 64),
+        series_instance_uid=attribute_text(ds, "SeriesInstanceUID", 64),
         sop_instance_uid=str(ds.SOPInstanceUID),
-        sop_class_uid=str(_request(event).AffectedSOPClassUID or ds.get("SOPClassUID", "")),
-        transfer_syntax_uid=str(event.context.transfer_syntax),
-        modality=_short(ds.get("Modality"), 16),
+        sop_class_uid=(sop_class_uid or attribute_text(ds, "SOPClassUID", 64) or "")[:64],
+        transfer_syntax_uid=transfer_syntax_uid[:64],
+        modality=attribute_text(ds, "Modality", 16),
         path=path,
         size_bytes=size,
-        calling_aet=str(event.assoc.requestor.ae_title).strip()[:16],
+        calling_aet=calling_aet,
         routed=decision.routed,
         ignore_reason=decision.reason,
-        patient_id=str(ds.get("PatientID", ""))[:64] or None,
-        accession_number=str(ds.get("AccessionNumber", ""))[:64] or None,
+        patient_id=patient_id[:64] if patient_id else None,
+        accession_number=accession[:64] if accession else None,
+    )
+
+
+def _received(ds: Dataset, event: Event, path: str, size: int, routing: RoutingRule) -> ReceivedInstance:
+    return received_instance(
+        ds, routing, path=path, size=size,
+        sop_class_uid=str(_request(event).AffectedSOPClassUID or "") or None,
+        transfer_syntax_uid=str(event.context.transfer_syntax),
+        calling_aet=str(event.assoc.requestor.ae_title).strip()[:16],
     )
 
 
@@ -226,9 +343,13 @@ def handle_c_store(event: Event, ctx: StoreContext) -> int:
     """EVT_C_STORE handler: spool, record, answer. Never raises."""
     try:
         return _store(event, ctx)
-    except Exception:  # the listener must stay up whatever happens; log with traceback
-        logger.exception("unexpected error storing an instance; answering 0xA700")
-        return OUT_OF_RESOURCES
+    except Exception as exc:  # the listener must stay up whatever happens; log with traceback
+        # Not 0xA700: that tells the sender to retry, and an instance that trips a bug would
+        # be retried for ever. Refuse it, log and audit it (PS3.7 C.4 processing failure).
+        logger.exception("unexpected error storing an instance; answering 0x0110")
+        _audit_failure(ctx, event, AuditOutcome.SERIOUS_FAILURE,
+                       f"0x0110 unexpected error: {type(exc).__name__}: {exc}")
+        return PROCESSING_FAILURE
 
 
 def _rerun_resent(ctx: StoreContext, study_uid: str, sop_uid: str) -> None:
@@ -260,8 +381,11 @@ def _store(event: Event, ctx: StoreContext) -> int:
                 _rerun_resent(ctx, study_uid, sop_uid)
             return SUCCESS
         data = event.encoded_dataset()
-        path = ctx.spool.write(study_uid, sop_uid, data)
-        ctx.ledger.record_instance(_received(ds, event, path, len(data), ctx.routing))
+        # Decided before the write: nothing that reads the header can fail between the spool
+        # and the ledger (the record itself never raises on a malformed attribute).
+        record = _received(ds, event, ctx.spool.relative_path(study_uid, sop_uid), len(data), ctx.routing)
+        ctx.spool.write(study_uid, sop_uid, data)
+        ctx.ledger.record_instance(record)
     except (OSError, SQLAlchemyError) as exc:
         logger.error("C-STORE of %s from %s failed (0xA700): %s", sop_uid, calling, exc)
         _audit_failure(ctx, event, AuditOutcome.SERIOUS_FAILURE, f"0xA700 {exc}", study_uid)
@@ -285,6 +409,32 @@ def _audit_failure(
         instance_count=0,
         detail=detail[:2000],
     )
+
+
+def handle_connection_open(event: Event, ctx: StoreContext) -> None:
+    """EVT_CONN_OPEN: note when the connection opened (to tell a timeout from a probe)."""
+    with ctx.lock:
+        ctx.opened[id(event.assoc)] = time.monotonic()
+
+
+def handle_connection_close(event: Event, ctx: StoreContext, acse_timeout_s: float) -> None:
+    """EVT_CONN_CLOSE: a connection that never sent an A-ASSOCIATE-RQ and was closed by the
+    ACSE timeout (ARTIM) is a Security Alert: it held a slot doing nothing. A quick close (a
+    port probe, a health check) is only logged at debug level."""
+    with ctx.lock:
+        opened = ctx.opened.pop(id(event.assoc), None)
+    if getattr(event.assoc.requestor, "primitive", None) is not None or opened is None:
+        return  # an association was requested: the ACSE and the C-STORE handler audit it
+    held = time.monotonic() - opened
+    host = str(event.assoc.requestor.address)
+    if held < 0.9 * acse_timeout_s:
+        logger.debug("connection from %s closed after %.1f s without an association request", host, held)
+        return
+    detail = (f"connection from {host} sent no association request within {acse_timeout_s:g} s "
+              "(listener.acse_timeout_s): closed")
+    logger.warning(detail)
+    _audit_quietly(ctx.ledger, AuditEventName.SECURITY_ALERT, AuditOutcome.MINOR_FAILURE,
+                   source_host=host, detail=detail)
 
 
 def handle_association_end(event: Event, ctx: StoreContext) -> None:
@@ -323,11 +473,24 @@ def make_ssl_context(settings: ListenerSettings) -> ssl.SSLContext | None:
             context.load_verify_locations(cafile=str(settings.tls_ca))
     except (OSError, ssl.SSLError) as exc:
         raise ListenerError(f"cannot load TLS files {settings.tls_cert}, {settings.tls_key}: {exc}") from exc
+    _warn_if_readable_by_others(settings.tls_key)
     if settings.tls_verify_client:
         if settings.tls_ca is None:
             raise ListenerError("listener.tls_verify_client needs listener.tls_ca")
         context.verify_mode = ssl.CERT_REQUIRED
     return context
+
+
+def _warn_if_readable_by_others(key: Any) -> None:
+    """A private key readable by the group or others is logged (it should be 0600)."""
+    import os
+
+    try:
+        mode = os.stat(key).st_mode & 0o777
+    except OSError:
+        return
+    if mode & 0o077:
+        logger.warning("TLS private key %s is mode %04o: make it 0600 (owner only)", key, mode)
 
 
 class DicomListener:
@@ -357,8 +520,8 @@ class DicomListener:
         ae.maximum_associations = self.settings.max_associations
         ae.maximum_pdu_size = self.settings.max_pdu_size
         ae.network_timeout = self.settings.network_timeout_s
-        ae.acse_timeout = self.settings.network_timeout_s
-        ae.dimse_timeout = self.settings.network_timeout_s
+        ae.acse_timeout = self.settings.acse_timeout_s
+        ae.dimse_timeout = self.settings.dimse_timeout_s
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cast(str, cx.abstract_syntax), ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
@@ -371,6 +534,8 @@ class DicomListener:
             (evt.EVT_C_STORE, handle_c_store, [self.context]),
             (evt.EVT_RELEASED, handle_association_end, [self.context]),
             (evt.EVT_ABORTED, handle_association_end, [self.context]),
+            (evt.EVT_CONN_OPEN, handle_connection_open, [self.context]),
+            (evt.EVT_CONN_CLOSE, handle_connection_close, [self.context, self.settings.acse_timeout_s]),
         ]
         address = (self.settings.bind_address, self.settings.port)
         try:
@@ -378,7 +543,7 @@ class DicomListener:
                 address,
                 ssl_context=make_ssl_context(self.settings),
                 evt_handlers=handlers,
-                server_class=ThreadedAssociationServer,
+                server_class=GuardedAssociationServer,
                 request_handler=AllowListRequestHandler,
             )
         except OSError as exc:
@@ -386,7 +551,8 @@ class DicomListener:
         server.ribnode_policy = SenderPolicy(  # type: ignore[attr-defined]
             tuple(self.settings.allowed_senders), self.settings.open_mode
         )
-        server.ribnode_ledger = self.ledger  # type: ignore[attr-defined]
+        cast(GuardedAssociationServer, server).guard(
+            self.ledger, self.settings.max_connections_per_host, self.settings.tls_handshake_timeout_s)
         ae._servers.append(server)  # server.shutdown() removes itself from this list
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="dicom-listener", daemon=True)

@@ -6,6 +6,11 @@ file whose ledger row was lost (the sender got no success status, or got one and
 ledger commit was not yet on disk). ``recover_spool`` registers such files and deletes the
 temporary files of interrupted writes. Only study folders changed since shortly before the
 newest ledger row are scanned, so a large spool does not slow the start.
+
+A file that cannot be registered (not DICOM, no usable identifiers, a value the ledger refuses)
+is moved to ``<spool>/quarantine/<study folder>/`` with an audit event (Application Activity,
+serious failure) and a log line naming it and why. Recovery never stops ``ribnode serve`` from
+starting: one bad file must not keep the node from receiving anything else.
 """
 
 from __future__ import annotations
@@ -17,13 +22,14 @@ from datetime import timedelta, timezone
 from pathlib import Path
 
 import pydicom
-from pydicom.errors import InvalidDicomError
 from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
-from ribnode.node.ledger import Ledger, ReceivedInstance
+from ribnode.node.ledger import AuditEventName, AuditOutcome, Ledger
+from ribnode.node.listener import received_instance
 from ribnode.node.routing import RoutingRule
 from ribnode.node.schema import Instance
-from ribnode.node.spool import Spool
+from ribnode.node.spool import QUARANTINE, Spool
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
@@ -38,7 +44,7 @@ class RecoveryReport:
     scanned_folders: int = 0
     registered: int = 0
     temporary_removed: int = 0
-    unreadable: int = 0
+    unreadable: int = 0  # could not be registered: moved to the quarantine folder
 
 
 def _scan_since(ledger: Ledger) -> float:
@@ -50,33 +56,56 @@ def _scan_since(ledger: Ledger) -> float:
     return (newest - MARGIN).replace(tzinfo=timezone.utc).timestamp()
 
 
-def _register(path: Path, spool: Spool, ledger: Ledger, routing: RoutingRule) -> str:
-    """Record one spool file unknown by name: "registered", "known" or "unreadable"."""
+class UnregistrableError(ValueError):
+    """A spool file cannot be recorded in the ledger (names the file and why)."""
+
+
+def _identifiers(path: Path) -> tuple[pydicom.Dataset, str, str]:
+    """The dataset and its Study and SOP Instance UIDs, or :class:`UnregistrableError`."""
     try:
         ds = pydicom.dcmread(path, defer_size="64 KB")
         study, sop = str(ds.StudyInstanceUID), str(ds.SOPInstanceUID)
-    except (InvalidDicomError, AttributeError, ValueError, EOFError) as exc:
-        logger.error("spool file %s is not readable DICOM (%s); left in place", path, exc)
-        return "unreadable"
+    except Exception as exc:  # pydicom raises many types on bad input; all mean "unreadable"
+        raise UnregistrableError(f"not readable DICOM: {type(exc).__name__}: {exc}") from exc
+    if not (0 < len(study) <= 64 and 0 < len(sop) <= 64):  # PS3.5 9.1, and the ledger's columns
+        raise UnregistrableError(f"no valid Study/SOP Instance UID ({study[:80]!r}, {sop[:80]!r})")
+    return ds, study, sop
+
+
+def _register(path: Path, spool: Spool, ledger: Ledger, routing: RoutingRule) -> str:
+    """Record one spool file unknown by name: "registered" or "known"; raises
+    :class:`UnregistrableError` when it cannot be recorded."""
+    ds, _study, sop = _identifiers(path)
     if ledger.is_known(sop):
         return "known"
-    decision = routing(ds)
+    try:
+        syntax = str(ds.file_meta.TransferSyntaxUID)
+    except Exception as exc:  # no or malformed file meta
+        raise UnregistrableError(f"no Transfer Syntax UID in the file meta: {exc}") from exc
     relative = os.path.relpath(path, spool.directory)
-    ledger.record_instance(ReceivedInstance(
-        study_instance_uid=study,
-        series_instance_uid=str(ds.get("SeriesInstanceUID", "")) or None,
-        sop_instance_uid=sop,
-        sop_class_uid=str(ds.get("SOPClassUID", "")),
-        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-        modality=str(ds.get("Modality", "")) or None,
-        path=relative,
-        size_bytes=path.stat().st_size,
-        calling_aet=None,
-        routed=decision.routed,
-        ignore_reason=decision.reason,
-    ))
+    record = received_instance(ds, routing, path=relative, size=path.stat().st_size,
+                               sop_class_uid=None, transfer_syntax_uid=syntax, calling_aet=None)
+    try:
+        ledger.record_instance(record)
+    except (OperationalError, InterfaceError):
+        raise  # the database is unreachable: not the file's fault
+    except (DBAPIError, ValueError) as exc:  # a value the database refuses (DataError, ...)
+        raise UnregistrableError(f"the ledger refuses it: {type(exc).__name__}: {exc}"[:1000]) from exc
     logger.warning("recovered spool file %s (it had no ledger row)", relative)
     return "registered"
+
+
+def _quarantine(path: Path, spool: Spool, ledger: Ledger, reason: str) -> None:
+    """Move an unregistrable spool file aside, log it and audit it."""
+    relative = os.path.relpath(path, spool.directory)
+    target = spool.quarantine(path)
+    message = f"spool file {relative} cannot be registered ({reason}); moved to {target}"
+    logger.error(message)
+    try:
+        ledger.audit(AuditEventName.APPLICATION_ACTIVITY, AuditOutcome.SERIOUS_FAILURE,
+                     detail=message[:2000])
+    except SQLAlchemyError as exc:
+        logger.error("could not audit the quarantine of %s: %s", relative, exc)
 
 
 def recover_spool(spool: Spool, ledger: Ledger, routing: RoutingRule) -> RecoveryReport:
@@ -84,7 +113,7 @@ def recover_spool(spool: Spool, ledger: Ledger, routing: RoutingRule) -> Recover
     report = RecoveryReport()
     since = _scan_since(ledger)
     for folder in spool.directory.iterdir():
-        if not folder.is_dir() or folder.stat().st_mtime < since:
+        if folder.name == QUARANTINE or not folder.is_dir() or folder.stat().st_mtime < since:
             continue
         report.scanned_folders += 1
         for path in folder.iterdir():
@@ -95,10 +124,12 @@ def recover_spool(spool: Spool, ledger: Ledger, routing: RoutingRule) -> Recover
                 name = path.stem
                 if ledger.is_known(name):  # the file name is the SOP Instance UID when valid
                     continue
-                outcome = _register(path, spool, ledger, routing)
-                report.registered += outcome == "registered"
-                report.unreadable += outcome == "unreadable"
-    if report.registered or report.temporary_removed:
+                try:
+                    report.registered += _register(path, spool, ledger, routing) == "registered"
+                except UnregistrableError as exc:
+                    _quarantine(path, spool, ledger, str(exc))
+                    report.unreadable += 1
+    if report.registered or report.temporary_removed or report.unreadable:
         logger.warning("spool recovery: %s", report)
     return report
 

@@ -15,6 +15,11 @@ A rule is a small boolean expression tree, written in the YAML/JSON settings::
 ``attr`` is a DICOM keyword. A leaf on an absent (or empty) attribute is false unless
 ``missing_ok`` is true. Multi-valued attributes match when any value matches. Each evaluation
 returns the reason it failed, which the ledger keeps for ignored instances.
+
+Attributes are read leniently: a value pydicom cannot convert (an unknown or wrong VR, a
+malformed value) never raises out of a rule. The instance is then not routed, and the reason
+names the attribute ("Modality cannot be read: ..."), so a malformed header is kept and
+acknowledged, never answered 0xA700 (which would make the sender retry it for ever).
 """
 
 from __future__ import annotations
@@ -27,11 +32,47 @@ from typing import Any
 from pydicom.datadict import keyword_dict
 from pydicom.dataset import Dataset
 
-__all__ = ["DEFAULT_RULE", "Decision", "RoutingRule", "RuleError", "compile_rule"]
+__all__ = [
+    "DEFAULT_RULE",
+    "Decision",
+    "RoutingRule",
+    "RuleError",
+    "UnreadableAttributeError",
+    "attribute_text",
+    "compile_rule",
+]
 
 
 class RuleError(ValueError):
     """A routing rule is malformed (names the offending part and what was expected)."""
+
+
+class UnreadableAttributeError(ValueError):
+    """An attribute is present but pydicom cannot give its value (unknown or wrong VR, ...)."""
+
+
+def _raw_value(ds: Dataset, keyword: str) -> Any:
+    """``ds[keyword].value``, or None when absent; any conversion error becomes
+    :class:`UnreadableAttributeError` naming the attribute (pydicom raises NotImplementedError
+    for an unknown VR, ValueError, TypeError, KeyError, ... for malformed values)."""
+    try:
+        if keyword not in ds:
+            return None
+        return ds[keyword].value
+    except Exception as exc:  # every pydicom conversion error means "cannot be read"
+        raise UnreadableAttributeError(
+            f"{keyword} cannot be read: {type(exc).__name__}: {exc}"[:500]) from exc
+
+
+def attribute_text(ds: Dataset, keyword: str, limit: int) -> str | None:
+    """An optional attribute as text for the ledger: None when absent, unreadable or longer
+    than ``limit`` (a malformed value must not become a database error and an 0xA700)."""
+    try:
+        value = _raw_value(ds, keyword)
+        text = str(value).strip() if value is not None else ""
+    except Exception:  # unreadable, or a value whose str() fails: not worth keeping
+        return None
+    return text if 0 < len(text) <= limit else None
 
 
 DEFAULT_RULE: dict[str, Any] = {
@@ -69,9 +110,7 @@ _LEAF_OPTIONS = {"attr", "missing_ok", "ignore_case"}
 
 def _values(ds: Dataset, keyword: str) -> list[Any] | None:
     """The attribute's values as a list, or None when absent or empty."""
-    if keyword not in ds:
-        return None
-    value = ds[keyword].value
+    value = _raw_value(ds, keyword)
     if value is None or value == "" or value == b"":
         return None
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
@@ -208,5 +247,12 @@ class RoutingRule:
         self._evaluate = compile_rule(self.rules)
 
     def __call__(self, ds: Dataset) -> Decision:
-        """Decide for one dataset (only its attributes are read, never its pixels)."""
-        return self._evaluate(ds)
+        """Decide for one dataset (only its attributes are read, never its pixels). Never
+        raises: an attribute that cannot be read, or a value a test cannot compare, means
+        "not routed" with the reason."""
+        try:
+            return self._evaluate(ds)
+        except UnreadableAttributeError as exc:
+            return Decision(False, str(exc))
+        except Exception as exc:  # an odd value type (bytes, a sequence) in a comparison
+            return Decision(False, f"routing rule cannot be evaluated: {type(exc).__name__}: {exc}"[:500])

@@ -28,6 +28,7 @@ import pydicom
 import requests
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from ribnode.config.redact import redact
 from ribnode.config.settings import DestinationSettings
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def describe(destination: DestinationSettings) -> str:
     else:
         tls = " TLS" if destination.tls_ca is not None else ""
         address = f"{destination.ae_title}@{destination.host}:{destination.port}{tls}"
-    return f"{destination.kind} destination {destination.name!r} ({address})"
+    return f"{destination.kind} destination {destination.name!r} ({redact(address)})"
 
 
 # -- folder -----------------------------------------------------------------------------------
@@ -199,7 +200,7 @@ def send_stow(datasets: Sequence[pydicom.Dataset], destination: DestinationSetti
     except requests.exceptions.SSLError as exc:
         raise PermanentDeliveryError(name, f"TLS failure: {exc}") from exc
     except (requests.ConnectionError, requests.Timeout) as exc:
-        raise TransientDeliveryError(name, f"cannot reach {destination.url}: {exc}") from exc
+        raise TransientDeliveryError(name, redact(f"cannot reach {destination.url}: {exc}")) from exc
     finally:
         session.close()
     _stow_failures(name, answer)

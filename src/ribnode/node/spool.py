@@ -21,8 +21,13 @@ logger.addHandler(logging.NullHandler())
 
 # PS3.5 9.1: a UID is digits and dots, at most 64 characters.
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-# Owner read/write, group read: workers in the service group may read the spool, others not.
-FILE_MODE = 0o640
+# Owner only, whatever the umask: the spool holds patient data. Listener and workers run as
+# the same service user (deploy/systemd).
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+#: Folder of the spool (``<spool>/quarantine``) where start-up recovery moves files it cannot
+#: register; never a study folder name (those are UIDs or ``x`` + hash).
+QUARANTINE = "quarantine"
 # Folder of instances still arriving over the network (STOW-RS parts), before their UIDs are known.
 INCOMING = ".incoming"
 
@@ -34,6 +39,16 @@ def safe_name(uid: str) -> str:
     if len(uid) <= 64 and _UID.match(uid):
         return uid
     return "x" + hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()[:40]
+
+
+def make_private_dir(path: Path) -> None:
+    """Create ``path`` (and its parents) and make it 0700 whatever the umask. An existing
+    folder is tightened too: the spool and the ledger hold patient data."""
+    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    try:
+        os.chmod(path, DIR_MODE)
+    except PermissionError as exc:  # a folder (mount point) owned by another user: say so, go on
+        logger.warning("cannot make %s private (0700): %s", path, exc)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -49,7 +64,7 @@ class Spool:
 
     def __init__(self, directory: Path | str) -> None:
         self.directory = Path(directory).resolve()
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.directory)
 
     def relative_path(self, study_uid: str, sop_uid: str) -> str:
         """Where an instance lives, relative to the spool folder (stored in the ledger)."""
@@ -67,7 +82,8 @@ class Spool:
         target = self.path(relative)
         folder = target.parent
         if not folder.is_dir():
-            folder.mkdir(exist_ok=True)
+            folder.mkdir(mode=DIR_MODE, exist_ok=True)
+            os.chmod(folder, DIR_MODE)  # mkdir's mode is masked by the umask
             _fsync_dir(self.directory)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
         try:
@@ -89,7 +105,7 @@ class Spool:
         it to :meth:`adopt` once written, or delete it. Spool recovery removes leftovers."""
         folder = self.directory / INCOMING
         if not folder.is_dir():
-            folder.mkdir(exist_ok=True)
+            make_private_dir(folder)
             _fsync_dir(self.directory)
         fd, tmp = tempfile.mkstemp(prefix=".part.", suffix=".tmp", dir=folder)
         os.fchmod(fd, FILE_MODE)
@@ -108,7 +124,7 @@ class Spool:
             finally:
                 os.close(fd)
             if not target.parent.is_dir():
-                target.parent.mkdir(exist_ok=True)
+                make_private_dir(target.parent)
                 _fsync_dir(self.directory)
             os.replace(tmp, target)
         except BaseException:
@@ -116,6 +132,16 @@ class Spool:
             raise
         _fsync_dir(target.parent)
         return relative
+
+    def quarantine(self, path: Path) -> Path:
+        """Move a spool file to ``<spool>/quarantine/<its study folder>/`` (same file system:
+        an atomic rename); returns where it went."""
+        target_dir = self.directory / QUARANTINE / path.parent.name
+        make_private_dir(target_dir)
+        target = target_dir / path.name
+        os.replace(path, target)
+        _fsync_dir(target_dir)
+        return target
 
     def exists(self, relative: str) -> bool:
         """True when the spool file for a ledger path is present."""

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from celery.signals import worker_process_init
 
 from ribnode.config.settings import BrokerSettings, Settings, load_settings
 from ribnode.node.ledger import JobRef
@@ -82,6 +83,8 @@ def make_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         worker_enable_remote_control=not broker.url.startswith("filesystem"),
         worker_send_task_events=False,
+        # a pool process grown past this after a task is replaced (KiB; None: never)
+        worker_max_memory_per_child=broker.worker_max_memory_per_child_mb * 1024 or None,
     )
     app.ribnode_settings = settings  # type: ignore[attr-defined]
     from ribnode.workers.export_tasks import ExportSweep  # the export sweep (bootstep)
@@ -90,7 +93,25 @@ def make_celery(settings: Settings) -> Celery:
 
     app.steps["worker"].add(ExportSweep)
     app.steps["worker"].add(LeaseSweep)
+    worker_process_init.connect(limit_child_memory, weak=False, dispatch_uid="ribnode-memory-limit")
     return app
+
+
+def limit_child_memory(**_: Any) -> None:
+    """``worker_process_init``: cap the address space of a prefork pool process at
+    ``broker.worker_memory_limit_mb`` (RLIMIT_AS), so a decoder asking for more memory than the
+    image can need gets MemoryError (a transient error, counted in the ledger) instead of the
+    kernel's OOM killer taking the host down. 0: no limit."""
+    import resource
+
+    from celery import current_app
+
+    settings: Settings | None = getattr(current_app, "ribnode_settings", None)
+    limit_mb = settings.broker.worker_memory_limit_mb if settings is not None else 0
+    if limit_mb:
+        limit = limit_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        logger.info("worker process memory limited to %d MiB (RLIMIT_AS)", limit_mb)
 
 
 def enqueue_job(app: Celery, job: JobRef) -> str:

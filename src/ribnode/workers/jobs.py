@@ -15,13 +15,15 @@ import logging
 import os
 import socket
 import threading
+import warnings
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from ribnode.config.settings import Settings
+from ribnode.config.settings import ModelSettings, Settings
 from ribnode.node.ledger import (
     InstanceCheck,
+    JobRef,
     JobState,
     Ledger,
     SpooledInstance,
@@ -30,6 +32,8 @@ from ribnode.node.schema import TERMINAL_JOB_STATES
 from ribnode.node.spool import Spool
 
 if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
     from ribnode.models.preprocess import Radiograph
     from ribnode.dicom_sr import OutputSet
     from ribnode.workers.pipeline_step import ModelStep
@@ -77,19 +81,77 @@ class LeaseHeartbeat:
         self._thread.join(timeout=30)
 
 
-def process_instance(path: Path, settings: Settings) -> InstanceCheck:
-    """Decode one spooled instance exactly as the models will get it
-    (``ribnode.models.preprocess.read_radiograph``) and describe it. An input the models cannot
-    take is returned in ``error`` (permanent: retrying cannot fix the file). A missing file
-    raises OSError (transient: the spool may be on a share that is not mounted yet)."""
-    from ribnode.models.preprocess import InputError, read_radiograph
+class UnusableInputError(ValueError):
+    """An instance the models cannot be given: not DICOM, a malformed header, a pixel stream
+    whose own header disagrees with the DICOM header (``decode_guard``), a decoder error or a
+    decode warning, not a chest radiograph. Permanent: the file will not change, so the job is
+    never retried for it."""
 
+
+def decode_for_models(path: Path, settings: Settings | None) -> tuple[Dataset, Radiograph]:
+    """Read and decode one spooled instance as the models get it, within bounds.
+
+    Order: the file is parsed; the compressed stream's own header is checked against Rows,
+    Columns, Bits Allocated and Samples per Pixel and the matrix against ``models.max_pixels``
+    (:func:`ribnode.workers.decode_guard.check_pixel_stream`), *before* any decoder allocates;
+    then ``preprocess.read_radiograph`` decodes it. Every error of the file is an
+    :class:`UnusableInputError` (permanent). What is not the file's fault is raised as it is and
+    retried: a missing or unreadable spool file (OSError with an errno: the share may not be
+    mounted yet) and MemoryError (a worker short of memory)."""
+    import pydicom
+
+    from ribnode.models.preprocess import read_radiograph
+    from ribnode.workers.decode_guard import check_pixel_stream
+
+    max_pixels = settings.models.max_pixels if settings is not None else ModelSettings().max_pixels
     if not path.is_file():
         raise FileNotFoundError(errno.ENOENT, "spool file missing (is the spool mounted here?)", str(path))
     try:
-        radiograph = read_radiograph(path)
-    except InputError as exc:
-        return InstanceCheck(error=f"cannot decode {path.name}: {type(exc).__name__}: {exc}")
+        source = pydicom.dcmread(path)
+        check_pixel_stream(source, max_pixels)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            radiograph = read_radiograph(source, max_pixels=max_pixels)
+        _refuse_decode_warnings(caught)
+    except (MemoryError, UnusableInputError):
+        raise
+    except OSError as exc:
+        if exc.errno is not None:
+            raise  # the spool, not the file: transient
+        raise UnusableInputError(f"cannot decode {path.name}: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # pydicom and the decoders raise many types; all mean "this file"
+        raise UnusableInputError(f"cannot decode {path.name}: {type(exc).__name__}: {exc}") from exc
+    except BaseException as exc:
+        if type(exc).__name__ != "PanicException":
+            raise  # KeyboardInterrupt, SystemExit, a worker being terminated
+        # a Rust decoder (pylibjpeg-rle) that panics on a corrupted stream raises
+        # pyo3_runtime.PanicException, a BaseException that no `except Exception` catches
+        raise UnusableInputError(f"cannot decode {path.name}: the decoder panicked: {exc}") from exc
+    return source, radiograph
+
+
+# pydicom's header value checks ("Invalid value for VR CS: 'Chest'") are not decode warnings.
+_HEADER_WARNINGS = ("Invalid value for VR", "Invalid value '")
+
+
+def _refuse_decode_warnings(caught: list[warnings.WarningMessage]) -> None:
+    """A decoder's warning (a truncated or corrupted stream, a Pixel Data length that
+    disagrees, padding removed) means the image is doubtful: refuse it rather than run the
+    models on it."""
+    doubts = [str(w.message) for w in caught if not str(w.message).startswith(_HEADER_WARNINGS)]
+    if doubts:
+        raise UnusableInputError("decode warning: " + "; ".join(doubts)[:1000])
+
+
+def process_instance(path: Path, settings: Settings | None) -> InstanceCheck:
+    """Decode one spooled instance exactly as the models will get it
+    (:func:`decode_for_models`) and describe it. An input the models cannot take is returned
+    in ``error`` (permanent: retrying cannot fix the file). A missing file raises OSError
+    (transient: the spool may be on a share that is not mounted yet)."""
+    try:
+        _source, radiograph = decode_for_models(path, settings)
+    except UnusableInputError as exc:
+        return InstanceCheck(error=str(exc))
     return describe_radiograph(radiograph)
 
 
@@ -146,6 +208,8 @@ def run_job(job_id: int, settings: Settings, ledger: Ledger, step: ModelStep | N
     if job.state in TERMINAL_JOB_STATES:
         logger.info("job %d already %s: nothing to do", job_id, job.state)
         return
+    if _deliveries_spent(job, settings, ledger):
+        return
     worker = worker or default_worker_id()
     lease_s = settings.broker.job_lease_s
     if not ledger.claim(job_id, worker, lease_s, CLAIMABLE):
@@ -153,6 +217,21 @@ def run_job(job_id: int, settings: Settings, ledger: Ledger, step: ModelStep | N
         return
     with LeaseHeartbeat(ledger, job_id, worker, lease_s):
         _run_claimed(job_id, settings, ledger, step)
+
+
+def _deliveries_spent(job: JobRef, settings: Settings, ledger: Ledger) -> bool:
+    """Fail a job that workers took ``broker.max_retries + 1`` times without finishing: each
+    time its worker process died (killed for memory while decoding, or the time limit), so
+    the task never reached its retry handler. The count is the ledger's, so a re-delivered or
+    re-sent message cannot reset it."""
+    limit = settings.broker.max_retries + 1
+    if job.attempts < limit:
+        return False
+    error = (f"could not be decoded safely: taken {job.attempts} times and its worker never "
+             "finished it (killed: out of memory or the time limit?)")
+    if ledger.transition(job.id, JobState.FAILED, error=error):
+        logger.error("job %d: %s", job.id, error)
+    return True
 
 
 def _run_claimed(job_id: int, settings: Settings, ledger: Ledger, step: ModelStep | None) -> None:

@@ -40,7 +40,9 @@ def sweep_leases(app: Celery, settings: Settings, worker: str | None = None,
     ledger = Ledger(settings.ledger.url, migrate=False)
     sent: list[int] = []
     try:
-        for job in ledger.reclaim_running(settings.broker.job_lease_s, worker, started_at):
+        reclaimed = ledger.reclaim_running(settings.broker.job_lease_s, worker, started_at)
+        reclaimed += ledger.reclaim_stale_queued(settings.broker.queued_timeout_s)
+        for job in reclaimed:
             try:
                 if dispatch(ledger, functools.partial(enqueue_job, app), job):
                     sent.append(job.id)

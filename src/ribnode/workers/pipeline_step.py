@@ -13,7 +13,6 @@ module global.
 from __future__ import annotations
 
 import datetime
-import errno
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -27,7 +26,7 @@ import pydicom.valuerep
 
 from ribnode.config.settings import ModelSettings, Settings
 from ribnode.node.ledger import InstanceCheck, Ledger
-from ribnode.workers.jobs import describe_radiograph
+from ribnode.workers.jobs import UnusableInputError, decode_for_models, describe_radiograph
 
 if TYPE_CHECKING:
     from ribnode.dicom_sr import OutputSet, ResultSeries
@@ -95,22 +94,24 @@ class ModelStep:
 
         ``series``: the job's result series (:meth:`result_series`); ``ledger``: where the
         objects of earlier runs on this instance are looked up, so a re-run names what it
-        replaces. An input the models cannot take (``preprocess.InputError``) is returned in
-        ``check.error``: permanent, retrying cannot fix the file. A missing file raises
-        ``OSError`` (transient: the spool may be on a share that is not mounted yet).
+        replaces. The instance is decoded within bounds first (:func:`jobs.decode_for_models`:
+        the compressed stream's header is checked before any decoder runs). An input the models
+        cannot take is returned in ``check.error``: permanent, retrying cannot fix the file; an
+        image that is not a frontal chest radiograph (the segmentation's input gate) ends as
+        "ignored: not a frontal chest radiograph". A missing file raises ``OSError`` and a model
+        error raises as it is (transient: retried with the attempt count kept in the ledger).
         """
-        from ribnode.models.preprocess import InputError
+        from ribnode.models.preprocess import NotAChestError
 
-        if not path.is_file():
-            raise FileNotFoundError(errno.ENOENT, "spool file missing (is the spool mounted here?)",
-                                    str(path))
         start = time.perf_counter()
         try:
-            source = pydicom.dcmread(path)
-            output = self.pipeline(source)
-        except (InputError, pydicom.errors.InvalidDicomError) as exc:
-            return InstanceOutcome(
-                InstanceCheck(error=f"cannot decode {path.name}: {type(exc).__name__}: {exc}"))
+            source, radiograph = decode_for_models(path, settings)
+        except UnusableInputError as exc:  # permanent: the job never retries for this file
+            return InstanceOutcome(InstanceCheck(error=str(exc)))
+        try:
+            output = self.pipeline(radiograph)  # a model error is not the file's: retried
+        except NotAChestError as exc:  # permanent, and nothing may be made of it
+            return InstanceOutcome(InstanceCheck(error=f"ignored: {exc}"))
         try:
             outputs = build_job_outputs(source, output.segmentation, output.suppression,
                                         settings, series, ledger)

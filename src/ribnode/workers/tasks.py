@@ -35,7 +35,10 @@ def worker_context(app: Any) -> tuple[Settings, Ledger]:
 
 @shared_task(bind=True, name=PROCESS_STUDY, acks_late=True, max_retries=None)
 def process_study(self: Task, job_id: int) -> None:
-    """Run one job. A transient error retries with backoff; after ``broker.max_retries``
+    """Run one job. A permanent error (the input, :func:`is_permanent`) fails the job at once;
+    a transient one (broker, ledger, spool, a model error) retries with backoff. The attempt
+    count is the ledger's (``jobs.attempts``, one per time a worker took the job), not the
+    message's, so it survives re-sends, sweeps and restarts: after ``broker.max_retries``
     retries the job is "dead" with the reason."""
     from ribnode.workers.jobs import run_job
     from ribnode.workers.pipeline_step import model_step
@@ -44,16 +47,28 @@ def process_study(self: Task, job_id: int) -> None:
     try:
         run_job(job_id, settings, ledger, step=model_step(self.app, settings),
                 worker=self.request.hostname or None)
-    except Exception as exc:  # any error left by run_job is treated as transient: retry
+    except Exception as exc:  # classified below: permanent fails the job, the rest retries
         error = f"{type(exc).__name__}: {exc}"
-        retries = int(self.request.retries or 0)
-        if retries >= settings.broker.max_retries:
-            logger.error("job %d dead after %d retries: %s", job_id, retries, error)
-            ledger.transition(job_id, JobState.DEAD, error=f"retries exhausted: {error}")
+        if is_permanent(exc):
+            logger.error("job %d failed (permanent): %s", job_id, error)
+            ledger.transition(job_id, JobState.FAILED, error=error[:4000])
             return
-        delay = retry_delay(retries, settings.broker)
-        logger.warning("job %d failed (%s); retry %d in %.1f s", job_id, error, retries + 1, delay)
+        attempts = ledger.job_row(job_id).attempts
+        if attempts > settings.broker.max_retries:
+            logger.error("job %d dead after %d attempts: %s", job_id, attempts, error)
+            ledger.transition(job_id, JobState.DEAD, error=f"retries exhausted: {error}"[:4000])
+            return
+        delay = retry_delay(max(attempts - 1, 0), settings.broker)
+        logger.warning("job %d failed (%s); retry %d in %.1f s", job_id, error, attempts, delay)
         holder = self.request.hostname or "unknown"
         if not ledger.defer_retry(job_id, holder, delay, settings.broker.job_lease_s, error):
-            ledger.record_job_error(job_id, f"retry {retries + 1} in {delay:.1f} s: {error}")
+            ledger.record_job_error(job_id, f"retry {attempts} in {delay:.1f} s: {error}")
         raise self.retry(exc=exc, countdown=delay) from exc
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """True for an error that retrying cannot fix: the input (decode error, invalid input, not
+    a chest radiograph). Broker, ledger, PACS, disk and model errors are transient."""
+    from ribnode.workers.jobs import UnusableInputError
+
+    return isinstance(exc, UnusableInputError)
