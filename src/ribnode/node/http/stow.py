@@ -30,7 +30,7 @@ from ribnode.node.listener import (
     UndecodableError,
     _audit_quietly,
     _check_pixel_data,
-    _short,
+    received_instance,
 )
 from ribnode.node.routing import RoutingRule
 from ribnode.node.spool import Spool
@@ -134,22 +134,11 @@ class _Length:
 
 
 def _received(ds: Dataset, path: str, size: int, caller: StowCaller, routing: RoutingRule) -> ReceivedInstance:
-    decision = routing(ds)
-    return ReceivedInstance(
-        study_instance_uid=str(ds.StudyInstanceUID),
-        series_instance_uid=_short(ds.get("SeriesInstanceUID"), 64),
-        sop_instance_uid=str(ds.SOPInstanceUID),
-        sop_class_uid=str(ds.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", "")),
-        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-        modality=_short(ds.get("Modality"), 16),
-        path=path,
-        size_bytes=size,
-        calling_aet=caller.sender[:16],
-        routed=decision.routed,
-        ignore_reason=decision.reason,
-        patient_id=str(ds.get("PatientID", ""))[:64] or None,
-        accession_number=str(ds.get("AccessionNumber", ""))[:64] or None,
-    )
+    """The ledger record of a stored part: the listener's, with the sender as calling AE."""
+    return received_instance(
+        ds, routing, path=path, size=size,
+        sop_class_uid=str(ds.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", "")) or None,
+        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID), calling_aet=caller.sender[:16])
 
 
 def store_part(ctx: StowContext, tmp: Path, caller: StowCaller, study_uid: str | None) -> PartOutcome:
