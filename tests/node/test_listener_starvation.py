@@ -67,7 +67,7 @@ def test_idle_connection_is_closed_by_the_acse_timeout_and_audited(tmp_path: Pat
 
 def test_one_host_cannot_take_every_slot(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, free_port(), **{
-        "listener.max_connections_per_host": 2, "listener.acse_timeout_s": 30.0})
+        "listener.max_connections_per_host": 2, "listener.acse_timeout_s": 3.0})
     ledger = Ledger(settings.ledger.url)
     with running_listener(settings, ledger) as lst:
         held = [socket.create_connection(("127.0.0.1", lst.port)) for _ in range(2)]
@@ -82,5 +82,5 @@ def test_one_host_cannot_take_every_slot(tmp_path: Path) -> None:
             for sock in held:
                 sock.close()
         wait_for(lambda: echoscu(lst.port, called_aet="RIBNODE", calling_aet="ECHOSCU").returncode == 0,
-                 10, "a slot free again")
+                 20, "a slot free again (the held connections end with the ACSE timeout)")
     assert any("connections from that host already open" in a for a in _alerts(ledger))

@@ -124,3 +124,32 @@ def test_corrupted_rle_fails_the_job_at_once(node_settings: Settings, ledger: Le
     row = ledger.job_row(job.id)
     assert row.state == JobState.FAILED and row.attempts == 1
     assert "panicked" in ledger.instance(ds.SOPInstanceUID).error
+
+
+def test_worker_memory_limits_come_from_the_settings(tmp_path: Path) -> None:
+    """Celery replaces a pool process grown past ``broker.worker_max_memory_per_child_mb``;
+    ``broker.worker_memory_limit_mb`` caps a pool process's address space (RLIMIT_AS), so an
+    oversized allocation is a MemoryError, not the OOM killer."""
+    import subprocess
+    import sys
+
+    from ribnode.workers.app import make_celery
+    from tests.node.helpers import make_settings
+    from tests.peers.fixtures import free_port
+
+    settings = make_settings(tmp_path, free_port(), **{"broker.worker_max_memory_per_child_mb": 3000})
+    assert make_celery(settings).conf.worker_max_memory_per_child == 3000 * 1024
+    code = (
+        "import sys\n"
+        "from tests.node.helpers import make_settings\n"
+        "from ribnode.workers.app import make_celery, limit_child_memory\n"
+        "from pathlib import Path\n"
+        f"make_celery(make_settings(Path({str(tmp_path)!r}), 1, **{{'broker.worker_memory_limit_mb': 1536}}))\n"
+        "limit_child_memory()\n"
+        "try:\n"
+        "    bytearray(2 * 1024 ** 3)\n"
+        "except MemoryError:\n"
+        "    sys.exit(3)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 3, out.stderr[-2000:]

@@ -130,7 +130,15 @@ class AllowListRequestHandler(RequestHandler):
         assoc = super()._create_association()
         server = self.server
         assoc.acse = AllowListACSE(assoc, server.ribnode_policy, server.ribnode_ledger)  # type: ignore[attr-defined]
+        self.ribnode_association = assoc
         return assoc
+
+    def handle(self) -> None:
+        """Start the association (pynetdicom runs it in a thread of its own) and wait for it
+        to end, so that the connection's thread lives as long as the connection and
+        :class:`GuardedAssociationServer` counts it against its host until then."""
+        super().handle()
+        self.ribnode_association.join()
 
 
 class GuardedAssociationServer(ThreadedAssociationServer):

@@ -99,6 +99,7 @@ def decode_for_models(path: Path, settings: Settings | None) -> tuple[Dataset, R
     retried: a missing or unreadable spool file (OSError with an errno: the share may not be
     mounted yet) and MemoryError (a worker short of memory)."""
     import pydicom
+    from celery.exceptions import SoftTimeLimitExceeded
 
     from ribnode.models.preprocess import read_radiograph
     from ribnode.workers.decode_guard import check_pixel_stream
@@ -113,8 +114,8 @@ def decode_for_models(path: Path, settings: Settings | None) -> tuple[Dataset, R
             warnings.simplefilter("always")
             radiograph = read_radiograph(source, max_pixels=max_pixels)
         _refuse_decode_warnings(caught)
-    except (MemoryError, UnusableInputError):
-        raise
+    except (MemoryError, UnusableInputError, SoftTimeLimitExceeded):
+        raise  # memory and the task's time limit are not the file's fault
     except OSError as exc:
         if exc.errno is not None:
             raise  # the spool, not the file: transient
@@ -225,11 +226,11 @@ def _deliveries_spent(job: JobRef, settings: Settings, ledger: Ledger) -> bool:
     the task never reached its retry handler. The count is the ledger's, so a re-delivered or
     re-sent message cannot reset it."""
     limit = settings.broker.max_retries + 1
-    if job.attempts < limit:
-        return False
+    if job.attempts < limit or job.state not in CLAIMABLE:
+        return False  # an exporting job went past the models: its deliveries retry on their own
     error = (f"could not be decoded safely: taken {job.attempts} times and its worker never "
              "finished it (killed: out of memory or the time limit?)")
-    if ledger.transition(job.id, JobState.FAILED, error=error):
+    if ledger.transition(job.id, JobState.FAILED, error=error, from_states=set(CLAIMABLE)):
         logger.error("job %d: %s", job.id, error)
     return True
 
