@@ -158,7 +158,7 @@ def write_suppression(estimator: Estimator, refiner: nn.Module, out_dir: Path, e
         "estimator_sha256": sha256_file(est_path), "refiner_sha256": sha256_file(ref_path),
         "working_size": 512, "percentiles": list(PERCENTILES), "bone_scale": BONE_SCALE,
         "eta": eta, "default_steps": default_steps,
-        "region_sigma_px_512": 4.0, "region_floor": 0.04, "region_ramp": 0.3, "derivation": DERIVATION,
+        "region_sigma_px_512": 4.0, "region_floor": 0.04, "region_ramp": 0.3, "region_reach_px_512": 12.0, "derivation": DERIVATION,
         "parameters": {"estimator": sum(p.numel() for p in estimator.parameters()),
                        "refiner": sum(p.numel() for p in refiner.parameters())},
         "format": {"onnx_opset": OPSET, "onnx_torch_max_error": errors},

@@ -95,19 +95,28 @@ def chest_png(tmp_path: Path) -> Path:
 
 def test_output_equals_input_outside_region_and_only_removes(tiny_models: dict, chest_png: Path) -> None:
     radiograph = read_png(chest_png)
-    segmentation = RibSegmenter(tiny_models["segmentation"], threads=1)(radiograph)
+    segmentation = _with_lung_fields(RibSegmenter(tiny_models["segmentation"], threads=1)(radiograph))
     result = RibSuppressor(tiny_models["suppression"], threads=1)(radiograph, segmentation)
     assert result.soft_stored.shape == radiograph.stored.shape
     assert result.soft_stored.dtype == radiograph.stored.dtype
     assert np.array_equal(result.soft_stored[~result.mask], radiograph.stored[~result.mask])
     assert (result.bone >= 0).all() and (result.bone[~result.mask] == 0).all()
+    assert 0.05 < result.mask.mean() < 0.6 and not result.mask[:, :10].any()  # near the fields only
     # bone-bright PNG (MONOCHROME2): removing bone can only lower stored values
     assert (result.soft_stored.astype(np.int64) <= radiograph.stored.astype(np.int64)).all()
 
 
+def _with_lung_fields(segmentation):  # type: ignore[no-untyped-def]
+    """The random tiny segmenter finds no lung: give it two discs of lung field."""
+    rows, cols = np.mgrid[:64, :64]
+    discs = (np.hypot(rows - 32, cols - 20) < 12) | (np.hypot(rows - 32, cols - 44) < 12)
+    segmentation.working_probabilities["lungs"] = discs.astype(np.float32)
+    return segmentation
+
+
 def test_seed_fixes_the_output(tiny_models: dict, chest_png: Path) -> None:
     radiograph = read_png(chest_png)
-    segmentation = RibSegmenter(tiny_models["segmentation"], threads=1)(radiograph)
+    segmentation = _with_lung_fields(RibSegmenter(tiny_models["segmentation"], threads=1)(radiograph))
     suppressor = RibSuppressor(tiny_models["suppression"], threads=1)
     first, again = suppressor(radiograph, segmentation, seed=5), suppressor(radiograph, segmentation, seed=5)
     other = suppressor(radiograph, segmentation, seed=6)
@@ -116,16 +125,25 @@ def test_seed_fixes_the_output(tiny_models: dict, chest_png: Path) -> None:
     assert first.seed == 5 and first.steps == suppressor.config.default_steps
 
 
+def test_the_weight_ignores_probability_far_from_the_lung_fields(tiny_models: dict) -> None:
+    suppressor = RibSuppressor(tiny_models["suppression"], threads=1)
+    rows, cols = np.mgrid[:256, :256]
+    probability = (np.hypot(rows - 100, cols - 100) < 40).astype(np.float32)
+    probability[200:240, 200:240] = 0.3  # unsure, far from the fields: not lung
+    weight = suppressor.weight(probability)
+    assert weight[400:480, 400:480].max() == 0.0 and weight[200, 200] == 1.0
+
+
 def test_region_weight_follows_the_probability_continuously(tiny_models: dict) -> None:
     """A small change of the lung probability anywhere changes the weight by at most as much
     over the ramp (no threshold gates the subtraction)."""
     suppressor = RibSuppressor(tiny_models["suppression"], threads=1)
     rows, cols = np.mgrid[:256, :256]
-    probability = np.clip(1.2 - np.hypot(rows - 128, cols - 100) / 60.0, 0, 1).astype(np.float32)
+    probability = np.clip((50.0 - np.hypot(rows - 128, cols - 100)) / 10.0, 0, 1).astype(np.float32)
     weight = suppressor.weight(probability)
     assert weight.shape == (512, 512) and weight.min() == 0.0 and weight.max() == 1.0
     bumped = probability.copy()
-    bumped[126:130, 158:162] += 1e-3  # where the weight ramps (probability about 0.2)
+    bumped[126:130, 147:151] += 1e-3  # just outside the fields, where the weight ramps
     change = np.abs(suppressor.weight(bumped) - weight).max()
     assert 0 < change <= 1e-3 / suppressor.config.region_ramp + 1e-6
 

@@ -93,6 +93,15 @@ def dx_dataset(
     return ds
 
 
+def chest_pixels(rows: int, columns: int, seed: int = 0) -> bytes:
+    """Pixel Data of a synthetic chest (``ribnode.models.synthetic``) for ``dx_dataset``'s 12 bits:
+    an image the models' input gate takes for a frontal chest radiograph."""
+    from ribnode.models.synthetic import generate_chest
+
+    image = generate_chest(seed, (rows, columns)).radiograph
+    return np.round(np.clip(image, 0, 1) * 4095).astype(np.uint16).tobytes()
+
+
 def write_dataset(ds: Dataset, path: Path) -> Path:
     """Write ``ds`` as a DICOM file (with preamble and file meta)."""
     path.parent.mkdir(parents=True, exist_ok=True)

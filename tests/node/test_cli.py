@@ -15,13 +15,13 @@ import yaml
 
 from ribnode.node.completion import SHIPPED_WEIGHTS
 from ribnode.node.ledger import Ledger
-from tests.node.helpers import dx_dataset, wait_for, write_dataset
+from tests.node.helpers import chest_pixels, dx_dataset, wait_for, write_dataset
 from tests.peers.fixtures import echoscu, free_port, storescu
 
 RIBNODE = [sys.executable, "-m", "ribnode"]
 # The worker runs the real models when their weights are shipped; until then it must still take
 # the job and report the missing weights in the ledger.
-SHIPPED_WEIGHTS_PRESENT = all((SHIPPED_WEIGHTS / f"rib-{m}.onnx").is_file() for m in ("segmentation", "suppression"))
+SHIPPED_WEIGHTS_PRESENT = all((SHIPPED_WEIGHTS / name).is_file() for name in ("rib-segmentation.onnx", "rib-suppression.json"))
 
 
 def _status(config: Path) -> dict:
@@ -52,7 +52,8 @@ def test_serve_worker_status(tmp_path: Path) -> None:
     try:
         wait_for(lambda: echoscu(port, called_aet="RIBNODE", calling_aet="ECHOSCU").returncode == 0, 60, "serve")
         files = [write_dataset(dx_dataset(study_uid="1.2.826.0.1.3680043.10.999.1", rows=256, columns=256,
-                                          seed=i), tmp_path / f"{i}.dcm") for i in range(2)]
+                                          seed=i, PixelData=chest_pixels(256, 256, i)), tmp_path / f"{i}.dcm")
+                 for i in range(2)]
         result = storescu(files, port, called_aet="RIBNODE")
         assert result.returncode == 0, result.stderr
         if SHIPPED_WEIGHTS_PRESENT:

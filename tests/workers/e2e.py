@@ -26,7 +26,7 @@ from tests.node.helpers import celery_worker, make_settings, running_listener, w
 from tests.peers.fixtures import assert_dicom_valid, dsrdump, free_port
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "src/ribnode/models/weights"
-SHIPPED = (WEIGHTS_DIR / "rib-segmentation.onnx", WEIGHTS_DIR / "rib-suppression.onnx")
+SHIPPED = (WEIGHTS_DIR / "rib-segmentation.onnx", WEIGHTS_DIR / "rib-suppression.json")
 WEIGHT_ENV = ("RIBNODE_MODELS__SEGMENTATION_WEIGHTS", "RIBNODE_MODELS__SUPPRESSION_WEIGHTS")
 #: Series Description of each kind, before the source views it names (" PA", " LL, PA").
 AI_DESCRIPTIONS = {

@@ -4,7 +4,8 @@ The output is the radiograph minus an estimated bone layer, at the full source m
 ``p = x - w * B``. ``B`` is never negative (the networks can only remove density). ``w`` is the
 *region weight*, a continuous function of the segmentation's lung-field probability (the
 retrocardiac lung included): the probability at 512, smoothed (Gaussian, ``region_sigma_px_512``),
-mapped linearly from ``region_floor`` (weight 0) to ``region_floor + region_ramp`` (weight 1).
+mapped linearly from ``region_floor`` (weight 0) to ``region_floor + region_ramp`` (weight 1),
+and 0 farther than ``region_reach_px_512`` from the lung fields themselves (probability > 0.5).
 The *region* is where ``w > 0``; outside it the stored pixels are returned unchanged, bit for bit
 (``Radiograph.subtract_layer``). Because ``w`` follows the probability continuously and no
 threshold gates the subtraction, a small change of the image (a nodule) changes the output far
@@ -79,6 +80,7 @@ class SuppressionConfig:
     region_sigma_px_512: float  # smoothing of the lung-field probability
     region_floor: float  # smoothed probability at which the weight starts (0)
     region_ramp: float  # rise of the smoothed probability over which the weight reaches 1
+    region_reach_px_512: float  # the weight is 0 farther than this from the lung fields (p > 0.5)
     derivation: str  # what the output is, for the Derivation Description
     record: dict[str, Any]  # the rest of the json (training, metrics, sha256 of each file)
 
@@ -155,8 +157,14 @@ class RibSuppressor:
             probability = to_source(probability, (size, size), "linear")
         sigma = self.config.region_sigma_px_512 * size / 512.0
         smooth = ndimage.gaussian_filter(probability.astype(np.float64), sigma)
-        ramp = (smooth - self.config.region_floor) / self.config.region_ramp
-        return np.clip(ramp, 0.0, 1.0).astype(np.float32)
+        ramp = np.clip((smooth - self.config.region_floor) / self.config.region_ramp, 0.0, 1.0)
+        # only near the lung fields: a patch of low probability elsewhere (below the diaphragm,
+        # over the shoulder) is not lung. At this distance the ramp has already reached 0 around
+        # the fields themselves (3 sigma), so the cut leaves no step.
+        fields = probability > 0.5
+        reach = self.config.region_reach_px_512 * size / 512.0
+        near = ndimage.distance_transform_edt(~fields) <= reach if fields.any() else np.zeros_like(fields)
+        return np.where(near, ramp, 0.0).astype(np.float32)
 
     def estimate(self, image: np.ndarray, seed: int, steps: int | None = None,
                  refine: bool = True) -> tuple[np.ndarray, np.ndarray]:
