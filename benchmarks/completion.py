@@ -79,7 +79,7 @@ def main() -> int:
     lines = [
         "## Study completion latency: last instance stored -> job queued",
         "",
-        f"- Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {os.cpu_count()}-core CPU, "
+        f"- Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; machine: {os.cpu_count()}-core CPU, "
         f"{cpu_model()}; load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (shared machine)",
         f"- Command: `.venv/bin/python benchmarks/completion.py --quiet {' '.join(f'{q:g}' for q in args.quiet)} "
         f"--repeats {args.repeats} --study-size {args.study_size}`",

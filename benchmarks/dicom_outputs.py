@@ -10,8 +10,8 @@ figures go into the rows of ``docs/benchmarks.md``. Run:
 from __future__ import annotations
 
 import argparse
-import os
 import datetime
+import os
 import statistics
 import sys
 import tempfile
@@ -22,10 +22,11 @@ import pydicom
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
+
 from ribnode.config.settings import OutputSettings  # noqa: E402
 from ribnode.dicom_sr import build_outputs  # noqa: E402
 from tests.dicom_sr.inputs import model_inputs, synthetic_dx  # noqa: E402
-from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 
 
 def time_case(source: pydicom.Dataset, repeats: int, label: bool) -> tuple[float, float, float]:

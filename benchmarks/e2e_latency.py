@@ -42,18 +42,22 @@ from pydicom.uid import generate_uid
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
+
 from ribnode.config.settings import Settings, load_settings  # noqa: E402
 from ribnode.demo import DEMO_AE, demo_routing, start_node, write_config  # noqa: E402
 from ribnode.node.ledger import Ledger  # noqa: E402
 from ribnode.node.orthanc import OrthancServer, free_port  # noqa: E402
-from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 
 POLL_S = 0.05
 # received -> running is one phase: with Redis the worker may start the job before the
 # dispatcher has written "queued" (it publishes, then records), so "queued" can be absent.
-PHASES = (("quiet period + completion", "stored", "received"),
-          ("enqueue + broker pick-up", "received", "running"),
-          ("models + objects", "running", "exporting"), ("delivery", "exporting", "done"))
+PHASES = (
+    ("quiet period + completion", "stored", "received"),
+    ("enqueue + broker pick-up", "received", "running"),
+    ("models + objects", "running", "exporting"),
+    ("delivery", "exporting", "done"),
+)
 
 
 @dataclass
@@ -97,9 +101,9 @@ def fresh_copy(path: Path, out: Path, index: int) -> Path:
 
 
 def sources(work: Path, size: int) -> dict[str, Path]:
-    from ribnode.models.synthetic import generate_chest, write_dicom_study
-
     import data_store
+
+    from ribnode.models.synthetic import generate_chest, write_dicom_study
 
     rg1 = Path(data_store.__file__).parent / "data" / "RG1_UNCR.dcm"
     [synthetic] = write_dicom_study(generate_chest(7, size), work / "synthetic", 7)
@@ -109,12 +113,10 @@ def sources(work: Path, size: int) -> dict[str, Path]:
 def ai_instances(pacs: OrthancServer, study_uid: str) -> int:
     """How many AI objects Orthanc holds in the study (series other than the source's)."""
     series = pacs.series_of_study(study_uid)
-    return sum(len(s["Instances"]) for s in series
-               if s["MainDicomTags"].get("SeriesDescription", "").startswith("AI "))
+    return sum(len(s["Instances"]) for s in series if s["MainDicomTags"].get("SeriesDescription", "").startswith("AI "))
 
 
-def one_run(pacs: OrthancServer, ledger: Ledger, path: Path, label: str, cold: bool,
-            timeout_s: float) -> Run:
+def one_run(pacs: OrthancServer, ledger: Ledger, path: Path, label: str, cold: bool, timeout_s: float) -> Run:
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     study_uid, sop_uid = str(ds.StudyInstanceUID), str(ds.SOPInstanceUID)
     oid = pacs.upload(path)
@@ -124,7 +126,7 @@ def one_run(pacs: OrthancServer, ledger: Ledger, path: Path, label: str, cold: b
         if time.monotonic() > deadline:
             raise RuntimeError(f"{label}: the three objects did not reach Orthanc in {timeout_s} s")
         time.sleep(POLL_S)
-    end = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    end = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
     instance = ledger.instance(sop_uid)
     while ledger.job(instance.job_id).state != "done":  # "done" is written just after delivery
         if time.monotonic() > deadline:
@@ -183,19 +185,21 @@ def report(results: list[Run], args: argparse.Namespace, seconds: float) -> str:
     lines = [
         "## End-to-end latency (issue 5)",
         "",
-        f"- Date: {datetime.date.today().isoformat()}; machine: 2-core CPU, {cpu_model()}"
-        "; no GPU.",
+        f"- Date: {datetime.date.today().isoformat()}; machine: 2-core CPU, {cpu_model()}; no GPU.",
         f"- Command: `.venv/bin/python benchmarks/e2e_latency.py --runs {args.runs} "
-        f"--quiet-period {quiet:g}{'' if args.steps is None else f' --steps {args.steps}'} --broker-url {args.broker_arg}` "
+        f"--quiet-period {quiet:g}{'' if args.steps is None else f' --steps {args.steps}'} "
+        f"--broker-url {args.broker_arg}` "
         f"({seconds:.0f} s in all).",
         "- From the instance stored at ribnode (ledger `received_at`) to all three objects stored "
         "in Orthanc (polled every 50 ms). `ribnode serve` and `ribnode worker` as separate "
         f"processes, broker `{args.broker_url}`, STOW-RS to a stock Orthanc, "
-        f"{'the model' + chr(39) + 's default' if args.steps is None else args.steps} sampling steps, product defaults otherwise.",
+        f"{'the model' + chr(39) + 's default' if args.steps is None else args.steps} sampling steps, "
+        "product defaults otherwise.",
         f"- Target: quiet period + 10 s = {quiet + 10:g} s or less.",
         "",
         "| source | runs | total, median (min-max) | total minus quiet period | "
-        + " | ".join(name for name, _, _ in PHASES) + " |",
+        + " | ".join(name for name, _, _ in PHASES)
+        + " |",
         "|---|---|---|---|" + "---|" * len(PHASES),
     ]
     for label in dict.fromkeys(r.source for r in results):
@@ -203,25 +207,34 @@ def report(results: list[Run], args: argparse.Namespace, seconds: float) -> str:
         totals = [r.total for r in warm]
         med = statistics.median(totals)
         cells = [f"{statistics.median(r.phases[name] for r in warm):.2f} s" for name, _, _ in PHASES]
-        lines.append(f"| {label} | {len(warm)} | {med:.2f} s ({min(totals):.2f}-{max(totals):.2f}) | "
-                     f"{med - quiet:.2f} s | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {label} | {len(warm)} | {med:.2f} s ({min(totals):.2f}-{max(totals):.2f}) | "
+            f"{med - quiet:.2f} s | " + " | ".join(cells) + " |"
+        )
     for r in results:
         if r.cold:
             lines.append("")
-            lines.append(f"First job of a fresh worker (loads the models; not in the medians): "
-                         f"{r.source}, {r.total:.2f} s, models + objects "
-                         f"{r.phases['models + objects']:.2f} s.")
+            lines.append(
+                f"First job of a fresh worker (loads the models; not in the medians): "
+                f"{r.source}, {r.total:.2f} s, models + objects "
+                f"{r.phases['models + objects']:.2f} s."
+            )
     return "\n".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="warm runs per source (default 3)")
-    parser.add_argument("--quiet-period", type=float, default=5.0, help="spool.quiet_period_s (default 5, the product default)")
+    parser.add_argument(
+        "--quiet-period", type=float, default=5.0, help="spool.quiet_period_s (default 5, the product default)"
+    )
     parser.add_argument("--steps", type=int, default=None, help="models.suppression_steps (default: the model's own)")
     parser.add_argument("--size", type=int, default=2048, help="synthetic image side (default 2048)")
-    parser.add_argument("--broker-url", default="filesystem://", help="broker.url (default the embedded filesystem broker); 'redis' claims a "
-                             "database on the local Redis")
+    parser.add_argument(
+        "--broker-url",
+        default="filesystem://",
+        help="broker.url (default the embedded filesystem broker); 'redis' claims a database on the local Redis",
+    )
     parser.add_argument("--timeout", type=float, default=300.0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -229,8 +242,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="ribnode-e2e-") as tmp:
         results = []
         for run in runs(args, Path(tmp)):
-            print(f"# {run.source}{' (cold)' if run.cold else ''}: {run.total:.2f} s "
-                  + ", ".join(f"{k} {v:.2f}" for k, v in run.phases.items()), file=sys.stderr, flush=True)
+            print(
+                f"# {run.source}{' (cold)' if run.cold else ''}: {run.total:.2f} s "
+                + ", ".join(f"{k} {v:.2f}" for k, v in run.phases.items()),
+                file=sys.stderr,
+                flush=True,
+            )
             results.append(run)
     print(report(results, args, time.perf_counter() - start))
     return 0

@@ -31,6 +31,8 @@ from pydicom.uid import generate_uid
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
+
 from ribnode.config.settings import OutputSettings  # noqa: E402
 from ribnode.dicom_sr import OutputSet, build_outputs  # noqa: E402
 from ribnode.node.export import deliver, export_job, stage_outputs  # noqa: E402
@@ -45,7 +47,6 @@ from tests.node.export_helpers import (  # noqa: E402
     stow,
 )
 from tests.peers.fixtures import pydicom_data_dir  # noqa: E402
-from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 
 
 def median_s(action: Callable[[], object], repeats: int) -> float:
@@ -64,12 +65,11 @@ def outputs_for(source: pydicom.Dataset) -> OutputSet:
     return build_outputs(source, segmentation, suppression, OutputSettings())
 
 
-def export_step(
-    work: Path, source: pydicom.Dataset, outputs: OutputSet, pacs: OrthancServer
-) -> Callable[[], object]:
+def export_step(work: Path, source: pydicom.Dataset, outputs: OutputSet, pacs: OrthancServer) -> Callable[[], object]:
     """A closure running the worker's export step for a fresh job each call."""
     settings = export_settings(
-        work, f"sqlite:///{work / 'ledger.sqlite'}",
+        work,
+        f"sqlite:///{work / 'ledger.sqlite'}",
         [stow("web", pacs.dicomweb_url), cstore("dimse", pacs.dicom_port)],
     )
     ledger = Ledger(settings.ledger.url)
@@ -119,13 +119,10 @@ def main() -> int:
                 files = _write_files(datasets, work / "files" / label.split()[0])
                 timings = [
                     median_s(lambda: deliver(datasets, out_folder), args.repeats),
-                    median_s(lambda: deliver(datasets, stow("web", pacs.dicomweb_url)),
-                             args.repeats),
-                    median_s(lambda: deliver(datasets, cstore("dimse", pacs.dicom_port)),
-                             args.repeats),
+                    median_s(lambda: deliver(datasets, stow("web", pacs.dicomweb_url)), args.repeats),
+                    median_s(lambda: deliver(datasets, cstore("dimse", pacs.dicom_port)), args.repeats),
                     median_s(lambda: _storescu(files, pacs.dicom_port), args.repeats),
-                    median_s(export_step(work / label.split()[0], source, outputs, pacs),
-                             args.repeats),
+                    median_s(export_step(work / label.split()[0], source, outputs, pacs), args.repeats),
                 ]
                 rows.append((label, size_mb, *timings))
         start_s, stop_s = orthanc_start_stop(work, max(3, args.repeats // 2))
@@ -146,8 +143,9 @@ def _storescu(files: list[Path], port: int) -> None:
     """dcmtk storescu of the same files: what any C-STORE client pays at this PACS."""
     import subprocess
 
-    subprocess.run(["storescu", "-R", "-aec", "ORTHANC", "127.0.0.1", str(port), *map(str, files)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["storescu", "-R", "-aec", "ORTHANC", "127.0.0.1", str(port), *map(str, files)], check=True, capture_output=True
+    )
 
 
 def _encode(dataset: pydicom.Dataset) -> bytes:
@@ -164,15 +162,18 @@ def _print(rows: list[tuple], start_s: float, stop_s: float, repeats: int) -> No
     print(f"- machine: 2-core CPU, {cpu_model()} (shared with other jobs while measured)")
     print(f"- command: `.venv/bin/python benchmarks/export_latency.py --repeats {repeats}`")
     print(f"- median of {repeats} runs after one warm-up; Orthanc {_orthanc_version()} on loopback\n")
-    print("| source | 3 objects (MB) | folder, fsync (s) | STOW-RS to Orthanc (s) | "
-          "C-STORE to Orthanc (s) | dcmtk storescu, same files (s) | "
-          "stage + export_job, STOW + C-STORE (s) |")
+    print(
+        "| source | 3 objects (MB) | folder, fsync (s) | STOW-RS to Orthanc (s) | "
+        "C-STORE to Orthanc (s) | dcmtk storescu, same files (s) | "
+        "stage + export_job, STOW + C-STORE (s) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for label, size_mb, fold, web, dimse, scu, step in rows:
-        print(f"| {label} | {size_mb:.1f} | {fold:.3f} | {web:.3f} | {dimse:.3f} | {scu:.3f} "
-              f"| {step:.3f} |")
-    print(f"\nOrthanc (DICOMweb plugin, empty SQLite index): start until `/system` and the DICOM "
-          f"port answer {start_s:.2f} s, clean stop (SIGTERM) {stop_s:.2f} s (median).")
+        print(f"| {label} | {size_mb:.1f} | {fold:.3f} | {web:.3f} | {dimse:.3f} | {scu:.3f} | {step:.3f} |")
+    print(
+        f"\nOrthanc (DICOMweb plugin, empty SQLite index): start until `/system` and the DICOM "
+        f"port answer {start_s:.2f} s, clean stop (SIGTERM) {stop_s:.2f} s (median)."
+    )
 
 
 def _orthanc_version() -> str:

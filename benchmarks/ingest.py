@@ -36,11 +36,11 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from ribnode.node.orthanc import OrthancServer, free_port
-from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 
 DX = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
 RIBNODE = [sys.executable, "-m", "ribnode"]
@@ -87,8 +87,11 @@ def wait_port(port: int, timeout_s: float = 60) -> None:
 def push(files: list[Path], port: int, aec: str) -> float:
     """One storescu association with every file; seconds from start to exit."""
     start = time.perf_counter()
-    result = subprocess.run(["storescu", "-aet", "BENCH", "-aec", aec, "127.0.0.1", str(port), *map(str, files)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["storescu", "-aet", "BENCH", "-aec", aec, "127.0.0.1", str(port), *map(str, files)],
+        capture_output=True,
+        text=True,
+    )
     elapsed = time.perf_counter() - start
     if result.returncode != 0:
         raise RuntimeError(f"storescu failed: {result.stderr[-2000:]}")
@@ -104,16 +107,24 @@ class Ribnode:
         self.config = work / "ribnode.yaml"
         work.mkdir(parents=True, exist_ok=True)
         self.ledger_url = ledger_url or f"sqlite:///{work / 'ledger.sqlite'}"
-        self.config.write_text(yaml.safe_dump({
-            "listener": {"port": self.port, "allowed_senders": [{"ae_title": "BENCH"}]},
-            "spool": {"directory": str(work / "spool"), "quiet_period_s": quiet_period_s},
-            "ledger": {"url": self.ledger_url},
-            "broker": {"url": "filesystem://", "folder": str(work / "broker")},
-        }))
+        self.config.write_text(
+            yaml.safe_dump(
+                {
+                    "listener": {"port": self.port, "allowed_senders": [{"ae_title": "BENCH"}]},
+                    "spool": {"directory": str(work / "spool"), "quiet_period_s": quiet_period_s},
+                    "ledger": {"url": self.ledger_url},
+                    "broker": {"url": "filesystem://", "folder": str(work / "broker")},
+                }
+            )
+        )
         self.log = (work / "serve.log").open("w")
         env = {k: v for k, v in os.environ.items() if k != "RIBNODE_CONFIG"}
-        self.proc = subprocess.Popen([*RIBNODE, "--config", str(self.config), "--log-level", "WARNING", "serve"],
-                                     stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(
+            [*RIBNODE, "--config", str(self.config), "--log-level", "WARNING", "serve"],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         wait_port(self.port)
 
     def stop(self) -> None:
@@ -186,9 +197,10 @@ def throughput(files: list[Path], runs: int, work: Path, postgres: str | None = 
 
 def completion_latency(files: list[Path], quiet_periods: list[float], work: Path) -> list[tuple[float, float]]:
     """(quiet period, seconds from last instance stored to job queued) per quiet period."""
+    from sqlalchemy import func, select
+
     from ribnode.node.ledger import JobState, Ledger
     from ribnode.node.schema import Instance, JobTransition
-    from sqlalchemy import func, select
 
     out = []
     for quiet in quiet_periods:
@@ -211,22 +223,30 @@ def completion_latency(files: list[Path], quiet_periods: list[float], work: Path
     return out
 
 
-def report(args: argparse.Namespace, rates: dict[str, list[float]], latency: list[tuple[float, float]],
-           load: tuple[float, float, float], size_mb: float) -> str:
+def report(
+    args: argparse.Namespace,
+    rates: dict[str, list[float]],
+    latency: list[tuple[float, float]],
+    load: tuple[float, float, float],
+    size_mb: float,
+) -> str:
     rib, orth = statistics.median(rates["ribnode"]), statistics.median(rates["orthanc"])
     nosync = statistics.median(rates["orthanc-nosync"])
     lines = [
         f"## Ingest throughput ({args.size}x{args.size} instances) and study-completion latency (issue 2)"
-        if latency else f"## Ingest throughput, {args.size}x{args.size} instances (issue 2)",
+        if latency
+        else f"## Ingest throughput, {args.size}x{args.size} instances (issue 2)",
         "",
-        f"- Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
         f"- Machine: {os.cpu_count()}-core CPU, {cpu_model()}; Python {platform.python_version()}; "
         f"Orthanc {subprocess.run(['Orthanc', '--version'], capture_output=True, text=True).stdout.split()[1]}",
         f"- Load average when the benchmark started: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
         "(the machine is shared with other engineers' jobs: figures are contended, the ratio "
         "matters more than the absolute rate)",
         f"- Command: `.venv/bin/python benchmarks/ingest.py --instances {args.instances} --size {args.size} "
-        f"--runs {args.runs} " + (f"--postgres {args.postgres} " if args.postgres else "") + ("--no-latency`" if args.no_latency else f"--quiet {' '.join(f'{q:g}' for q in args.quiet)}`"),
+        f"--runs {args.runs} "
+        + (f"--postgres {args.postgres} " if args.postgres else "")
+        + ("--no-latency`" if args.no_latency else f"--quiet {' '.join(f'{q:g}' for q in args.quiet)}`"),
         f"- Data: {args.instances} synthetic DX chest instances, {args.size}x{args.size} 12-bit "
         f"(uncompressed, {size_mb:.2f} MB each), 4 per study, one `storescu` association, loopback.",
         "- ribnode: `ribnode serve` (own process), SQLite WAL ledger, spool on the same disk; each "
@@ -236,9 +256,15 @@ def report(args: argparse.Namespace, rates: dict[str, list[float]], latency: lis
         "| | runs (instances/s) | median instances/s |",
         "|---|---|---|",
         f"| ribnode | {', '.join(f'{r:.1f}' for r in rates['ribnode'])} | **{rib:.1f}** |",
-        *([f"| ribnode, ledger on PostgreSQL (loopback) | "
-            f"{', '.join(f'{r:.1f}' for r in rates['ribnode-postgresql'])} | "
-            f"{statistics.median(rates['ribnode-postgresql']):.1f} |"] if "ribnode-postgresql" in rates else []),
+        *(
+            [
+                f"| ribnode, ledger on PostgreSQL (loopback) | "
+                f"{', '.join(f'{r:.1f}' for r in rates['ribnode-postgresql'])} | "
+                f"{statistics.median(rates['ribnode-postgresql']):.1f} |"
+            ]
+            if "ribnode-postgresql" in rates
+            else []
+        ),
         f"| Orthanc (`SyncStorageArea: true`) | {', '.join(f'{r:.1f}' for r in rates['orthanc'])} | **{orth:.1f}** |",
         f"| Orthanc (`SyncStorageArea: false`, no fsync: less durable, for context) | "
         f"{', '.join(f'{r:.1f}' for r in rates['orthanc-nosync'])} | {nosync:.1f} |",
@@ -276,9 +302,13 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="write the markdown section here")
     parser.add_argument("--append", action="store_true", help="append to --out instead of replacing it")
     parser.add_argument("--no-latency", action="store_true", help="throughput only")
-    parser.add_argument("--postgres", default=None, metavar="URL",
-                        help="also run ribnode with its ledger on PostgreSQL (a fresh database per run, "
-                             "created through this URL's server)")
+    parser.add_argument(
+        "--postgres",
+        default=None,
+        metavar="URL",
+        help="also run ribnode with its ledger on PostgreSQL (a fresh database per run, "
+        "created through this URL's server)",
+    )
     args = parser.parse_args()
     load = os.getloadavg()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="ribnode-bench-"))

@@ -50,15 +50,18 @@ def overlay(gray: np.ndarray, structures: dict[str, np.ndarray], width: int = 90
 
 def crops(original: np.ndarray, soft: np.ndarray, layer: np.ndarray, boxes: dict[str, tuple]) -> Image.Image:
     side = 360
-    stretch = np.clip(layer / max(float(np.percentile(layer[layer > 0], 99.5)) if (layer > 0).any() else 1.0, 1e-6), 0, 1)
+    stretch = np.clip(
+        layer / max(float(np.percentile(layer[layer > 0], 99.5)) if (layer > 0).any() else 1.0, 1e-6), 0, 1
+    )
     stretch = (stretch * 255).astype(np.uint8)
     canvas = Image.new("L", (3 * side + 40, len(boxes) * (side + 28) + 10), 255)
     draw = ImageDraw.Draw(canvas)
     for row, (name, (r0, c0, size)) in enumerate(boxes.items()):
         y = 10 + row * (side + 28)
-        for col, (title, array) in enumerate((("original", original), ("AI bone-suppressed", soft),
-                                              ("removed layer (stretched)", stretch))):
-            tile = Image.fromarray(array[r0:r0 + size, c0:c0 + size]).resize((side, side), Image.LANCZOS)
+        for col, (title, array) in enumerate(
+            (("original", original), ("AI bone-suppressed", soft), ("removed layer (stretched)", stretch))
+        ):
+            tile = Image.fromarray(array[r0 : r0 + size, c0 : c0 + size]).resize((side, side), Image.LANCZOS)
             canvas.paste(tile, (10 + col * (side + 10), y + 18))
             draw.text((10 + col * (side + 10), y + 2), f"{name}: {title}", fill=0)
     return canvas
@@ -85,14 +88,19 @@ def main() -> None:
     overlay(gray, segmentation.structures).save(ROOT / "docs" / "rg1-anatomy-overlay.png")
     rows, cols = radiograph.shape
     size = rows // 4
-    boxes = {"upper ribs": (int(rows * 0.22), int(cols * 0.12), size),
-             "apex and clavicle": (int(rows * 0.08), int(cols * 0.58), size),
-             "lower lung": (int(rows * 0.52), int(cols * 0.14), size)}
-    crops(gray, display(radiograph, result.soft_stored), result.bone, boxes).save(ROOT / "docs" / "rg1-suppression-crops.png")
+    boxes = {
+        "upper ribs": (int(rows * 0.22), int(cols * 0.12), size),
+        "apex and clavicle": (int(rows * 0.08), int(cols * 0.58), size),
+        "lower lung": (int(rows * 0.52), int(cols * 0.14), size),
+    }
+    crops(gray, display(radiograph, result.soft_stored), result.bone, boxes).save(
+        ROOT / "docs" / "rg1-suppression-crops.png"
+    )
     chest = generate_chest(42, 1024)
     phantom = segmenter.segment_image(chest.radiograph)
     overlay((np.clip(chest.radiograph, 0, 1) * 255).astype(np.uint8), phantom.structures, 700).save(
-        ROOT / "docs" / "phantom-anatomy-overlay.png")
+        ROOT / "docs" / "phantom-anatomy-overlay.png"
+    )
     print("wrote docs/rg1-anatomy-overlay.png docs/rg1-suppression-crops.png docs/phantom-anatomy-overlay.png")
 
 

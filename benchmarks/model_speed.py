@@ -19,7 +19,7 @@ import os
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -57,10 +57,12 @@ def main() -> None:
     segmenter = RibSegmenter(device=args.device, threads=args.threads)
     load = os.getloadavg()
     out: dict = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{cpu_model()}, {os.cpu_count()} CPUs, load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
         "command": "benchmarks/model_speed.py " + " ".join(sys.argv[1:]),
-        "threads": args.threads, "device": args.device, "providers": segmenter.providers,
+        "threads": args.threads,
+        "device": args.device,
+        "providers": segmenter.providers,
         "source": f"RG1_UNCR {radiograph.shape[0]}x{radiograph.shape[1]}",
     }
     working = np.asarray(to_working(radiograph.image, segmenter.working_size))

@@ -47,8 +47,10 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     print("## Preprocessing and the synthetic generator\n")
-    print(f"- date: {datetime.date.today().isoformat()}; machine: 2-core CPU, {cpu_model()} "
-          "(shared with other jobs while measured)")
+    print(
+        f"- date: {datetime.date.today().isoformat()}; machine: 2-core CPU, {cpu_model()} "
+        "(shared with other jobs while measured)"
+    )
     print(f"- command: `.venv/bin/python benchmarks/preprocess.py --repeats {args.repeats}`")
     print(f"- median of {args.repeats} runs after one warm-up, one process\n")
     print("| step | input | ms (median) |")
@@ -57,14 +59,20 @@ def main() -> int:
     for name in ("RG1_UNCR", "RG1_J2KR", "RG1_J2KI"):
         path = DATA / f"{name}.dcm"
         syntax = pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
-        rows.append(("read_radiograph (file -> Radiograph)", f"{name}, 1955x1841, {syntax.name}",
-                     lambda path=path: preprocess.read_radiograph(path)))
+        rows.append(
+            (
+                "read_radiograph (file -> Radiograph)",
+                f"{name}, 1955x1841, {syntax.name}",
+                lambda path=path: preprocess.read_radiograph(path),
+            )
+        )
     rg1 = preprocess.read_radiograph(DATA / "RG1_UNCR.dcm")
     for size in (256, 512):
         rows.append(("to_working", f"RG1 1955x1841 -> {size}", lambda s=size: preprocess.to_working(rg1.image, s)))
         working = preprocess.to_working(rg1.image, size)
-        rows.append(("to_source (linear)", f"{size} -> 1955x1841",
-                     lambda w=working: preprocess.to_source(w, rg1.shape)))
+        rows.append(
+            ("to_source (linear)", f"{size} -> 1955x1841", lambda w=working: preprocess.to_source(w, rg1.shape))
+        )
     region = np.zeros(rg1.shape, bool)
     region[400:1500, 200:1600] = True
     layer = np.full(rg1.shape, 0.05, np.float32)
@@ -74,8 +82,7 @@ def main() -> int:
         [dx] = write_dicom_study(generate_chest(0, 512), Path(folder), 0)
         rows.append(("read_radiograph", "synthetic DX 512x512, 12 bits", lambda: preprocess.read_radiograph(dx)))
         for size in (256, 512, 1024):
-            rows.append(("generate_chest", f"{size}x{size}, 2 nodules",
-                         lambda s=size: generate_chest(1, s)))
+            rows.append(("generate_chest", f"{size}x{size}, 2 nodules", lambda s=size: generate_chest(1, s)))
         for step, what, function in rows:
             print(f"| {step} | {what} | {median_seconds(function, args.repeats) * 1000:.1f} |")
     return 0

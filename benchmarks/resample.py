@@ -36,8 +36,9 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ribnode.models import preprocess  # noqa: E402
 from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
+
+from ribnode.models import preprocess  # noqa: E402
 
 Resampler = Callable[[np.ndarray, tuple[int, int]], np.ndarray]
 
@@ -130,13 +131,14 @@ def main() -> int:
     small = rng.random((args.working, args.working), dtype=np.float32)
     big, work = (args.size, args.size), (args.working, args.working)
     print(f"## Resampling: SimpleITK vs scipy.ndimage vs Pillow ({args.size}^2 <-> {args.working}^2)\n")
-    print(f"- date: {datetime.date.today().isoformat()}; machine: 2-core CPU, {cpu_model()}; "
-          f"SimpleITK {sitk.Version.VersionString()} ({args.threads} threads)")
+    print(
+        f"- date: {datetime.date.today().isoformat()}; machine: 2-core CPU, {cpu_model()}; "
+        f"SimpleITK {sitk.Version.VersionString()} ({args.threads} threads)"
+    )
     print(f"- command: `.venv/bin/python benchmarks/resample.py --repeats {args.repeats}`\n")
     print("| library | down ms (median) | up ms (median) | ramp error px | round-trip IoU | centroid shift px |")
     print("|---|---:|---:|---:|---:|---:|")
-    for name, function in (("SimpleITK", with_simpleitk), ("scipy.ndimage", with_scipy),
-                           ("Pillow", with_pillow)):
+    for name, function in (("SimpleITK", with_simpleitk), ("scipy.ndimage", with_scipy), ("Pillow", with_pillow)):
         down = timed(function, image, work, args.repeats) * 1000
         up = timed(function, small, big, args.repeats) * 1000
         error = ramp_error(function, args.size, args.working)

@@ -80,7 +80,7 @@ def test_benchmarks_md_is_one_page_of_reproducible_figures() -> None:
     rows = _benchmark_rows()
     assert rows, "docs/benchmarks.md has no table rows"
     problems = []
-    for number, (target, figure, met, date, machine, command) in rows:
+    for number, (_target, figure, met, date, machine, command) in rows:
         where = f"docs/benchmarks.md:{number}"
         if figure == TO_MEASURE:
             if command != TO_MEASURE and (problem := _command_problem(command)):

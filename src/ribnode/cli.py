@@ -15,11 +15,11 @@ from ribnode import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ribnode import demo
     from ribnode.dicom_sr import cli as dicom_sr_cli
     from ribnode.models import cli as models_cli
     from ribnode.node import cli as node_cli
     from ribnode.workers import cli as workers_cli
-    from ribnode import demo
 
     parser = argparse.ArgumentParser(
         prog="ribnode",
@@ -30,9 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"ribnode {__version__}")
-    parser.add_argument(
-        "--config", metavar="YAML", help="settings file (environment RIBNODE_* overrides it)"
-    )
+    parser.add_argument("--config", metavar="YAML", help="settings file (environment RIBNODE_* overrides it)")
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     node_cli.add_commands(sub)

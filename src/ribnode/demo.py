@@ -53,7 +53,7 @@ class DemoError(RuntimeError):
     """The demo could not close the loop; the message says where and why."""
 
 
-def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``ribnode demo``."""
     demo = sub.add_parser(
         "demo",
@@ -67,20 +67,30 @@ def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
             "RIBNODE_MODELS__*; everything else uses embedded defaults under --work-dir."
         ),
     )
-    demo.add_argument("--work-dir", default="var/demo", type=Path,
-                      help="ledger, spool, broker, outbox and logs (wiped at start; default var/demo)")
-    demo.add_argument("--output", default="demo-output", type=Path,
-                      help="where the PNG and the three objects go (default demo-output)")
-    demo.add_argument("--orthanc", action="store_true",
-                      help="also start a local Orthanc as the PACS (study sent from it, results "
-                           "back by STOW-RS)")
+    demo.add_argument(
+        "--work-dir",
+        default="var/demo",
+        type=Path,
+        help="ledger, spool, broker, outbox and logs (wiped at start; default var/demo)",
+    )
+    demo.add_argument(
+        "--output",
+        default="demo-output",
+        type=Path,
+        help="where the PNG and the three objects go (default demo-output)",
+    )
+    demo.add_argument(
+        "--orthanc",
+        action="store_true",
+        help="also start a local Orthanc as the PACS (study sent from it, results back by STOW-RS)",
+    )
     demo.add_argument("--size", type=int, default=2048, help="synthetic image side in pixels (default 2048)")
     demo.add_argument("--seed", type=int, default=42, help="synthetic study seed (default 42)")
     demo.add_argument("--steps", type=int, help="diffusion sampling steps (models.suppression_steps)")
-    demo.add_argument("--quiet-period", type=float, default=1.0,
-                      help="study completion quiet period, seconds (default 1)")
-    demo.add_argument("--timeout", type=float, default=300.0,
-                      help="longest wait for the job, seconds (default 300)")
+    demo.add_argument(
+        "--quiet-period", type=float, default=1.0, help="study completion quiet period, seconds (default 1)"
+    )
+    demo.add_argument("--timeout", type=float, default=300.0, help="longest wait for the job, seconds (default 300)")
     demo.set_defaults(handler=demo_command)
 
 
@@ -168,13 +178,17 @@ def check_weights(settings: Settings) -> None:
     from ribnode.models.suppression.runtime import DEFAULT_CONFIG
 
     models = settings.models
-    wanted = {"segmentation": models.segmentation_weights or DEFAULT_WEIGHTS,
-              "suppression": models.suppression_weights or DEFAULT_CONFIG}
+    wanted = {
+        "segmentation": models.segmentation_weights or DEFAULT_WEIGHTS,
+        "suppression": models.suppression_weights or DEFAULT_CONFIG,
+    }
     missing = [f"{name} weights {path}" for name, path in wanted.items() if not Path(path).is_file()]
     if missing:
-        raise DemoError(f"{'; '.join(missing)} not found: set models.segmentation_weights / "
-                        "models.suppression_weights, or train them (ribnode-lab train-seg, "
-                        "ribnode-lab train-suppression; docs/models/)")
+        raise DemoError(
+            f"{'; '.join(missing)} not found: set models.segmentation_weights / "
+            "models.suppression_weights, or train them (ribnode-lab train-seg, "
+            "ribnode-lab train-suppression; docs/models/)"
+        )
 
 
 def write_config(settings: Settings, path: Path) -> Path:
@@ -199,19 +213,18 @@ def ribnode_process(command: str, config: Path, log: Path, *extra: str) -> Itera
     """``ribnode <command>`` as a subprocess reading ``config``; stopped (SIGTERM) on exit."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RIBNODE_")}
     env["RIBNODE_CONFIG"] = str(config)
-    argv = [sys.executable, "-m", "ribnode", "--config", str(config), "--log-level", "INFO",
-            command, *extra]
+    argv = [sys.executable, "-m", "ribnode", "--config", str(config), "--log-level", "INFO", command, *extra]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         yield proc
     finally:
         stop_process(proc)
 
 
-def start_node(stack: ExitStack, config: Path, work: Path,
-               port: int) -> dict[str, tuple[subprocess.Popen[bytes], Path]]:
+def start_node(
+    stack: ExitStack, config: Path, work: Path, port: int
+) -> dict[str, tuple[subprocess.Popen[bytes], Path]]:
     """``ribnode serve``, then (once it answers C-ECHO, so the ledger exists and is migrated)
     ``ribnode worker``; both stopped when ``stack`` closes."""
     procs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
@@ -224,8 +237,7 @@ def start_node(stack: ExitStack, config: Path, work: Path,
     return procs
 
 
-def wait_for_worker(procs: dict[str, tuple[subprocess.Popen[bytes], Path]],
-                    timeout_s: float = 120.0) -> None:
+def wait_for_worker(procs: dict[str, tuple[subprocess.Popen[bytes], Path]], timeout_s: float = 120.0) -> None:
     """Until the Celery worker says it is ready (its log line; the embedded broker has no
     remote control to ping), so the times shown are the job's, not the worker's start-up."""
     log = procs["worker"][1]
@@ -257,8 +269,7 @@ def log_tail(path: Path, lines: int = 25) -> str:
 
 
 # -- DICOM ----------------------------------------------------------------------------------
-def wait_for_echo(port: int, procs: dict[str, tuple[subprocess.Popen[bytes], Path]],
-                  timeout_s: float = 60.0) -> None:
+def wait_for_echo(port: int, procs: dict[str, tuple[subprocess.Popen[bytes], Path]], timeout_s: float = 60.0) -> None:
     """Until the listener answers C-ECHO (fail early if a subprocess died)."""
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -274,8 +285,9 @@ def wait_for_echo(port: int, procs: dict[str, tuple[subprocess.Popen[bytes], Pat
         transport_log.setLevel(level)
 
 
-def _echo_until_answered(ae: Any, port: int, procs: dict[str, tuple[subprocess.Popen[bytes], Path]],
-                         timeout_s: float) -> None:
+def _echo_until_answered(
+    ae: Any, port: int, procs: dict[str, tuple[subprocess.Popen[bytes], Path]], timeout_s: float
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         check_alive(procs)
@@ -326,8 +338,9 @@ def send_via_orthanc(pacs: OrthancServer, path: Path, port: int) -> None:
 
 
 # -- waiting and reading back ---------------------------------------------------------------
-def wait_for_job(run: DemoRun, ledger: Ledger, procs: dict[str, tuple[subprocess.Popen[bytes], Path]],
-                 timeout_s: float) -> None:
+def wait_for_job(
+    run: DemoRun, ledger: Ledger, procs: dict[str, tuple[subprocess.Popen[bytes], Path]], timeout_s: float
+) -> None:
     """Until the study's job is done, failed or dead (printing each new state)."""
     deadline = time.monotonic() + timeout_s
     seen: str | None = None
@@ -341,16 +354,17 @@ def wait_for_job(run: DemoRun, ledger: Ledger, procs: dict[str, tuple[subprocess
                 run.job_id, run.job_state = job.id, job.state
                 return
         time.sleep(0.2)
-    raise DemoError(f"the job did not finish within {timeout_s:.0f} s (last state: {seen}); "
-                    f"worker log:\n{log_tail(procs['worker'][1])}")
+    raise DemoError(
+        f"the job did not finish within {timeout_s:.0f} s (last state: {seen}); "
+        f"worker log:\n{log_tail(procs['worker'][1])}"
+    )
 
 
 def _study_job(ledger: Ledger, study_uid: str) -> Any:
     """The latest job of the study, or None before the study is complete."""
     from ribnode.node.schema import JobState
 
-    jobs = [j for state in JobState for j in ledger.jobs_in_state(state)
-            if j.study_instance_uid == study_uid]
+    jobs = [j for state in JobState for j in ledger.jobs_in_state(state) if j.study_instance_uid == study_uid]
     return max(jobs, key=lambda j: j.id) if jobs else None
 
 
@@ -398,8 +412,9 @@ def _display(stored: np.ndarray, source: pydicom.Dataset, lo: float, hi: float) 
     return np.clip(image, 0.0, 1.0)
 
 
-def before_after_png(source_path: Path, sc: pydicom.Dataset, seg: pydicom.Dataset, out: Path,
-                     height: int = 512) -> Path:
+def before_after_png(
+    source_path: Path, sc: pydicom.Dataset, seg: pydicom.Dataset, out: Path, height: int = 512
+) -> Path:
     """source | suppressed | difference | rib mask, labelled, from the delivered objects."""
     import numpy as np
     import pydicom
@@ -415,9 +430,12 @@ def before_after_png(source_path: Path, sc: pydicom.Dataset, seg: pydicom.Datase
     scale = max(float(np.abs(diff).max()), 1e-6)
     # frame 1 is segment 1, the ribs (one frame per segment: ribs, clavicles, lung fields)
     mask = np.asarray(seg.pixel_array).reshape(-1, *before.shape)[0] > 0
-    panels = [("original", before), ("AI SYNTHETIC bone-suppressed", after),
-              (f"difference (removed bone, x{1 / scale:.1f})", np.clip(diff / scale, 0, 1)),
-              ("rib mask (DICOM-SEG)", mask.astype(np.float64))]
+    panels = [
+        ("original", before),
+        ("AI SYNTHETIC bone-suppressed", after),
+        (f"difference (removed bone, x{1 / scale:.1f})", np.clip(diff / scale, 0, 1)),
+        ("rib mask (DICOM-SEG)", mask.astype(np.float64)),
+    ]
     width = round(height * before.shape[1] / before.shape[0])
     label_h = 28
     canvas = Image.new("L", (width * len(panels), height + label_h), 0)
@@ -444,25 +462,37 @@ def print_summary(run: DemoRun, datasets: dict[str, pydicom.Dataset], ledger: Le
     for state, seconds in run.timings.items():
         print(f"  {state:<10} {seconds:7.2f} s")
     quiet = run.settings.spool.quiet_period_s
-    print(f"  (study completion waits a quiet period of {quiet:g} s before the job is queued; "
-          "a worker's first job also loads the models)")
+    print(
+        f"  (study completion waits a quiet period of {quiet:g} s before the job is queued; "
+        "a worker's first job also loads the models)"
+    )
     assert run.job_id is not None
-    print(f"\nJob {run.job_id}: {run.job_state}; deliveries: " + ", ".join(
-        f"{d.destination} {d.state} after {d.attempts} attempt(s)"
-        for d in DeliveryLedger(ledger).deliveries(run.job_id)))
+    print(
+        f"\nJob {run.job_id}: {run.job_state}; deliveries: "
+        + ", ".join(
+            f"{d.destination} {d.state} after {d.attempts} attempt(s)"
+            for d in DeliveryLedger(ledger).deliveries(run.job_id)
+        )
+    )
     print(f"\nThree objects in study {run.study_uid}:")
     for kind in KINDS:
         ds = datasets[kind]
-        print(f"  {kind.upper():<3} {UID(ds.SOPClassUID).name:<38} series {ds.SeriesNumber:>4} "
-              f"\"{ds.SeriesDescription}\"  -> {run.objects[kind]}")
+        print(
+            f"  {kind.upper():<3} {UID(ds.SOPClassUID).name:<38} series {ds.SeriesNumber:>4} "
+            f'"{ds.SeriesDescription}"  -> {run.objects[kind]}'
+        )
     print("\nProvenance, from standard DICOM attributes only (dicom_sr.provenance.describe_standard):")
     for kind in KINDS:
         info = describe_standard(datasets[kind])
-        print(f"  {kind.upper()}: synthetic={info['synthetic_data']} "
-              f"qualification={info['content_qualification']} derived from {info['derived_from']}")
+        print(
+            f"  {kind.upper()}: synthetic={info['synthetic_data']} "
+            f"qualification={info['content_qualification']} derived from {info['derived_from']}"
+        )
         for eq in info["ai_equipment"]:
-            print(f"    {eq['purpose']}: {eq['model']} {' '.join(eq['software_versions'])} "
-                  f"at {eq['contribution_datetime']}")
+            print(
+                f"    {eq['purpose']}: {eq['model']} {' '.join(eq['software_versions'])} "
+                f"at {eq['contribution_datetime']}"
+            )
             print(f"      {eq['contribution_description']}")
 
 
@@ -471,8 +501,10 @@ def print_orthanc(pacs: OrthancServer, study_uid: str) -> None:
     print(f"\nOrthanc ({pacs.url}) holds study {study_uid} with these series:")
     for series in pacs.series_of_study(study_uid):
         tags = series.get("MainDicomTags", {})
-        print(f"  {tags.get('Modality', ''):<3} series {tags.get('SeriesNumber', ''):>4} "
-              f"\"{tags.get('SeriesDescription', '')}\" ({len(series.get('Instances', []))} instance)")
+        print(
+            f"  {tags.get('Modality', ''):<3} series {tags.get('SeriesNumber', ''):>4} "
+            f'"{tags.get("SeriesDescription", "")}" ({len(series.get("Instances", []))} instance)'
+        )
 
 
 # -- the command ----------------------------------------------------------------------------
@@ -492,7 +524,9 @@ def run_demo(args: argparse.Namespace) -> DemoRun:
         pacs = None
         if args.orthanc:
             if shutil.which("Orthanc") is None:
-                raise DemoError("--orthanc: the Orthanc binary is not installed (apt-get install orthanc orthanc-dicomweb)")
+                raise DemoError(
+                    "--orthanc: the Orthanc binary is not installed (apt-get install orthanc orthanc-dicomweb)"
+                )
             pacs = stack.enter_context(OrthancServer(work / "orthanc"))
             print(f"Orthanc PACS on {pacs.url} (DICOM port {pacs.dicom_port})", flush=True)
         settings = demo_settings(args, work, pacs.dicomweb_url if pacs else None)
@@ -504,8 +538,9 @@ def run_demo(args: argparse.Namespace) -> DemoRun:
         run.study_uid = str(pydicom.dcmread(source, stop_before_pixels=True).StudyInstanceUID)
         print(f"synthetic chest study {args.size}x{args.size} written in {time.perf_counter() - t0:.1f} s: {source}")
         procs = start_node(stack, config, work, settings.listener.port)
-        print(f"started 'ribnode serve' (port {settings.listener.port}) and 'ribnode worker'; "
-              f"logs in {work}", flush=True)
+        print(
+            f"started 'ribnode serve' (port {settings.listener.port}) and 'ribnode worker'; logs in {work}", flush=True
+        )
         ledger = Ledger(settings.ledger.url)
         if pacs is not None:
             send_via_orthanc(pacs, source, settings.listener.port)
@@ -519,8 +554,9 @@ def run_demo(args: argparse.Namespace) -> DemoRun:
         wait_for_job(run, ledger, procs, args.timeout)
         if run.job_state != "done":
             row = ledger.job_row(run.job_id)  # type: ignore[arg-type]
-            raise DemoError(f"job {run.job_id} ended {run.job_state}: {row.last_error}\n"
-                            f"worker log:\n{log_tail(procs['worker'][1])}")
+            raise DemoError(
+                f"job {run.job_id} ended {run.job_state}: {row.last_error}\nworker log:\n{log_tail(procs['worker'][1])}"
+            )
         job_timings(run, ledger)
         datasets = collect_objects(run, ledger)
         png = before_after_png(source, datasets["sc"], datasets["seg"], output / "before-after.png")

@@ -45,14 +45,16 @@ def _emit(figures: dict, path: Path | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ribnode-lab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("train-seg", help="train the anatomy segmentation (options: ribnode-lab train-seg -- --help)",
-                   add_help=False)
-    sub.add_parser("train-suppression", help="train the bone-layer estimator and the diffusion refiner",
-                   add_help=False)
+    sub.add_parser(
+        "train-seg", help="train the anatomy segmentation (options: ribnode-lab train-seg -- --help)", add_help=False
+    )
+    sub.add_parser("train-suppression", help="train the bone-layer estimator and the diffusion refiner", add_help=False)
     export = sub.add_parser("export", help="export a run's checkpoint to ONNX + json")
     export.add_argument("model", choices=("segmentation", "suppression"))
     export.add_argument("run", type=Path)
-    export.add_argument("--out", type=Path, default=SEG_WEIGHTS.parent, help="weights folder (default: the shipped one)")
+    export.add_argument(
+        "--out", type=Path, default=SEG_WEIGHTS.parent, help="weights folder (default: the shipped one)"
+    )
     export.add_argument("--checkpoint", default="final.pt")
     export.add_argument("--default-steps", type=int, default=1)
     for name in ("eval-seg", "eval-suppression", "eval-lesions", "eval-gate"):

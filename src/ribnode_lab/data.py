@@ -78,8 +78,7 @@ def lung_field(lungs: np.ndarray, heart: np.ndarray) -> np.ndarray:
     return np.asarray(ndimage.binary_fill_holes(lungs | heart), dtype=bool)
 
 
-def reference_rib_mask(radiograph: np.ndarray, soft: np.ndarray,
-                       threshold: float = REFERENCE_THRESHOLD) -> np.ndarray:
+def reference_rib_mask(radiograph: np.ndarray, soft: np.ndarray, threshold: float = REFERENCE_THRESHOLD) -> np.ndarray:
     """``derive_rib_masks.bone_mask`` exactly: smooth (sigma 1), threshold, open, islands >= 30 px, fill."""
     bone = ndimage.gaussian_filter(np.asarray(radiograph, np.float64) - soft, sigma=1.0)
     mask = ndimage.binary_opening(bone > threshold, iterations=1)
@@ -99,7 +98,7 @@ def held_out(ids: list[str], every: int = HOLD_OUT_EVERY) -> set[str]:
     groups: dict[str, list[str]] = {}
     for case in sorted(ids):
         groups.setdefault(stratum(case), []).append(case)
-    return {c for cases in groups.values() for c in cases[every - 1::every]}
+    return {c for cases in groups.values() for c in cases[every - 1 :: every]}
 
 
 def load_cases(shared: Path = DEFAULT_SHARED) -> tuple[list[Case], list[Case]]:
@@ -116,7 +115,8 @@ def load_cases(shared: Path = DEFAULT_SHARED) -> tuple[list[Case], list[Case]]:
         is_paired = case_id in paired
         image = read_unit((bse / "source" if is_paired else scr / "image") / f"{case_id}.png")
         case = Case(
-            case_id, image,
+            case_id,
+            image,
             read_mask(scr / "lungs" / f"{case_id}.png"),
             read_mask(scr / "heart" / f"{case_id}.png"),
             read_mask(scr / "clavicles" / f"{case_id}.png"),

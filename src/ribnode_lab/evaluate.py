@@ -39,7 +39,11 @@ LOCATIONS = ("rib", "clavicle", "open")
 
 def summary(values: list[float], worst: str = "min") -> dict[str, float]:
     array = np.asarray(values, dtype=np.float64)
-    return {"mean": float(array.mean()), "worst": float(array.min() if worst == "min" else array.max()), "n": len(array)}
+    return {
+        "mean": float(array.mean()),
+        "worst": float(array.min() if worst == "min" else array.max()),
+        "n": len(array),
+    }
 
 
 def references(case: Case) -> dict[str, np.ndarray]:
@@ -49,8 +53,9 @@ def references(case: Case) -> dict[str, np.ndarray]:
     return out
 
 
-def evaluate_segmentation(segmenter: RibSegmenter, suppressor: RibSuppressor | None,
-                          cases: list[Case]) -> dict[str, Any]:
+def evaluate_segmentation(
+    segmenter: RibSegmenter, suppressor: RibSuppressor | None, cases: list[Case]
+) -> dict[str, Any]:
     per: dict[str, dict[str, list[float]]] = {s: {"dice": [], "iou": [], "hd95_px": []} for s in STRUCTURES}
     coverage: list[float] = []
     area: list[float] = []
@@ -71,8 +76,10 @@ def evaluate_segmentation(segmenter: RibSegmenter, suppressor: RibSuppressor | N
                 coverage.append(float(energy[region].sum() / energy.sum()))
                 row["coverage"] = coverage[-1]
         rows.append(row)
-    out: dict[str, Any] = {name: {k: summary(v, "max" if k == "hd95_px" else "min") for k, v in figs.items() if v}
-                           for name, figs in per.items()}
+    out: dict[str, Any] = {
+        name: {k: summary(v, "max" if k == "hd95_px" else "min") for k, v in figs.items() if v}
+        for name, figs in per.items()
+    }
     if coverage:
         out["region_coverage"] = summary(coverage)
         out["region_area"] = summary(area, "max")
@@ -86,8 +93,9 @@ def amplitude_gain(estimated: np.ndarray, reference: np.ndarray, region: np.ndar
     return float((e * r).sum() / max((r * r).sum(), 1e-12))
 
 
-def evaluate_suppression(segmenter: RibSegmenter, suppressor: RibSuppressor, cases: list[Case],
-                         steps: int | None = None) -> dict[str, Any]:
+def evaluate_suppression(
+    segmenter: RibSegmenter, suppressor: RibSuppressor, cases: list[Case], steps: int | None = None
+) -> dict[str, Any]:
     variants = {"estimator": False, "refined": True}
     figures: dict[str, dict[str, list[float]]] = {v: {} for v in variants}
     rows = []
@@ -110,8 +118,10 @@ def evaluate_suppression(segmenter: RibSegmenter, suppressor: RibSuppressor, cas
             row[variant] = {k: round(v, 5) for k, v in values.items()}
         rows.append(row)
     worst_max = {"outside_mask_change", "region_area"}
-    out: dict[str, Any] = {v: {k: summary(vals, "max" if k in worst_max else "min") for k, vals in figs.items()}
-                           for v, figs in figures.items()}
+    out: dict[str, Any] = {
+        v: {k: summary(vals, "max" if k in worst_max else "min") for k, vals in figs.items()}
+        for v, figs in figures.items()
+    }
     out["steps"] = steps or suppressor.steps
     out["cases"] = rows
     return out
@@ -132,7 +142,9 @@ def location_masks(case: Case, ribs: np.ndarray) -> dict[str, np.ndarray]:
     return {"rib": rib, "clavicle": clav, "open": open_lung}
 
 
-def draw_placements(masks: dict[str, np.ndarray], rng: np.random.Generator, spacing: int = 60) -> list[Placement] | None:
+def draw_placements(
+    masks: dict[str, np.ndarray], rng: np.random.Generator, spacing: int = 60
+) -> list[Placement] | None:
     """One centre per location, at least ``spacing`` px apart; None when a location is empty."""
     chosen: list[Placement] = []
     for location in LOCATIONS:
@@ -149,8 +161,14 @@ def draw_placements(masks: dict[str, np.ndarray], rng: np.random.Generator, spac
     return chosen
 
 
-def evaluate_lesions(segmenter: RibSegmenter, suppressor: RibSuppressor, cases: list[Case],
-                     per_cell: int = 50, seed: int = 0, steps: int | None = None) -> dict[str, Any]:
+def evaluate_lesions(
+    segmenter: RibSegmenter,
+    suppressor: RibSuppressor,
+    cases: list[Case],
+    per_cell: int = 50,
+    seed: int = 0,
+    steps: int | None = None,
+) -> dict[str, Any]:
     """Retention, spurious change and mask stability over ``per_cell`` placements per
     (radius, contrast) and location; the product path on ``x`` and ``x + nodules``."""
     rng = np.random.default_rng(seed)
@@ -187,25 +205,43 @@ def evaluate_lesions(segmenter: RibSegmenter, suppressor: RibSuppressor, cases: 
         flips = {name: int((seg.structures[name] ^ seg2.structures[name])[far].sum()) for name in STRUCTURES}
         flips["region"] = int((region ^ region2)[far].sum())
         for pl, n in zip(placements, nodules):
-            trials.append({"case": case.case_id, "location": pl.location, "radius": radius, "contrast": contrast,
-                           "retention": float((diff * n).sum() / (n * n).sum()), "spurious": spurious,
-                           **{f"flips_{k}": v for k, v in flips.items()}})
+            trials.append(
+                {
+                    "case": case.case_id,
+                    "location": pl.location,
+                    "radius": radius,
+                    "contrast": contrast,
+                    "retention": float((diff * n).sum() / (n * n).sum()),
+                    "spurious": spurious,
+                    **{f"flips_{k}": v for k, v in flips.items()},
+                }
+            )
     cells_out = {}
     for location, radius, contrast in itertools.product(LOCATIONS, RADII, CONTRASTS):
-        values = [t["retention"] for t in trials
-                  if (t["location"], t["radius"], t["contrast"]) == (location, radius, contrast)]
+        values = [
+            t["retention"]
+            for t in trials
+            if (t["location"], t["radius"], t["contrast"]) == (location, radius, contrast)
+        ]
         if values:
-            cells_out[f"{location} r{radius} c{contrast}"] = {"mean": float(np.mean(values)), "min": float(np.min(values)),
-                                                             "n": len(values)}
+            cells_out[f"{location} r{radius} c{contrast}"] = {
+                "mean": float(np.mean(values)),
+                "min": float(np.min(values)),
+                "n": len(values),
+            }
     per_run = [t["spurious"] for t in trials[::3]]  # one figure per run (its three nodules)
     return {
-        "runs": runs, "trials": len(trials), "seconds": time.time() - start,
+        "runs": runs,
+        "trials": len(trials),
+        "seconds": time.time() - start,
         "retention_worst_cell_mean": min(c["mean"] for c in cells_out.values()),
         "retention_lowest_trial": min(t["retention"] for t in trials),
-        "spurious_max": max(per_run), "spurious_over_0.005": int(sum(s > 0.005 for s in per_run)),
+        "spurious_max": max(per_run),
+        "spurious_over_0.005": int(sum(s > 0.005 for s in per_run)),
         "flips_far": {name: int(sum(t[f"flips_{name}"] for t in trials[::3])) for name in (*STRUCTURES, "region")},
-        "runs_with_flips": {name: int(sum(t[f"flips_{name}"] > 0 for t in trials[::3]))
-                            for name in (*STRUCTURES, "region")},
+        "runs_with_flips": {
+            name: int(sum(t[f"flips_{name}"] > 0 for t in trials[::3])) for name in (*STRUCTURES, "region")
+        },
         "cells": cells_out,
     }
 
@@ -239,10 +275,18 @@ def evaluate_gate(segmenter: RibSegmenter, cases: list[Case], rg_files: dict[str
         "rg": {name: verdict(read_radiograph(pydicom.dcmread(path)).image) for name, path in rg_files.items()},
         "phantom": {f"seed {s}": verdict(generate_chest(s, 512).radiograph) for s in range(10)},
         "not a chest": {
-            "noise": verdict(rng.random((512, 512))), "flat": verdict(np.full((512, 512), 0.5)),
-            "ramp": verdict(rows / 511.0), "disc": verdict(np.clip(np.hypot(rows - 256, cols - 256) / 300, 0, 1)),
+            "noise": verdict(rng.random((512, 512))),
+            "flat": verdict(np.full((512, 512), 0.5)),
+            "ramp": verdict(rows / 511.0),
+            "disc": verdict(np.clip(np.hypot(rows - 256, cols - 256) / 300, 0, 1)),
             "bars": verdict(((cols // 32) % 2).astype(float)),
         },
     }
-    return {name: {"passed": sum(v == "pass" for v in group.values()), "n": len(group),
-                   "refused": {k: v for k, v in group.items() if v != "pass"}} for name, group in groups.items()}
+    return {
+        name: {
+            "passed": sum(v == "pass" for v in group.values()),
+            "n": len(group),
+            "refused": {k: v for k, v in group.items() if v != "pass"},
+        }
+        for name, group in groups.items()
+    }

@@ -20,14 +20,16 @@ from torch import nn
 from ribnode.models.info import STRUCTURES, sha256_file
 from ribnode.models.segmentation.normalisation import NORMALISATION
 from ribnode.models.segmentation.runtime import CHEST_GATE
-from ribnode_lab.unet import UNet, UNetConfig, count_parameters, fold_batchnorm
 from ribnode_lab.train_suppression import BONE_SCALE, PERCENTILES, Estimator, build_refiner
+from ribnode_lab.unet import UNet, UNetConfig, count_parameters, fold_batchnorm
 
 OPSET = 17
 SEG_NAME, SEG_VERSION = "ribnode rib-segmentation", "4.0.0"
 SUPP_NAME, SUPP_VERSION = "ribnode rib-suppression", "3.0.0"
-DERIVATION = ("rib and clavicle shadows attenuated inside the lung fields (estimated bone layer "
-              "subtracted); not an acquired radiograph")
+DERIVATION = (
+    "rib and clavicle shadows attenuated inside the lung fields (estimated bone layer "
+    "subtracted); not an acquired radiograph"
+)
 
 
 def _check(module: nn.Module, path: Path, inputs: dict[str, np.ndarray], atol: float = 1e-3) -> float:
@@ -50,27 +52,42 @@ def _export(module: nn.Module, path: Path, names: list[str], example: tuple[torc
             axes[name] = {0: "batch", 2: "height", 3: "width"}
     axes[output] = {0: "batch", 2: "height", 3: "width"}
     with torch.no_grad():
-        torch.onnx.export(module.eval(), example, str(path), input_names=names, output_names=[output],
-                          opset_version=OPSET, dynamo=False, dynamic_axes=axes)
+        torch.onnx.export(
+            module.eval(),
+            example,
+            str(path),
+            input_names=names,
+            output_names=[output],
+            opset_version=OPSET,
+            dynamo=False,
+            dynamic_axes=axes,
+        )
 
 
-def export_segmentation(run: Path, out_dir: Path, metrics: dict[str, Any] | None = None,
-                        checkpoint: str = "final.pt") -> Path:
+def export_segmentation(
+    run: Path, out_dir: Path, metrics: dict[str, Any] | None = None, checkpoint: str = "final.pt"
+) -> Path:
     """Export a ``train_seg`` run (its ``final.pt`` or ``checkpoint.pt``) into ``out_dir``."""
     state = torch.load(run / checkpoint, map_location="cpu", weights_only=False)
     state.setdefault("config", json.loads((run / "config.json").read_text()))
     train = state["config"]
-    state.setdefault("unet", UNetConfig(in_channels=1, out_channels=len(STRUCTURES), base=train["base"],
-                                        depth=train["depth"]).as_dict())
+    state.setdefault(
+        "unet",
+        UNetConfig(in_channels=1, out_channels=len(STRUCTURES), base=train["base"], depth=train["depth"]).as_dict(),
+    )
     model = UNet(UNetConfig(**state["unet"]))
     model.load_state_dict(state["model"])
-    training = {"config": train, "history": state.get("history", []),
-                "split": json.loads((run / "split.json").read_text())}
+    training = {
+        "config": train,
+        "history": state.get("history", []),
+        "split": json.loads((run / "split.json").read_text()),
+    }
     return write_segmentation(model, out_dir, int(train["working_size"]), training, metrics)
 
 
-def write_segmentation(model: UNet, out_dir: Path, size: int, training: dict[str, Any],
-                       metrics: dict[str, Any] | None = None) -> Path:
+def write_segmentation(
+    model: UNet, out_dir: Path, size: int, training: dict[str, Any], metrics: dict[str, Any] | None = None
+) -> Path:
     """``rib-segmentation.onnx`` + json for ``model`` (BatchNorm folded), checked against torch."""
     folded = fold_batchnorm(model.eval())
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -78,13 +95,22 @@ def write_segmentation(model: UNet, out_dir: Path, size: int, training: dict[str
     _export(folded, path, ["image"], (torch.zeros(1, 1, size, size),), "logits")
     error = _check(folded, path, {"image": np.random.default_rng(0).random((1, 1, size, size), np.float32)})
     config = {
-        "name": SEG_NAME, "version": SEG_VERSION, "weights": path.name, "sha256": sha256_file(path),
-        "working_size": size, "outputs": list(STRUCTURES)[: model.config.out_channels], "threshold": 0.5,
-        "normalisation": NORMALISATION, "chest_gate": CHEST_GATE,
+        "name": SEG_NAME,
+        "version": SEG_VERSION,
+        "weights": path.name,
+        "sha256": sha256_file(path),
+        "working_size": size,
+        "outputs": list(STRUCTURES)[: model.config.out_channels],
+        "threshold": 0.5,
+        "normalisation": NORMALISATION,
+        "chest_gate": CHEST_GATE,
         "architecture": {**replace(folded.config).as_dict(), "parameters": count_parameters(model)},
         "format": {"onnx_opset": OPSET, "input": "image", "output": "logits", "onnx_torch_max_error": error},
-        "labels": {"ribs": "reference masks (../shared/tools/derive_rib_masks.py, threshold 0.02)",
-                   "clavicles": "SCR clavicles", "lungs": "SCR lungs + heart, holes filled"},
+        "labels": {
+            "ribs": "reference masks (../shared/tools/derive_rib_masks.py, threshold 0.02)",
+            "clavicles": "SCR clavicles",
+            "lungs": "SCR lungs + heart, holes filled",
+        },
         "training": training,
         "metrics": metrics or {},
     }
@@ -120,8 +146,13 @@ def load_suppression(run: Path, name: str = "final.pt") -> tuple[Estimator, nn.M
     return estimator.eval(), refiner.eval(), {"config": config, "history": state["history"]}
 
 
-def export_suppression(run: Path, out_dir: Path, metrics: dict[str, Any] | None = None,
-                       default_steps: int = 1, checkpoint: str = "final.pt") -> Path:
+def export_suppression(
+    run: Path,
+    out_dir: Path,
+    metrics: dict[str, Any] | None = None,
+    default_steps: int = 1,
+    checkpoint: str = "final.pt",
+) -> Path:
     """Export a ``train_suppression`` run into ``out_dir``, the estimator's BatchNorm statistics
     recalibrated on the run's whole training images first."""
     from ribnode_lab.data import load_cases
@@ -132,13 +163,20 @@ def export_suppression(run: Path, out_dir: Path, metrics: dict[str, Any] | None 
     cases, _ = load_cases(Path(record["config"]["data"]))
     recalibrate_batchnorm(estimator, [make_pair(c) for c in cases if c.case_id in train_ids])
     training = {**record, "split": json.loads((run / "split.json").read_text())}
-    return write_suppression(estimator, refiner, out_dir, float(record["config"]["eta"]), training,
-                             metrics, default_steps)
+    return write_suppression(
+        estimator, refiner, out_dir, float(record["config"]["eta"]), training, metrics, default_steps
+    )
 
 
-def write_suppression(estimator: Estimator, refiner: nn.Module, out_dir: Path, eta: float,
-                      training: dict[str, Any], metrics: dict[str, Any] | None = None,
-                      default_steps: int = 1) -> Path:
+def write_suppression(
+    estimator: Estimator,
+    refiner: nn.Module,
+    out_dir: Path,
+    eta: float,
+    training: dict[str, Any],
+    metrics: dict[str, Any] | None = None,
+    default_steps: int = 1,
+) -> Path:
     """The two ONNX files and ``rib-suppression.json``, each network checked against torch."""
     out_dir.mkdir(parents=True, exist_ok=True)
     est = _FoldedEstimator(fold_batchnorm(estimator.eval().unet)).eval()
@@ -149,18 +187,33 @@ def write_suppression(estimator: Estimator, refiner: nn.Module, out_dir: Path, e
     rng = np.random.default_rng(0)
     errors = {
         "estimator": _check(est, est_path, {"image": rng.random((1, 1, 128, 128), np.float32)}),
-        "refiner": _check(wrapped, ref_path, {"sample": rng.random((1, 3, 128, 128), np.float32),
-                                              "timestep": np.array([700.0], np.float32)}),
+        "refiner": _check(
+            wrapped,
+            ref_path,
+            {"sample": rng.random((1, 3, 128, 128), np.float32), "timestep": np.array([700.0], np.float32)},
+        ),
     }
     config = {
-        "name": SUPP_NAME, "version": SUPP_VERSION,
-        "estimator": est_path.name, "refiner": ref_path.name,
-        "estimator_sha256": sha256_file(est_path), "refiner_sha256": sha256_file(ref_path),
-        "working_size": 512, "percentiles": list(PERCENTILES), "bone_scale": BONE_SCALE,
-        "eta": eta, "default_steps": default_steps,
-        "region_sigma_px_512": 4.0, "region_floor": 0.04, "region_ramp": 0.3, "region_reach_px_512": 12.0, "derivation": DERIVATION,
-        "parameters": {"estimator": sum(p.numel() for p in estimator.parameters()),
-                       "refiner": sum(p.numel() for p in refiner.parameters())},
+        "name": SUPP_NAME,
+        "version": SUPP_VERSION,
+        "estimator": est_path.name,
+        "refiner": ref_path.name,
+        "estimator_sha256": sha256_file(est_path),
+        "refiner_sha256": sha256_file(ref_path),
+        "working_size": 512,
+        "percentiles": list(PERCENTILES),
+        "bone_scale": BONE_SCALE,
+        "eta": eta,
+        "default_steps": default_steps,
+        "region_sigma_px_512": 4.0,
+        "region_floor": 0.04,
+        "region_ramp": 0.3,
+        "region_reach_px_512": 12.0,
+        "derivation": DERIVATION,
+        "parameters": {
+            "estimator": sum(p.numel() for p in estimator.parameters()),
+            "refiner": sum(p.numel() for p in refiner.parameters()),
+        },
         "format": {"onnx_opset": OPSET, "onnx_torch_max_error": errors},
         "training": training,
         "metrics": metrics or {},

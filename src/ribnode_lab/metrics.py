@@ -46,13 +46,11 @@ def iou(prediction: np.ndarray, reference: np.ndarray) -> float:
 def surface(mask: np.ndarray) -> np.ndarray:
     """Boundary pixels of a mask: the mask minus its erosion by the 4-connected cross."""
     mask = np.asarray(mask, dtype=bool)
-    eroded = ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(2, 1),
-                                    border_value=0)
+    eroded = ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(2, 1), border_value=0)
     return mask & ~eroded
 
 
-def surface_distances(source: np.ndarray, target: np.ndarray,
-                      spacing: Sequence[float] | None = None) -> np.ndarray:
+def surface_distances(source: np.ndarray, target: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
     """Distance from every boundary pixel of ``source`` to the nearest boundary pixel of ``target``.
 
     Distances are Euclidean, in pixels or, with ``spacing`` (row, col), in its units (mm).
@@ -63,8 +61,7 @@ def surface_distances(source: np.ndarray, target: np.ndarray,
     return np.asarray(distance[surface(source)], dtype=np.float64)
 
 
-def hd95(prediction: np.ndarray, reference: np.ndarray,
-         spacing: Sequence[float] | None = None) -> float:
+def hd95(prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float] | None = None) -> float:
     """95th-percentile symmetric Hausdorff distance between the mask boundaries.
 
     Both directed boundary-distance sets are pooled and their 95th percentile taken (the
@@ -76,13 +73,13 @@ def hd95(prediction: np.ndarray, reference: np.ndarray,
         return 0.0
     if not pred.any() or not ref.any():
         return math.inf
-    pooled = np.concatenate([surface_distances(pred, ref, spacing),
-                             surface_distances(ref, pred, spacing)])
+    pooled = np.concatenate([surface_distances(pred, ref, spacing), surface_distances(ref, pred, spacing)])
     return float(np.percentile(pooled, 95))
 
 
-def segmentation_metrics(prediction: np.ndarray, reference: np.ndarray,
-                         spacing: Sequence[float] | None = None) -> dict[str, float]:
+def segmentation_metrics(
+    prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float] | None = None
+) -> dict[str, float]:
     """Dice, IoU, HD95 in px and, if ``spacing`` (row, col mm) is known, in mm."""
     figures = {
         "dice": dice(prediction, reference),
@@ -126,7 +123,7 @@ def published_bsr(radiograph: np.ndarray, reference: np.ndarray, prediction: np.
     bone_energy = float(((x - y) ** 2).sum())
     if bone_energy == 0.0:
         raise ValueError("radiograph equals its reference: the bone suppression ratio is undefined")
-    return 1.0 - float((residual ** 2).sum()) / bone_energy
+    return 1.0 - float((residual**2).sum()) / bone_energy
 
 
 def psnr(reference: np.ndarray, prediction: np.ndarray) -> float:
@@ -154,8 +151,9 @@ def outside_mask_change(radiograph: np.ndarray, prediction: np.ndarray, region: 
     return float(np.abs(p - x)[outside].max()) if outside.any() else 0.0
 
 
-def suppression_metrics(radiograph: np.ndarray, reference: np.ndarray, prediction: np.ndarray,
-                        region: np.ndarray) -> dict[str, float]:
+def suppression_metrics(
+    radiograph: np.ndarray, reference: np.ndarray, prediction: np.ndarray, region: np.ndarray
+) -> dict[str, float]:
     """All suppression figures of one image: BSR, PSNR gain over identity, PSNR, SSIM,
     published-style BSR and outside-mask change (``region``: rib mask dilated by 5 px)."""
     x, y, p = _as_float_images(radiograph, reference, prediction)

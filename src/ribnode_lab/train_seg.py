@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,10 +27,10 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from ribnode.models.info import STRUCTURES
-from ribnode.models.segmentation.normalisation import normalise
 from ribnode.models.preprocess import to_working
-from ribnode_lab.unet import UNet, UNetConfig, count_parameters
+from ribnode.models.segmentation.normalisation import normalise
 from ribnode_lab.data import Case, load_cases
+from ribnode_lab.unet import UNet, UNetConfig, count_parameters
 
 
 @dataclass
@@ -67,8 +66,9 @@ def prepare(case: Case, size: int) -> Sample:
     target = np.stack([np.clip(to_working(m.astype(np.float32), size), 0, 1) for m in layers])
     known = np.array([1.0 if case.paired else 0.0, 1.0, 1.0], np.float32)
     where = to_working((case.lung_field | case.clavicles).astype(np.float32), size) > 0.5
-    return Sample(case.case_id, to_working(case.image, size), target.astype(np.float32), known,
-                  where.astype(np.float32))
+    return Sample(
+        case.case_id, to_working(case.image, size), target.astype(np.float32), known, where.astype(np.float32)
+    )
 
 
 def prepare_phantom(seed: int, size: int) -> Sample:
@@ -81,10 +81,17 @@ def prepare_phantom(seed: int, size: int) -> Sample:
     assert chest.lung_mask is not None
     field = np.asarray(ndimage.binary_fill_holes(chest.lung_mask), dtype=bool)
     ribs = reference_rib_mask(chest.radiograph, chest.soft_tissue) & ndimage.binary_dilation(field, iterations=3)
-    target = np.stack([np.clip(to_working(m.astype(np.float32), size), 0, 1) for m in (ribs, np.zeros_like(ribs), field)])
+    target = np.stack(
+        [np.clip(to_working(m.astype(np.float32), size), 0, 1) for m in (ribs, np.zeros_like(ribs), field)]
+    )
     where = to_working(field.astype(np.float32), size) > 0.5
-    return Sample(f"phantom-{seed}", to_working(chest.radiograph, size), target.astype(np.float32),
-                  np.array([1.0, 0.0, 1.0], np.float32), where.astype(np.float32))
+    return Sample(
+        f"phantom-{seed}",
+        to_working(chest.radiograph, size),
+        target.astype(np.float32),
+        np.array([1.0, 0.0, 1.0], np.float32),
+        where.astype(np.float32),
+    )
 
 
 def augment(sample: Sample, rng: np.random.Generator, nodule_prob: float) -> tuple[np.ndarray, np.ndarray]:
@@ -108,8 +115,7 @@ def augment(sample: Sample, rng: np.random.Generator, nodule_prob: float) -> tup
     centre = np.array([size / 2 - 0.5] * 2)
     offset = centre - matrix @ (centre + shift)
     image = ndimage.affine_transform(image, matrix, offset, order=1, mode="nearest")
-    target = np.stack([ndimage.affine_transform(t, matrix, offset, order=1, mode="constant")
-                       for t in sample.target])
+    target = np.stack([ndimage.affine_transform(t, matrix, offset, order=1, mode="constant") for t in sample.target])
     image = normalise(image)
     gamma = math.exp(rng.uniform(-0.35, 0.35))
     image = np.clip(image, 0, 1) ** gamma
@@ -130,12 +136,21 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor) -> 
     return per.sum() / known.sum().clamp(min=1)
 
 
-def save_checkpoint(path: Path, model: UNet, optimiser: torch.optim.Optimizer, step: int,
-                    history: list, rng: np.random.Generator) -> None:
+def save_checkpoint(
+    path: Path, model: UNet, optimiser: torch.optim.Optimizer, step: int, history: list, rng: np.random.Generator
+) -> None:
     partial = path.with_suffix(".partial")
-    torch.save({"model": model.state_dict(), "optimiser": optimiser.state_dict(), "step": step,
-                "history": history, "rng": rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state()}, partial)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimiser": optimiser.state_dict(),
+            "step": step,
+            "history": history,
+            "rng": rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+        },
+        partial,
+    )
     partial.replace(path)
 
 
@@ -145,8 +160,9 @@ def train(config: SegTrainConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(config), indent=1) + "\n")
     train_cases, test_cases = load_cases(Path(config.data))
-    (out / "split.json").write_text(json.dumps({"train": [c.case_id for c in train_cases],
-                                                "held_out": [c.case_id for c in test_cases]}, indent=1))
+    (out / "split.json").write_text(
+        json.dumps({"train": [c.case_id for c in train_cases], "held_out": [c.case_id for c in test_cases]}, indent=1)
+    )
     samples = [prepare(c, config.working_size) for c in train_cases]
     samples += [prepare_phantom(5000 + i, config.working_size) for i in range(config.phantoms)]
     torch.manual_seed(config.seed)
@@ -188,8 +204,16 @@ def train(config: SegTrainConfig) -> Path:
             running = []
             save_checkpoint(ckpt, model, optimiser, step, history, rng)
     bar.close()
-    torch.save({"model": model.state_dict(), "config": asdict(config), "history": history,
-                "unet": asdict(model.config), "parameters": count_parameters(model)}, out / "final.pt")
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "config": asdict(config),
+            "history": history,
+            "unet": asdict(model.config),
+            "parameters": count_parameters(model),
+        },
+        out / "final.pt",
+    )
     return out / "final.pt"
 
 

@@ -38,8 +38,8 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from ribnode_lab.unet import UNet, UNetConfig
 from ribnode_lab.data import Case, load_cases, nodule
+from ribnode_lab.unet import UNet, UNetConfig
 
 BONE_SCALE = 10.0
 PERCENTILES = (1.0, 99.0)
@@ -82,9 +82,14 @@ def build_refiner(channels: tuple[int, ...]) -> Any:
     from diffusers import UNet2DModel
 
     model: Any = UNet2DModel(
-        sample_size=512, in_channels=3, out_channels=1, block_out_channels=channels,
-        layers_per_block=1, down_block_types=("DownBlock2D",) * len(channels),
-        up_block_types=("UpBlock2D",) * len(channels), norm_num_groups=8,
+        sample_size=512,
+        in_channels=3,
+        out_channels=1,
+        block_out_channels=channels,
+        layers_per_block=1,
+        down_block_types=("DownBlock2D",) * len(channels),
+        up_block_types=("UpBlock2D",) * len(channels),
+        norm_num_groups=8,
         add_attention=False,  # no self-attention in the mid block: local corrections, linear cost
     )
     nn.init.zeros_(model.conv_out.weight)
@@ -107,8 +112,14 @@ def make_pair(case: Case) -> Pair:
     field = ndimage.binary_dilation(case.lung_field, iterations=8)
     weight = np.where(field, 1.0, 0.2).astype(np.float32)
     bone = case.image - case.soft
-    return Pair(case.case_id, case.image, case.soft, weight,
-                np.argwhere((bone > 0.01) & case.lung_field), np.argwhere(case.lung_field))
+    return Pair(
+        case.case_id,
+        case.image,
+        case.soft,
+        weight,
+        np.argwhere((bone > 0.01) & case.lung_field),
+        np.argwhere(case.lung_field),
+    )
 
 
 def window(x: np.ndarray) -> tuple[float, float]:
@@ -136,7 +147,7 @@ def sample(pair: Pair, rng: np.random.Generator, crop: int, nodule_prob: float) 
     size = x.shape[0]
     if crop < size:
         r, c = rng.integers(0, size - crop + 1, 2)
-        n, target, weight = (a_[r:r + crop, c:c + crop] for a_ in (n, target, weight))
+        n, target, weight = (a_[r : r + crop, c : c + crop] for a_ in (n, target, weight))
     if rng.random() < 0.5:
         n, target, weight = n[:, ::-1], target[:, ::-1], weight[:, ::-1]
     n = n + rng.normal(0, rng.uniform(0, 0.01), n.shape)  # noise on the input only
@@ -185,8 +196,9 @@ def estimator_loss(pred: torch.Tensor, target: torch.Tensor, n: torch.Tensor, we
     return l1 + 0.5 * (1 - ssim(soft_pred, soft_true)) + gradient_l1(pred, target, weight)
 
 
-def refiner_loss(refiner: nn.Module, estimate: torch.Tensor, target: torch.Tensor, n: torch.Tensor,
-                 weight: torch.Tensor, eta: float) -> torch.Tensor:
+def refiner_loss(
+    refiner: nn.Module, estimate: torch.Tensor, target: torch.Tensor, n: torch.Tensor, weight: torch.Tensor, eta: float
+) -> torch.Tensor:
     # The estimate's strength is scaled at random (0.5-1.3): the estimator in training (batch
     # statistics of crops) and at inference (whole-image statistics) differ in strength, and the
     # refiner must correct whichever it gets; it sees the radiograph to tell the true strength.
@@ -205,8 +217,11 @@ def train(config: SuppressionTrainConfig) -> Path:
     (out / "config.json").write_text(json.dumps(asdict(config), indent=1) + "\n")
     train_cases, test_cases = load_cases(Path(config.data))
     pairs = [make_pair(c) for c in train_cases if c.paired]
-    (out / "split.json").write_text(json.dumps({"train": [p.case_id for p in pairs],
-                                                "held_out": [c.case_id for c in test_cases if c.paired]}, indent=1))
+    (out / "split.json").write_text(
+        json.dumps(
+            {"train": [p.case_id for p in pairs], "held_out": [c.case_id for c in test_cases if c.paired]}, indent=1
+        )
+    )
     torch.manual_seed(config.seed)
     estimator = Estimator(UNetConfig(in_channels=1, out_channels=1, base=config.base, depth=config.depth))
     refiner = build_refiner(tuple(int(c) for c in config.refiner_channels.split(",")))
@@ -254,7 +269,7 @@ def train(config: SuppressionTrainConfig) -> Path:
             estimate = pred.detach()
             if full:  # the refiner sees a 256-px window of the whole image: 4 times cheaper
                 r, c = (int(v) for v in rng.integers(0, 512 - 256 + 1, 2))
-                estimate, target, n, weight = (t[..., r:r + 256, c:c + 256] for t in (estimate, target, n, weight))
+                estimate, target, n, weight = (t[..., r : r + 256, c : c + 256] for t in (estimate, target, n, weight))
             loss = refiner_loss(refiner, estimate, target, n, weight, config.eta)
             opt_r.zero_grad()
             loss.backward()
@@ -269,16 +284,32 @@ def train(config: SuppressionTrainConfig) -> Path:
             bar.set_postfix(est=f"{means[0]:.4f}", ref=f"{means[1]:.4f}")
             running = []
             partial = ckpt.with_suffix(".partial")
-            torch.save({"estimator": estimator.state_dict(), "refiner": refiner.state_dict(),
-                        "opt_e": opt_e.state_dict(), "opt_r": opt_r.state_dict(), "step": step,
-                        "history": history, "rng": rng.bit_generator.state,
-                        "torch_rng": torch.get_rng_state()}, partial)
+            torch.save(
+                {
+                    "estimator": estimator.state_dict(),
+                    "refiner": refiner.state_dict(),
+                    "opt_e": opt_e.state_dict(),
+                    "opt_r": opt_r.state_dict(),
+                    "step": step,
+                    "history": history,
+                    "rng": rng.bit_generator.state,
+                    "torch_rng": torch.get_rng_state(),
+                },
+                partial,
+            )
             partial.replace(ckpt)
     bar.close()
     recalibrate_batchnorm(estimator, pairs)
     final = out / "final.pt"
-    torch.save({"estimator": estimator.state_dict(), "refiner": refiner.state_dict(),
-                "config": asdict(config), "history": history}, final)
+    torch.save(
+        {
+            "estimator": estimator.state_dict(),
+            "refiner": refiner.state_dict(),
+            "config": asdict(config),
+            "history": history,
+        },
+        final,
+    )
     return final
 
 
@@ -293,8 +324,9 @@ if __name__ == "__main__":
     main()
 
 
-def finetune_refiner(run: Path, steps: int, crop: int = 256, batch: int = 4, lr: float = 2e-4,
-                     threads: int = 2) -> Path:
+def finetune_refiner(
+    run: Path, steps: int, crop: int = 256, batch: int = 4, lr: float = 2e-4, threads: int = 2
+) -> Path:
     """Train the refiner alone on what it will see at inference: the finished estimator in
     inference mode (recalibrated statistics), no strength scaling, 256-px windows.
 
@@ -317,7 +349,7 @@ def finetune_refiner(run: Path, steps: int, crop: int = 256, batch: int = 4, lr:
     rng = np.random.default_rng(config.seed + 1)
     history = []
     refiner.train()
-    for step in tqdm(range(steps), desc="finetune-refiner", mininterval=10):
+    for _ in tqdm(range(steps), desc="finetune-refiner", mininterval=10):
         picks = rng.integers(0, len(pairs), batch)
         samples = [sample(pairs[i], rng, crop, config.nodule_prob) for i in picks]
         n, target, weight = (torch.from_numpy(np.stack([s[k] for s in samples])) for k in range(3))
@@ -334,7 +366,12 @@ def finetune_refiner(run: Path, steps: int, crop: int = 256, batch: int = 4, lr:
         history.append(float(loss))
     final.replace(run / "final-joint.pt")
     state["refiner"] = refiner.state_dict()
-    state["refiner_finetune"] = {"steps": steps, "crop": crop, "batch": batch, "lr": lr,
-                                 "loss_first_last_50": [float(np.mean(history[:50])), float(np.mean(history[-50:]))]}
+    state["refiner_finetune"] = {
+        "steps": steps,
+        "crop": crop,
+        "batch": batch,
+        "lr": lr,
+        "loss_first_last_50": [float(np.mean(history[:50])), float(np.mean(history[-50:]))],
+    }
     torch.save(state, final)
     return final

@@ -133,8 +133,10 @@ def fold_batchnorm(model: UNet) -> UNet:
     folded.load_state_dict(model.state_dict(), strict=False)
     if not model.config.batchnorm:
         return folded
-    pairs = zip((m for m in model.modules() if isinstance(m, DoubleConv)),
-                (m for m in folded.modules() if isinstance(m, DoubleConv)))
+    pairs = zip(
+        (m for m in model.modules() if isinstance(m, DoubleConv)),
+        (m for m in folded.modules() if isinstance(m, DoubleConv)),
+    )
     for source, target in pairs:
         for index in (0, 3):
             conv, norm, out = source[index], source[index + 1], target[index]

@@ -19,11 +19,14 @@ from ribnode.models.info import ModelInfo, SegmentationResult, SuppressionResult
 
 SEG_MODEL = ModelInfo("ribnode rib-segmentation", "1.0.0", "a1" * 32, {"threshold": 0.5})
 SUP_MODEL = ModelInfo("ribnode rib-suppression", "1.0.0", "b2" * 32, {"schedule": "ddim"})
-CREATED = datetime.datetime(2026, 11, 21, 1, 2, 3, tzinfo=datetime.timezone.utc)
+CREATED = datetime.datetime(2026, 11, 21, 1, 2, 3, tzinfo=datetime.UTC)
 
 
 def synthetic_dx(
-    rows: int = 200, columns: int = 160, spacing: str = "imager", seed: int = 0,
+    rows: int = 200,
+    columns: int = 160,
+    spacing: str = "imager",
+    seed: int = 0,
     synthetic: bool = False,
 ) -> Dataset:
     """A small DX For Presentation image: MONOCHROME2, 12 bits stored in 16.
@@ -102,8 +105,12 @@ def lung_mask(rows: int, columns: int) -> np.ndarray:
 
 
 def model_inputs(
-    source: Dataset, change: int = 200, seed: int = 42, seg_model: ModelInfo = SEG_MODEL,
-    sup_model: ModelInfo = SUP_MODEL, structures: tuple[str, ...] = ("ribs", "clavicles", "lungs"),
+    source: Dataset,
+    change: int = 200,
+    seed: int = 42,
+    seg_model: ModelInfo = SEG_MODEL,
+    sup_model: ModelInfo = SUP_MODEL,
+    structures: tuple[str, ...] = ("ribs", "clavicles", "lungs"),
     steps: int = 4,
 ) -> tuple[SegmentationResult, SuppressionResult]:
     """Segmentation and suppression results: bone-bright values lowered by ``change`` in the
@@ -118,10 +125,10 @@ def model_inputs(
     soft_stored = soft.astype(stored.dtype)
     bone = np.zeros(stored.shape, dtype=np.float32)
     bone[mask] = change / high
-    shapes = {"ribs": mask, "clavicles": clavicle_mask(*stored.shape),
-              "lungs": lung_mask(*stored.shape)}
-    segmentation = SegmentationResult(mask, mask.astype(np.float32), seg_model,
-                                      {name: shapes[name] for name in structures})
+    shapes = {"ribs": mask, "clavicles": clavicle_mask(*stored.shape), "lungs": lung_mask(*stored.shape)}
+    segmentation = SegmentationResult(
+        mask, mask.astype(np.float32), seg_model, {name: shapes[name] for name in structures}
+    )
     suppression = SuppressionResult(soft_stored, bone, mask, seed, steps, 512, sup_model)
     return segmentation, suppression
 

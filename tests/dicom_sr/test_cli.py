@@ -21,8 +21,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def test_provenance_json(dx_outputs: tuple[pydicom.Dataset, OutputSet, dict[str, Path]],
-                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_provenance_json(
+    dx_outputs: tuple[pydicom.Dataset, OutputSet, dict[str, Path]], capsys: pytest.CaptureFixture[str]
+) -> None:
     source, outputs, paths = dx_outputs
     args = _parse(["provenance", "--json", *map(str, paths.values())])
     assert args.handler(args) == 0
@@ -33,7 +34,8 @@ def test_provenance_json(dx_outputs: tuple[pydicom.Dataset, OutputSet, dict[str,
 
 
 def test_provenance_text_and_missing_file(
-    dx_outputs: tuple[pydicom.Dataset, OutputSet, dict[str, Path]], tmp_path: Path,
+    dx_outputs: tuple[pydicom.Dataset, OutputSet, dict[str, Path]],
+    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     _, _, paths = dx_outputs
@@ -46,7 +48,8 @@ def test_provenance_text_and_missing_file(
 
 
 def test_provenance_reads_what_the_pacs_holds_over_dicomweb(
-    dx_outputs: tuple[pydicom.Dataset, OutputSet, dict[str, Path]], orthanc: OrthancServer,
+    dx_outputs: tuple[pydicom.Dataset, OutputSet, dict[str, Path]],
+    orthanc: OrthancServer,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Regression (issue 26, 6): ``ribnode provenance`` accepted only local files."""

@@ -30,21 +30,17 @@ def _with_depth(bits_allocated: int, bits_stored: int, signed: bool) -> pydicom.
     return source
 
 
-@pytest.mark.parametrize(
-    ("bits_allocated", "bits_stored", "signed"), [(8, 8, False), (16, 16, False), (16, 14, True)]
-)
+@pytest.mark.parametrize(("bits_allocated", "bits_stored", "signed"), [(8, 8, False), (16, 16, False), (16, 14, True)])
 def test_depth_kept(tmp_path: Path, bits_allocated: int, bits_stored: int, signed: bool) -> None:
     source = _with_depth(bits_allocated, bits_stored, signed)
     segmentation, suppression = model_inputs(source, change=5)
     # label off: the pixels must be the suppressed image bit for bit (the label has its own tests)
-    outputs = build_outputs(source, segmentation, suppression, OutputSettings(burned_in_label=False),
-                            created=CREATED)
+    outputs = build_outputs(source, segmentation, suppression, OutputSettings(burned_in_label=False), created=CREATED)
     paths = write_outputs(outputs, tmp_path)
     for path in paths.values():
         assert_valid(path)
     sc = pydicom.dcmread(paths["sc"])
-    assert (sc.BitsAllocated, sc.BitsStored, sc.PixelRepresentation) == (
-        bits_allocated, bits_stored, int(signed))
+    assert (sc.BitsAllocated, sc.BitsStored, sc.PixelRepresentation) == (bits_allocated, bits_stored, int(signed))
     np.testing.assert_array_equal(sc.pixel_array, suppression.soft_stored)
 
 

@@ -24,7 +24,9 @@ def _preview(orthanc: OrthancServer, instance: str) -> np.ndarray:
 
 
 def test_orthanc_files_the_objects_in_the_source_study(
-    orthanc: OrthancServer, rg1_files: dict[str, Path], tmp_path: Path,
+    orthanc: OrthancServer,
+    rg1_files: dict[str, Path],
+    tmp_path: Path,
 ) -> None:
     source_path = rg1_files["RG1_UNCR"]
     source = pydicom.dcmread(source_path)
@@ -35,8 +37,9 @@ def test_orthanc_files_the_objects_in_the_source_study(
     source_id = orthanc.upload(source_path)
     ids = {kind: orthanc.upload(path) for kind, path in paths.items()}
     # A second upload of a re-run (same UIDs) replaces nothing and adds nothing.
-    again = write_outputs(build_outputs(source, segmentation, suppression, settings,
-                                        created=CREATED), tmp_path / "again")
+    again = write_outputs(
+        build_outputs(source, segmentation, suppression, settings, created=CREATED), tmp_path / "again"
+    )
     for kind, path in again.items():
         assert orthanc.upload(path) == ids[kind]
     assert len(orthanc.instances()) == 4
@@ -44,14 +47,17 @@ def test_orthanc_files_the_objects_in_the_source_study(
     series = orthanc.series_of_study(str(source.StudyInstanceUID))
     assert len(series) == 4
     qido = orthanc.rest(
-        "GET", f"/dicom-web/studies/{source.StudyInstanceUID}/series",
+        "GET",
+        f"/dicom-web/studies/{source.StudyInstanceUID}/series",
         headers={"Accept": "application/dicom+json"},
     ).json()
     descriptions = {item["0008103E"]["Value"][0] for item in qido if "0008103E" in item}
     assert {str(d.SeriesDescription) for d in outputs.datasets()} <= descriptions
-    assert {"AI SYNTHETIC bone-suppressed (not original)", "AI chest anatomy segmentation",
-            "AI chest anatomy measurements (TID 1500)"} == {
-                text.rsplit(" ", 1)[0] for text in descriptions if text.startswith("AI ")}
+    assert {
+        "AI SYNTHETIC bone-suppressed (not original)",
+        "AI chest anatomy segmentation",
+        "AI chest anatomy measurements (TID 1500)",
+    } == {text.rsplit(" ", 1)[0] for text in descriptions if text.startswith("AI ")}
 
     before, after = _preview(orthanc, source_id), _preview(orthanc, ids["sc"])
     assert before.shape == after.shape

@@ -28,10 +28,12 @@ def _uids(outputs: OutputSet) -> list[tuple[str, str]]:
 def test_rerun_gives_identical_objects(tmp_path: Path) -> None:
     source = synthetic_dx(rows=96, columns=80)
     segmentation, suppression = model_inputs(source)
-    first = write_outputs(build_outputs(source, segmentation, suppression, OutputSettings(),
-                                        created=CREATED), tmp_path / "a")
-    second = write_outputs(build_outputs(source, segmentation, suppression, OutputSettings(),
-                                         created=CREATED), tmp_path / "b")
+    first = write_outputs(
+        build_outputs(source, segmentation, suppression, OutputSettings(), created=CREATED), tmp_path / "a"
+    )
+    second = write_outputs(
+        build_outputs(source, segmentation, suppression, OutputSettings(), created=CREATED), tmp_path / "b"
+    )
     for kind in ("sc", "seg", "sr"):
         assert first[kind].read_bytes() == second[kind].read_bytes(), kind
 
@@ -40,8 +42,9 @@ def test_uids_stable_across_time_and_distinct_per_kind() -> None:
     source = synthetic_dx(rows=64, columns=64)
     segmentation, suppression = model_inputs(source)
     now = build_outputs(source, segmentation, suppression, OutputSettings())
-    later = build_outputs(source, segmentation, suppression, OutputSettings(),
-                          created=CREATED + datetime.timedelta(days=3))
+    later = build_outputs(
+        source, segmentation, suppression, OutputSettings(), created=CREATED + datetime.timedelta(days=3)
+    )
     assert _uids(now) == _uids(later)
     flat = [uid for pair in _uids(now) for uid in pair]
     assert len(set(flat)) == 6
@@ -65,8 +68,7 @@ def _variants(source: pydicom.Dataset) -> dict[str, tuple[object, object, Output
         "working size": (segmentation, _with(suppression, working_size=256), base),
         "one pixel": (segmentation, _with(suppression, soft_stored=other_pixels), base),
         "suppression version": (segmentation, _with(suppression, model=sup_version), base),
-        "segmentation parameter": (dataclasses.replace(segmentation, model=seg_params),
-                                   suppression, base),
+        "segmentation parameter": (dataclasses.replace(segmentation, model=seg_params), suppression, base),
         "label off": (segmentation, suppression, OutputSettings(burned_in_label=False)),
         "own window": (segmentation, suppression, OutputSettings(sc_window="own")),
         "no private block": (segmentation, suppression, OutputSettings(private_block=False)),
@@ -110,8 +112,7 @@ def test_sources_of_a_study_share_one_series_per_kind() -> None:
     sources[2].ViewPosition = "LL"
     series = result_series(sources)
     assert series == ResultSeries(("LL", "PA"))
-    sets = [build_outputs(s, *model_inputs(s), OutputSettings(), created=CREATED, series=series)
-            for s in sources]
+    sets = [build_outputs(s, *model_inputs(s), OutputSettings(), created=CREATED, series=series) for s in sources]
     for kind in range(3):
         datasets = [output.datasets()[kind] for output in sets]
         assert len({d.SeriesInstanceUID for d in datasets}) == 1
@@ -128,23 +129,35 @@ def test_a_rerun_names_what_it_replaces() -> None:
     source = synthetic_dx(rows=64, columns=64)
     segmentation, suppression = model_inputs(source)
     first = build_outputs(source, segmentation, suppression, OutputSettings(), created=CREATED)
-    previous = {kind: [{"sop_instance_uid": str(d.SOPInstanceUID),
-                        "series_instance_uid": str(d.SeriesInstanceUID),
-                        "study_instance_uid": str(d.StudyInstanceUID),
-                        "sop_class_uid": str(d.SOPClassUID)}]
-                for kind, d in zip(("sc", "seg", "sr"), first.datasets())}
-    again = build_outputs(source, segmentation, _with(suppression, steps=1), OutputSettings(),
-                          created=CREATED, previous=previous)
+    previous = {
+        kind: [
+            {
+                "sop_instance_uid": str(d.SOPInstanceUID),
+                "series_instance_uid": str(d.SeriesInstanceUID),
+                "study_instance_uid": str(d.StudyInstanceUID),
+                "sop_class_uid": str(d.SOPClassUID),
+            }
+        ]
+        for kind, d in zip(("sc", "seg", "sr"), first.datasets())
+    }
+    again = build_outputs(
+        source, segmentation, _with(suppression, steps=1), OutputSettings(), created=CREATED, previous=previous
+    )
     item = again.sr.PredecessorDocumentsSequence[0]
     assert item.StudyInstanceUID == source.StudyInstanceUID
     assert item.ReferencedSeriesSequence[0].SeriesInstanceUID == first.sr.SeriesInstanceUID
-    assert item.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == \
-        first.sr.SOPInstanceUID
+    assert item.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == first.sr.SOPInstanceUID
     assert again.provenance["sc"]["replaces"] == first.sc.SOPInstanceUID
     assert again.provenance["seg"]["replaces"] is None  # the same SEG: nothing replaced
     # The same run again names the same predecessor, so it stays byte-identical.
-    same = build_outputs(source, segmentation, _with(suppression, steps=1), OutputSettings(),
-                         created=CREATED, previous={"sr": [again.provenance["sr"], *previous["sr"]]})
+    same = build_outputs(
+        source,
+        segmentation,
+        _with(suppression, steps=1),
+        OutputSettings(),
+        created=CREATED,
+        previous={"sr": [again.provenance["sr"], *previous["sr"]]},
+    )
     assert _encoded(same.sr) == _encoded(again.sr)
 
 
@@ -190,16 +203,14 @@ def test_private_block_repeats_the_provenance(dx_outputs: DxOutputs) -> None:
 def test_private_block_can_be_switched_off() -> None:
     source = synthetic_dx(rows=64, columns=64)
     segmentation, suppression = model_inputs(source)
-    outputs = build_outputs(source, segmentation, suppression,
-                            OutputSettings(private_block=False), created=CREATED)
+    outputs = build_outputs(source, segmentation, suppression, OutputSettings(private_block=False), created=CREATED)
     assert all(read_private_block(d) is None for d in outputs.datasets())
 
 
 def test_settings_reach_every_object() -> None:
     source = synthetic_dx(rows=64, columns=64)
     segmentation, suppression = model_inputs(source)
-    settings = OutputSettings(content_qualification="PRODUCT", node_id="node-7",
-                              institution_name="General Hospital")
+    settings = OutputSettings(content_qualification="PRODUCT", node_id="node-7", institution_name="General Hospital")
     outputs = build_outputs(source, segmentation, suppression, settings, created=CREATED)
     for dataset in outputs.datasets():
         assert dataset.ContentQualification == "PRODUCT"
@@ -209,9 +220,11 @@ def test_settings_reach_every_object() -> None:
 
 
 def test_dicom_sr_imports_no_torch() -> None:
-    code = ("import sys, ribnode.dicom_sr; "
-            "bad = [m for m in ('torch', 'onnxruntime', 'diffusers') if m in sys.modules]; "
-            "sys.exit(', '.join(bad) or None)")
+    code = (
+        "import sys, ribnode.dicom_sr; "
+        "bad = [m for m in ('torch', 'onnxruntime', 'diffusers') if m in sys.modules]; "
+        "sys.exit(', '.join(bad) or None)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
@@ -219,8 +232,7 @@ def test_dicom_sr_imports_no_torch() -> None:
 def test_qa_reads_the_provenance_from_standard_attributes_alone(tmp_path: Path) -> None:
     source = synthetic_dx(rows=64, columns=64)
     segmentation, suppression = model_inputs(source)
-    outputs = build_outputs(source, segmentation, suppression,
-                            OutputSettings(private_block=False), created=CREATED)
+    outputs = build_outputs(source, segmentation, suppression, OutputSettings(private_block=False), created=CREATED)
     paths = write_outputs(outputs, tmp_path)
     for kind, path in paths.items():
         info = describe_standard(pydicom.dcmread(path))
@@ -269,8 +281,9 @@ def test_contribution_description_names_each_parameter_once() -> None:
     from ribnode.dicom_sr.provenance import contribution_description
     from ribnode.models.info import ModelInfo
 
-    model = ModelInfo("ribnode rib-suppression", "2.0.0", "ab" * 32,
-                      {"steps": 1, "working_size": 512, "backend": "onnx"})
+    model = ModelInfo(
+        "ribnode rib-suppression", "2.0.0", "ab" * 32, {"steps": 1, "working_size": 512, "backend": "onnx"}
+    )
     text = contribution_description(model, seed=7, steps=3, working_size=512)
     assert text.count("steps") == 1 and "steps 3" in text and "steps 1" not in text
     assert text.count("512") == 2 and "working resolution 512x512" in text  # once, as "512x512"

@@ -19,14 +19,14 @@ from tests.peers.fixtures import dsrdump
 
 @pytest.fixture(scope="module", params=["RG1_UNCR", "RG1_J2KI"])
 def rg1_outputs(
-    request: pytest.FixtureRequest, rg1_files: dict[str, Path],
+    request: pytest.FixtureRequest,
+    rg1_files: dict[str, Path],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[str, pydicom.Dataset, OutputSet, dict[str, Path]]:
     name = request.param
     source = pydicom.dcmread(rg1_files[name])
     segmentation, suppression = model_inputs(source, change=800)
-    outputs = build_outputs(source, segmentation, suppression,
-                            OutputSettings(burned_in_label=True), created=CREATED)
+    outputs = build_outputs(source, segmentation, suppression, OutputSettings(burned_in_label=True), created=CREATED)
     return name, source, outputs, write_outputs(outputs, tmp_path_factory.mktemp(name))
 
 
@@ -64,10 +64,19 @@ def test_patient_and_study_modules_copied(
 ) -> None:
     _, source, outputs, _ = rg1_outputs
     for dataset in outputs.datasets():
-        for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
-                        "StudyInstanceUID", "StudyDate", "StudyTime",
-                        "StudyID", "AccessionNumber", "StudyDescription",
-                        "ReferringPhysicianName"):
+        for keyword in (
+            "PatientName",
+            "PatientID",
+            "PatientBirthDate",
+            "PatientSex",
+            "StudyInstanceUID",
+            "StudyDate",
+            "StudyTime",
+            "StudyID",
+            "AccessionNumber",
+            "StudyDescription",
+            "ReferringPhysicianName",
+        ):
             assert dataset.get(keyword) == source.get(keyword), (dataset.Modality, keyword)
 
 

@@ -67,8 +67,10 @@ def test_sc_synthetic_flags_and_references(dx_outputs: DxOutputs) -> None:
 def test_sc_contributing_equipment_names_the_model(dx_outputs: DxOutputs) -> None:
     _, _, paths = dx_outputs
     sc = pydicom.dcmread(paths["sc"])
-    items = {i.PurposeOfReferenceCodeSequence[0].CodeValue + ":" + i.get("ManufacturerModelName", ""): i
-             for i in sc.ContributingEquipmentSequence}
+    items = {
+        i.PurposeOfReferenceCodeSequence[0].CodeValue + ":" + i.get("ManufacturerModelName", ""): i
+        for i in sc.ContributingEquipmentSequence
+    }
     synth = items["109100:ribnode rib-suppression"]
     assert list(synth.SoftwareVersions) == ["1.0.0", "0.1.0"]
     assert "b2" * 32 in synth.ContributionDescription
@@ -88,8 +90,7 @@ def test_window_is_the_sources_by_default(dx_outputs: DxOutputs) -> None:
     """Side by side with the original, the only difference is the suppression, not contrast."""
     source, _, paths = dx_outputs
     sc = pydicom.dcmread(paths["sc"])
-    assert (float(sc.WindowCenter), float(sc.WindowWidth)) == (
-        float(source.WindowCenter), float(source.WindowWidth))
+    assert (float(sc.WindowCenter), float(sc.WindowWidth)) == (float(source.WindowCenter), float(source.WindowWidth))
     assert "ribnode" not in str(sc.get("WindowCenterWidthExplanation", ""))
 
 
@@ -128,8 +129,12 @@ def test_source_without_a_window_gets_the_outputs_own() -> None:
     ],
 )
 def test_pixel_spacing_states_its_plane(
-    spacing: str, magnification: float | None, expected: list[float] | None,
-    calibration: str | None, plane: str | None, tmp_path: Path,
+    spacing: str,
+    magnification: float | None,
+    expected: list[float] | None,
+    calibration: str | None,
+    plane: str | None,
+    tmp_path: Path,
 ) -> None:
     """Regression: the SC's Pixel Spacing used to be the detector-plane Imager Pixel Spacing
     even when the source gave an Estimated Radiographic Magnification Factor (about 10 % too
@@ -185,12 +190,17 @@ def test_label_can_be_turned_off_and_annotation_tells_the_truth() -> None:
 
 def test_derivation_text_comes_from_the_model_json() -> None:
     source = synthetic_dx(rows=64, columns=64)
-    model = type(SUP_MODEL)(**{**SUP_MODEL.__dict__, "parameters": {
-        "derivation": "rib shadows attenuated inside the lung fields; not an acquired radiograph"}})
+    model = type(SUP_MODEL)(
+        **{
+            **SUP_MODEL.__dict__,
+            "parameters": {"derivation": "rib shadows attenuated inside the lung fields; not an acquired radiograph"},
+        }
+    )
     segmentation, suppression = model_inputs(source, sup_model=model)
     sc = build_outputs(source, segmentation, suppression, OutputSettings(), created=CREATED).sc
     assert sc.DerivationDescription.endswith(
-        ": rib shadows attenuated inside the lung fields; not an acquired radiograph")
+        ": rib shadows attenuated inside the lung fields; not an acquired radiograph"
+    )
 
 
 def test_label_keeps_display_white_on_monochrome1() -> None:

@@ -13,8 +13,8 @@ from pydicom.uid import generate_uid
 
 from ribnode.config.settings import OutputSettings
 from ribnode.dicom_sr import OutputSet, build_outputs
-from tests.dicom_sr.conftest import write_outputs
 from ribnode.dicom_sr.seg import SEGMENTS
+from tests.dicom_sr.conftest import write_outputs
 from tests.dicom_sr.inputs import CREATED, model_inputs, synthetic_dx
 from tests.dicom_sr.validation import assert_valid_and_explained as assert_valid
 from tests.peers.fixtures import assert_dicom_valid
@@ -25,8 +25,9 @@ DxOutputs = tuple[pydicom.Dataset, OutputSet, dict[str, Path]]
 def test_seg_is_valid_without_warnings_of_its_own(dx_outputs: DxOutputs) -> None:
     _, _, paths = dx_outputs
     warnings = assert_valid(paths["seg"])
-    assert not [w for w in warnings if "RIBNODE" not in w and "Unrecognized tag" not in w
-                and "DeviceUID" not in w], warnings
+    assert not [w for w in warnings if "RIBNODE" not in w and "Unrecognized tag" not in w and "DeviceUID" not in w], (
+        warnings
+    )
 
 
 def test_mask_round_trip(dx_outputs: DxOutputs) -> None:
@@ -40,8 +41,7 @@ def test_mask_round_trip(dx_outputs: DxOutputs) -> None:
         source_sop_instance_uids=[source.SOPInstanceUID], segment_numbers=[1, 2, 3]
     )
     for index, name in enumerate(("ribs", "clavicles", "lungs")):
-        np.testing.assert_array_equal(pixels[0, :, :, index].astype(bool),
-                                      segmentation.structures[name], err_msg=name)
+        np.testing.assert_array_equal(pixels[0, :, :, index].astype(bool), segmentation.structures[name], err_msg=name)
 
 
 # SNOMED CT codes as pydicom's dictionary has them (codes.SCT.Rib, .Clavicle, .Lung).
@@ -56,14 +56,26 @@ def test_segment_descriptions(dx_outputs: DxOutputs) -> None:
     from pydicom.sr.codedict import codes
 
     assert [s.property_type.value for s in SEGMENTS] == [
-        codes.SCT.Rib.value, codes.SCT.Clavicle.value, codes.SCT.Lung.value]
+        codes.SCT.Rib.value,
+        codes.SCT.Clavicle.value,
+        codes.SCT.Lung.value,
+    ]
     _, outputs, paths = dx_outputs
     seg = pydicom.dcmread(paths["seg"])
-    found = [(int(s.SegmentNumber), s.SegmentLabel, s.SegmentedPropertyTypeCodeSequence[0].CodeValue,
-              s.SegmentedPropertyTypeCodeSequence[0].CodeMeaning) for s in seg.SegmentSequence]
+    found = [
+        (
+            int(s.SegmentNumber),
+            s.SegmentLabel,
+            s.SegmentedPropertyTypeCodeSequence[0].CodeValue,
+            s.SegmentedPropertyTypeCodeSequence[0].CodeMeaning,
+        )
+        for s in seg.SegmentSequence
+    ]
     assert found == EXPECTED_SEGMENTS
-    sr_tracking = {g.tracking_identifier: g.tracking_uid for g in hd.sr.Comprehensive3DSR.from_dataset(
-        outputs.sr).content.get_planar_roi_measurement_groups()}
+    sr_tracking = {
+        g.tracking_identifier: g.tracking_uid
+        for g in hd.sr.Comprehensive3DSR.from_dataset(outputs.sr).content.get_planar_roi_measurement_groups()
+    }
     for segment in seg.SegmentSequence:
         assert segment.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "91723000"
         modifier = segment.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence
@@ -91,13 +103,14 @@ def test_one_segment_per_structure_present(structures: tuple[str, ...], tmp_path
     assert_valid(paths["seg"])
     assert_valid(paths["sr"])
     labels = [s.SegmentLabel for s in pydicom.dcmread(paths["seg"]).SegmentSequence]
-    expected = ["Ribs"] + [label for name, label in (("clavicles", "Clavicles"),
-                                                     ("lungs", "Lung fields")) if name in structures]
+    expected = ["Ribs"] + [
+        label for name, label in (("clavicles", "Clavicles"), ("lungs", "Lung fields")) if name in structures
+    ]
     assert labels == expected
     read = hd.seg.segread(paths["seg"])
     pixels = read.get_pixels_by_source_instance(
-        source_sop_instance_uids=[source.SOPInstanceUID],
-        segment_numbers=list(range(1, len(expected) + 1)))
+        source_sop_instance_uids=[source.SOPInstanceUID], segment_numbers=list(range(1, len(expected) + 1))
+    )
     np.testing.assert_array_equal(pixels[0, :, :, 0].astype(bool), segmentation.mask)
     groups = hd.sr.Comprehensive3DSR.from_dataset(outputs.sr).content.get_planar_roi_measurement_groups()
     assert [g.tracking_identifier for g in groups] == expected
@@ -178,8 +191,7 @@ def test_synthetic_source_marks_seg_and_sr_synthetic() -> None:
 def test_empty_mask_still_writes_one_frame(tmp_path: Path) -> None:
     source = synthetic_dx(rows=64, columns=64)
     segmentation, suppression = model_inputs(source)
-    empty = type(segmentation)(np.zeros_like(segmentation.mask), segmentation.probability,
-                               segmentation.model)
+    empty = type(segmentation)(np.zeros_like(segmentation.mask), segmentation.probability, segmentation.model)
     outputs = build_outputs(source, empty, suppression, OutputSettings(), created=CREATED)
     paths = write_outputs(outputs, tmp_path)
     for path in paths.values():
@@ -190,8 +202,7 @@ def test_empty_mask_still_writes_one_frame(tmp_path: Path) -> None:
 def test_mask_shape_is_checked() -> None:
     source = synthetic_dx(rows=64, columns=64)
     segmentation, suppression = model_inputs(source)
-    wrong = type(segmentation)(segmentation.mask[:, :32], segmentation.probability,
-                               segmentation.model)
+    wrong = type(segmentation)(segmentation.mask[:, :32], segmentation.probability, segmentation.model)
     with pytest.raises(ValueError, match="shape"):
         build_outputs(source, wrong, suppression, OutputSettings(), created=CREATED)
 

@@ -23,8 +23,7 @@ def test_sr_is_valid(dx_outputs: DxOutputs) -> None:
     _, _, paths = dx_outputs
     warnings = assert_valid(paths["sr"])
     # The only warnings: ribnode's private coding scheme and private tags, both declared.
-    own = [w for w in warnings if "99RIBNODE" not in w and "Unrecognized tag" not in w
-           and "DeviceUID" not in w]
+    own = [w for w in warnings if "99RIBNODE" not in w and "Unrecognized tag" not in w and "DeviceUID" not in w]
     assert not own, own
 
 
@@ -58,17 +57,19 @@ def test_measurements_cover_each_structure(dx_outputs: DxOutputs) -> None:
     segmentation, suppression = model_inputs(source)
     sr = hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(paths["sr"]))
     groups = sr.content.get_planar_roi_measurement_groups()
-    expected = [("ribs", "Ribs", "113197003"), ("clavicles", "Clavicles", "51299004"),
-                ("lungs", "Lung fields", "39607008")]
+    expected = [
+        ("ribs", "Ribs", "113197003"),
+        ("clavicles", "Clavicles", "51299004"),
+        ("lungs", "Lung fields", "39607008"),
+    ]
     assert [g.tracking_identifier for g in groups] == [label for _, label, _ in expected]
-    for frame, (group, (name, label, code)) in enumerate(zip(groups, expected), start=1):
+    for frame, (group, (name, _label, code)) in enumerate(zip(groups, expected), start=1):
         mask = segmentation.structures[name]
         assert group.finding_type.value == code
         values = {m.name.meaning: (m.value, m.unit.value) for m in group.get_measurements()}
         assert values["Area"][0] == pytest.approx(mask.sum() * 0.2 * 0.2), name
         assert values["Area"][1] == "mm2"
-        assert values["Bone signal removed"][0] == pytest.approx(
-            float(np.mean(suppression.bone[mask])), rel=1e-6), name
+        assert values["Bone signal removed"][0] == pytest.approx(float(np.mean(suppression.bone[mask])), rel=1e-6), name
         assert values["Bone signal removed"][1] == "1"
         reference = group.referenced_segmentation_frame
         assert reference is not None
@@ -88,7 +89,10 @@ def test_measurements_cover_each_structure(dx_outputs: DxOutputs) -> None:
     ],
 )
 def test_area_states_its_plane(
-    spacing: str, magnification: float | None, factor: float, method: str,
+    spacing: str,
+    magnification: float | None,
+    factor: float,
+    method: str,
 ) -> None:
     """Regression: the area used the detector-plane Imager Pixel Spacing even with an
     Estimated Radiographic Magnification Factor, about 21 % too large, and named no plane."""
@@ -127,6 +131,9 @@ def test_evidence_is_source_seg_and_sc(dx_outputs: DxOutputs) -> None:
     assert sr.StudyInstanceUID == source.StudyInstanceUID
     assert sr.CompletionFlag == "COMPLETE" and sr.VerificationFlag == "UNVERIFIED"
     assert sr.ContentQualification == "RESEARCH"
-    purposes = {i.PurposeOfReferenceCodeSequence[0].CodeValue for i in sr.ContributingEquipmentSequence
-                if i.Manufacturer == "ribnode"}
+    purposes = {
+        i.PurposeOfReferenceCodeSequence[0].CodeValue
+        for i in sr.ContributingEquipmentSequence
+        if i.Manufacturer == "ribnode"
+    }
     assert purposes == {"Newcode1"}  # IHE AIR "Processing Algorithm", both models

@@ -22,8 +22,9 @@ from tests.dicom_sr.validation import assert_valid_and_explained as assert_valid
 @pytest.mark.parametrize(("photometric", "pixel_spacing"), [("MONOCHROME2", False), ("MONOCHROME1", True)])
 def test_synthetic_study_outputs(tmp_path: Path, photometric: str, pixel_spacing: bool) -> None:
     chest = generate_chest(seed=5, size=256, nodules=1)
-    [path] = write_dicom_study(chest, tmp_path / "in", seed=5, photometric=photometric,
-                               bits_stored=12, pixel_spacing=pixel_spacing)
+    [path] = write_dicom_study(
+        chest, tmp_path / "in", seed=5, photometric=photometric, bits_stored=12, pixel_spacing=pixel_spacing
+    )
     source = pydicom.dcmread(path)
     radiograph = read_radiograph(source)
     bone = chest.radiograph - chest.soft_tissue
@@ -31,8 +32,7 @@ def test_synthetic_study_outputs(tmp_path: Path, photometric: str, pixel_spacing
     soft_stored = radiograph.subtract_layer(bone, region)
     segmentation = SegmentationResult(region, region.astype(np.float32), SEG_MODEL)
     suppression = SuppressionResult(soft_stored, bone.astype(np.float32), region, 7, 4, 256, SUP_MODEL)
-    outputs = build_outputs(source, segmentation, suppression, OutputSettings(burned_in_label=False),
-                            created=CREATED)
+    outputs = build_outputs(source, segmentation, suppression, OutputSettings(burned_in_label=False), created=CREATED)
     paths = write_outputs(outputs, tmp_path / "out")
     for written in paths.values():
         assert_valid(written)
@@ -43,7 +43,7 @@ def test_synthetic_study_outputs(tmp_path: Path, photometric: str, pixel_spacing
     np.testing.assert_array_equal(sc.pixel_array, soft_stored)
     # Bone removed means darker in display terms: lower values in MONOCHROME2, higher in 1.
     removed = sc.pixel_array[region].astype(np.int64) - source.pixel_array[region].astype(np.int64)
-    assert (np.sign(removed.mean()) == (1 if photometric == "MONOCHROME1" else -1))
+    assert np.sign(removed.mean()) == (1 if photometric == "MONOCHROME1" else -1)
     # The SC decodes through the same reader as any radiograph.
     assert read_radiograph(sc).stored.shape == source.pixel_array.shape
     if source.get("SyntheticData") == "YES":

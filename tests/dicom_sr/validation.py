@@ -18,7 +18,8 @@ def unexpected_errors(path: Path) -> tuple[list[str], list[str]]:
     """dciodvfy's error lines other than the known dictionary gap, and all its warnings."""
     errors, warnings = dciodvfy(path)
     unexpected = [
-        line for line in errors
+        line
+        for line in errors
         if not (
             any(tag in line.lower() for tag in KNOWN_DICTIONARY_ERRORS)
             and "not a recognized standard attribute" in line
@@ -60,6 +61,5 @@ def assert_valid_and_explained(path: Path) -> list[str]:
     warnings = assert_valid(path)
     extra = unexplained_warnings(warnings)
     if extra:
-        pytest.fail(f"dciodvfy warnings in {path} not explained in the conformance document:\n"
-                    + "\n".join(extra))
+        pytest.fail(f"dciodvfy warnings in {path} not explained in the conformance document:\n" + "\n".join(extra))
     return warnings

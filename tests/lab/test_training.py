@@ -40,8 +40,16 @@ def test_segmentation_trains_resumes_and_exports(data: Path, tmp_path: Path) -> 
     from ribnode_lab.export import export_segmentation
     from ribnode_lab.train_seg import SegTrainConfig, train
 
-    config = SegTrainConfig(data=str(data), out=str(tmp_path / "run"), working_size=64, steps=2, batch=2,
-                            base=4, depth=3, checkpoint_every=1)
+    config = SegTrainConfig(
+        data=str(data),
+        out=str(tmp_path / "run"),
+        working_size=64,
+        steps=2,
+        batch=2,
+        base=4,
+        depth=3,
+        checkpoint_every=1,
+    )
     train(config)
     first = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     assert first["step"] == 2
@@ -60,9 +68,19 @@ def test_suppression_trains_both_networks_resumes_and_exports(data: Path, tmp_pa
     from ribnode_lab.export import export_suppression
     from ribnode_lab.train_suppression import SuppressionTrainConfig, train
 
-    config = SuppressionTrainConfig(data=str(data), out=str(tmp_path / "run"), steps=3, batch=2, crop=64,
-                                    full_from=0.7, refiner_from=0.34, base=4, depth=3,
-                                    refiner_channels="8,8", checkpoint_every=1)
+    config = SuppressionTrainConfig(
+        data=str(data),
+        out=str(tmp_path / "run"),
+        steps=3,
+        batch=2,
+        crop=64,
+        full_from=0.7,
+        refiner_from=0.34,
+        base=4,
+        depth=3,
+        refiner_channels="8,8",
+        checkpoint_every=1,
+    )
     train(config)  # step 1 the estimator alone, steps 2-3 both networks
     config.steps = 4
     train(config)  # resumes; step 4 is the whole-image fine-tune

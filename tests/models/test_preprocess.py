@@ -36,7 +36,7 @@ def _phantom(shape: tuple[int, int], bits: int, signed: bool = False, seed: int 
     top = (1 << bits) - 1
     stored = np.clip(value, 0.0, 1.0) * 0.9 * top
     if signed:
-        stored -= (1 << (bits - 1))
+        stored -= 1 << (bits - 1)
         return np.rint(stored).astype(np.int8 if bits <= 8 else np.int16)
     return np.rint(stored).astype(np.uint8 if bits <= 8 else np.uint16)
 
@@ -89,9 +89,7 @@ PYDICOM_ENCODINGS = [
 
 @pytest.mark.parametrize("bits", [8, 12, 16])
 @pytest.mark.parametrize(("syntax", "kwargs", "lossless"), PYDICOM_ENCODINGS)
-def test_pydicom_encoded_syntaxes_decode(
-    tmp_path: Path, syntax: str, kwargs: dict, lossless: bool, bits: int
-) -> None:
+def test_pydicom_encoded_syntaxes_decode(tmp_path: Path, syntax: str, kwargs: dict, lossless: bool, bits: int) -> None:
     stored = _phantom((96, 80), bits)
     ds = _dataset(stored, bits)
     ds.compress(syntax, **kwargs)
@@ -197,9 +195,7 @@ def test_rescale_is_applied_and_window_is_only_a_hint() -> None:
     voi.LUTData = (np.sqrt(np.arange(4096) / 4095) * 65535).astype(np.uint16).tolist()
     with_voi = pp.read_radiograph(_dataset(stored, 12, VOILUTSequence=[voi], VOILUTFunction="SIGMOID"))
     np.testing.assert_array_equal(with_voi.image, plain.image)
-    constant = pp.read_radiograph(
-        _dataset(np.full((80, 80), 100, np.uint16), 12, WindowCenter=100, WindowWidth=50)
-    )
+    constant = pp.read_radiograph(_dataset(np.full((80, 80), 100, np.uint16), 12, WindowCenter=100, WindowWidth=50))
     assert (constant.lo, constant.hi) == (75.0, 125.0)  # degenerate image: the window is used
     assert np.allclose(constant.image, 0.5)
 

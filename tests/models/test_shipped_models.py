@@ -50,8 +50,9 @@ def test_rg1_masks_are_anatomy_and_the_gate_passes(segmenter: RibSegmenter, rg1:
     assert ribs.mean() > 0.05
 
 
-def test_rg1_output_equals_input_outside_the_region(segmenter: RibSegmenter, suppressor: RibSuppressor,
-                                                    rg1: Radiograph) -> None:
+def test_rg1_output_equals_input_outside_the_region(
+    segmenter: RibSegmenter, suppressor: RibSuppressor, rg1: Radiograph
+) -> None:
     result = suppressor(rg1, segmenter(rg1))
     assert result.mask.mean() <= 0.65
     assert np.array_equal(result.soft_stored[~result.mask], rg1.stored[~result.mask])
@@ -61,13 +62,20 @@ def test_rg1_output_equals_input_outside_the_region(segmenter: RibSegmenter, sup
     assert (result.soft_stored.astype(np.int64) >= rg1.stored.astype(np.int64)).all()
 
 
-def test_the_gate_refuses_an_extremity_and_non_chest_images(segmenter: RibSegmenter,
-                                                            rg3_files: dict[str, Path]) -> None:
+def test_the_gate_refuses_an_extremity_and_non_chest_images(
+    segmenter: RibSegmenter, rg3_files: dict[str, Path]
+) -> None:
     with pytest.raises(NotAChestError):
         segmenter.check_chest(segmenter(read_radiograph(pydicom.dcmread(rg3_files["RG3_UNCR"]))))
     rng = np.random.default_rng(0)
     rows, cols = np.mgrid[:512, :512]
-    for image in (rng.random((512, 512)), rng.random((1000, 900)), np.full((512, 512), 0.5), (rows / 511.0), np.clip(np.hypot(rows - 256, cols - 256) / 300, 0, 1)):
+    for image in (
+        rng.random((512, 512)),
+        rng.random((1000, 900)),
+        np.full((512, 512), 0.5),
+        (rows / 511.0),
+        np.clip(np.hypot(rows - 256, cols - 256) / 300, 0, 1),
+    ):
         with pytest.raises(NotAChestError):
             segmenter.check_chest(segmenter.segment_image(np.asarray(image, np.float32)))
 

@@ -13,8 +13,7 @@ import pytest
 
 from ribnode.models.preprocess import read_png
 from ribnode.models.segmentation import RibSegmenter
-from ribnode.models.suppression import RibSuppressor
-from ribnode.models.suppression import scheduler
+from ribnode.models.suppression import RibSuppressor, scheduler
 
 
 def test_numpy_steps_match_diffusers_flow_match_euler() -> None:
@@ -168,8 +167,23 @@ def test_infer_writes_every_structure_and_the_region(tiny_models: dict, chest_pn
     from ribnode.cli import main
 
     out = tmp_path / "out"
-    assert main(["infer", str(chest_png), "--output", str(out), "--weights", str(tiny_models["segmentation"]),
-                 "--suppression-weights", str(tiny_models["suppression"]), "--threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "infer",
+                str(chest_png),
+                "--output",
+                str(out),
+                "--weights",
+                str(tiny_models["segmentation"]),
+                "--suppression-weights",
+                str(tiny_models["suppression"]),
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     source = np.asarray(Image.open(chest_png))
     for name in ("ribs", "clavicles", "lungs", "region"):
         mask = np.asarray(Image.open(out / f"chest-{name}.png"))

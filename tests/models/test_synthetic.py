@@ -78,10 +78,7 @@ def test_non_square_size_and_bad_arguments() -> None:
 def _dciodvfy_errors(path: Path) -> list[str]:
     """dciodvfy errors, except its dictionary gap: Synthetic Data (0008,001C, DICOM 2024b)."""
     errors, _ = dciodvfy(path)
-    return [
-        e for e in errors
-        if not ("(0008,001c)" in e.lower() and "not a recognized standard attribute" in e)
-    ]
+    return [e for e in errors if not ("(0008,001c)" in e.lower() and "not a recognized standard attribute" in e)]
 
 
 @pytest.mark.parametrize(("photometric", "bits"), [("MONOCHROME2", 12), ("MONOCHROME1", 14)])
@@ -111,8 +108,7 @@ def test_dicom_dx_round_trip(tmp_path: Path, chest, photometric: str, bits: int)
 
 
 def test_dicom_pixel_spacing_and_compressed_syntax(tmp_path: Path, chest) -> None:
-    [path] = write_dicom_study(chest, tmp_path, seed=11, pixel_spacing=True,
-                               transfer_syntax=uid.JPEGLSLossless)
+    [path] = write_dicom_study(chest, tmp_path, seed=11, pixel_spacing=True, transfer_syntax=uid.JPEGLSLossless)
     radiograph = pp.read_radiograph(path)
     assert radiograph.transfer_syntax == uid.JPEGLSLossless
     assert radiograph.spacing_source == "PixelSpacing"
@@ -132,8 +128,24 @@ def test_uids_are_deterministic_by_seed(tmp_path: Path, chest) -> None:
 
 
 def test_synth_command_writes_studies_and_truth(tmp_path: Path) -> None:
-    code = main(["synth", "--seed", "5", "--count", "2", "--out", str(tmp_path), "--size", "160x128",
-                 "--photometric", "MONOCHROME1", "--bits", "14", "--truth"])
+    code = main(
+        [
+            "synth",
+            "--seed",
+            "5",
+            "--count",
+            "2",
+            "--out",
+            str(tmp_path),
+            "--size",
+            "160x128",
+            "--photometric",
+            "MONOCHROME1",
+            "--bits",
+            "14",
+            "--truth",
+        ]
+    )
     assert code == 0
     names = sorted(p.name for p in tmp_path.iterdir())
     assert "synthetic-chest-00005.dcm" in names and "synthetic-chest-00006-ribs.png" in names

@@ -135,7 +135,11 @@ def stow(name: str, url: str, **kw: Any) -> DestinationSettings:
 
 def cstore(name: str, port: int, ae_title: str = "ORTHANC", **kw: Any) -> DestinationSettings:
     return DestinationSettings(
-        name=name, kind="cstore", ae_title=ae_title, host="127.0.0.1", port=port,
+        name=name,
+        kind="cstore",
+        ae_title=ae_title,
+        host="127.0.0.1",
+        port=port,
         **{"timeout_s": 10, **kw},
     )
 

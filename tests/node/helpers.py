@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
-    ExplicitVRLittleEndian,
     PYDICOM_IMPLEMENTATION_UID,
+    ExplicitVRLittleEndian,
     generate_uid,
 )
 
@@ -166,15 +166,27 @@ class RedisProcess:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> "RedisProcess":
+    def start(self) -> RedisProcess:
         import socket
         import subprocess
 
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
 
         def ready() -> bool:
@@ -228,6 +240,11 @@ def celery_worker(app: Any, settings: Settings, models: bool = False) -> Iterato
     if not models:
         setattr(app, APP_ATTRIBUTE, ValidationStep(settings))
 
-    with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=20,
-                      queues=[settings.broker.gpu_queue, settings.broker.cpu_queue]):
+    with start_worker(
+        app,
+        pool="solo",
+        perform_ping_check=False,
+        shutdown_timeout=20,
+        queues=[settings.broker.gpu_queue, settings.broker.cpu_queue],
+    ):
         yield

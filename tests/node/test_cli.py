@@ -21,12 +21,15 @@ from tests.peers.fixtures import echoscu, free_port, storescu
 RIBNODE = [sys.executable, "-m", "ribnode"]
 # The worker runs the real models when their weights are shipped; until then it must still take
 # the job and report the missing weights in the ledger.
-SHIPPED_WEIGHTS_PRESENT = all((SHIPPED_WEIGHTS / name).is_file() for name in ("rib-segmentation.onnx", "rib-suppression.json"))
+SHIPPED_WEIGHTS_PRESENT = all(
+    (SHIPPED_WEIGHTS / name).is_file() for name in ("rib-segmentation.onnx", "rib-suppression.json")
+)
 
 
 def _status(config: Path) -> dict:
-    out = subprocess.run([*RIBNODE, "--config", str(config), "status", "--json"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [*RIBNODE, "--config", str(config), "status", "--json"], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -34,32 +37,55 @@ def _status(config: Path) -> dict:
 def test_serve_worker_status(tmp_path: Path) -> None:
     port = free_port()
     config = tmp_path / "ribnode.yaml"
-    config.write_text(yaml.safe_dump({
-        "listener": {"port": port, "allowed_senders": [{"ae_title": "STORESCU"}, {"ae_title": "ECHOSCU"}]},
-        "spool": {"directory": str(tmp_path / "spool"), "quiet_period_s": 0.5},
-        "ledger": {"url": f"sqlite:///{tmp_path / 'ledger.sqlite'}"},
-        "broker": {"url": "filesystem://", "folder": str(tmp_path / "broker")},
-        "export": {"destinations": [{"name": "local", "kind": "folder", "path": str(tmp_path / "outbox")}],
-                   "staging_dir": str(tmp_path / "outputs")},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "listener": {"port": port, "allowed_senders": [{"ae_title": "STORESCU"}, {"ae_title": "ECHOSCU"}]},
+                "spool": {"directory": str(tmp_path / "spool"), "quiet_period_s": 0.5},
+                "ledger": {"url": f"sqlite:///{tmp_path / 'ledger.sqlite'}"},
+                "broker": {"url": "filesystem://", "folder": str(tmp_path / "broker")},
+                "export": {
+                    "destinations": [{"name": "local", "kind": "folder", "path": str(tmp_path / "outbox")}],
+                    "staging_dir": str(tmp_path / "outputs"),
+                },
+            }
+        )
+    )
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("RIBNODE_CONFIG", None)
     log = (tmp_path / "serve.log").open("w")
-    serve = subprocess.Popen([*RIBNODE, "--config", str(config), "serve"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    serve = subprocess.Popen(
+        [*RIBNODE, "--config", str(config), "serve"], stdout=log, stderr=subprocess.STDOUT, env=env
+    )
     work_log = (tmp_path / "worker.log").open("w")
-    work = subprocess.Popen([*RIBNODE, "--config", str(config), "worker", "--pool", "solo"],
-                            stdout=work_log, stderr=subprocess.STDOUT, env=env)
+    work = subprocess.Popen(
+        [*RIBNODE, "--config", str(config), "worker", "--pool", "solo"],
+        stdout=work_log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     try:
         wait_for(lambda: echoscu(port, called_aet="RIBNODE", calling_aet="ECHOSCU").returncode == 0, 60, "serve")
-        files = [write_dataset(dx_dataset(study_uid="1.2.826.0.1.3680043.10.999.1", rows=256, columns=256,
-                                          seed=i, PixelData=chest_pixels(256, 256, i)), tmp_path / f"{i}.dcm")
-                 for i in range(2)]
+        files = [
+            write_dataset(
+                dx_dataset(
+                    study_uid="1.2.826.0.1.3680043.10.999.1",
+                    rows=256,
+                    columns=256,
+                    seed=i,
+                    PixelData=chest_pixels(256, 256, i),
+                ),
+                tmp_path / f"{i}.dcm",
+            )
+            for i in range(2)
+        ]
         result = storescu(files, port, called_aet="RIBNODE")
         assert result.returncode == 0, result.stderr
         if SHIPPED_WEIGHTS_PRESENT:
             status = wait_for(lambda: (s := _status(config))["jobs"].get("done") and s, 180, "the job to be done")
         else:  # the worker takes the job and reports what is missing (retried, then dead)
             ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+
             def job_error() -> str:
                 jobs = ledger.jobs_in_state("queued") + ledger.jobs_in_state("dead")
                 return (ledger.job_row(jobs[0].id).last_error or "") if jobs else ""
@@ -82,8 +108,10 @@ def test_serve_worker_status(tmp_path: Path) -> None:
     assert "studies    1" in text and ("done 1" in text or not SHIPPED_WEIGHTS_PRESENT)
     from ribnode.node.ledger import AuditEventName
 
-    activity = [e.detail for e in Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}").audit_events(
-        AuditEventName.APPLICATION_ACTIVITY)]
+    activity = [
+        e.detail
+        for e in Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}").audit_events(AuditEventName.APPLICATION_ACTIVITY)
+    ]
     for what in ("serve started", "serve stopped", "worker started", "worker stopped"):
         assert any(what in d for d in activity), (what, activity)
 
@@ -101,13 +129,38 @@ def test_serve_refuses_a_taken_port_and_a_bad_rule(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        out = subprocess.run([*RIBNODE, "serve", "--port", str(port), "--spool", str(tmp_path / "s"),
-                              "--ledger-url", f"sqlite:///{tmp_path / 'l.sqlite'}"],
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [
+                *RIBNODE,
+                "serve",
+                "--port",
+                str(port),
+                "--spool",
+                str(tmp_path / "s"),
+                "--ledger-url",
+                f"sqlite:///{tmp_path / 'l.sqlite'}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert out.returncode == 2 and f"127.0.0.1:{port}" in out.stderr
     env = {**os.environ, "RIBNODE_ROUTING__RULES": '{"attr": "NotAKeyword", "in": ["x"]}'}
     env.pop("RIBNODE_CONFIG", None)
-    out = subprocess.run([*RIBNODE, "serve", "--port", str(free_port()), "--spool", str(tmp_path / "s"),
-                          "--ledger-url", f"sqlite:///{tmp_path / 'l.sqlite'}"],
-                         capture_output=True, text=True, timeout=60, env=env)
+    out = subprocess.run(
+        [
+            *RIBNODE,
+            "serve",
+            "--port",
+            str(free_port()),
+            "--spool",
+            str(tmp_path / "s"),
+            "--ledger-url",
+            f"sqlite:///{tmp_path / 'l.sqlite'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert out.returncode == 2 and "NotAKeyword" in out.stderr

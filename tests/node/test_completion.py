@@ -33,8 +33,9 @@ class Recorder:
 
 
 def test_quiet_period_then_follow_up(node_settings: Settings, ledger: Ledger, listener: DicomListener) -> None:
-    node_settings = node_settings.model_copy(update={"spool": node_settings.spool.model_copy(
-        update={"quiet_period_s": 1.5})})  # long enough that a loaded machine cannot outrun it
+    node_settings = node_settings.model_copy(
+        update={"spool": node_settings.spool.model_copy(update={"quiet_period_s": 1.5})}
+    )  # long enough that a loaded machine cannot outrun it
     sent = Recorder()
     completion = StudyCompletion(node_settings, ledger, sent, versions=VERSIONS)
     study = generate_uid()
@@ -73,8 +74,9 @@ def test_max_wait_dispatches_a_study_that_never_goes_quiet(tmp_path: Path) -> No
     assert jobs and 1.0 <= time.monotonic() - start < 5
 
 
-def test_completion_thread_dispatches_in_background(node_settings: Settings, ledger: Ledger,
-                                                    listener: DicomListener) -> None:
+def test_completion_thread_dispatches_in_background(
+    node_settings: Settings, ledger: Ledger, listener: DicomListener
+) -> None:
     sent = Recorder()
     with StudyCompletion(node_settings, ledger, sent, versions=VERSIONS):
         assert c_store(listener.port, [dx_dataset()]) == [0]
@@ -121,8 +123,11 @@ def test_broker_down_at_enqueue_then_back(tmp_path: Path) -> None:
             assert row.state == JobState.RECEIVED and "enqueue failed" in row.last_error
             assert ledger.summary().last_errors[0][0] == job.id
             redis_server.start()
-            wait_for(lambda: completion.tick() is not None and ledger.job(job.id).state == JobState.QUEUED,
-                     20, "the job to be enqueued once Redis is back")
+            wait_for(
+                lambda: completion.tick() is not None and ledger.job(job.id).state == JobState.QUEUED,
+                20,
+                "the job to be enqueued once Redis is back",
+            )
         queued = redis.Redis.from_url(redis_server.url).llen(settings.broker.gpu_queue)
         assert queued == 1
         assert ledger.job_row(job.id).task_id == job.idempotency_key
@@ -130,13 +135,15 @@ def test_broker_down_at_enqueue_then_back(tmp_path: Path) -> None:
         redis_server.stop()
 
 
-def test_completion_wakes_when_the_study_is_due(node_settings: Settings, ledger: Ledger,
-                                                listener: DicomListener) -> None:
+def test_completion_wakes_when_the_study_is_due(
+    node_settings: Settings, ledger: Ledger, listener: DicomListener
+) -> None:
     """With nothing pending the thread sleeps one poll interval; once a study is pending it
     sleeps only until the study's quiet period ends (so latency = quiet period + one pass,
     not + up to a poll interval; benchmarks/completion.py measures it)."""
-    settings = node_settings.model_copy(update={"spool": node_settings.spool.model_copy(
-        update={"quiet_period_s": 2.0, "completion_poll_s": 5.0})})
+    settings = node_settings.model_copy(
+        update={"spool": node_settings.spool.model_copy(update={"quiet_period_s": 2.0, "completion_poll_s": 5.0})}
+    )
     completion = StudyCompletion(settings, ledger, Recorder(), versions=VERSIONS)
     assert completion._next_wait() == 5.0
     assert c_store(listener.port, [dx_dataset()]) == [0]
@@ -149,8 +156,9 @@ def test_completion_wakes_when_the_study_is_due(node_settings: Settings, ledger:
     assert completion._next_wait() == 5.0
 
 
-def test_dispatch_commits_queued_before_publishing(node_settings: Settings, ledger: Ledger,
-                                                   listener: DicomListener) -> None:
+def test_dispatch_commits_queued_before_publishing(
+    node_settings: Settings, ledger: Ledger, listener: DicomListener
+) -> None:
     """The worker may take a task the instant it is published, so the job must already read
     "queued" in the ledger then; a refused publish puts it back to "received" for the retry."""
     seen: list[str] = []

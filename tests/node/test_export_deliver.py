@@ -62,9 +62,7 @@ def test_stow_delivery(orthanc: OrthancServer) -> None:
     study, datasets = _outputs()
     deliver(datasets, stow("pacs", orthanc.dicomweb_url))
     found = DICOMwebClient(orthanc.dicomweb_url).search_for_instances(study_instance_uid=study)
-    assert sorted(i["00080018"]["Value"][0] for i in found) == sorted(
-        d.SOPInstanceUID for d in datasets
-    )
+    assert sorted(i["00080018"]["Value"][0] for i in found) == sorted(d.SOPInstanceUID for d in datasets)
     deliver(datasets, stow("pacs", orthanc.dicomweb_url))  # same UIDs: replaced, not added
     assert len(orthanc.instances()) == 3
 
@@ -94,9 +92,7 @@ def test_cstore_delivery(orthanc: OrthancServer) -> None:
     deliver(datasets, cstore("pacs", orthanc.dicom_port))
     series = orthanc.series_of_study(study)
     assert len(series) == 3
-    assert {s["MainDicomTags"]["SeriesDescription"] for s in series} == {
-        d.SeriesDescription for d in datasets
-    }
+    assert {s["MainDicomTags"]["SeriesDescription"] for s in series} == {d.SeriesDescription for d in datasets}
     deliver(datasets, cstore("pacs", orthanc.dicom_port))
     assert len(orthanc.instances()) == 3
 
@@ -175,8 +171,7 @@ def test_stow_session_auth_and_tls_settings(tmp_path: Path) -> None:
     bearer = _stow_session(stow("web", "https://pacs/dicom-web", bearer_token="t0k"))
     assert bearer.headers["Authorization"] == "Bearer t0k" and bearer.auth is None
     assert bearer.verify is True  # TLS verification on by default
-    basic = _stow_session(stow("web", "https://pacs/dicom-web", username="u", password="p",
-                               tls_ca=tmp_path / "ca.pem"))
+    basic = _stow_session(stow("web", "https://pacs/dicom-web", username="u", password="p", tls_ca=tmp_path / "ca.pem"))
     assert basic.auth == ("u", "p") and basic.verify == str(tmp_path / "ca.pem")
     assert _stow_session(stow("web", "https://pacs/dicom-web", tls_verify=False)).verify is False
 

@@ -13,7 +13,6 @@ from ribnode.config.settings import Settings
 from ribnode.node.delivery_ledger import DeliveryLedger, DeliveryState
 from ribnode.node.export import ExportError, ExportReport, export_job, resend, stage_outputs
 from ribnode.node.ledger import AuditEventName, AuditOutcome, JobState, Ledger
-from ribnode.node.orthanc import OrthancServer
 from tests.node.export_helpers import (
     cstore,
     export_settings,
@@ -53,9 +52,7 @@ def _staged_job(settings: Settings, ledger: Ledger) -> tuple[int, str]:
     return job_id, study
 
 
-def _export_until_settled(
-    job_id: int, settings: Settings, ledger: Ledger, limit_s: float = 30.0
-) -> ExportReport:
+def _export_until_settled(job_id: int, settings: Settings, ledger: Ledger, limit_s: float = 30.0) -> ExportReport:
     """Call the export loop as the Celery task would: again when the report says so."""
     deadline = time.monotonic() + limit_s
     report = export_job(job_id, settings, ledger)
@@ -66,14 +63,21 @@ def _export_until_settled(
 
 
 def test_delivered_to_every_destination(
-    tmp_path: Path, orthanc_factory, ledger_url: str, make_ledger  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    orthanc_factory,
+    ledger_url: str,
+    make_ledger,  # type: ignore[no-untyped-def]
 ) -> None:
     web, dimse = orthanc_factory(ae_title="WEB"), orthanc_factory(ae_title="DIMSE")
-    settings = export_settings(tmp_path, ledger_url, [
-        folder("local", tmp_path / "outbox"),
-        stow("web", web.dicomweb_url),
-        cstore("dimse", dimse.dicom_port, ae_title="DIMSE"),
-    ])
+    settings = export_settings(
+        tmp_path,
+        ledger_url,
+        [
+            folder("local", tmp_path / "outbox"),
+            stow("web", web.dicomweb_url),
+            cstore("dimse", dimse.dicom_port, ae_title="DIMSE"),
+        ],
+    )
     ledger = make_ledger(ledger_url)
     job_id, study = _staged_job(settings, ledger)
     assert ledger.job(job_id).state == JobState.EXPORTING
@@ -91,9 +95,7 @@ def test_delivered_to_every_destination(
     assert len(accessed) == 1 and accessed[0].instance_count == 3
     sent = ledger.audit_events(AuditEventName.INSTANCES_TRANSFERRED)
     assert sorted(e.destination_aet for e in sent) == ["DIMSE", "local", "web"]
-    assert {(e.outcome, e.study_instance_uid, e.source_aet) for e in sent} == {
-        (AuditOutcome.SUCCESS, study, "RIBNODE")
-    }
+    assert {(e.outcome, e.study_instance_uid, e.source_aet) for e in sent} == {(AuditOutcome.SUCCESS, study, "RIBNODE")}
     assert len(ledger.audit_events(AuditEventName.BEGIN_TRANSFERRING)) == 3
     # Nothing happens on a second call: the job is done.
     assert export_job(job_id, settings, ledger).state == JobState.DONE
@@ -101,11 +103,15 @@ def test_delivered_to_every_destination(
 
 
 def test_pacs_down_then_back_delivers_once(
-    tmp_path: Path, orthanc_factory, ledger_url: str, make_ledger  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    orthanc_factory,
+    ledger_url: str,
+    make_ledger,  # type: ignore[no-untyped-def]
 ) -> None:
     pacs = orthanc_factory(start=False)  # the PACS is down when the export starts
     settings = export_settings(
-        tmp_path, ledger_url,
+        tmp_path,
+        ledger_url,
         [stow("web", pacs.dicomweb_url), cstore("dimse", pacs.dicom_port)],
         max_attempts=50,
     )
@@ -134,11 +140,14 @@ def test_pacs_down_then_back_delivers_once(
 
 
 def test_dead_after_max_attempts_then_resend(
-    tmp_path: Path, orthanc_factory, make_ledger  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    orthanc_factory,
+    make_ledger,  # type: ignore[no-untyped-def]
 ) -> None:
     http_port, dicom_port = free_port(), free_port()
     settings = export_settings(
-        tmp_path, f"sqlite:///{tmp_path / 'ledger.sqlite'}",
+        tmp_path,
+        f"sqlite:///{tmp_path / 'ledger.sqlite'}",
         [cstore("pacs", dicom_port), folder("local", tmp_path / "outbox")],
         max_attempts=3,
     )
@@ -154,7 +163,9 @@ def test_dead_after_max_attempts_then_resend(
     assert rows["pacs"].attempts == 3 and rows["pacs"].state == DeliveryState.DEAD
     final = ledger.audit_events(AuditEventName.INSTANCES_TRANSFERRED)
     assert [e.outcome for e in final if e.destination_aet == "ORTHANC"] == [
-        AuditOutcome.MINOR_FAILURE, AuditOutcome.MINOR_FAILURE, AuditOutcome.SERIOUS_FAILURE
+        AuditOutcome.MINOR_FAILURE,
+        AuditOutcome.MINOR_FAILURE,
+        AuditOutcome.SERIOUS_FAILURE,
     ]
 
     pacs = orthanc_factory(http_port=http_port, dicom_port=dicom_port)  # the PACS is back
@@ -167,12 +178,16 @@ def test_dead_after_max_attempts_then_resend(
 
 
 def test_permanent_refusal_is_dead_at_once(
-    tmp_path: Path, orthanc_factory, make_ledger  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    orthanc_factory,
+    make_ledger,  # type: ignore[no-untyped-def]
 ) -> None:
     pacs = orthanc_factory(username="u", password="right")
     settings = export_settings(
-        tmp_path, f"sqlite:///{tmp_path / 'ledger.sqlite'}",
-        [stow("web", pacs.dicomweb_url, username="u", password="wrong")], max_attempts=5,
+        tmp_path,
+        f"sqlite:///{tmp_path / 'ledger.sqlite'}",
+        [stow("web", pacs.dicomweb_url, username="u", password="wrong")],
+        max_attempts=5,
     )
     ledger = make_ledger(settings.ledger.url)
     job_id, _ = _staged_job(settings, ledger)
@@ -183,9 +198,7 @@ def test_permanent_refusal_is_dead_at_once(
 
 
 def test_missing_staged_file_makes_the_job_dead(tmp_path: Path, make_ledger) -> None:  # type: ignore[no-untyped-def]
-    settings = export_settings(
-        tmp_path, f"sqlite:///{tmp_path / 'ledger.sqlite'}", [folder("local", tmp_path / "out")]
-    )
+    settings = export_settings(tmp_path, f"sqlite:///{tmp_path / 'ledger.sqlite'}", [folder("local", tmp_path / "out")])
     ledger = make_ledger(settings.ledger.url)
     job_id, _ = _staged_job(settings, ledger)
     victim = next(Path(settings.export.staging_dir).rglob("*.dcm"))
@@ -196,9 +209,7 @@ def test_missing_staged_file_makes_the_job_dead(tmp_path: Path, make_ledger) -> 
 
 
 def test_resend_without_outputs_is_refused(tmp_path: Path, make_ledger) -> None:  # type: ignore[no-untyped-def]
-    settings = export_settings(
-        tmp_path, f"sqlite:///{tmp_path / 'ledger.sqlite'}", [folder("local", tmp_path / "out")]
-    )
+    settings = export_settings(tmp_path, f"sqlite:///{tmp_path / 'ledger.sqlite'}", [folder("local", tmp_path / "out")])
     ledger = make_ledger(settings.ledger.url)
     job_id = make_running_job(ledger, generate_uid(), generate_uid())
     with pytest.raises(ExportError, match=f"job {job_id} has no output objects"):
@@ -206,9 +217,7 @@ def test_resend_without_outputs_is_refused(tmp_path: Path, make_ledger) -> None:
 
 
 def test_claim_is_exclusive_and_leases(tmp_path: Path, make_ledger) -> None:  # type: ignore[no-untyped-def]
-    settings = export_settings(
-        tmp_path, f"sqlite:///{tmp_path / 'ledger.sqlite'}", [folder("local", tmp_path / "out")]
-    )
+    settings = export_settings(tmp_path, f"sqlite:///{tmp_path / 'ledger.sqlite'}", [folder("local", tmp_path / "out")])
     ledger = make_ledger(settings.ledger.url)
     job_id, _ = _staged_job(settings, ledger)
     deliveries = DeliveryLedger(ledger)
@@ -223,15 +232,20 @@ def test_claim_is_exclusive_and_leases(tmp_path: Path, make_ledger) -> None:  # 
 
 
 def test_two_exporters_at_once_send_once(
-    tmp_path: Path, orthanc, ledger_url: str, make_ledger  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    orthanc,
+    ledger_url: str,
+    make_ledger,  # type: ignore[no-untyped-def]
 ) -> None:
     """A task delivered twice (or a resend racing a retry): two exporters run the same job at
     the same moment; each delivery is attempted exactly once."""
     import threading
 
-    settings = export_settings(tmp_path, ledger_url, [
-        stow("web", orthanc.dicomweb_url), cstore("dimse", orthanc.dicom_port),
-        folder("local", tmp_path / "outbox")])
+    settings = export_settings(
+        tmp_path,
+        ledger_url,
+        [stow("web", orthanc.dicomweb_url), cstore("dimse", orthanc.dicom_port), folder("local", tmp_path / "outbox")],
+    )
     first = make_ledger(ledger_url)
     job_id, study = _staged_job(settings, first)
     ledgers = [first, make_ledger(ledger_url)]  # two processes' worth of connections

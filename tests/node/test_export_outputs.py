@@ -40,8 +40,11 @@ def test_real_outputs_by_stow_and_cstore(tmp_path: Path, orthanc_factory) -> Non
     web: OrthancServer = orthanc_factory(ae_title="WEB", extra_config=STOCK)
     dimse: OrthancServer = orthanc_factory(ae_title="DIMSE", extra_config=STOCK)
     source, outputs = _real_outputs()
-    settings = export_settings(tmp_path, f"sqlite:///{tmp_path / 'ledger.sqlite'}", [
-        stow("web", web.dicomweb_url), cstore("dimse", dimse.dicom_port, ae_title="DIMSE")])
+    settings = export_settings(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'ledger.sqlite'}",
+        [stow("web", web.dicomweb_url), cstore("dimse", dimse.dicom_port, ae_title="DIMSE")],
+    )
     ledger = Ledger(settings.ledger.url)
     job_id = make_running_job(ledger, str(source.StudyInstanceUID), str(source.SOPInstanceUID))
     paths = stage_outputs(job_id, [outputs], settings, ledger)
@@ -54,27 +57,26 @@ def test_real_outputs_by_stow_and_cstore(tmp_path: Path, orthanc_factory) -> Non
     for pacs in (web, dimse):
         series = pacs.series_of_study(str(source.StudyInstanceUID))
         assert {s["MainDicomTags"]["Modality"] for s in series} == {"OT", "SEG", "SR"}
-        stored = {pacs.rest("GET", f"/instances/{i}/simplified-tags").json()["SOPClassUID"]
-                  for i in pacs.instances()}
+        stored = {pacs.rest("GET", f"/instances/{i}/simplified-tags").json()["SOPClassUID"] for i in pacs.instances()}
         assert stored == expected
-    found = DICOMwebClient(web.dicomweb_url).search_for_series(
-        study_instance_uid=str(source.StudyInstanceUID))
+    found = DICOMwebClient(web.dicomweb_url).search_for_series(study_instance_uid=str(source.StudyInstanceUID))
     descriptions = {s.get("0008103E", {}).get("Value", [""])[0] for s in found}
     assert any(d.startswith("AI SYNTHETIC") for d in descriptions)
 
 
 def test_cstore_over_dicom_tls(tmp_path: Path, orthanc_factory, pki: dict[str, Path]) -> None:  # noqa: F811  # type: ignore[no-untyped-def]
-    pacs: OrthancServer = orthanc_factory(extra_config={
-        **STOCK,
-        "DicomTlsEnabled": True,
-        "DicomTlsCertificate": str(pki["server"]),
-        "DicomTlsPrivateKey": str(pki["server_key"]),
-        "DicomTlsTrustedCertificates": str(pki["ca"]),
-        "DicomTlsRemoteCertificateRequired": True,
-    })
+    pacs: OrthancServer = orthanc_factory(
+        extra_config={
+            **STOCK,
+            "DicomTlsEnabled": True,
+            "DicomTlsCertificate": str(pki["server"]),
+            "DicomTlsPrivateKey": str(pki["server_key"]),
+            "DicomTlsTrustedCertificates": str(pki["ca"]),
+            "DicomTlsRemoteCertificateRequired": True,
+        }
+    )
     source, outputs = _real_outputs()
-    secure = cstore("pacs", pacs.dicom_port, tls_ca=pki["ca"], tls_cert=pki["client"],
-                    tls_key=pki["client_key"])
+    secure = cstore("pacs", pacs.dicom_port, tls_ca=pki["ca"], tls_cert=pki["client"], tls_key=pki["client_key"])
     with pytest.raises(TransientDeliveryError):  # plain DICOM to a TLS port: no association
         deliver(outputs.datasets(), cstore("pacs", pacs.dicom_port, timeout_s=3))
     assert pacs.instances() == []
@@ -96,9 +98,13 @@ def test_stow_over_https_verifies_the_server(tmp_path: Path, orthanc, pki: dict[
     bundle.write_bytes(pki["server"].read_bytes() + pki["server_key"].read_bytes())
     port = free_port()
     proxy = subprocess.Popen(
-        ["socat", f"OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={bundle},verify=0",
-         f"TCP:127.0.0.1:{orthanc.http_port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            "socat",
+            f"OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={bundle},verify=0",
+            f"TCP:127.0.0.1:{orthanc.http_port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 10

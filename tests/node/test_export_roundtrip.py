@@ -58,22 +58,29 @@ def test_orthanc_round_trip(tmp_path: Path, orthanc_factory, rg1_files: dict[str
         modalities={"RIBNODE": ("RIBNODE", "127.0.0.1", port)},
         extra_config={"UnknownSopClassAccepted": False},
     )
-    settings = make_settings(tmp_path, port, **{
-        "export.destinations": [{"name": "pacs", "kind": "stow", "url": pacs.dicomweb_url}],
-        "export.staging_dir": str(tmp_path / "outputs"),
-        # Orthanc's preview stretches each image's min..max; the burned-in mark (on by default)
-        # adds the extremes and would rescale the whole SC preview. Its own tests: test_sc.py.
-        "outputs.burned_in_label": False,
-    })
+    settings = make_settings(
+        tmp_path,
+        port,
+        **{
+            "export.destinations": [{"name": "pacs", "kind": "stow", "url": pacs.dicomweb_url}],
+            "export.staging_dir": str(tmp_path / "outputs"),
+            # Orthanc's preview stretches each image's min..max; the burned-in mark (on by default)
+            # adds the extremes and would rescale the whole SC preview. Its own tests: test_sc.py.
+            "outputs.burned_in_label": False,
+        },
+    )
     ledger = Ledger(settings.ledger.url)
     jobs: list[JobRef] = []
-    completion = StudyCompletion(settings, ledger, lambda job: (jobs.append(job), f"t{job.id}")[1],
-                                 versions={"test": "1"})
+    completion = StudyCompletion(
+        settings, ledger, lambda job: (jobs.append(job), f"t{job.id}")[1], versions={"test": "1"}
+    )
     dx = synthetic_dx(rows=256, columns=224)
     buffer = io.BytesIO()
     dx.save_as(buffer, enforce_file_format=True)
-    sources = {pacs.upload(rg1_files["RG1_UNCR"]): pydicom.dcmread(rg1_files["RG1_UNCR"]),
-               pacs.upload(buffer.getvalue()): dx}
+    sources = {
+        pacs.upload(rg1_files["RG1_UNCR"]): pydicom.dcmread(rg1_files["RG1_UNCR"]),
+        pacs.upload(buffer.getvalue()): dx,
+    }
     with running_listener(settings, ledger):
         for source in sources.values():
             pacs.send_to_modality("RIBNODE", [pacs.find_study(str(source.StudyInstanceUID))])

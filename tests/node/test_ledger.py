@@ -36,17 +36,32 @@ def any_ledger(request, tmp_path: Path):
 
 def received(study: str, sop: str, routed: bool = True) -> ReceivedInstance:
     return ReceivedInstance(
-        study_instance_uid=study, series_instance_uid="9.9", sop_instance_uid=sop,
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.1", transfer_syntax_uid="1.2.840.10008.1.2.1",
-        modality="CR", path=f"{study}/{sop}.dcm", size_bytes=10, calling_aet="TEST",
-        routed=routed, ignore_reason=None if routed else "Modality 'CT' fails in ['CR', 'DX']",
+        study_instance_uid=study,
+        series_instance_uid="9.9",
+        sop_instance_uid=sop,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        modality="CR",
+        path=f"{study}/{sop}.dcm",
+        size_bytes=10,
+        calling_aet="TEST",
+        routed=routed,
+        ignore_reason=None if routed else "Modality 'CT' fails in ['CR', 'DX']",
     )
 
 
 def test_migrations_create_every_table(any_ledger: Ledger) -> None:
     tables = set(inspect(any_ledger.engine).get_table_names())
-    assert {"studies", "instances", "jobs", "job_transitions", "audit_events", "deliveries",
-            "output_objects", "alembic_version"} <= tables
+    assert {
+        "studies",
+        "instances",
+        "jobs",
+        "job_transitions",
+        "audit_events",
+        "deliveries",
+        "output_objects",
+        "alembic_version",
+    } <= tables
     any_ledger.migrate()  # idempotent
 
 
@@ -81,8 +96,9 @@ def test_job_transitions_are_timestamped_and_guarded(any_ledger: Ledger) -> None
     assert led.mark_queued(job.id, "task-1")
     assert not led.mark_queued(job.id, "task-1")  # only from received
     assert led.transition(job.id, JobState.RUNNING, from_states={JobState.QUEUED})
-    led.record_check(led.job_instances(job.id)[0].id, InstanceCheck(rows=10, columns=12, bits_stored=12,
-                                                                      photometric="MONOCHROME2"))
+    led.record_check(
+        led.job_instances(job.id)[0].id, InstanceCheck(rows=10, columns=12, bits_stored=12, photometric="MONOCHROME2")
+    )
     assert led.transition(job.id, JobState.DONE)
     assert not led.transition(job.id, JobState.RUNNING)  # terminal
     states = [(t.from_state, t.to_state) for t in led.transitions(job.id)]
@@ -183,8 +199,18 @@ def test_lease_claim_renew_and_reclaim(any_ledger: Ledger) -> None:
     assert led.claim(job.id, "w1", 60, {JobState.RUNNING})  # w1's own redelivery (pool child died)
     assert led.job_row(job.id).attempts == 4
     states = [t.to_state for t in led.transitions(job.id)]
-    assert states == ["received", "queued", "running", "received", "queued", "running", "received",
-                      "queued", "running", "running"]
+    assert states == [
+        "received",
+        "queued",
+        "running",
+        "received",
+        "queued",
+        "running",
+        "received",
+        "queued",
+        "running",
+        "running",
+    ]
 
 
 def test_a_deferred_retry_whose_worker_died_is_reclaimed(any_ledger: Ledger) -> None:

@@ -14,7 +14,15 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from ribnode.node.ledger import AuditEventName, AuditOutcome, InstanceState, Ledger
 from ribnode.node.listener import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, DicomListener
-from tests.node.helpers import BASIC_TEXT_SR, c_store, dx_dataset, make_settings, running_listener, wait_for, write_dataset
+from tests.node.helpers import (
+    BASIC_TEXT_SR,
+    c_store,
+    dx_dataset,
+    make_settings,
+    running_listener,
+    wait_for,
+    write_dataset,
+)
 from tests.peers.fixtures import echoscu, free_port, storescu
 
 
@@ -78,12 +86,14 @@ def test_unknown_calling_ae_rejected_and_audited(listener: DicomListener, ledger
 
 
 def test_sender_bound_to_host(tmp_path: Path) -> None:
-    wrong = make_settings(tmp_path / "a", free_port(),
-                          **{"listener.allowed_senders": [{"ae_title": "ECHOSCU", "host": "10.1.2.3"}]})
+    wrong = make_settings(
+        tmp_path / "a", free_port(), **{"listener.allowed_senders": [{"ae_title": "ECHOSCU", "host": "10.1.2.3"}]}
+    )
     with running_listener(wrong) as lst:
         assert echoscu(lst.port, called_aet="RIBNODE", calling_aet="ECHOSCU").returncode != 0
-    right = make_settings(tmp_path / "b", free_port(),
-                          **{"listener.allowed_senders": [{"ae_title": "ECHOSCU", "host": "127.0.0.1"}]})
+    right = make_settings(
+        tmp_path / "b", free_port(), **{"listener.allowed_senders": [{"ae_title": "ECHOSCU", "host": "127.0.0.1"}]}
+    )
     with running_listener(right) as lst:
         assert echoscu(lst.port, called_aet="RIBNODE", calling_aet="ECHOSCU").returncode == 0
 
@@ -149,8 +159,9 @@ def tiny_spool(tmp_path: Path):
     """A 256 KiB tmpfs to hold the spool; unmounted at teardown."""
     mount = tmp_path / "tiny-spool"
     mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if result.returncode != 0:  # not root / no CAP_SYS_ADMIN: the RLIMIT_FSIZE test below still runs
         pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()}); see test_file_size_limit_answers_a700")
     yield mount
@@ -179,9 +190,7 @@ def test_association_audited_per_study(listener: DicomListener, ledger: Ledger, 
     assert c_store(listener.port, files) == [0, 0, 0]
 
     def study_events() -> list:
-        return [
-            e for e in ledger.audit_events(AuditEventName.INSTANCES_TRANSFERRED) if e.study_instance_uid == study
-        ]
+        return [e for e in ledger.audit_events(AuditEventName.INSTANCES_TRANSFERRED) if e.study_instance_uid == study]
 
     # The event is written when the association is released, which the SCU does not wait for.
     events = wait_for(study_events, timeout_s=10, what="the association's audit event")
@@ -194,12 +203,18 @@ def test_every_compressed_transfer_syntax_is_accepted(listener: DicomListener) -
     from pynetdicom import AE
 
     syntaxes = {
-        "1.2.840.10008.1.2.4.50": "JPEG baseline", "1.2.840.10008.1.2.4.51": "JPEG extended",
-        "1.2.840.10008.1.2.4.57": "JPEG lossless", "1.2.840.10008.1.2.4.70": "JPEG lossless SV1",
-        "1.2.840.10008.1.2.4.80": "JPEG-LS lossless", "1.2.840.10008.1.2.4.81": "JPEG-LS near-lossless",
-        "1.2.840.10008.1.2.4.90": "JPEG 2000 lossless", "1.2.840.10008.1.2.4.91": "JPEG 2000",
-        "1.2.840.10008.1.2.5": "RLE", "1.2.840.10008.1.2.1.99": "deflate",
-        "1.2.840.10008.1.2": "implicit VR", "1.2.840.10008.1.2.1": "explicit VR",
+        "1.2.840.10008.1.2.4.50": "JPEG baseline",
+        "1.2.840.10008.1.2.4.51": "JPEG extended",
+        "1.2.840.10008.1.2.4.57": "JPEG lossless",
+        "1.2.840.10008.1.2.4.70": "JPEG lossless SV1",
+        "1.2.840.10008.1.2.4.80": "JPEG-LS lossless",
+        "1.2.840.10008.1.2.4.81": "JPEG-LS near-lossless",
+        "1.2.840.10008.1.2.4.90": "JPEG 2000 lossless",
+        "1.2.840.10008.1.2.4.91": "JPEG 2000",
+        "1.2.840.10008.1.2.5": "RLE",
+        "1.2.840.10008.1.2.1.99": "deflate",
+        "1.2.840.10008.1.2": "implicit VR",
+        "1.2.840.10008.1.2.1": "explicit VR",
     }
     ae = AE(ae_title="PYNETDICOM")
     for syntax in syntaxes:
@@ -224,20 +239,28 @@ def test_file_size_limit_answers_a700(tmp_path: Path) -> None:
 
     port = free_port()
     config = tmp_path / "ribnode.yaml"
-    config.write_text(yaml.safe_dump({
-        "listener": {"port": port, "allowed_senders": [{"ae_title": "PYNETDICOM"}, {"ae_title": "ECHOSCU"}]},
-        "spool": {"directory": str(tmp_path / "spool")},
-        "ledger": {"url": f"sqlite:///{tmp_path / 'ledger.sqlite'}"},
-        "broker": {"url": "filesystem://", "folder": str(tmp_path / "broker")},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "listener": {"port": port, "allowed_senders": [{"ae_title": "PYNETDICOM"}, {"ae_title": "ECHOSCU"}]},
+                "spool": {"directory": str(tmp_path / "spool")},
+                "ledger": {"url": f"sqlite:///{tmp_path / 'ledger.sqlite'}"},
+                "broker": {"url": "filesystem://", "folder": str(tmp_path / "broker")},
+            }
+        )
+    )
 
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (300 * 1024, 300 * 1024))
 
     big = write_dataset(dx_dataset(rows=512, columns=512), tmp_path / "big.dcm")  # 512 KiB
     small = write_dataset(dx_dataset(rows=32, columns=32), tmp_path / "small.dcm")
-    serve = subprocess.Popen([sys.executable, "-m", "ribnode", "--config", str(config), "serve"],
-                             preexec_fn=limit, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "ribnode", "--config", str(config), "serve"],
+        preexec_fn=limit,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for(lambda: echo(port, called_aet="RIBNODE", calling_aet="ECHOSCU").returncode == 0, 60, "serve")
         assert c_store(port, [big, small]) == [OUT_OF_RESOURCES, 0]

@@ -27,9 +27,16 @@ def _closed_by_peer(sock: socket.socket, timeout_s: float) -> bool:
 
 
 def test_idle_connection_does_not_block_a_tls_listener(tmp_path: Path, pki) -> None:  # noqa: F811
-    settings = make_settings(tmp_path, free_port(), **{
-        "listener.tls_cert": str(pki["server"]), "listener.tls_key": str(pki["server_key"]),
-        "listener.tls_ca": str(pki["ca"]), "listener.tls_handshake_timeout_s": 3.0})
+    settings = make_settings(
+        tmp_path,
+        free_port(),
+        **{
+            "listener.tls_cert": str(pki["server"]),
+            "listener.tls_key": str(pki["server_key"]),
+            "listener.tls_ca": str(pki["ca"]),
+            "listener.tls_handshake_timeout_s": 3.0,
+        },
+    )
     ledger = Ledger(settings.ledger.url)
     path = write_dataset(dx_dataset(), tmp_path / "a.dcm")
     tls = ["+tls", str(pki["client_key"]), str(pki["client"]), "+cf", str(pki["ca"])]
@@ -66,8 +73,9 @@ def test_idle_connection_is_closed_by_the_acse_timeout_and_audited(tmp_path: Pat
 
 
 def test_one_host_cannot_take_every_slot(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, free_port(), **{
-        "listener.max_connections_per_host": 2, "listener.acse_timeout_s": 3.0})
+    settings = make_settings(
+        tmp_path, free_port(), **{"listener.max_connections_per_host": 2, "listener.acse_timeout_s": 3.0}
+    )
     ledger = Ledger(settings.ledger.url)
     with running_listener(settings, ledger) as lst:
         held = [socket.create_connection(("127.0.0.1", lst.port)) for _ in range(2)]
@@ -81,6 +89,9 @@ def test_one_host_cannot_take_every_slot(tmp_path: Path) -> None:
         finally:
             for sock in held:
                 sock.close()
-        wait_for(lambda: echoscu(lst.port, called_aet="RIBNODE", calling_aet="ECHOSCU").returncode == 0,
-                 20, "a slot free again (the held connections end with the ACSE timeout)")
+        wait_for(
+            lambda: echoscu(lst.port, called_aet="RIBNODE", calling_aet="ECHOSCU").returncode == 0,
+            20,
+            "a slot free again (the held connections end with the ACSE timeout)",
+        )
     assert any("connections from that host already open" in a for a in _alerts(ledger))

@@ -37,7 +37,7 @@ def with_vr(path: Path, keyword: str, vr: bytes) -> Path:
     2-byte length stays, so the file still parses element by element)."""
     data = bytearray(path.read_bytes())
     at = data.index(TAGS[keyword], 132)  # after the preamble and "DICM"
-    data[at + 4:at + 6] = vr
+    data[at + 4 : at + 6] = vr
     path.write_bytes(bytes(data))
     return path
 
@@ -79,8 +79,7 @@ def test_serve_starts_and_quarantines_what_it_cannot_register(tmp_path: Path) ->
     spool = Spool(tmp_path / "spool")
     odd_modality = dx_dataset()
     registrable = with_vr(write_dataset(odd_modality, tmp_path / "m.dcm"), "Modality", b"ZZ")
-    _put_in_spool(spool, odd_modality.StudyInstanceUID, f"{odd_modality.SOPInstanceUID}.dcm",
-                  registrable.read_bytes())
+    _put_in_spool(spool, odd_modality.StudyInstanceUID, f"{odd_modality.SOPInstanceUID}.dcm", registrable.read_bytes())
     odd_study = dx_dataset()
     bad = with_vr(write_dataset(odd_study, tmp_path / "s.dcm"), "StudyInstanceUID", b"ZZ")
     bad_uid = _put_in_spool(spool, "1.2.3.4", f"{odd_study.SOPInstanceUID}.dcm", bad.read_bytes())
@@ -89,21 +88,31 @@ def test_serve_starts_and_quarantines_what_it_cannot_register(tmp_path: Path) ->
     port = free_port()
     ledger_url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
     config = tmp_path / "ribnode.yaml"
-    config.write_text(yaml.safe_dump({
-        "listener": {"port": port, "allowed_senders": [{"ae_title": "ECHOSCU"}]},
-        "spool": {"directory": str(spool.directory)},
-        "ledger": {"url": ledger_url},
-        "broker": {"url": "filesystem://", "folder": str(tmp_path / "broker")},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "listener": {"port": port, "allowed_senders": [{"ae_title": "ECHOSCU"}]},
+                "spool": {"directory": str(spool.directory)},
+                "ledger": {"url": ledger_url},
+                "broker": {"url": "filesystem://", "folder": str(tmp_path / "broker")},
+            }
+        )
+    )
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("RIBNODE_CONFIG", None)
     with (tmp_path / "serve.log").open("w") as log:
-        serve = subprocess.Popen([*RIBNODE, "--config", str(config), "serve"], stdout=log,
-                                 stderr=subprocess.STDOUT, env=env)
+        serve = subprocess.Popen(
+            [*RIBNODE, "--config", str(config), "serve"], stdout=log, stderr=subprocess.STDOUT, env=env
+        )
         try:
-            wait_for(lambda: serve.poll() is not None
-                     or echoscu(port, called_aet="RIBNODE", calling_aet="ECHOSCU").returncode == 0,
-                     60, "serve to answer C-ECHO")
+            wait_for(
+                lambda: (
+                    serve.poll() is not None
+                    or echoscu(port, called_aet="RIBNODE", calling_aet="ECHOSCU").returncode == 0
+                ),
+                60,
+                "serve to answer C-ECHO",
+            )
             assert serve.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
         finally:
             serve.send_signal(signal.SIGTERM)

@@ -15,7 +15,8 @@ from pydicom import dcmread
 from ribnode.node.completion import StudyCompletion
 from ribnode.node.ledger import InstanceState, JobState, Ledger
 from ribnode.workers.app import enqueue_job, make_celery
-from tests.node.helpers import celery_worker as worker, make_settings, running_listener, wait_for
+from tests.node.helpers import celery_worker as worker
+from tests.node.helpers import make_settings, running_listener, wait_for
 from tests.peers.fixtures import free_port
 
 VERSIONS = {"segmentation": "test", "suppression": "test"}

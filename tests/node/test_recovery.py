@@ -19,7 +19,7 @@ def test_unrecorded_spool_file_is_registered(node_settings: Settings, ledger: Le
     lost = dx_dataset(BodyPartExamined="SKULL")
     spool.write(lost.StudyInstanceUID, lost.SOPInstanceUID, write_dataset(lost, tmp_path / "l.dcm").read_bytes())
     (spool.path(spool.relative_path(lost.StudyInstanceUID, "x")).parent / ".1.2.3.dcm.abc.tmp").write_bytes(b"partial")
-    (spool.directory / "9.9" ).mkdir()
+    (spool.directory / "9.9").mkdir()
     (spool.directory / "9.9" / "9.9.9.dcm").write_bytes(b"not dicom")
     report = recover_spool(spool, ledger, RoutingRule(node_settings.routing.rules))
     assert (report.registered, report.temporary_removed, report.unreadable) == (1, 1, 1)

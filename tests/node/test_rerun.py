@@ -84,14 +84,16 @@ def test_rerun_command_puts_the_study_back(tmp_path: Path) -> None:
     [rerun] = _completed_job(settings, ledger)
     assert ledger.job_row(rerun.id).kind == "rerun"
     assert sorted(i.sop_instance_uid for i in ledger.job_instances(rerun.id)) == sorted(
-        s.SOPInstanceUID for s in sources)
+        s.SOPInstanceUID for s in sources
+    )
     # Twice is fine: each rerun is a job of its own.
     _finish(ledger, rerun.id)
     assert ledger.request_rerun(str(study)) == 2
     [third] = _completed_job(settings, ledger)
     assert third.id not in (job.id, rerun.id)
-    unknown = subprocess.run([*RIBNODE, "rerun", "1.2.3.4", "--ledger-url", settings.ledger.url],
-                             capture_output=True, text=True, timeout=60)
+    unknown = subprocess.run(
+        [*RIBNODE, "rerun", "1.2.3.4", "--ledger-url", settings.ledger.url], capture_output=True, text=True, timeout=60
+    )
     assert unknown.returncode == 2 and "no study" in unknown.stderr
     with pytest.raises(LedgerError, match="no study"):
         ledger.request_rerun("1.2.3.4")
@@ -109,7 +111,11 @@ def test_rerun_command_puts_the_study_back(tmp_path: Path) -> None:
     ],
 )
 def test_serve_warns_on_all_interfaces_without_an_allow_list(
-    bind: str, senders: list, open_mode: bool, warned: bool, capsys: pytest.CaptureFixture[str],  # type: ignore[type-arg]
+    bind: str,
+    senders: list,
+    open_mode: bool,
+    warned: bool,
+    capsys: pytest.CaptureFixture[str],  # type: ignore[type-arg]
 ) -> None:
     listener = ListenerSettings(bind_address=bind, allowed_senders=senders, open_mode=open_mode)
     text = warn_if_exposed(listener)

@@ -53,13 +53,15 @@ def _run_as_worker(job: JobRef, settings, ledger: Ledger, steps: int) -> dict[st
     report = deliver_outputs(make_celery(settings), job.id, sets, settings, ledger)
     assert report.state == JobState.DONE, report
     staging = Path(settings.export.staging_dir)
-    return {row.sop_instance_uid: (staging / row.path).read_bytes()
-            for row in DeliveryLedger(ledger).outputs(job.id)}
+    return {row.sop_instance_uid: (staging / row.path).read_bytes() for row in DeliveryLedger(ledger).outputs(job.id)}
 
 
 def _ai_series(pacs: OrthancServer, study: str) -> dict[str, dict]:  # type: ignore[type-arg]
-    return {s["MainDicomTags"]["SeriesInstanceUID"]: s for s in pacs.series_of_study(study)
-            if s["MainDicomTags"].get("SeriesDescription", "").startswith("AI ")}
+    return {
+        s["MainDicomTags"]["SeriesInstanceUID"]: s
+        for s in pacs.series_of_study(study)
+        if s["MainDicomTags"].get("SeriesDescription", "").startswith("AI ")
+    }
 
 
 def _stored(pacs: OrthancServer, sop_uid: str) -> bytes:
@@ -70,17 +72,21 @@ def _stored(pacs: OrthancServer, sop_uid: str) -> bytes:
 def test_same_content_same_uids_other_content_new_series(tmp_path: Path, orthanc_factory) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
     pacs: OrthancServer = orthanc_factory(modalities={"RIBNODE": ("RIBNODE", "127.0.0.1", port)})
-    settings = make_settings(tmp_path, port, **{
-        "export.destinations": [{"name": "pacs", "kind": "stow", "url": pacs.dicomweb_url}],
-        "export.staging_dir": str(tmp_path / "outputs"),
-    })
+    settings = make_settings(
+        tmp_path,
+        port,
+        **{
+            "export.destinations": [{"name": "pacs", "kind": "stow", "url": pacs.dicomweb_url}],
+            "export.staging_dir": str(tmp_path / "outputs"),
+        },
+    )
     ledger = Ledger(settings.ledger.url)
     jobs: list[JobRef] = []
-    completion = StudyCompletion(settings, ledger, lambda job: (jobs.append(job), f"t{job.id}")[1],
-                                 versions={"test": "1"})
+    completion = StudyCompletion(
+        settings, ledger, lambda job: (jobs.append(job), f"t{job.id}")[1], versions={"test": "1"}
+    )
     pa = dx_dataset(rows=96, columns=80, seed=1, InstanceNumber=1)
-    ll = dx_dataset(study_uid=pa.StudyInstanceUID, rows=96, columns=80, seed=2,
-                    ViewPosition="LL", InstanceNumber=2)
+    ll = dx_dataset(study_uid=pa.StudyInstanceUID, rows=96, columns=80, seed=2, ViewPosition="LL", InstanceNumber=2)
     study = str(pa.StudyInstanceUID)
     for source in (pa, ll):
         pacs.upload(_encode(source))
@@ -117,8 +123,7 @@ def test_same_content_same_uids_other_content_new_series(tmp_path: Path, orthanc
     assert len(new_series) == 2
     assert len(pacs.instances()) == instances + 4
     made = {row.sop_instance_uid: row for row in DeliveryLedger(ledger).outputs(other_job.id)}
-    old_srs = [uid for uid in first if uid not in other and
-               pydicom.dcmread(_file(first[uid])).Modality == "SR"]
+    old_srs = [uid for uid in first if uid not in other and pydicom.dcmread(_file(first[uid])).Modality == "SR"]
     for uid, row in made.items():
         if row.kind != "sr":
             continue
@@ -130,6 +135,7 @@ def test_same_content_same_uids_other_content_new_series(tmp_path: Path, orthanc
         from sqlalchemy import func, select
 
         from ribnode.node.schema import OutputObject
+
         assert session.scalar(select(func.count(OutputObject.id))) == 6 + 4
     ledger.dispose()
 

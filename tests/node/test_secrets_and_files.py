@@ -65,8 +65,13 @@ def test_status_masks_the_database_password(tmp_path: Path, postgres_url: str) -
     assert ":ribnode@" in postgres_url  # the test role's password is in the URL
     env = {k: v for k, v in os.environ.items() if k != "RIBNODE_CONFIG"}
     for extra in ([], ["--json"]):
-        out = subprocess.run([*RIBNODE, "status", "--ledger-url", postgres_url, *extra],
-                             capture_output=True, text=True, timeout=120, env=env)
+        out = subprocess.run(
+            [*RIBNODE, "status", "--ledger-url", postgres_url, *extra],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
         assert out.returncode == 0, out.stderr
         assert ":ribnode@" not in out.stdout + out.stderr
         assert "ribnode:***@127.0.0.1" in out.stdout
@@ -114,14 +119,16 @@ def test_stow_credentials_never_reach_the_ledger_and_status_shows_the_outage(tmp
     config = tmp_path / "ribnode.yaml"
     config.write_text(yaml.safe_dump({"ledger": {"url": ledger_url}}))
     env = {k: v for k, v in os.environ.items() if k != "RIBNODE_CONFIG"}
-    out = subprocess.run([*RIBNODE, "--config", str(config), "status", "--json"],
-                         capture_output=True, text=True, timeout=120, env=env)
+    out = subprocess.run(
+        [*RIBNODE, "--config", str(config), "status", "--json"], capture_output=True, text=True, timeout=120, env=env
+    )
     assert out.returncode == 0, out.stderr
     [pacs] = json.loads(out.stdout)["destinations"]
     assert pacs["name"] == "pacs" and pacs["deliveries"] == {"pending": 1}
     assert pacs["next_attempt_at"] and "cannot reach" in pacs["last_error"]
-    text = subprocess.run([*RIBNODE, "--config", str(config), "status"],
-                          capture_output=True, text=True, timeout=120, env=env).stdout
+    text = subprocess.run(
+        [*RIBNODE, "--config", str(config), "status"], capture_output=True, text=True, timeout=120, env=env
+    ).stdout
     assert "pacs: pending 1; next attempt" in text and SECRET not in text
 
 

@@ -35,8 +35,9 @@ def tiny_fs(tmp_path: Path):
     """A 256 KiB tmpfs (root can mount here); unmounted at teardown."""
     mount = tmp_path / "tiny"
     mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if result.returncode != 0:  # not root: test_listener's RLIMIT_FSIZE test covers the failure path
         pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
     yield mount

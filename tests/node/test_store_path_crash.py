@@ -31,8 +31,11 @@ def _serve(config: Path, log: Path, *driver: str) -> subprocess.Popen[bytes]:
 
 
 def _ready(proc: subprocess.Popen[bytes], port: int) -> None:
-    wait_for(lambda: proc.poll() is not None
-             or echoscu(port, called_aet="RIBNODE", calling_aet="ECHOSCU").returncode == 0, 120, "serve")
+    wait_for(
+        lambda: proc.poll() is not None or echoscu(port, called_aet="RIBNODE", calling_aet="ECHOSCU").returncode == 0,
+        120,
+        "serve",
+    )
     assert proc.poll() is None, f"serve exited with {proc.returncode}"
 
 
@@ -42,12 +45,16 @@ def test_killed_at_each_step_then_restarted(tmp_path: Path, step: str) -> None:
     spool = tmp_path / "spool"
     ledger_url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
     config = tmp_path / "ribnode.yaml"
-    config.write_text(yaml.safe_dump({
-        "listener": {"port": port, "allowed_senders": [{"ae_title": "STORESCU"}, {"ae_title": "ECHOSCU"}]},
-        "spool": {"directory": str(spool), "quiet_period_s": 300},
-        "ledger": {"url": ledger_url},
-        "broker": {"url": "filesystem://", "folder": str(tmp_path / "broker")},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "listener": {"port": port, "allowed_senders": [{"ae_title": "STORESCU"}, {"ae_title": "ECHOSCU"}]},
+                "spool": {"directory": str(spool), "quiet_period_s": 300},
+                "ledger": {"url": ledger_url},
+                "broker": {"url": "filesystem://", "folder": str(tmp_path / "broker")},
+            }
+        )
+    )
     ds = dx_dataset()
     path = write_dataset(ds, tmp_path / "a.dcm")
     log = tmp_path / "serve.log"

@@ -23,18 +23,24 @@ def _name(cn: str) -> x509.Name:
 
 
 def _cert(subject: str, key, issuer: str, issuer_key, ca: bool, server: bool) -> x509.Certificate:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     builder = (
         x509.CertificateBuilder()
-        .subject_name(_name(subject)).issuer_name(_name(issuer))
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+        .subject_name(_name(subject))
+        .issuer_name(_name(issuer))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     )
     if not ca:
-        builder = builder.add_extension(x509.SubjectAlternativeName(
-            [x509.DNSName("localhost"), x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]),
-            critical=False)
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
         usage = x509.oid.ExtendedKeyUsageOID.SERVER_AUTH if server else x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH
         builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
     return builder.sign(issuer_key, hashes.SHA256())
@@ -43,8 +49,9 @@ def _cert(subject: str, key, issuer: str, issuer_key, ca: bool, server: bool) ->
 def _write(folder: Path, name: str, cert: x509.Certificate, key) -> tuple[Path, Path]:
     cert_path, key_path = folder / f"{name}.crt", folder / f"{name}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_path, key_path
 
 
@@ -59,14 +66,23 @@ def pki(tmp_path: Path) -> dict[str, Path]:
     out["ca"], _ = _write(folder, "ca", ca, ca_key)
     for name, server in (("server", True), ("client", False)):
         key = ec.generate_private_key(ec.SECP256R1())
-        out[name], out[f"{name}_key"] = _write(folder, name, _cert(name, key, "ribnode test CA", ca_key, False, server), key)
+        out[name], out[f"{name}_key"] = _write(
+            folder, name, _cert(name, key, "ribnode test CA", ca_key, False, server), key
+        )
     return out
 
 
 def tls_settings(tmp_path: Path, pki: dict[str, Path], verify_client: bool):
-    return make_settings(tmp_path, free_port(), **{
-        "listener.tls_cert": str(pki["server"]), "listener.tls_key": str(pki["server_key"]),
-        "listener.tls_ca": str(pki["ca"]), "listener.tls_verify_client": verify_client})
+    return make_settings(
+        tmp_path,
+        free_port(),
+        **{
+            "listener.tls_cert": str(pki["server"]),
+            "listener.tls_key": str(pki["server_key"]),
+            "listener.tls_ca": str(pki["ca"]),
+            "listener.tls_verify_client": verify_client,
+        },
+    )
 
 
 def test_storescu_over_tls_with_client_certificate(tmp_path: Path, pki) -> None:

@@ -75,9 +75,7 @@ KNOWN_DICTIONARY_GAPS = ("(0008,001c)",)
 
 
 def _dictionary_gap(line: str) -> bool:
-    return "not a recognized standard attribute" in line and any(
-        tag in line.lower() for tag in KNOWN_DICTIONARY_GAPS
-    )
+    return "not a recognized standard attribute" in line and any(tag in line.lower() for tag in KNOWN_DICTIONARY_GAPS)
 
 
 def assert_dicom_valid(path: Path | str) -> list[str]:
@@ -108,9 +106,7 @@ def echoscu(
     check: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """dcmtk ``echoscu`` (C-ECHO) against host:port; returncode 0 means success."""
-    return _run_tool(
-        ["echoscu", "-aet", calling_aet, "-aec", called_aet, host, str(port)], check=check
-    )
+    return _run_tool(["echoscu", "-aet", calling_aet, "-aec", called_aet, host, str(port)], check=check)
 
 
 def storescu(
@@ -280,4 +276,3 @@ def redis_url() -> Iterator[str]:
         finally:
             conn.close()
     pytest.fail("all Redis databases 1-15 are claimed by other test runs; try again later")
-

@@ -92,9 +92,7 @@ def test_orthanc_overwrite_keeps_one_copy(orthanc: OrthancServer, rg1_files: dic
     assert len(orthanc.instances()) == 1
 
 
-def test_orthanc_restart_keeps_ports_and_data(
-    orthanc: OrthancServer, rg1_files: dict[str, Path]
-) -> None:
+def test_orthanc_restart_keeps_ports_and_data(orthanc: OrthancServer, rg1_files: dict[str, Path]) -> None:
     oid = orthanc.upload(rg1_files["RG1_UNCR"])
     url = orthanc.url
     orthanc.stop()
@@ -137,9 +135,7 @@ def test_echoscu_reaches_orthanc(orthanc: OrthancServer) -> None:
 
 
 def test_storescu_to_orthanc(orthanc: OrthancServer, rg1_files: dict[str, Path]) -> None:
-    result = storescu(
-        [rg1_files["RG1_J2KR"]], orthanc.dicom_port, called_aet="ORTHANC", options=["-xv"]
-    )
+    result = storescu([rg1_files["RG1_J2KR"]], orthanc.dicom_port, called_aet="ORTHANC", options=["-xv"])
     assert result.returncode == 0, result.stderr
     assert len(orthanc.instances()) == 1
 

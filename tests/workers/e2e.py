@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pydicom
 import pytest
 
@@ -42,13 +41,14 @@ def ai_kind(description: str) -> str | None:
         if description == base or description.startswith(base + " "):
             return kind
     return None
+
+
 STEPS = 2  # few sampling steps: the loop is under test here, not the model's quality
 
 
 def require_weights() -> None:
     """Skip unless the shipped weights (or weights named in the environment) exist."""
-    chosen = [Path(os.environ[env]) if env in os.environ else shipped
-              for env, shipped in zip(WEIGHT_ENV, SHIPPED)]
+    chosen = [Path(os.environ[env]) if env in os.environ else shipped for env, shipped in zip(WEIGHT_ENV, SHIPPED)]
     missing = [str(p) for p in chosen if not p.is_file()]
     if missing:
         pytest.skip(f"model weights not present: {', '.join(missing)}")
@@ -110,14 +110,16 @@ def job_of_study(ledger: Ledger, study_uid: str, state: JobState = JobState.DONE
 
 def wait_for_series(pacs: OrthancServer, study_uid: str, count: int, timeout_s: float = 180.0) -> list[dict[str, Any]]:
     """Until Orthanc holds ``count`` series in the study."""
-    return wait_for(lambda: (s := pacs.series_of_study(study_uid)) and len(s) >= count and s,
-                    timeout_s, f"{count} series in study {study_uid} in Orthanc")
+    return wait_for(
+        lambda: (s := pacs.series_of_study(study_uid)) and len(s) >= count and s,
+        timeout_s,
+        f"{count} series in study {study_uid} in Orthanc",
+    )
 
 
 def qido_series(pacs: OrthancServer, study_uid: str) -> list[dict[str, Any]]:
     """QIDO-RS: the study's series (DICOM JSON)."""
-    answer = pacs.rest("GET", f"/dicom-web/studies/{study_uid}/series",
-                       headers={"Accept": "application/dicom+json"})
+    answer = pacs.rest("GET", f"/dicom-web/studies/{study_uid}/series", headers={"Accept": "application/dicom+json"})
     result: list[dict[str, Any]] = answer.json()
     return result
 
@@ -130,8 +132,11 @@ def json_value(item: dict[str, Any], tag: str) -> Any:
 
 def wado_metadata(pacs: OrthancServer, study_uid: str, series_uid: str) -> list[dict[str, Any]]:
     """WADO-RS metadata of a series (DICOM JSON, sequences included)."""
-    answer = pacs.rest("GET", f"/dicom-web/studies/{study_uid}/series/{series_uid}/metadata",
-                       headers={"Accept": "application/dicom+json"})
+    answer = pacs.rest(
+        "GET",
+        f"/dicom-web/studies/{study_uid}/series/{series_uid}/metadata",
+        headers={"Accept": "application/dicom+json"},
+    )
     result: list[dict[str, Any]] = answer.json()
     return result
 

@@ -41,7 +41,7 @@ def j2k_bomb(rows: int = 256, columns: int = 256, claim: int = 60000) -> pydicom
     ds.compress(JPEG2000Lossless)
     frame = bytearray(_frame(ds))
     siz = frame.index(b"\xff\x4f\xff\x51") + 4
-    frame[siz + 4:siz + 12] = struct.pack(">II", claim, claim)  # Xsiz, Ysiz
+    frame[siz + 4 : siz + 12] = struct.pack(">II", claim, claim)  # Xsiz, Ysiz
     return _with_frame(ds, bytes(frame))
 
 
@@ -108,15 +108,14 @@ def rle_that_panics(seed: int = 0) -> pydicom.Dataset:
             frame[rng.randrange(64, len(frame))] = rng.randrange(256)
         _with_frame(ds, bytes(frame))
         try:
-            ds.pixel_array
+            _ = ds.pixel_array
         except BaseException as exc:  # noqa: B036 - looking for exactly that panic
             if type(exc).__name__ == "PanicException":
                 return ds
     raise AssertionError("no panicking RLE stream found")
 
 
-def test_corrupted_rle_fails_the_job_at_once(node_settings: Settings, ledger: Ledger,
-                                             listener: DicomListener) -> None:
+def test_corrupted_rle_fails_the_job_at_once(node_settings: Settings, ledger: Ledger, listener: DicomListener) -> None:
     ds = rle_that_panics()
     assert c_store(listener.port, [ds]) == [0]
     job = make_job(node_settings, ledger)

@@ -19,8 +19,23 @@ from tests.workers.e2e import AI_DESCRIPTIONS, check_object, require_weights
 def _demo(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str], Path]:
     require_weights()
     out = tmp_path / "demo-output"
-    argv = [sys.executable, "-m", "ribnode", "demo", "--work-dir", str(tmp_path / "work"),
-            "--output", str(out), "--size", "768", "--steps", "2", "--timeout", "180", *extra]
+    argv = [
+        sys.executable,
+        "-m",
+        "ribnode",
+        "demo",
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--output",
+        str(out),
+        "--size",
+        "768",
+        "--steps",
+        "2",
+        "--timeout",
+        "180",
+        *extra,
+    ]
     env = dict(os.environ, RIBNODE_MODELS__INTRA_OP_THREADS="1")
     result = subprocess.run(argv, capture_output=True, text=True, timeout=400, env=env)
     assert result.returncode == 0, f"demo failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
@@ -39,8 +54,13 @@ def _check_outputs(out: Path, stdout: str) -> None:
     panels = np.asarray(png.convert("L"))[28:].reshape(png.height - 28, 4, -1).transpose(1, 0, 2)
     assert panels[0].std() > 10 and panels[1].std() > 10  # images, not blank tiles
     assert 0 < (panels[3] > 127).mean() < 0.5  # the rib mask tile shows a mask
-    for text in ("Times from the end of the C-STORE", "Three objects in study",
-                 "Synthesizing Equipment", "weights sha256:", "derived from"):
+    for text in (
+        "Times from the end of the C-STORE",
+        "Three objects in study",
+        "Synthesizing Equipment",
+        "weights sha256:",
+        "derived from",
+    ):
         assert text in stdout, f"summary lacks {text!r}"
 
 
@@ -62,8 +82,16 @@ def test_demo_with_orthanc_shows_the_series_in_the_study(tmp_path: Path) -> None
 
 
 def test_demo_fails_early_with_the_reason_when_weights_are_missing(tmp_path: Path) -> None:
-    argv = [sys.executable, "-m", "ribnode", "demo", "--work-dir", str(tmp_path / "work"),
-            "--output", str(tmp_path / "out")]
+    argv = [
+        sys.executable,
+        "-m",
+        "ribnode",
+        "demo",
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--output",
+        str(tmp_path / "out"),
+    ]
     env = dict(os.environ, RIBNODE_MODELS__SUPPRESSION_WEIGHTS=str(tmp_path / "absent.onnx"))
     result = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 1

@@ -48,17 +48,20 @@ def _study_uid(path: Path) -> str:
 def test_pacs_down_during_export_then_back_delivers_once(tmp_path: Path) -> None:
     require_weights()
     pacs = OrthancServer(tmp_path / "orthanc", http_port=free_port(), dicom_port=free_port())
-    settings = e2e_settings(tmp_path / "node", **{
-        "export.destinations": [stow_destination(pacs)], "export.max_attempts": 40})
+    settings = e2e_settings(
+        tmp_path / "node", **{"export.destinations": [stow_destination(pacs)], "export.max_attempts": 40}
+    )
     source = _study(tmp_path, 21)
     study_uid = _study_uid(source)
     with running_node(settings) as node:
         assert c_store(node.listener.port, [source]) == [0]
         deliveries = DeliveryLedger(node.ledger)
-        job = wait_for(lambda: job_of_study(node.ledger, study_uid, JobState.EXPORTING), 120,
-                       "the job to wait in exporting")
-        wait_for(lambda: any(d.attempts >= 2 for d in deliveries.deliveries(job.id)), 60,
-                 "two failed delivery attempts")
+        job = wait_for(
+            lambda: job_of_study(node.ledger, study_uid, JobState.EXPORTING), 120, "the job to wait in exporting"
+        )
+        wait_for(
+            lambda: any(d.attempts >= 2 for d in deliveries.deliveries(job.id)), 60, "two failed delivery attempts"
+        )
         with pacs:  # the PACS comes back
             wait_for(lambda: job_of_study(node.ledger, study_uid), 120, "the job to be done")
             series = wait_for_series(pacs, study_uid, 3)
@@ -66,8 +69,11 @@ def test_pacs_down_during_export_then_back_delivers_once(tmp_path: Path) -> None
             assert sorted(len(s["Instances"]) for s in series) == [1, 1, 1]
     [delivery] = deliveries.deliveries(job.id)
     assert delivery.state == DeliveryState.DELIVERED and delivery.attempts >= 3
-    transferred = [e for e in node.ledger.audit_events(AuditEventName.INSTANCES_TRANSFERRED)
-                   if e.outcome == 0 and e.destination_aet == "pacs"]  # not the receipt
+    transferred = [
+        e
+        for e in node.ledger.audit_events(AuditEventName.INSTANCES_TRANSFERRED)
+        if e.outcome == 0 and e.destination_aet == "pacs"
+    ]  # not the receipt
     assert len(transferred) == 1 and transferred[0].instance_count == 3
 
 
@@ -81,8 +87,9 @@ def test_worker_killed_mid_job_runs_again_and_pacs_holds_one_copy(tmp_path: Path
     require_weights()
     with OrthancServer(tmp_path / "orthanc") as pacs:
         # A slow job through a real setting: many sampling steps (the re-run is as slow).
-        settings = e2e_settings(tmp_path / "node", **{
-            "export.destinations": [stow_destination(pacs)], "models.suppression_steps": 24})
+        settings = e2e_settings(
+            tmp_path / "node", **{"export.destinations": [stow_destination(pacs)], "models.suppression_steps": 24}
+        )
         config = tmp_path / "ribnode.yaml"
         config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
         Ledger(settings.ledger.url).dispose()  # created and migrated before the worker starts
@@ -91,7 +98,10 @@ def test_worker_killed_mid_job_runs_again_and_pacs_holds_one_copy(tmp_path: Path
         with open(log_path, "wb") as log:
             worker = subprocess.Popen(
                 [sys.executable, "-m", "ribnode", "--config", str(config), "worker", "-c", "1"],
-                stdout=log, stderr=subprocess.STDOUT, env=env)
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
         try:
             _kill_mid_job_and_check(settings, pacs, worker, log_path, tmp_path)
         finally:
@@ -103,8 +113,13 @@ def test_worker_killed_mid_job_runs_again_and_pacs_holds_one_copy(tmp_path: Path
                 worker.wait(timeout=10)
 
 
-def _kill_mid_job_and_check(settings, pacs: OrthancServer, worker: subprocess.Popen[bytes],  # type: ignore[no-untyped-def]
-                            log_path: Path, tmp: Path) -> None:
+def _kill_mid_job_and_check(
+    settings,
+    pacs: OrthancServer,
+    worker: subprocess.Popen[bytes],  # type: ignore[no-untyped-def]
+    log_path: Path,
+    tmp: Path,
+) -> None:
     import functools
 
     from ribnode.node.completion import StudyCompletion
@@ -141,8 +156,9 @@ def test_whole_worker_killed_mid_job_runs_again_after_restart(tmp_path: Path, br
     require_weights()
     url = "filesystem://" if broker == "filesystem" else request.getfixturevalue("redis_url")
     # A short lease (a real setting) so that the expiry path is exercised quickly too.
-    settings = e2e_settings(tmp_path / "node", **{"models.suppression_steps": 24, "broker.job_lease_s": 4.0,
-                                                  "broker.url": url})
+    settings = e2e_settings(
+        tmp_path / "node", **{"models.suppression_steps": 24, "broker.job_lease_s": 4.0, "broker.url": url}
+    )
     config = tmp_path / "ribnode.yaml"
     config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
     ledger = Ledger(settings.ledger.url)
@@ -150,8 +166,13 @@ def test_whole_worker_killed_mid_job_runs_again_after_restart(tmp_path: Path, br
 
     def start(name: str) -> subprocess.Popen[bytes]:
         with open(tmp_path / f"{name}.log", "wb") as log:
-            return subprocess.Popen([sys.executable, "-m", "ribnode", "--config", str(config), "worker"],
-                                    stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            return subprocess.Popen(
+                [sys.executable, "-m", "ribnode", "--config", str(config), "worker"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
 
     import functools
 
@@ -178,8 +199,11 @@ def test_whole_worker_killed_mid_job_runs_again_after_restart(tmp_path: Path, br
         outbox = [p for p in (tmp_path / "node" / "outbox").rglob("*") if p.is_file()]
         assert len(outbox) == 3, outbox  # SC, SEG, SR: each once although the job ran twice
         assert ledger.job_row(job.id).attempts == 2
-        recovered = [e for e in ledger.audit_events(AuditEventName.APPLICATION_ACTIVITY)
-                     if e.detail and e.detail.startswith(f"job {job.id}: worker ")]
+        recovered = [
+            e
+            for e in ledger.audit_events(AuditEventName.APPLICATION_ACTIVITY)
+            if e.detail and e.detail.startswith(f"job {job.id}: worker ")
+        ]
         assert len(recovered) == 1 and recovered[0].study_instance_uid == study_uid
     finally:
         for proc in (first, second):
@@ -198,17 +222,29 @@ def test_a_job_over_its_time_limit_is_stopped_retried_then_dead(tmp_path: Path) 
     time limit, retried with backoff, then "dead" with the reason; the worker stays up and a
     warm shutdown (SIGTERM) afterwards is prompt."""
     require_weights()
-    settings = e2e_settings(tmp_path / "node", **{
-        "models.suppression_steps": 1000, "broker.task_time_limit_s": 4.0,
-        "broker.max_retries": 1, "broker.retry_backoff_s": 0.2, "broker.retry_backoff_max_s": 0.5})
+    settings = e2e_settings(
+        tmp_path / "node",
+        **{
+            "models.suppression_steps": 1000,
+            "broker.task_time_limit_s": 4.0,
+            "broker.max_retries": 1,
+            "broker.retry_backoff_s": 0.2,
+            "broker.retry_backoff_max_s": 0.5,
+        },
+    )
     config = tmp_path / "ribnode.yaml"
     config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
     ledger = Ledger(settings.ledger.url)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RIBNODE_")}
     log_path = tmp_path / "worker.log"
     with open(log_path, "wb") as log:
-        worker = subprocess.Popen([sys.executable, "-m", "ribnode", "--config", str(config), "worker"],
-                                  stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "ribnode", "--config", str(config), "worker"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
     import functools
 
     from ribnode.node.completion import StudyCompletion

@@ -41,6 +41,7 @@ from tests.workers.e2e import (
     wait_for_series,
 )
 
+
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[OrthancServer, Node]]:
     """One Orthanc and one ribnode wired both ways (Orthanc -> C-STORE -> ribnode -> STOW-RS)."""
@@ -50,8 +51,9 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[OrthancServ
         # Orthanc's preview stretches each image's min..max: the burned-in mark (on by default)
         # adds the extremes and would rescale the whole SC preview compared below. The mark
         # has its own tests (tests/dicom_sr/test_sc.py).
-        settings = e2e_settings(tmp / "node", **{"export.destinations": [stow_destination(pacs)],
-                                                 "outputs.burned_in_label": False})
+        settings = e2e_settings(
+            tmp / "node", **{"export.destinations": [stow_destination(pacs)], "outputs.burned_in_label": False}
+        )
         with running_node(settings) as node:
             pacs.add_modality("RIBNODE", settings.listener.ae_title, "127.0.0.1", node.listener.port)
             yield pacs, node
@@ -144,8 +146,9 @@ def _check_study(pacs: OrthancServer, node: Node, run: dict[str, Any], tmp: Path
 
     # Orthanc renders the SC: its preview differs from the original's only in the region.
     before = _preview(pacs, run["source_id"])
-    [sc_id] = [s["Instances"][0] for s in run["series"]
-               if ai_kind(s["MainDicomTags"].get("SeriesDescription", "")) == "sc"]
+    [sc_id] = [
+        s["Instances"][0] for s in run["series"] if ai_kind(s["MainDicomTags"].get("SeriesDescription", "")) == "sc"
+    ]
     after = _preview(pacs, sc_id)
     assert before.shape == after.shape
     small = np.asarray(Image.fromarray(region).resize(before.shape[::-1], Image.NEAREST))
@@ -192,11 +195,8 @@ def test_highdicom_reads_back_a_seg_made_from_a_pixel_spacing_source(tmp_path: P
     model = ModelInfo("ribnode test", "0", "0" * 64)
     mask = chest.rib_mask
     segmentation = SegmentationResult(mask, mask.astype(np.float32), model)
-    suppression = SuppressionResult(source.pixel_array, np.zeros(mask.shape, np.float32), mask,
-                                    0, 1, 256, model)
+    suppression = SuppressionResult(source.pixel_array, np.zeros(mask.shape, np.float32), mask, 0, 1, 256, model)
     seg = build_outputs(source, segmentation, suppression, OutputSettings()).seg
     read = hd.seg.Segmentation.from_dataset(seg)
-    pixels = read.get_pixels_by_source_instance(
-        source_sop_instance_uids=[source.SOPInstanceUID], segment_numbers=[1]
-    )
+    pixels = read.get_pixels_by_source_instance(source_sop_instance_uids=[source.SOPInstanceUID], segment_numbers=[1])
     np.testing.assert_array_equal(pixels[0, :, :, 0].astype(bool), mask.astype(bool))

@@ -29,8 +29,9 @@ def export_worker(app: Celery, settings: Settings) -> Iterator[None]:
     """A real Celery worker on the CPU queue, in this process."""
     import ribnode.workers.export_tasks  # noqa: F401  (registers the task)
 
-    with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=20,
-                      queues=[settings.broker.cpu_queue]):
+    with start_worker(
+        app, pool="solo", perform_ping_check=False, shutdown_timeout=20, queues=[settings.broker.cpu_queue]
+    ):
         yield
 
 
@@ -50,8 +51,9 @@ def _job(settings: Settings, ledger: Ledger) -> tuple[int, str]:
 
 def test_export_task_waits_for_the_pacs(tmp_path: Path, orthanc_factory) -> None:  # type: ignore[no-untyped-def]
     pacs = orthanc_factory(start=False)
-    settings = export_settings(tmp_path, f"sqlite:///{tmp_path / 'ledger.sqlite'}",
-                               [cstore("pacs", pacs.dicom_port)], max_attempts=2000)
+    settings = export_settings(
+        tmp_path, f"sqlite:///{tmp_path / 'ledger.sqlite'}", [cstore("pacs", pacs.dicom_port)], max_attempts=2000
+    )
     # 2000 attempts at <= 0.2 s each: minutes of retrying, far longer than Orthanc takes to
     # start on a loaded machine (100 attempts, about 10-20 s, once ran out during a slow start).
     ledger = Ledger(settings.ledger.url)
@@ -73,8 +75,9 @@ def test_export_task_waits_for_the_pacs(tmp_path: Path, orthanc_factory) -> None
 
 def test_resend_command(tmp_path: Path, orthanc_factory, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     http_port, dicom_port = free_port(), free_port()
-    settings = export_settings(tmp_path, f"sqlite:///{tmp_path / 'ledger.sqlite'}",
-                               [cstore("pacs", dicom_port)], max_attempts=1)
+    settings = export_settings(
+        tmp_path, f"sqlite:///{tmp_path / 'ledger.sqlite'}", [cstore("pacs", dicom_port)], max_attempts=1
+    )
     config = tmp_path / "ribnode.yaml"
     config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
     # ``--config`` exports RIBNODE_CONFIG; monkeypatch restores the environment afterwards.
@@ -99,13 +102,13 @@ def test_resend_command(tmp_path: Path, orthanc_factory, monkeypatch) -> None:  
 
 
 def test_deliver_outputs_fast_path_needs_no_worker(tmp_path: Path, orthanc) -> None:  # type: ignore[no-untyped-def]
-    settings = export_settings(tmp_path, f"sqlite:///{tmp_path / 'ledger.sqlite'}",
-                               [cstore("pacs", orthanc.dicom_port)])
+    settings = export_settings(
+        tmp_path, f"sqlite:///{tmp_path / 'ledger.sqlite'}", [cstore("pacs", orthanc.dicom_port)]
+    )
     ledger = Ledger(settings.ledger.url)
     study, source = generate_uid(), generate_uid()
     job_id = make_running_job(ledger, study, source)
-    report = deliver_outputs(make_celery(settings), job_id, [make_output_set(study, source)],
-                             settings, ledger)
+    report = deliver_outputs(make_celery(settings), job_id, [make_output_set(study, source)], settings, ledger)
     assert report.state == JobState.DONE and report.delivered == ["pacs"]
     assert len(orthanc.series_of_study(study)) == 3
     ledger.dispose()
@@ -123,8 +126,12 @@ def test_worker_killed_mid_export(tmp_path: Path, orthanc_factory, monkeypatch) 
 
     pacs = orthanc_factory(start=False)
     # timeout 1 s: a send killed midway holds its claim (lease) for 5 s at most.
-    settings = export_settings(tmp_path, f"sqlite:///{tmp_path / 'ledger.sqlite'}",
-                               [cstore("pacs", pacs.dicom_port, timeout_s=1)], max_attempts=1000)
+    settings = export_settings(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'ledger.sqlite'}",
+        [cstore("pacs", pacs.dicom_port, timeout_s=1)],
+        max_attempts=1000,
+    )
     config = tmp_path / "ribnode.yaml"
     config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
     monkeypatch.setenv("RIBNODE_CONFIG", str(config))
@@ -137,9 +144,23 @@ def test_worker_killed_mid_export(tmp_path: Path, orthanc_factory, monkeypatch) 
 
     log = (tmp_path / "worker.log").open("wb")
     worker = subprocess.Popen(
-        [sys.executable, "-m", "ribnode", "--config", str(config), "worker",
-         "-Q", settings.broker.cpu_queue, "--pool", "solo", "--hostname", f"kill-{os.getpid()}@%h"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "ribnode",
+            "--config",
+            str(config),
+            "worker",
+            "-Q",
+            settings.broker.cpu_queue,
+            "--pool",
+            "solo",
+            "--hostname",
+            f"kill-{os.getpid()}@%h",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
     )
     try:
         deadline = time.monotonic() + 60
@@ -166,8 +187,9 @@ def test_worker_killed_mid_export(tmp_path: Path, orthanc_factory, monkeypatch) 
 
 def test_worker_start_sweep_recovers_a_lost_export_task(tmp_path: Path, orthanc_factory) -> None:  # type: ignore[no-untyped-def]
     pacs = orthanc_factory(start=False)
-    settings = export_settings(tmp_path, f"sqlite:///{tmp_path / 'ledger.sqlite'}",
-                               [cstore("pacs", pacs.dicom_port)], max_attempts=10)
+    settings = export_settings(
+        tmp_path, f"sqlite:///{tmp_path / 'ledger.sqlite'}", [cstore("pacs", pacs.dicom_port)], max_attempts=10
+    )
     ledger = Ledger(settings.ledger.url)
     job_id, study = _job(settings, ledger)
     assert export_job(job_id, settings, ledger).state == JobState.EXPORTING  # no task queued

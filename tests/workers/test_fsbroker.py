@@ -32,8 +32,12 @@ def control(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _connection(folder: Path, control: Path) -> Connection:
     folder.mkdir(parents=True, exist_ok=True)
-    options = {"data_folder_in": str(folder), "data_folder_out": str(folder), "store_processed": False,
-               "control_folder": str(control)}
+    options = {
+        "data_folder_in": str(folder),
+        "data_folder_out": str(folder),
+        "store_processed": False,
+        "control_folder": str(control),
+    }
     return Connection("filesystem://", transport=TRANSPORT, transport_options=options)
 
 
@@ -68,8 +72,9 @@ def test_a_message_still_being_written_is_not_taken(tmp_path: Path, control: Pat
         queue.close()
 
 
-def test_an_undecodable_message_file_is_logged_and_skipped(tmp_path: Path, control: Path,
-                                                          caplog: pytest.LogCaptureFixture) -> None:
+def test_an_undecodable_message_file_is_logged_and_skipped(
+    tmp_path: Path, control: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     folder = tmp_path / "queue"
     with _connection(folder, control) as connection:
         queue = connection.SimpleQueue("jobs")

@@ -57,9 +57,16 @@ def test_a_job_whose_worker_keeps_dying_fails_after_max_deliveries(tmp_path: Pat
 
 
 def test_retry_count_survives_a_resend(tmp_path: Path, redis_url: str) -> None:
-    settings = make_settings(tmp_path, free_port(), **{
-        "broker.url": redis_url, "broker.max_retries": 2, "broker.retry_backoff_s": 0.1,
-        "broker.retry_backoff_max_s": 0.2})
+    settings = make_settings(
+        tmp_path,
+        free_port(),
+        **{
+            "broker.url": redis_url,
+            "broker.max_retries": 2,
+            "broker.retry_backoff_s": 0.1,
+            "broker.retry_backoff_max_s": 0.2,
+        },
+    )
     ledger = Ledger(settings.ledger.url)
     app = make_celery(settings)
     completion = StudyCompletion(settings, ledger, lambda j: "never-published", versions=VERSIONS)
@@ -75,8 +82,7 @@ def test_retry_count_survives_a_resend(tmp_path: Path, redis_url: str) -> None:
 
 def test_job_lost_with_a_redis_restart_is_published_again(tmp_path: Path) -> None:
     redis_server = RedisProcess(free_port(), tmp_path / "redis").start()
-    settings = make_settings(tmp_path, free_port(), **{
-        "broker.url": redis_server.url, "broker.queued_timeout_s": 1.0})
+    settings = make_settings(tmp_path, free_port(), **{"broker.url": redis_server.url, "broker.queued_timeout_s": 1.0})
     ledger = Ledger(settings.ledger.url)
     app = make_celery(settings)
     completion = StudyCompletion(settings, ledger, functools.partial(enqueue_job, app), versions=VERSIONS)

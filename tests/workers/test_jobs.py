@@ -24,8 +24,9 @@ def make_job(settings: Settings, ledger: Ledger) -> JobRef:
     return job
 
 
-def test_run_job_records_image_facts(node_settings: Settings, ledger: Ledger, listener: DicomListener,
-                                     rg1_files) -> None:
+def test_run_job_records_image_facts(
+    node_settings: Settings, ledger: Ledger, listener: DicomListener, rg1_files
+) -> None:
     files = [rg1_files["RG1_UNCR"], rg1_files["RG1_J2KR"], rg1_files["RG1_J2KI"]]
     assert c_store(listener.port, files) == [0, 0, 0]
     job = make_job(node_settings, ledger)
@@ -52,8 +53,7 @@ def test_run_job_is_idempotent(node_settings: Settings, ledger: Ledger, listener
     assert ledger.job_row(job.id).attempts == 1
 
 
-def test_undecodable_instances_fail_the_job(node_settings: Settings, ledger: Ledger,
-                                            listener: DicomListener) -> None:
+def test_undecodable_instances_fail_the_job(node_settings: Settings, ledger: Ledger, listener: DicomListener) -> None:
     ds = dx_dataset()
     assert c_store(listener.port, [ds]) == [0]
     job = make_job(node_settings, ledger)
@@ -65,8 +65,9 @@ def test_undecodable_instances_fail_the_job(node_settings: Settings, ledger: Led
     assert ledger.instance(ds.SOPInstanceUID).error.startswith("cannot decode")
 
 
-def test_one_bad_instance_does_not_sink_the_study(node_settings: Settings, ledger: Ledger,
-                                                  listener: DicomListener) -> None:
+def test_one_bad_instance_does_not_sink_the_study(
+    node_settings: Settings, ledger: Ledger, listener: DicomListener
+) -> None:
     good, bad = dx_dataset(), dx_dataset()
     bad.StudyInstanceUID = good.StudyInstanceUID
     assert c_store(listener.port, [good, bad]) == [0, 0]
@@ -77,8 +78,7 @@ def test_one_bad_instance_does_not_sink_the_study(node_settings: Settings, ledge
     assert row.state == JobState.DONE and row.last_error.startswith("1 of 2 instances unusable")
 
 
-def test_missing_spool_file_is_transient(node_settings: Settings, ledger: Ledger,
-                                         listener: DicomListener) -> None:
+def test_missing_spool_file_is_transient(node_settings: Settings, ledger: Ledger, listener: DicomListener) -> None:
     ds = dx_dataset()
     assert c_store(listener.port, [ds]) == [0]
     job = make_job(node_settings, ledger)

@@ -57,8 +57,7 @@ def test_usable_instance_is_delivered_and_unusable_one_recorded(step: ModelStep,
     job = _job(settings, ledger, [good, tiny])
     run_job(job.id, settings, ledger, step=step)
 
-    assert [t.to_state for t in ledger.transitions(job.id)] == [
-        "received", "queued", "running", "exporting", "done"]
+    assert [t.to_state for t in ledger.transitions(job.id)] == ["received", "queued", "running", "exporting", "done"]
     assert "ImageSizeError" in ledger.instance(tiny.SOPInstanceUID).error
     good_uid = str(pydicom.dcmread(good, stop_before_pixels=True).SOPInstanceUID)
     row = ledger.instance(good_uid)

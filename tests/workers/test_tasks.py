@@ -14,7 +14,8 @@ from ribnode.node.completion import StudyCompletion
 from ribnode.node.ledger import JobState, Ledger
 from ribnode.workers.app import enqueue_job, make_celery
 from ribnode.workers.tasks import retry_delay
-from tests.node.helpers import celery_worker as worker, c_store, dx_dataset, make_settings, running_listener, wait_for
+from tests.node.helpers import c_store, dx_dataset, make_settings, running_listener, wait_for
+from tests.node.helpers import celery_worker as worker
 from tests.peers.fixtures import free_port
 
 VERSIONS = {"segmentation": "test", "suppression": "test"}
@@ -40,8 +41,11 @@ def test_job_done_through_broker_and_worker(broker_settings: Settings) -> None:
 
 
 def test_retries_with_backoff_then_dead(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, free_port(), **{
-        "broker.max_retries": 2, "broker.retry_backoff_s": 0.2, "broker.retry_backoff_max_s": 1.0})
+    settings = make_settings(
+        tmp_path,
+        free_port(),
+        **{"broker.max_retries": 2, "broker.retry_backoff_s": 0.2, "broker.retry_backoff_max_s": 1.0},
+    )
     ledger = Ledger(settings.ledger.url)
     app = make_celery(settings)
     completion = StudyCompletion(settings, ledger, functools.partial(enqueue_job, app), versions=VERSIONS)
@@ -62,8 +66,9 @@ def test_retries_with_backoff_then_dead(tmp_path: Path) -> None:
 def test_retry_delay_grows_exponentially_with_jitter(node_settings: Settings) -> None:
     broker = node_settings.broker
     delays = [retry_delay(n, broker) for n in range(12)]
-    assert all(broker.retry_backoff_s * 2**n * 0.5 <= d <= broker.retry_backoff_s * 2**n
-               for n, d in enumerate(delays[:5]))
+    assert all(
+        broker.retry_backoff_s * 2**n * 0.5 <= d <= broker.retry_backoff_s * 2**n for n, d in enumerate(delays[:5])
+    )
     assert max(delays) <= broker.retry_backoff_max_s
 
 
@@ -80,11 +85,12 @@ def test_lazy_app_for_celery_cli_reads_the_settings(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    env = {**os.environ, "RIBNODE_BROKER__URL": "redis://127.0.0.1:6399/3",
-           "RIBNODE_BROKER__GPU_QUEUE": "site.gpu"}
+    env = {**os.environ, "RIBNODE_BROKER__URL": "redis://127.0.0.1:6399/3", "RIBNODE_BROKER__GPU_QUEUE": "site.gpu"}
     env.pop("RIBNODE_CONFIG", None)
-    code = ("from ribnode.workers.app import app; "
-            "print(app.conf.broker_url, app.conf.task_routes['ribnode.process_study']['queue'])")
+    code = (
+        "from ribnode.workers.app import app; "
+        "print(app.conf.broker_url, app.conf.task_routes['ribnode.process_study']['queue'])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["redis://127.0.0.1:6399/3", "site.gpu"]

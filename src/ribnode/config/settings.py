@@ -234,20 +234,16 @@ class DestinationSettings(BaseModel):
         return value.get_secret_value() if value is not None else None
 
     @model_validator(mode="after")
-    def _check_kind_fields(self) -> "DestinationSettings":
+    def _check_kind_fields(self) -> DestinationSettings:
         """Each kind names its address: folder a path, stow a URL, cstore AE, host and port."""
         required = {"folder": ("path",), "stow": ("url",), "cstore": ("ae_title", "host", "port")}
         missing = [f for f in required[self.kind] if getattr(self, f) is None]
         if missing:
-            raise ValueError(
-                f"export destination {self.name!r} of kind {self.kind!r} needs {', '.join(missing)}"
-            )
+            raise ValueError(f"export destination {self.name!r} of kind {self.kind!r} needs {', '.join(missing)}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError(f"export destination {self.name!r}: set tls_cert and tls_key together")
         if self.bearer_token is not None and self.username is not None:
-            raise ValueError(
-                f"export destination {self.name!r}: use either basic auth or a bearer token"
-            )
+            raise ValueError(f"export destination {self.name!r}: use either basic auth or a bearer token")
         return self
 
 
@@ -256,9 +252,7 @@ class ExportSettings(BaseModel):
 
     # Where results go (several allowed, each tracked and retried on its own); default: a folder
     destinations: list[DestinationSettings] = Field(
-        default_factory=lambda: [
-            DestinationSettings(name="local", kind="folder", path=Path("var/outbox"))
-        ]
+        default_factory=lambda: [DestinationSettings(name="local", kind="folder", path=Path("var/outbox"))]
     )
     # attempts per destination before the delivery (and job) is dead; with the default backoff
     # they span at least 25 h (a PACS down over a night and a day is waited for unattended)
@@ -273,7 +267,7 @@ class ExportSettings(BaseModel):
     staging_dir: Path = Path("var/outputs")
 
     @model_validator(mode="after")
-    def _check_unique_names(self) -> "ExportSettings":
+    def _check_unique_names(self) -> ExportSettings:
         """Deliveries are tracked per destination name, so names must be unique."""
         names = [d.name for d in self.destinations]
         duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -329,9 +323,7 @@ def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def load_settings(
-    config_file: Path | str | None = None, overrides: dict[str, Any] | None = None
-) -> Settings:
+def load_settings(config_file: Path | str | None = None, overrides: dict[str, Any] | None = None) -> Settings:
     """Build the settings: defaults < YAML file < environment < ``overrides``.
 
     ``overrides`` maps dotted names (``"listener.port"``) to values, typically from CLI flags;

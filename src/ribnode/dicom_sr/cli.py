@@ -23,7 +23,7 @@ DICOMWEB_URL = re.compile(
 )
 
 
-def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``ribnode provenance``."""
     parser = sub.add_parser(
         "provenance",
@@ -33,8 +33,9 @@ def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
             "which source instance and when, from standard attributes (and the private block)."
         ),
     )
-    parser.add_argument("files", nargs="+", metavar="FILE|URL",
-                        help="a DICOM file, or a DICOMweb URL of a study, series or instance")
+    parser.add_argument(
+        "files", nargs="+", metavar="FILE|URL", help="a DICOM file, or a DICOMweb URL of a study, series or instance"
+    )
     parser.add_argument("--username", help="HTTP basic auth user for DICOMweb URLs")
     parser.add_argument("--password", help="HTTP basic auth password (or RIBNODE_DICOMWEB_PASSWORD)")
     parser.add_argument("--json", action="store_true", help="one JSON document for all files")
@@ -68,8 +69,9 @@ def fetch_dicomweb(url: str, username: str | None = None, password: str | None =
 
     match = DICOMWEB_URL.match(url)
     if match is None:
-        raise ValueError(f"{url!r} is not a DICOMweb URL of the form "
-                         "<base>/studies/<uid>[/series/<uid>[/instances/<uid>]]")
+        raise ValueError(
+            f"{url!r} is not a DICOMweb URL of the form <base>/studies/<uid>[/series/<uid>[/instances/<uid>]]"
+        )
     session = create_session_from_user_pass(username, password or "") if username else None
     client = DICOMwebClient(url=match["base"], session=session)
     study, series, instance = match["study"], match["series"], match["instance"]
@@ -84,11 +86,15 @@ def _print_text(info: dict[str, Any]) -> None:
     print(f"{info['file']}")
     print(f"  {info['sop_class']} ({info['modality']}) {info['sop_instance_uid']}")
     print(f"  series: {info['series_description']}")
-    print(f"  synthetic data: {info['synthetic_data'] or '-'}; "
-          f"content qualification: {info['content_qualification'] or '-'}")
+    print(
+        f"  synthetic data: {info['synthetic_data'] or '-'}; "
+        f"content qualification: {info['content_qualification'] or '-'}"
+    )
     for item in info["ai_equipment"]:
-        print(f"  {item['purpose']}: {item['model']} {'/'.join(item['software_versions'])}, "
-              f"{item['contribution_datetime']}")
+        print(
+            f"  {item['purpose']}: {item['model']} {'/'.join(item['software_versions'])}, "
+            f"{item['contribution_datetime']}"
+        )
         print(f"    {item['contribution_description']}")
     print(f"  derived from: {', '.join(info['derived_from'])}")
 
@@ -116,8 +122,7 @@ def run_provenance(args: argparse.Namespace) -> int:
         except (ValueError, requests.RequestException) as exc:
             print(f"cannot read {item}: {exc}")
             return 1
-        infos.extend(describe(dataset, f"{item} ({dataset.SOPInstanceUID})")
-                     for dataset in datasets)
+        infos.extend(describe(dataset, f"{item} ({dataset.SOPInstanceUID})") for dataset in datasets)
     if args.json:
         print(json.dumps(infos, indent=2, sort_keys=True))
     else:

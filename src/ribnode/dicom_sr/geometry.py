@@ -41,11 +41,15 @@ class Spacing:
     def plane_description(self) -> str:
         """One sentence a reader can act on: which plane a distance measured with it is in."""
         if self.plane == PLANE_DETECTOR:
-            return ("detector plane: Imager Pixel Spacing of the source, not corrected for "
-                    "geometric magnification (distances in the patient are smaller)")
+            return (
+                "detector plane: Imager Pixel Spacing of the source, not corrected for "
+                "geometric magnification (distances in the patient are smaller)"
+            )
         if self.plane == PLANE_MAGNIFICATION_CORRECTED:
-            return (f"isocenter plane: Imager Pixel Spacing of the source divided by its "
-                    f"Estimated Radiographic Magnification Factor {self.magnification:g}")
+            return (
+                f"isocenter plane: Imager Pixel Spacing of the source divided by its "
+                f"Estimated Radiographic Magnification Factor {self.magnification:g}"
+            )
         return "patient plane: Pixel Spacing of the source, as the source calibrated it"
 
 
@@ -77,8 +81,7 @@ def _source_pixel_spacing(dataset: pydicom.Dataset, pair: tuple[float, float]) -
     description = str(dataset.get("PixelSpacingCalibrationDescription", "") or "") or None
     if kind is None:
         description = None  # the description is only defined with a type (PS3.3 10.7)
-    return Spacing(pair[0], pair[1], "PixelSpacing", PLANE_SOURCE_CALIBRATED, None, kind,
-                   description)
+    return Spacing(pair[0], pair[1], "PixelSpacing", PLANE_SOURCE_CALIBRATED, None, kind, description)
 
 
 def source_spacing(dataset: pydicom.Dataset) -> Spacing | None:
@@ -101,7 +104,11 @@ def source_spacing(dataset: pydicom.Dataset) -> Spacing | None:
     if factor is None:
         return Spacing(imager[0], imager[1], "ImagerPixelSpacing", PLANE_DETECTOR)
     return Spacing(
-        imager[0] / factor, imager[1] / factor, "ImagerPixelSpacing",
-        PLANE_MAGNIFICATION_CORRECTED, factor, "GEOMETRY",
+        imager[0] / factor,
+        imager[1] / factor,
+        "ImagerPixelSpacing",
+        PLANE_MAGNIFICATION_CORRECTED,
+        factor,
+        "GEOMETRY",
         f"Imager Pixel Spacing / Estimated Radiographic Magnification {factor:g}",
     )

@@ -23,6 +23,7 @@ from typing import Any
 import pydicom
 from highdicom._standard_utils import get_sop_class_iod_map
 
+from ribnode import __version__ as RIBNODE_VERSION
 from ribnode.config.settings import OutputSettings
 from ribnode.dicom_sr import sc as sc_module
 from ribnode.dicom_sr import seg as seg_module
@@ -32,7 +33,6 @@ from ribnode.dicom_sr.provenance import (
     add_private_block,
     model_record,
 )
-from ribnode import __version__ as RIBNODE_VERSION
 from ribnode.dicom_sr.uids import (
     array_digest,
     combined_sha256,
@@ -63,29 +63,38 @@ class OutputSet:
         return [self.sc, self.seg, self.sr]
 
 
-def _check_inputs(
-    source: pydicom.Dataset, segmentation: SegmentationResult, suppression: SuppressionResult
-) -> str:
-    for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID",
-                    "Rows", "Columns", "BitsAllocated", "BitsStored", "PhotometricInterpretation"):
+def _check_inputs(source: pydicom.Dataset, segmentation: SegmentationResult, suppression: SuppressionResult) -> str:
+    for keyword in (
+        "SOPInstanceUID",
+        "SOPClassUID",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "Rows",
+        "Columns",
+        "BitsAllocated",
+        "BitsStored",
+        "PhotometricInterpretation",
+    ):
         if keyword not in source:
             raise ValueError(f"source dataset has no {keyword}; it cannot be a radiograph")
     if str(source.SOPClassUID) not in get_sop_class_iod_map():
         raise ValueError(
-            f"source SOP Class {source.SOPClassUID} is not a standard image storage class; "
-            "expected CR or DX"
+            f"source SOP Class {source.SOPClassUID} is not a standard image storage class; expected CR or DX"
         )
     if segmentation.mask.shape != suppression.soft_stored.shape:
         raise ValueError(
-            f"mask shape {segmentation.mask.shape} differs from the suppressed image's "
-            f"{suppression.soft_stored.shape}"
+            f"mask shape {segmentation.mask.shape} differs from the suppressed image's {suppression.soft_stored.shape}"
         )
     return str(source.SOPInstanceUID)
 
 
 def _record(
-    kind: str, dataset: pydicom.Dataset, source_uid: str, segmentation: SegmentationResult,
-    suppression: SuppressionResult, created: datetime.datetime,
+    kind: str,
+    dataset: pydicom.Dataset,
+    source_uid: str,
+    segmentation: SegmentationResult,
+    suppression: SuppressionResult,
+    created: datetime.datetime,
 ) -> dict[str, Any]:
     models: dict[str, list[ModelInfo]] = {
         "sc": [suppression.model, segmentation.model],
@@ -147,8 +156,7 @@ def _source_digest(source: pydicom.Dataset) -> str:
     """SHA-256 of the source's header (every element but Pixel Data, nested ones included, and
     its transfer syntax): what the outputs copy from it."""
     parts = [
-        f"{element.tag}|{element.VR}|{element.value!r}"
-        for element in source.iterall() if element.tag != 0x7FE00010
+        f"{element.tag}|{element.VR}|{element.value!r}" for element in source.iterall() if element.tag != 0x7FE00010
     ]
     file_meta = getattr(source, "file_meta", None)
     parts.append(str(getattr(file_meta, "TransferSyntaxUID", "")) if file_meta is not None else "")
@@ -156,8 +164,11 @@ def _source_digest(source: pydicom.Dataset) -> str:
 
 
 def content_keys(
-    source: pydicom.Dataset, segmentation: SegmentationResult, suppression: SuppressionResult,
-    settings: OutputSettings, series: ResultSeries,
+    source: pydicom.Dataset,
+    segmentation: SegmentationResult,
+    suppression: SuppressionResult,
+    settings: OutputSettings,
+    series: ResultSeries,
 ) -> dict[str, str]:
     """Content key of each series and object (docs/dicom-conformance.md 2.1).
 
@@ -171,8 +182,10 @@ def content_keys(
     both_models = [model_record(segmentation.model), model_record(suppression.model)]
     run = {"steps": suppression.steps, "working_size": suppression.working_size}
     common = {
-        "study": str(source.StudyInstanceUID), "ribnode": RIBNODE_VERSION,
-        "outputs": settings.model_dump(mode="json"), "views": list(series.views),
+        "study": str(source.StudyInstanceUID),
+        "ribnode": RIBNODE_VERSION,
+        "outputs": settings.model_dump(mode="json"),
+        "views": list(series.views),
     }
     keys = {
         "seg.series": content_key({**common, "kind": "seg", "models": seg_models}),
@@ -182,43 +195,73 @@ def content_keys(
     instance = {"source_uid": str(source.SOPInstanceUID), "source": _source_digest(source)}
     masks = [mask for _, mask in seg_module.present_structures(segmentation)]
     names = [spec.structure for spec, _ in seg_module.present_structures(segmentation)]
-    keys["seg"] = content_key({**instance, "series": keys["seg.series"], "structures": names,
-                               "arrays": array_digest(*[m.astype(bool) for m in masks])})
-    keys["sc"] = content_key({**instance, "series": keys["sc.series"], "seed": suppression.seed,
-                              "arrays": array_digest(suppression.soft_stored)})
-    keys["sr"] = content_key({**instance, "series": keys["sr.series"], "seed": suppression.seed,
-                              "seg": keys["seg"], "sc": keys["sc"],
-                              "arrays": array_digest(suppression.bone)})
+    keys["seg"] = content_key(
+        {
+            **instance,
+            "series": keys["seg.series"],
+            "structures": names,
+            "arrays": array_digest(*[m.astype(bool) for m in masks]),
+        }
+    )
+    keys["sc"] = content_key(
+        {
+            **instance,
+            "series": keys["sc.series"],
+            "seed": suppression.seed,
+            "arrays": array_digest(suppression.soft_stored),
+        }
+    )
+    keys["sr"] = content_key(
+        {
+            **instance,
+            "series": keys["sr.series"],
+            "seed": suppression.seed,
+            "seg": keys["seg"],
+            "sc": keys["sc"],
+            "arrays": array_digest(suppression.bone),
+        }
+    )
     return keys
 
 
 def output_uids(
-    keys: Mapping[str, str], segmentation: SegmentationResult, suppression: SuppressionResult,
-    series: ResultSeries, predecessor: dict[str, str] | None = None,
+    keys: Mapping[str, str],
+    segmentation: SegmentationResult,
+    suppression: SuppressionResult,
+    series: ResultSeries,
+    predecessor: dict[str, str] | None = None,
 ) -> tuple[sc_module.ScUids, seg_module.SegUids, sr_module.SrUids]:
     """Every UID of the three objects from their content keys (:func:`content_keys`)."""
     structures = [spec.structure for spec, _ in seg_module.present_structures(segmentation)]
     tracking = {name: content_uid(keys["seg"], f"sr.tracking.{name}") for name in structures}
     sc = sc_module.ScUids(
-        content_uid(keys["sc.series"], "sc.series"), content_uid(keys["sc"], "sc"),
+        content_uid(keys["sc.series"], "sc.series"),
+        content_uid(keys["sc"], "sc"),
         series.describe(sc_module.SERIES_DESCRIPTION),
     )
     seg = seg_module.SegUids(
-        content_uid(keys["seg.series"], "seg.series"), content_uid(keys["seg"], "seg"),
-        content_uid(keys["seg"], "seg.dimension"), series.describe(seg_module.SERIES_DESCRIPTION),
+        content_uid(keys["seg.series"], "seg.series"),
+        content_uid(keys["seg"], "seg"),
+        content_uid(keys["seg"], "seg.dimension"),
+        series.describe(seg_module.SERIES_DESCRIPTION),
         tracking,
     )
     both = combined_sha256(segmentation.model.weights_sha256, suppression.model.weights_sha256)
     sr = sr_module.SrUids(
-        content_uid(keys["sr.series"], "sr.series"), content_uid(keys["sr"], "sr"),
-        tracking, device_observer_uid(both), series.describe(sr_module.SERIES_DESCRIPTION),
+        content_uid(keys["sr.series"], "sr.series"),
+        content_uid(keys["sr"], "sr"),
+        tracking,
+        device_observer_uid(both),
+        series.describe(sr_module.SERIES_DESCRIPTION),
         predecessor,
     )
     return sc, seg, sr
 
 
 def _predecessor(
-    previous: Mapping[str, Sequence[Mapping[str, str]]] | None, kind: str, own_uid: str,
+    previous: Mapping[str, Sequence[Mapping[str, str]]] | None,
+    kind: str,
+    own_uid: str,
 ) -> dict[str, str] | None:
     """The newest earlier object of ``kind`` for this source that is not this one."""
     for record in (previous or {}).get(kind, ()):
@@ -231,8 +274,15 @@ def _predecessor(
 # modality may leave them out, but every output must carry them (empty when unknown), and
 # highdicom reads them from the source.
 _PATIENT_STUDY_TYPE2 = (
-    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-    "ReferringPhysicianName", "StudyID", "AccessionNumber",
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
 )
 
 
@@ -282,7 +332,8 @@ def build_outputs(
     default = created if isinstance(created, datetime.datetime) else now
     context = {
         kind: ProcessingContext(
-            created=times.get(kind, default), node_id=settings.node_id,
+            created=times.get(kind, default),
+            node_id=settings.node_id,
             content_qualification=settings.content_qualification,
             institution_name=settings.institution_name,
         )
@@ -308,6 +359,7 @@ def build_outputs(
     if settings.private_block:
         for kind, dataset in (("sc", sc), ("seg", seg), ("sr", sr)):
             add_private_block(dataset, provenance[kind])
-    logger.info("built SC %s, SEG %s, SR %s for source %s", sc.SOPInstanceUID,
-                seg.SOPInstanceUID, sr.SOPInstanceUID, source_uid)
+    logger.info(
+        "built SC %s, SEG %s, SR %s for source %s", sc.SOPInstanceUID, seg.SOPInstanceUID, sr.SOPInstanceUID, source_uid
+    )
     return OutputSet(sc=sc, seg=seg, sr=sr, provenance=provenance)

@@ -64,7 +64,10 @@ def _lo(value: str) -> str:
 
 
 def contribution_description(
-    model: ModelInfo, *, seed: int | None = None, steps: int | None = None,
+    model: ModelInfo,
+    *,
+    seed: int | None = None,
+    steps: int | None = None,
     working_size: int | None = None,
 ) -> str:
     """Contribution Description (ST, 1024 chars): weights hash and the run's parameters."""
@@ -84,7 +87,10 @@ def contribution_description(
 
 
 def model_equipment(
-    model: ModelInfo, purpose: str, context: ProcessingContext, description: str,
+    model: ModelInfo,
+    purpose: str,
+    context: ProcessingContext,
+    description: str,
 ) -> hd.ContributingEquipment:
     """One Contributing Equipment item for a model, with the model's Device UID (0018,1002):
     IHE AIR identifies the algorithm by manufacturer, model name, software versions and Device
@@ -111,9 +117,13 @@ def model_equipment(
         contribution_datetime=context.created,
         contribution_description=description,
     )
-    item.PurposeOfReferenceCodeSequence = [hd.sr.CodedConcept(
-        codes_by_purpose[purpose].value, codes_by_purpose[purpose].scheme_designator,
-        codes_by_purpose[purpose].meaning)]
+    item.PurposeOfReferenceCodeSequence = [
+        hd.sr.CodedConcept(
+            codes_by_purpose[purpose].value,
+            codes_by_purpose[purpose].scheme_designator,
+            codes_by_purpose[purpose].meaning,
+        )
+    ]
     item.DeviceUID = model_device_uid(model.name, model.version, model.weights_sha256)
     return item
 
@@ -238,15 +248,16 @@ def describe_standard(dataset: pydicom.Dataset) -> dict[str, Any]:
         if purpose.CodeValue not in MODEL_PURPOSES or item.get("Manufacturer") != MANUFACTURER:
             continue
         versions = item.get("SoftwareVersions")
-        equipment.append({
-            "purpose": f"({purpose.CodeValue}, {purpose.CodingSchemeDesignator}, "
-                       f"\"{purpose.CodeMeaning}\")",
-            "model": str(item.get("ManufacturerModelName", "")),
-            "device_uid": str(item.get("DeviceUID", "")) or None,
-            "software_versions": [str(v) for v in versions] if versions is not None else [],
-            "contribution_datetime": str(item.get("ContributionDateTime", "")),
-            "contribution_description": str(item.get("ContributionDescription", "")),
-        })
+        equipment.append(
+            {
+                "purpose": f'({purpose.CodeValue}, {purpose.CodingSchemeDesignator}, "{purpose.CodeMeaning}")',
+                "model": str(item.get("ManufacturerModelName", "")),
+                "device_uid": str(item.get("DeviceUID", "")) or None,
+                "software_versions": [str(v) for v in versions] if versions is not None else [],
+                "contribution_datetime": str(item.get("ContributionDateTime", "")),
+                "contribution_description": str(item.get("ContributionDescription", "")),
+            }
+        )
     return {
         "sop_class": pydicom.uid.UID(dataset.SOPClassUID).name,
         "sop_instance_uid": str(dataset.SOPInstanceUID),

@@ -37,21 +37,22 @@ logger = logging.getLogger(__name__)
 SERIES_NUMBER = 9901
 SERIES_DESCRIPTION = "AI SYNTHETIC bone-suppressed (not original)"
 #: What the suppression does, when its model json names no ``derivation`` parameter.
-DEFAULT_DERIVATION = (
-    "rib and clavicle shadows attenuated inside the lung fields; not an acquired radiograph"
-)
+DEFAULT_DERIVATION = "rib and clavicle shadows attenuated inside the lung fields; not an acquired radiograph"
 
 #: Source image for image processing operation (PS3.16 CID 7202).
-PURPOSE_SOURCE_FOR_PROCESSING = hd.sr.CodedConcept(
-    "121322", "DCM", "Source image for image processing operation"
-)
+PURPOSE_SOURCE_FOR_PROCESSING = hd.sr.CodedConcept("121322", "DCM", "Source image for image processing operation")
 
 
 #: JPEG baseline/extended, JPEG-LS near-lossless, JPEG 2000, HTJ2K (lossy variants).
-LOSSY_SYNTAXES = frozenset({
-    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81",
-    "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.203",
-})
+LOSSY_SYNTAXES = frozenset(
+    {
+        "1.2.840.10008.1.2.4.50",
+        "1.2.840.10008.1.2.4.51",
+        "1.2.840.10008.1.2.4.81",
+        "1.2.840.10008.1.2.4.91",
+        "1.2.840.10008.1.2.4.203",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,7 @@ def check_pixels(source: Dataset, pixels: np.ndarray) -> tuple[int, bool]:
     rows, columns = int(source.Rows), int(source.Columns)
     if pixels.shape != (rows, columns):
         raise ValueError(
-            f"bone-suppressed image has shape {pixels.shape}, expected the source matrix "
-            f"{(rows, columns)}"
+            f"bone-suppressed image has shape {pixels.shape}, expected the source matrix {(rows, columns)}"
         )
     bits_stored = int(source.BitsStored)
     signed = int(source.get("PixelRepresentation", 0)) == 1
@@ -151,9 +151,7 @@ def _set_lossy_history(sc: Dataset, source: Dataset) -> None:
     lossy_syntax = syntax in LOSSY_SYNTAXES
     if source.get("LossyImageCompression") == "01" or lossy_syntax:
         sc.LossyImageCompression = "01"
-        _copy_if_present(
-            sc, source, ("LossyImageCompressionRatio", "LossyImageCompressionMethod")
-        )
+        _copy_if_present(sc, source, ("LossyImageCompressionRatio", "LossyImageCompressionMethod"))
     else:
         sc.LossyImageCompression = "00"
 
@@ -191,25 +189,33 @@ def burned_in_annotation(source: Dataset, settings: OutputSettings) -> str:
 
 
 def _sc_equipment(
-    suppression: SuppressionResult, segmentation: SegmentationResult, context: ProcessingContext,
+    suppression: SuppressionResult,
+    segmentation: SegmentationResult,
+    context: ProcessingContext,
 ) -> list[hd.ContributingEquipment]:
     """The suppression model synthesized the image: DICOM's Synthesizing Equipment (109100)
     and, as for every algorithm, IHE AIR's Processing Algorithm; the segmentation bounded it."""
     description = contribution_description(
-        suppression.model, seed=suppression.seed, steps=suppression.steps,
+        suppression.model,
+        seed=suppression.seed,
+        steps=suppression.steps,
         working_size=suppression.working_size,
     )
     synthesizing = model_equipment(suppression.model, "synthesizing", context, description)
     algorithm = model_equipment(suppression.model, "algorithm", context, description)
     segmentation_item = model_equipment(
-        segmentation.model, "algorithm", context,
+        segmentation.model,
+        "algorithm",
+        context,
         contribution_description(segmentation.model) + "; anatomy that bounds the suppression",
     )
     return [synthesizing, algorithm, segmentation_item]
 
 
 def _sc_pixels(
-    source: Dataset, suppression: SuppressionResult, settings: OutputSettings,
+    source: Dataset,
+    suppression: SuppressionResult,
+    settings: OutputSettings,
 ) -> tuple[np.ndarray, int, bool, tuple[float, float]]:
     """Pixels to write (label burned in if asked), bits stored, signedness and the output's own
     window (used only when ``outputs.sc_window`` is "own" or the source has none)."""
@@ -252,12 +258,15 @@ def build_sc(
 
 
 #: VOI LUT module attributes (PS3.3 C.11.2) copied from the source by default.
-_SOURCE_VOI = ("WindowCenter", "WindowWidth", "WindowCenterWidthExplanation", "VOILUTFunction",
-               "VOILUTSequence")
+_SOURCE_VOI = ("WindowCenter", "WindowWidth", "WindowCenterWidthExplanation", "VOILUTFunction", "VOILUTSequence")
 
 
 def _set_window(
-    sc: Dataset, source: Dataset, settings: OutputSettings, center: float, width: float,
+    sc: Dataset,
+    source: Dataset,
+    settings: OutputSettings,
+    center: float,
+    width: float,
 ) -> None:
     """The source's own window by default, so that beside the original the only difference a
     reader sees is the suppression; the output's own window when ``outputs.sc_window`` is
@@ -273,8 +282,12 @@ def _set_window(
 
 
 def _sc_image(
-    source: Dataset, pixels: np.ndarray, suppression: SuppressionResult,
-    segmentation: SegmentationResult, context: ProcessingContext, uids: ScUids,
+    source: Dataset,
+    pixels: np.ndarray,
+    suppression: SuppressionResult,
+    segmentation: SegmentationResult,
+    context: ProcessingContext,
+    uids: ScUids,
 ) -> hd.sc.SCImage:
     """highdicom's SCImage with the source's patient and study, ribnode's equipment."""
     return hd.sc.SCImage.from_ref_dataset(
@@ -296,8 +309,13 @@ def _sc_image(
 
 
 def _finish_sc(
-    sc: hd.sc.SCImage, source: Dataset, suppression: SuppressionResult, settings: OutputSettings,
-    context: ProcessingContext, bits_stored: int, signed: bool,
+    sc: hd.sc.SCImage,
+    source: Dataset,
+    suppression: SuppressionResult,
+    settings: OutputSettings,
+    context: ProcessingContext,
+    bits_stored: int,
+    signed: bool,
 ) -> None:
     """Set what highdicom's constructor does not: synthetic flags, references, geometry."""
     # Patient and Study modules in full (Study Description, Patient's Age, ...):
@@ -308,9 +326,7 @@ def _finish_sc(
     sc.ConversionType = "SYN"
     sc.SecondaryCaptureDeviceManufacturer = MANUFACTURER
     sc.SecondaryCaptureDeviceManufacturerModelName = suppression.model.name[:64]
-    sc.SecondaryCaptureDeviceSoftwareVersions = [
-        suppression.model.version[:64], context.software_version
-    ]
+    sc.SecondaryCaptureDeviceSoftwareVersions = [suppression.model.version[:64], context.software_version]
     sc.DateOfSecondaryCapture = pydicom.valuerep.DA(context.created.date())
     sc.TimeOfSecondaryCapture = pydicom.valuerep.TM(context.created.time().replace(tzinfo=None))
     sc.SourceImageSequence = [_source_image_item(source)]

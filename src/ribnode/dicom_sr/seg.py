@@ -22,10 +22,10 @@ from pydicom.dataset import Dataset
 
 from ribnode.dicom_sr.provenance import (
     ProcessingContext,
-    mark_synthetic_if_source_is,
     contribution_description,
     declare_ihe_scheme,
     equipment_kwargs,
+    mark_synthetic_if_source_is,
     model_equipment,
     pin_times,
 )
@@ -83,8 +83,7 @@ def present_structures(segmentation: SegmentationResult) -> list[tuple[SegmentSp
     masks.setdefault("ribs", segmentation.mask)
     unknown = sorted(set(masks) - {spec.structure for spec in SEGMENTS})
     if unknown:
-        raise ValueError(f"segmentation structures {unknown} are not among "
-                         f"{[spec.structure for spec in SEGMENTS]}")
+        raise ValueError(f"segmentation structures {unknown} are not among {[spec.structure for spec in SEGMENTS]}")
     return [(spec, masks[spec.structure]) for spec in SEGMENTS if spec.structure in masks]
 
 
@@ -109,14 +108,14 @@ def algorithm_identification(segmentation: SegmentationResult) -> hd.AlgorithmId
         name=segmentation.model.name[:64],
         family=AI_FAMILY,
         version=segmentation.model.version[:64],
-        parameters={
-            item.split("=", 1)[0]: item.split("=", 1)[1] for item in algorithm_parameters(segmentation)
-        },
+        parameters={item.split("=", 1)[0]: item.split("=", 1)[1] for item in algorithm_parameters(segmentation)},
     )
 
 
 def segment_description(
-    segmentation: SegmentationResult, number: int = SEGMENT_NUMBER, spec: SegmentSpec = SEGMENTS[0],
+    segmentation: SegmentationResult,
+    number: int = SEGMENT_NUMBER,
+    spec: SegmentSpec = SEGMENTS[0],
     tracking_uid: str | None = None,
 ) -> hd.seg.SegmentDescription:
     """One segment: the structure, automatic, with the algorithm that made it and its tracking
@@ -126,8 +125,7 @@ def segment_description(
         segment_number=number,
         segment_label=spec.label,
         segmented_property_category=CATEGORY,
-        segmented_property_type=hd.sr.CodedConcept(code.value, code.scheme_designator,
-                                                   code.meaning),
+        segmented_property_type=hd.sr.CodedConcept(code.value, code.scheme_designator, code.meaning),
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=algorithm_identification(segmentation),
         tracking_uid=tracking_uid,
@@ -135,9 +133,7 @@ def segment_description(
     )
     # Both sides are segmented as one region: laterality modifier of the type (PS3.3 C.8.20.2,
     # Segmented Property Type Modifier Code Sequence inside the type's item).
-    description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
-        RIGHT_AND_LEFT
-    ]
+    description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [RIGHT_AND_LEFT]
     return description
 
 
@@ -167,9 +163,7 @@ def build_seg(
         segment_description(segmentation, number, spec, tracking.get(spec.structure))
         for number, (spec, _) in enumerate(present, start=1)
     ]
-    equipment = model_equipment(
-        segmentation.model, "algorithm", context, contribution_description(segmentation.model)
-    )
+    equipment = model_equipment(segmentation.model, "algorithm", context, contribution_description(segmentation.model))
     seg = hd.seg.Segmentation(
         source_images=[source],
         pixel_array=np.stack(masks, axis=-1)[np.newaxis],  # (frames, rows, columns, segments)
@@ -213,8 +207,7 @@ def segment_frames(seg: Dataset) -> dict[int, int]:
     frames = seg.get("PerFrameFunctionalGroupsSequence") or []
     result: dict[int, int] = {}
     for index, frame in enumerate(frames, start=1):
-        item = frame.get("SegmentIdentificationSequence") or shared.get(
-            "SegmentIdentificationSequence")
+        item = frame.get("SegmentIdentificationSequence") or shared.get("SegmentIdentificationSequence")
         result.setdefault(int(item[0].ReferencedSegmentNumber), index)
     return result
 
@@ -238,9 +231,7 @@ def _drop_projection_pixel_measures(seg: Dataset) -> None:
     """
     shared = seg.SharedFunctionalGroupsSequence[0]
     frames = seg.get("PerFrameFunctionalGroupsSequence") or []
-    positioned = "PlanePositionSequence" in shared or any(
-        "PlanePositionSequence" in frame for frame in frames
-    )
+    positioned = "PlanePositionSequence" in shared or any("PlanePositionSequence" in frame for frame in frames)
     if "PixelMeasuresSequence" in shared and not positioned:
         logger.debug("SEG %s: projection geometry, Pixel Measures left out", seg.SOPInstanceUID)
         del shared.PixelMeasuresSequence

@@ -14,8 +14,8 @@ import logging
 from dataclasses import dataclass
 
 import highdicom as hd
-from highdicom.coding_schemes import CodingSchemeIdentificationItem
 import numpy as np
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
@@ -27,11 +27,11 @@ from ribnode.dicom_sr.geometry import (
     source_spacing,
 )
 from ribnode.dicom_sr.provenance import (
-    ProcessingContext,
-    mark_synthetic_if_source_is,
     IHE_SCHEME,
+    ProcessingContext,
     contribution_description,
     equipment_kwargs,
+    mark_synthetic_if_source_is,
     model_equipment,
     pin_times,
 )
@@ -62,11 +62,12 @@ AI_FAMILY = hd.sr.CodedConcept("123110", "DCM", "Artificial Intelligence")
 #: concept exists; private codes, declared in the Coding Scheme Identification Sequence).
 PLANE_METHODS = {
     PLANE_SOURCE_CALIBRATED: hd.sr.CodedConcept(
-        "RN0002", PRIVATE_SCHEME, "Area from source Pixel Spacing (patient plane)"),
+        "RN0002", PRIVATE_SCHEME, "Area from source Pixel Spacing (patient plane)"
+    ),
     PLANE_MAGNIFICATION_CORRECTED: hd.sr.CodedConcept(
-        "RN0003", PRIVATE_SCHEME, "Area at isocenter, corrected for magnification"),
-    PLANE_DETECTOR: hd.sr.CodedConcept(
-        "RN0004", PRIVATE_SCHEME, "Area at detector plane, not corrected"),
+        "RN0003", PRIVATE_SCHEME, "Area at isocenter, corrected for magnification"
+    ),
+    PLANE_DETECTOR: hd.sr.CodedConcept("RN0004", PRIVATE_SCHEME, "Area at detector plane, not corrected"),
 }
 
 
@@ -97,7 +98,10 @@ class RibMeasurements:
 
 
 def measure_mask(
-    source: Dataset, mask: np.ndarray, suppression: SuppressionResult, structure: str = "ribs",
+    source: Dataset,
+    mask: np.ndarray,
+    suppression: SuppressionResult,
+    structure: str = "ribs",
 ) -> RibMeasurements:
     """Area and mean bone signal removed inside one structure's mask.
 
@@ -109,21 +113,16 @@ def measure_mask(
     """
     mask = mask.astype(bool)
     if suppression.bone.shape != mask.shape:
-        raise ValueError(
-            f"bone layer has shape {suppression.bone.shape}, expected the mask's {mask.shape}"
-        )
+        raise ValueError(f"bone layer has shape {suppression.bone.shape}, expected the mask's {mask.shape}")
     count = int(mask.sum())
     spacing: Spacing | None = source_spacing(source)
     bone = float(np.mean(suppression.bone[mask], dtype=np.float64)) if count else None
     if spacing is None:
         return RibMeasurements(float(count), "{pixels}", None, bone, None, structure)
-    return RibMeasurements(count * spacing.pixel_area_mm2, "mm2", spacing.attribute, bone,
-                           spacing.plane, structure)
+    return RibMeasurements(count * spacing.pixel_area_mm2, "mm2", spacing.attribute, bone, spacing.plane, structure)
 
 
-def measure(
-    source: Dataset, segmentation: SegmentationResult, suppression: SuppressionResult
-) -> RibMeasurements:
+def measure(source: Dataset, segmentation: SegmentationResult, suppression: SuppressionResult) -> RibMeasurements:
     """The ribs' measurements (see :func:`measure_mask`)."""
     return measure_mask(source, segmentation.mask, suppression, "ribs")
 
@@ -132,24 +131,30 @@ def measure_all(
     source: Dataset, segmentation: SegmentationResult, suppression: SuppressionResult
 ) -> list[RibMeasurements]:
     """Measurements of every structure the SEG carries, in segment order."""
-    return [measure_mask(source, mask, suppression, spec.structure)
-            for spec, mask in present_structures(segmentation)]
+    return [measure_mask(source, mask, suppression, spec.structure) for spec, mask in present_structures(segmentation)]
 
 
 def algorithm_id(model: ModelInfo, parameters: list[str]) -> hd.sr.AlgorithmIdentification:
     """TID 4019 Algorithm Identification of one model."""
     return hd.sr.AlgorithmIdentification(
-        name=model.name[:64], version=model.version[:64], parameters=parameters,
-        family=AI_FAMILY, manufacturer="ribnode",
+        name=model.name[:64],
+        version=model.version[:64],
+        parameters=parameters,
+        family=AI_FAMILY,
+        manufacturer="ribnode",
     )
 
 
 def _measurements(
-    values: RibMeasurements, segmentation: SegmentationResult, suppression: SuppressionResult,
+    values: RibMeasurements,
+    segmentation: SegmentationResult,
+    suppression: SuppressionResult,
     sc: Dataset,
 ) -> list[hd.sr.Measurement]:
     area = hd.sr.Measurement(
-        name=AREA, value=values.area, unit=MM2 if values.area_unit == "mm2" else PIXELS,
+        name=AREA,
+        value=values.area,
+        unit=MM2 if values.area_unit == "mm2" else PIXELS,
         method=PLANE_METHODS[values.plane] if values.plane is not None else None,
         algorithm_id=algorithm_id(segmentation.model, algorithm_parameters(segmentation)),
     )
@@ -157,11 +162,19 @@ def _measurements(
         return [area]
     model = suppression.model
     bone = hd.sr.Measurement(
-        name=BONE_REMOVED, value=values.bone_removed_mean, unit=NO_UNITS, derivation=MEAN,
-        algorithm_id=algorithm_id(model, [
-            f"weights_sha256={model.weights_sha256}", f"steps={suppression.steps}",
-            f"seed={suppression.seed}", f"working_size={suppression.working_size}",
-        ]),
+        name=BONE_REMOVED,
+        value=values.bone_removed_mean,
+        unit=NO_UNITS,
+        derivation=MEAN,
+        algorithm_id=algorithm_id(
+            model,
+            [
+                f"weights_sha256={model.weights_sha256}",
+                f"steps={suppression.steps}",
+                f"seed={suppression.seed}",
+                f"working_size={suppression.working_size}",
+            ],
+        ),
         referenced_images=[hd.sr.SourceImageForMeasurement.from_source_image(sc)],
     )
     return [area, bone]
@@ -171,14 +184,19 @@ def _observer(context: ProcessingContext, uids: SrUids, models: str) -> hd.sr.Ob
     return hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=uids.device_observer_uid, name="ribnode", manufacturer_name="ribnode",
-            model_name=models[:64], serial_number=context.node_id[:64],
+            uid=uids.device_observer_uid,
+            name="ribnode",
+            manufacturer_name="ribnode",
+            model_name=models[:64],
+            serial_number=context.node_id[:64],
         ),
     )
 
 
 def referenced_segment(
-    source: Dataset, seg: Dataset, segment_number: int = 1,
+    source: Dataset,
+    seg: Dataset,
+    segment_number: int = 1,
 ) -> hd.sr.ReferencedSegmentationFrame:
     """Referenced Segmentation Frame (121214): the frame of ``segment_number`` in the SEG, and
     its source.
@@ -204,14 +222,20 @@ def referenced_segment(
 
 
 def _group(
-    number: int, spec: SegmentSpec, mask: np.ndarray, source: Dataset, seg: Dataset, sc: Dataset,
-    segmentation: SegmentationResult, suppression: SuppressionResult, uids: SrUids,
+    number: int,
+    spec: SegmentSpec,
+    mask: np.ndarray,
+    source: Dataset,
+    seg: Dataset,
+    sc: Dataset,
+    segmentation: SegmentationResult,
+    suppression: SuppressionResult,
+    uids: SrUids,
 ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
     """TID 1410 group of one segment, with the SEG segment's tracking identifier and UID."""
     values = measure_mask(source, mask, suppression, spec.structure)
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=uids.tracking_uids[spec.structure], identifier=spec.label),
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=uids.tracking_uids[spec.structure], identifier=spec.label),
         referenced_segment=referenced_segment(source, seg, number),
         finding_type=spec.property_type,
         algorithm_id=algorithm_id(segmentation.model, algorithm_parameters(segmentation)),
@@ -220,8 +244,13 @@ def _group(
 
 
 def measurement_report(
-    source: Dataset, seg: Dataset, sc: Dataset, segmentation: SegmentationResult,
-    suppression: SuppressionResult, context: ProcessingContext, uids: SrUids,
+    source: Dataset,
+    seg: Dataset,
+    sc: Dataset,
+    segmentation: SegmentationResult,
+    suppression: SuppressionResult,
+    context: ProcessingContext,
+    uids: SrUids,
 ) -> hd.sr.MeasurementReport:
     """The TID 1500 content tree: one measurement group per SEG segment."""
     groups = [
@@ -230,9 +259,7 @@ def measurement_report(
     ]
     models = f"{segmentation.model.name} + {suppression.model.name}"
     return hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(
-            observer_device_context=_observer(context, uids, models)
-        ),
+        observation_context=hd.sr.ObservationContext(observer_device_context=_observer(context, uids, models)),
         procedure_reported=PROCEDURE_REPORTED,
         imaging_measurements=groups,
         title=codes.DCM.ImagingMeasurementReport,
@@ -240,18 +267,26 @@ def measurement_report(
 
 
 def build_sr(
-    source: Dataset, seg: Dataset, sc: Dataset, segmentation: SegmentationResult,
-    suppression: SuppressionResult, context: ProcessingContext, uids: SrUids,
+    source: Dataset,
+    seg: Dataset,
+    sc: Dataset,
+    segmentation: SegmentationResult,
+    suppression: SuppressionResult,
+    context: ProcessingContext,
+    uids: SrUids,
 ) -> hd.sr.Comprehensive3DSR:
     """The TID 1500 report; evidence: the source, the SEG and the SC. UNVERIFIED, COMPLETE."""
     report = measurement_report(source, seg, sc, segmentation, suppression, context, uids)
     equipment = [
-        model_equipment(segmentation.model, "algorithm", context,
-                        contribution_description(segmentation.model)),
-        model_equipment(suppression.model, "algorithm", context,
-                        contribution_description(suppression.model, seed=suppression.seed,
-                                                 steps=suppression.steps,
-                                                 working_size=suppression.working_size)),
+        model_equipment(segmentation.model, "algorithm", context, contribution_description(segmentation.model)),
+        model_equipment(
+            suppression.model,
+            "algorithm",
+            context,
+            contribution_description(
+                suppression.model, seed=suppression.seed, steps=suppression.steps, working_size=suppression.working_size
+            ),
+        ),
     ]
     kwargs = equipment_kwargs(context)
     institution = kwargs.pop("institution_name", None)
@@ -270,11 +305,13 @@ def build_sr(
         contributing_equipment=equipment,
         coding_schemes=[
             CodingSchemeIdentificationItem(
-                designator=PRIVATE_SCHEME, name="ribnode private codes",
+                designator=PRIVATE_SCHEME,
+                name="ribnode private codes",
                 responsible_organization="ribnode project",
             ),
             CodingSchemeIdentificationItem(
-                designator=IHE_SCHEME, name="IHE placeholder codes",
+                designator=IHE_SCHEME,
+                name="IHE placeholder codes",
                 responsible_organization="IHE Radiology (AI Results profile)",
             ),
         ],

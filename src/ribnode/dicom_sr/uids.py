@@ -98,5 +98,4 @@ def model_device_uid(name: str, version: str, weights_sha256: str) -> str:
     """Device UID (0018,1002) of one model in Contributing Equipment: one UID per name, version
     and weights (IHE AIR identifies the algorithm by it)."""
     _check_sha(weights_sha256, "weights sha256")
-    return str(generate_uid(prefix=PYDICOM_ROOT_UID,
-                            entropy_srcs=["model-device", name, version, weights_sha256]))
+    return str(generate_uid(prefix=PYDICOM_ROOT_UID, entropy_srcs=["model-device", name, version, weights_sha256]))

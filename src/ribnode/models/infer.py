@@ -66,9 +66,17 @@ def write_soft_png(radiograph: Radiograph, soft_stored: np.ndarray, path: Path) 
     return path
 
 
-def run_infer(inputs: Sequence[Path], output: Path, weights: Path | None = None,
-              device: str = "auto", threads: int = 0, steps: int | None = None, seed: int | None = None,
-              suppression_weights: Path | None = None, suppress: bool = True) -> InferReport:
+def run_infer(
+    inputs: Sequence[Path],
+    output: Path,
+    weights: Path | None = None,
+    device: str = "auto",
+    threads: int = 0,
+    steps: int | None = None,
+    seed: int | None = None,
+    suppression_weights: Path | None = None,
+    suppress: bool = True,
+) -> InferReport:
     """Segment every input and write one mask PNG per structure; with ``suppress``, also the
     region and the bone-suppressed image (``steps`` refiner steps and ``seed``; None: the
     model's own steps and the seed derived from the SOP Instance UID or the pixels)."""
@@ -96,6 +104,5 @@ def run_infer(inputs: Sequence[Path], output: Path, weights: Path | None = None,
             result = suppressor(radiograph, segmentation, seed)
             report.written.append(write_mask_png(result.mask, output / f"{path.stem}-region.png"))
             report.written.append(write_soft_png(radiograph, result.soft_stored, output / f"{path.stem}-soft.png"))
-        logger.info("%s: %dx%d, rib fraction %.3f", path, *segmentation.mask.shape,
-                    float(segmentation.mask.mean()))
+        logger.info("%s: %dx%d, rib fraction %.3f", path, *segmentation.mask.shape, float(segmentation.mask.mean()))
     return report

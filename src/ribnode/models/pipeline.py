@@ -66,15 +66,11 @@ class RibPipeline:
         """Provenance of the two models (segmentation, suppression)."""
         return self.segmenter.info, self.suppressor.info
 
-    def __call__(
-        self, source: pydicom.Dataset | Path | str | Radiograph, seed: int | None = None
-    ) -> PipelineOutput:
+    def __call__(self, source: pydicom.Dataset | Path | str | Radiograph, seed: int | None = None) -> PipelineOutput:
         """Run both models on ``source``; ``seed`` None derives it from the SOP Instance UID."""
         start = time.perf_counter()
         radiograph = (
-            source
-            if isinstance(source, Radiograph)
-            else read_radiograph(source, max_pixels=self.settings.max_pixels)
+            source if isinstance(source, Radiograph) else read_radiograph(source, max_pixels=self.settings.max_pixels)
         )
         decoded = time.perf_counter()
         segmentation = self.segmenter(radiograph)
@@ -83,8 +79,7 @@ class RibPipeline:
         suppression = self.suppressor(radiograph, segmentation, seed=seed)
         end = time.perf_counter()
         logger.info(
-            "pipeline on %s: %dx%d, %d rib pixels, decode %.2f s, segmentation %.2f s, "
-            "suppression %.2f s (%d steps)",
+            "pipeline on %s: %dx%d, %d rib pixels, decode %.2f s, segmentation %.2f s, suppression %.2f s (%d steps)",
             radiograph.sop_instance_uid,
             radiograph.stored.shape[0],
             radiograph.stored.shape[1],
@@ -94,6 +89,4 @@ class RibPipeline:
             end - segmented,
             suppression.steps,
         )
-        return PipelineOutput(
-            radiograph, segmentation, suppression, end - start, segmented - decoded, end - segmented
-        )
+        return PipelineOutput(radiograph, segmentation, suppression, end - start, segmented - decoded, end - segmented)

@@ -138,8 +138,7 @@ class Radiograph:
         region = np.asarray(region, dtype=bool)
         if layer.shape != self.stored.shape or region.shape != self.stored.shape:
             raise ValueError(
-                f"layer {layer.shape} and region {region.shape} must both have the source "
-                f"shape {self.stored.shape}"
+                f"layer {layer.shape} and region {region.shape} must both have the source shape {self.stored.shape}"
             )
         if not np.all(np.isfinite(layer[region])):
             raise ValueError("layer has non-finite values inside region")
@@ -177,15 +176,12 @@ def _check_header(ds: Dataset, max_pixels: int) -> None:
     if rows < MIN_SIDE or cols < MIN_SIDE:
         raise ImageSizeError(f"matrix {rows}x{cols}: expected at least {MIN_SIDE} px a side")
     if rows * cols > max_pixels:
-        raise ImageSizeError(
-            f"matrix {rows}x{cols} = {rows * cols} px: over the limit of {max_pixels} px"
-        )
+        raise ImageSizeError(f"matrix {rows}x{cols} = {rows * cols} px: over the limit of {max_pixels} px")
     bits = int(ds.get("BitsStored", 0) or 0)
     allocated = int(ds.get("BitsAllocated", 0) or 0)
     if not 8 <= bits <= 16 or allocated not in (8, 16) or bits > allocated:
         raise InputError(
-            f"BitsStored {bits} / BitsAllocated {allocated}: expected 8..16 bits stored "
-            "in 8 or 16 allocated"
+            f"BitsStored {bits} / BitsAllocated {allocated}: expected 8..16 bits stored in 8 or 16 allocated"
         )
 
 
@@ -297,7 +293,9 @@ def robust_window(values: np.ndarray, fallback: tuple[float, float] | None = Non
     """
     values = np.asarray(values)
     step = max(1, math.ceil(math.sqrt(values.size / _WINDOW_SAMPLES)))
-    sample = values[::step, ::step].astype(np.float64).ravel() if values.ndim == 2 else values.astype(np.float64).ravel()
+    sample = (
+        values[::step, ::step].astype(np.float64).ravel() if values.ndim == 2 else values.astype(np.float64).ravel()
+    )
     vmin, vmax = float(sample.min()), float(sample.max())
     inner = sample[(sample > vmin) & (sample < vmax)]
     if inner.size >= 0.05 * sample.size:
@@ -425,6 +423,7 @@ def _png_gray(img: Any, path: Path) -> np.ndarray:
 
 # -- Resampling between the source matrix and the working resolution ------------------------
 
+
 def _resample(image: np.ndarray, shape: tuple[int, int], interpolation: str) -> np.ndarray:
     """Resample a 2-D array onto ``shape`` covering the same extent (pixel-centre aligned).
 
@@ -468,9 +467,7 @@ def to_working(image: np.ndarray, size: int) -> np.ndarray:
     return _resample(image, (int(size), int(size)), "linear").astype(np.float32, copy=False)
 
 
-def to_source(
-    working: np.ndarray, shape: tuple[int, int], interpolation: str = "linear"
-) -> np.ndarray:
+def to_source(working: np.ndarray, shape: tuple[int, int], interpolation: str = "linear") -> np.ndarray:
     """Working matrix -> the source ``shape`` with the exact inverse geometry of ``to_working``.
 
     ``"linear"`` returns float32 (map probabilities back, then threshold: the smoothest mask
@@ -486,7 +483,7 @@ def to_source(
 # -- Mask morphology (SimpleITK) -------------------------------------------------------------
 
 
-def _mask_image(mask: np.ndarray) -> "sitk.Image":
+def _mask_image(mask: np.ndarray) -> sitk.Image:
     import SimpleITK as sitk
 
     array = np.asarray(mask)
@@ -508,9 +505,7 @@ def dilate_mask(mask: np.ndarray, radius_px: int) -> np.ndarray:
     return sitk.GetArrayFromImage(out).astype(bool)
 
 
-def clean_mask(
-    mask: np.ndarray, open_radius_px: int = 1, min_size_px: int = 30, fill_holes: bool = True
-) -> np.ndarray:
+def clean_mask(mask: np.ndarray, open_radius_px: int = 1, min_size_px: int = 30, fill_holes: bool = True) -> np.ndarray:
     """Open (disc ``open_radius_px``), drop islands under ``min_size_px``, fill holes.
 
     The same steps as the reference rib-mask derivation (``shared/tools/derive_rib_masks.py``),

@@ -13,7 +13,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 
-def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register this part's subcommands on the ``ribnode`` parser."""
     serve = sub.add_parser(
         "serve",
@@ -31,14 +31,17 @@ def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
     serve.add_argument("--quiet-period", type=float, help="seconds without a new instance (spool.quiet_period_s)")
     serve.add_argument("--ledger-url", help="SQLAlchemy URL of the ledger (ledger.url)")
     serve.add_argument("--broker-url", help="Celery broker URL (broker.url)")
-    serve.add_argument("--http-port", type=int,
-                       help="HTTP port of STOW-RS, /healthz, /readyz, /metrics (http.port; off when unset)")
-    serve.add_argument("--no-dimse", action="store_true",
-                       help="no DICOM listener: the HTTP service (and study completion) only")
+    serve.add_argument(
+        "--http-port", type=int, help="HTTP port of STOW-RS, /healthz, /readyz, /metrics (http.port; off when unset)"
+    )
+    serve.add_argument(
+        "--no-dimse", action="store_true", help="no DICOM listener: the HTTP service (and study completion) only"
+    )
     serve.set_defaults(handler=serve_command)
 
     status = sub.add_parser(
-        "status", help="ledger summary: studies, jobs by state, last errors",
+        "status",
+        help="ledger summary: studies, jobs by state, last errors",
         description="Summarise the ledger: studies, instances and jobs by state, last errors.",
     )
     status.add_argument("--ledger-url", help="SQLAlchemy URL of the ledger (ledger.url)")
@@ -48,10 +51,11 @@ def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
     _add_rerun(sub)
 
 
-def _add_rerun(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def _add_rerun(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``ribnode rerun STUDY_UID``: process a study again on purpose."""
     rerun = sub.add_parser(
-        "rerun", help="process a study again on purpose (new settings or models)",
+        "rerun",
+        help="process a study again on purpose (new settings or models)",
         description=(
             "Put every processed instance of a study back to pending: the running `ribnode "
             "serve` makes a 'rerun' job of them after the quiet period. Objects whose content "
@@ -75,23 +79,23 @@ def rerun_command(args: argparse.Namespace) -> int:
     try:
         count = ledger.request_rerun(args.study_uid)
         if count:
-            ledger.audit(AuditEventName.APPLICATION_ACTIVITY,
-                         detail=f"rerun requested: {args.study_uid}")
+            ledger.audit(AuditEventName.APPLICATION_ACTIVITY, detail=f"rerun requested: {args.study_uid}")
     except LedgerError as exc:
         print(f"ribnode rerun: {exc}", file=sys.stderr)
         return 2
     finally:
         ledger.dispose()
     if not count:
-        print(f"ribnode rerun: study {args.study_uid} has no processed instance to rerun",
-              file=sys.stderr)
+        print(f"ribnode rerun: study {args.study_uid} has no processed instance to rerun", file=sys.stderr)
         return 1
-    print(f"study {args.study_uid}: {count} instance(s) pending again; `ribnode serve` makes a "
-          f"job of them after the quiet period ({settings.spool.quiet_period_s:g} s)")
+    print(
+        f"study {args.study_uid}: {count} instance(s) pending again; `ribnode serve` makes a "
+        f"job of them after the quiet period ({settings.spool.quiet_period_s:g} s)"
+    )
     return 0
 
 
-def _add_resend(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def _add_resend(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``ribnode resend JOB`` (owned by the export code, ``ribnode.node.export_cli``)."""
     from ribnode.node.export_cli import add_resend_parser
 
@@ -165,11 +169,17 @@ def _serve(settings: Any, dimse: bool = True) -> int:
         stack.enter_context(completion)
         ledger.audit(AuditEventName.APPLICATION_ACTIVITY, detail="ribnode serve started")
         if dimse:
-            print(f"ribnode serve: {settings.listener.ae_title} listening on "
-                  f"{settings.listener.bind_address}:{listener.port}", flush=True)
+            print(
+                f"ribnode serve: {settings.listener.ae_title} listening on "
+                f"{settings.listener.bind_address}:{listener.port}",
+                flush=True,
+            )
         if settings.http.port is not None:
-            print(f"ribnode serve: HTTP (STOW-RS, /healthz, /readyz, /metrics) on "
-                  f"{http.scheme}://{settings.http.bind_address}:{http.port}", flush=True)
+            print(
+                f"ribnode serve: HTTP (STOW-RS, /healthz, /readyz, /metrics) on "
+                f"{http.scheme}://{settings.http.bind_address}:{http.port}",
+                flush=True,
+            )
         stop.wait()
     ledger.audit(AuditEventName.APPLICATION_ACTIVITY, detail="ribnode serve stopped")
     return 0
@@ -186,12 +196,16 @@ def warn_if_exposed(listener: Any) -> str | None:
         return None
     if listener.allowed_senders and not listener.open_mode:
         return None
-    consequence = ("open_mode is on: ANY host on the network may store instances"
-                   if listener.open_mode else
-                   "every association will be refused, the PACS's included")
-    text = (f"WARNING: listening on all interfaces ({listener.bind_address}) without a "
-            f"sender allow-list: {consequence}. List the PACS's AE title and host in "
-            "listener.allowed_senders (and leave open_mode off).")
+    consequence = (
+        "open_mode is on: ANY host on the network may store instances"
+        if listener.open_mode
+        else "every association will be refused, the PACS's included"
+    )
+    text = (
+        f"WARNING: listening on all interfaces ({listener.bind_address}) without a "
+        f"sender allow-list: {consequence}. List the PACS's AE title and host in "
+        "listener.allowed_senders (and leave open_mode off)."
+    )
     logger.warning(text)
     print(f"ribnode serve: {text}", file=sys.stderr, flush=True)
     return text
@@ -225,12 +239,15 @@ def status_command(args: argparse.Namespace) -> int:
             "jobs": summary.jobs,
             "security_alerts": summary.security_alerts,
             "last_errors": [
-                {"job": j, "state": s, "error": redact(e), "at": at.isoformat()}
-                for j, s, e, at in summary.last_errors
+                {"job": j, "state": s, "error": redact(e), "at": at.isoformat()} for j, s, e, at in summary.last_errors
             ],
             "destinations": [
-                {"name": d.name, "deliveries": d.deliveries, "last_error": redact(d.last_error),
-                 "next_attempt_at": d.next_attempt_at.isoformat() if d.next_attempt_at else None}
+                {
+                    "name": d.name,
+                    "deliveries": d.deliveries,
+                    "last_error": redact(d.last_error),
+                    "next_attempt_at": d.next_attempt_at.isoformat() if d.next_attempt_at else None,
+                }
                 for d in destinations
             ],
         }
@@ -238,8 +255,11 @@ def status_command(args: argparse.Namespace) -> int:
         return 0
     print(f"ledger     {redact(settings.ledger.url)}")
     print(f"studies    {summary.studies}")
-    print("instances  " + (", ".join(f"{k} {v}" for k, v in sorted(summary.instances.items())) or "none")
-          + f" (duplicates received: {summary.duplicates})")
+    print(
+        "instances  "
+        + (", ".join(f"{k} {v}" for k, v in sorted(summary.instances.items())) or "none")
+        + f" (duplicates received: {summary.duplicates})"
+    )
     print("jobs       " + (", ".join(f"{k} {v}" for k, v in sorted(summary.jobs.items())) or "none"))
     print(f"security alerts (rejected associations): {summary.security_alerts}")
     if destinations:

@@ -101,9 +101,7 @@ class DeliveryLedger:
         now = utcnow()
         with self._write() as s:
             for rec in records:
-                row = s.scalar(
-                    select(OutputObject).where(OutputObject.sop_instance_uid == rec.sop_instance_uid)
-                )
+                row = s.scalar(select(OutputObject).where(OutputObject.sop_instance_uid == rec.sop_instance_uid))
                 if row is None:
                     row = OutputObject(sop_instance_uid=rec.sop_instance_uid)
                     s.add(row)
@@ -128,22 +126,31 @@ class DeliveryLedger:
         path ``<Study>/<Series>/<SOP>.dcm``), ``sop_class_uid`` (of the kind) and ``path``
         (relative to ``export.staging_dir``). A re-run's objects name what they replace
         (``dicom_sr.build_outputs(previous=...)``)."""
-        classes = {"sc": "1.2.840.10008.5.1.4.1.1.7", "seg": "1.2.840.10008.5.1.4.1.1.66.4",
-                   "sr": "1.2.840.10008.5.1.4.1.1.88.34"}
-        query = (select(OutputObject)
-                 .where(OutputObject.source_sop_instance_uid == source_sop_instance_uid)
-                 .order_by(OutputObject.created_at.desc(), OutputObject.id.desc()))
+        classes = {
+            "sc": "1.2.840.10008.5.1.4.1.1.7",
+            "seg": "1.2.840.10008.5.1.4.1.1.66.4",
+            "sr": "1.2.840.10008.5.1.4.1.1.88.34",
+        }
+        query = (
+            select(OutputObject)
+            .where(OutputObject.source_sop_instance_uid == source_sop_instance_uid)
+            .order_by(OutputObject.created_at.desc(), OutputObject.id.desc())
+        )
         found: dict[str, list[dict[str, str]]] = {}
         with self.ledger.session() as s:
             for row in s.scalars(query):
                 parts = row.path.replace("\\", "/").split("/")
                 if len(parts) < 3 or row.kind not in classes:
                     continue
-                found.setdefault(row.kind, []).append({
-                    "sop_instance_uid": row.sop_instance_uid, "series_instance_uid": parts[-2],
-                    "study_instance_uid": parts[-3], "sop_class_uid": classes[row.kind],
-                    "path": row.path,
-                })
+                found.setdefault(row.kind, []).append(
+                    {
+                        "sop_instance_uid": row.sop_instance_uid,
+                        "series_instance_uid": parts[-2],
+                        "study_instance_uid": parts[-3],
+                        "sop_class_uid": classes[row.kind],
+                        "path": row.path,
+                    }
+                )
         return found
 
     # -- deliveries -----------------------------------------------------------------------
@@ -153,8 +160,15 @@ class DeliveryLedger:
             have = set(s.scalars(select(Delivery.destination).where(Delivery.job_id == job_id)))
             for name in destinations:
                 if name not in have:
-                    s.add(Delivery(job_id=job_id, destination=name, state=DeliveryState.PENDING,
-                                   attempts=0, next_attempt_at=None))
+                    s.add(
+                        Delivery(
+                            job_id=job_id,
+                            destination=name,
+                            state=DeliveryState.PENDING,
+                            attempts=0,
+                            next_attempt_at=None,
+                        )
+                    )
         return self.deliveries(job_id)
 
     def deliveries(self, job_id: int) -> list[DeliveryRef]:
@@ -192,8 +206,7 @@ class DeliveryLedger:
             s.execute(
                 update(Delivery)
                 .where(Delivery.id == delivery_id)
-                .values(state=DeliveryState.DELIVERED, delivered_at=now, next_attempt_at=None,
-                        last_error=None)
+                .values(state=DeliveryState.DELIVERED, delivered_at=now, next_attempt_at=None, last_error=None)
             )
 
     def mark_failed(self, delivery_id: int, error: str, next_attempt_at: datetime | None) -> None:
@@ -211,8 +224,9 @@ class DeliveryLedger:
             s.execute(
                 update(Delivery)
                 .where(Delivery.job_id == job_id, Delivery.destination.in_(list(destinations)))
-                .values(state=DeliveryState.PENDING, attempts=0, last_error=None,
-                        next_attempt_at=None, delivered_at=None)
+                .values(
+                    state=DeliveryState.PENDING, attempts=0, last_error=None, next_attempt_at=None, delivered_at=None
+                )
             )
         return self.deliveries(job_id)
 
@@ -251,9 +265,8 @@ class DeliveryLedger:
     def destination_status(self) -> list[DestinationStatus]:
         """Per destination: deliveries by state, the latest error and the next attempt due,
         for ``ribnode status`` (an outage shows here while its retries run)."""
-        counts = (
-            select(Delivery.destination, Delivery.state, func.count(Delivery.id))
-            .group_by(Delivery.destination, Delivery.state)
+        counts = select(Delivery.destination, Delivery.state, func.count(Delivery.id)).group_by(
+            Delivery.destination, Delivery.state
         )
         next_due = (
             select(Delivery.destination, func.min(Delivery.next_attempt_at))
@@ -265,8 +278,9 @@ class DeliveryLedger:
         errors = (
             select(Delivery.destination, Delivery.last_error)
             .where(Delivery.last_error.is_not(None), Delivery.state != DeliveryState.DELIVERED)
-            .order_by((Delivery.state == DeliveryState.PENDING).desc(),
-                      Delivery.next_attempt_at.desc(), Delivery.id.desc())
+            .order_by(
+                (Delivery.state == DeliveryState.PENDING).desc(), Delivery.next_attempt_at.desc(), Delivery.id.desc()
+            )
         )
         out: dict[str, DestinationStatus] = {}
         with self.ledger.session() as s:

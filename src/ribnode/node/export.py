@@ -121,9 +121,7 @@ def deliver(
         raise PermanentDeliveryError(describe(destination), f"unknown kind {destination.kind!r}")
 
 
-def backoff_delay(
-    attempt: int, base_s: float, max_s: float, rng: random.Random | None = None
-) -> float:
+def backoff_delay(attempt: int, base_s: float, max_s: float, rng: random.Random | None = None) -> float:
     """Seconds to wait after failed attempt ``attempt`` (1-based): exponential, capped, with
     "equal" jitter (uniform in [c/2, c], c = min(max, base * 2**(attempt-1))) so that many
     jobs failing together do not retry together (no retry storm when a PACS comes back), while
@@ -164,9 +162,7 @@ def _output_record(dataset: pydicom.Dataset, prov: dict[str, Any], path: str) ->
     )
 
 
-def stage_outputs(
-    job_id: int, output_sets: Sequence[OutputSetLike], settings: Settings, ledger: Ledger
-) -> list[Path]:
+def stage_outputs(job_id: int, output_sets: Sequence[OutputSetLike], settings: Settings, ledger: Ledger) -> list[Path]:
     """Keep the job's created objects for delivery and move the job to "exporting".
 
     Each dataset must have a provenance record (``OutputSet.provenance``) naming its SOP
@@ -183,8 +179,7 @@ def stage_outputs(
             prov = by_uid.get(str(dataset.SOPInstanceUID))
             if prov is None:
                 raise ValueError(
-                    f"no provenance record for output {dataset.SOPInstanceUID}; "
-                    f"records exist for {sorted(by_uid)}"
+                    f"no provenance record for output {dataset.SOPInstanceUID}; records exist for {sorted(by_uid)}"
                 )
             target = folder_path(staging, dataset)
             write_atomic(dataset, target)
@@ -194,7 +189,8 @@ def stage_outputs(
         _audit_created(ledger, settings, datasets, records)
     deliveries.ensure(job_id, [d.name for d in settings.export.destinations])
     moved = ledger.transition(
-        job_id, JobState.EXPORTING,
+        job_id,
+        JobState.EXPORTING,
         from_states={JobState.RUNNING, JobState.QUEUED, JobState.EXPORTING},
     )
     if not moved:
@@ -203,7 +199,9 @@ def stage_outputs(
 
 
 def _audit_created(
-    ledger: Ledger, settings: Settings, datasets: Sequence[pydicom.Dataset],
+    ledger: Ledger,
+    settings: Settings,
+    datasets: Sequence[pydicom.Dataset],
     records: Sequence[OutputRecord],
 ) -> None:
     """PS3.15 "DICOM Instances Accessed" (action Create) for the derived objects."""
@@ -272,8 +270,15 @@ def _attempt(
     deliveries = DeliveryLedger(ledger)
     attempt = delivery.attempts + 1  # the claim counted it
     job = f"job {delivery.job_id} attempt {attempt}/{settings.export.max_attempts}"
-    _audit_send(ledger, settings, destination, datasets, AuditEventName.BEGIN_TRANSFERRING,
-                AuditOutcome.SUCCESS, f"{job}: sending")
+    _audit_send(
+        ledger,
+        settings,
+        destination,
+        datasets,
+        AuditEventName.BEGIN_TRANSFERRING,
+        AuditOutcome.SUCCESS,
+        f"{job}: sending",
+    )
     try:
         deliver(datasets, destination, calling_ae_title=settings.listener.ae_title)
     except TransientDeliveryError as exc:
@@ -282,26 +287,39 @@ def _attempt(
             deliveries.mark_failed(delivery.id, error, None)
             outcome = AuditOutcome.SERIOUS_FAILURE
         else:
-            delay = backoff_delay(attempt, settings.export.backoff_s,
-                                  settings.export.backoff_max_s, rng)
+            delay = backoff_delay(attempt, settings.export.backoff_s, settings.export.backoff_max_s, rng)
             error = str(exc)
             deliveries.mark_failed(delivery.id, error, utcnow() + timedelta(seconds=delay))
             outcome = AuditOutcome.MINOR_FAILURE
             logger.warning("%s failed (%s); retry in %.1f s", job, exc, delay)
-        _audit_send(ledger, settings, destination, datasets,
-                    AuditEventName.INSTANCES_TRANSFERRED, outcome, f"{job}: {error}")
+        _audit_send(
+            ledger, settings, destination, datasets, AuditEventName.INSTANCES_TRANSFERRED, outcome, f"{job}: {error}"
+        )
         return
     except PermanentDeliveryError as exc:
         error = f"refused permanently: {exc}"
         deliveries.mark_failed(delivery.id, error, None)
-        _audit_send(ledger, settings, destination, datasets,
-                    AuditEventName.INSTANCES_TRANSFERRED, AuditOutcome.SERIOUS_FAILURE,
-                    f"{job}: {error}")
+        _audit_send(
+            ledger,
+            settings,
+            destination,
+            datasets,
+            AuditEventName.INSTANCES_TRANSFERRED,
+            AuditOutcome.SERIOUS_FAILURE,
+            f"{job}: {error}",
+        )
         logger.error("%s: %s", job, error)
         return
     deliveries.mark_delivered(delivery.id)
-    _audit_send(ledger, settings, destination, datasets, AuditEventName.INSTANCES_TRANSFERRED,
-                AuditOutcome.SUCCESS, f"{job}: delivered {len(datasets)} instance(s)")
+    _audit_send(
+        ledger,
+        settings,
+        destination,
+        datasets,
+        AuditEventName.INSTANCES_TRANSFERRED,
+        AuditOutcome.SUCCESS,
+        f"{job}: delivered {len(datasets)} instance(s)",
+    )
     logger.info("%s: delivered %d instance(s) to %s", job, len(datasets), destination.name)
 
 
@@ -312,9 +330,7 @@ def _lease_s(destination: DestinationSettings, count: int) -> float:
     return max(5.0, destination.timeout_s * (2 + count))
 
 
-def export_job(
-    job_id: int, settings: Settings, ledger: Ledger, rng: random.Random | None = None
-) -> ExportReport:
+def export_job(job_id: int, settings: Settings, ledger: Ledger, rng: random.Random | None = None) -> ExportReport:
     """Attempt every due delivery of an exporting job once, then settle the job's state."""
     job = ledger.job(job_id)
     deliveries = DeliveryLedger(ledger)
@@ -331,9 +347,7 @@ def export_job(
             continue
         destination = destinations.get(delivery.destination)
         if destination is None:
-            deliveries.mark_failed(
-                delivery.id, f"destination {delivery.destination!r} is no longer configured", None
-            )
+            deliveries.mark_failed(delivery.id, f"destination {delivery.destination!r} is no longer configured", None)
             continue
         if deliveries.claim(delivery.id, _lease_s(destination, len(datasets))):
             _attempt(delivery, destination, datasets, settings, ledger, rng)
@@ -349,8 +363,7 @@ def _settle(job_id: int, ledger: Ledger, rows: list[DeliveryRef]) -> ExportRepor
         ledger.transition(job_id, JobState.DONE, from_states={JobState.EXPORTING})
     elif not pending:
         reason = "; ".join(f"{r.destination}: {r.last_error}" for r in dead)
-        ledger.transition(job_id, JobState.DEAD, error=f"delivery failed: {reason}",
-                          from_states={JobState.EXPORTING})
+        ledger.transition(job_id, JobState.DEAD, error=f"delivery failed: {reason}", from_states={JobState.EXPORTING})
     return _report(job_id, ledger.job(job_id).state, rows)
 
 

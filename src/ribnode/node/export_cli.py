@@ -9,7 +9,7 @@ import time
 logger = logging.getLogger(__name__)
 
 
-def add_resend_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def add_resend_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The ``resend`` subcommand."""
     resend = sub.add_parser(
         "resend",
@@ -23,10 +23,12 @@ def add_resend_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]"
         ),
     )
     resend.add_argument("job", type=int, help="job id (see `ribnode status`)")
-    resend.add_argument("--here", action="store_true",
-                        help="deliver now in this process instead of queueing the export task")
-    resend.add_argument("--wait", type=float, default=60.0,
-                        help="with --here: longest time to keep retrying, seconds (default 60)")
+    resend.add_argument(
+        "--here", action="store_true", help="deliver now in this process instead of queueing the export task"
+    )
+    resend.add_argument(
+        "--wait", type=float, default=60.0, help="with --here: longest time to keep retrying, seconds (default 60)"
+    )
     resend.add_argument("--ledger-url", help="SQLAlchemy URL of the ledger (ledger.url)")
     resend.add_argument("--broker-url", help="Celery broker URL (broker.url)")
     resend.set_defaults(handler=resend_command)
@@ -38,9 +40,7 @@ def resend_command(args: argparse.Namespace) -> int:
     from ribnode.node.export import ExportError, export_job, resend
     from ribnode.node.ledger import Ledger, LedgerError
 
-    settings = load_settings(
-        args.config, {"ledger.url": args.ledger_url, "broker.url": args.broker_url}
-    )
+    settings = load_settings(args.config, {"ledger.url": args.ledger_url, "broker.url": args.broker_url})
     ledger = Ledger(settings.ledger.url)
     try:
         rows = resend(args.job, settings, ledger)
@@ -55,8 +55,10 @@ def resend_command(args: argparse.Namespace) -> int:
     while report.retry_in_s is not None and time.monotonic() + report.retry_in_s < deadline:
         time.sleep(report.retry_in_s)
         report = export_job(args.job, settings, ledger)
-    print(f"job {args.job}: {report.state}; delivered: {', '.join(report.delivered) or 'none'}; "
-          f"pending: {', '.join(report.pending) or 'none'}; dead: {', '.join(report.dead) or 'none'}")
+    print(
+        f"job {args.job}: {report.state}; delivered: {', '.join(report.delivered) or 'none'}; "
+        f"pending: {', '.join(report.pending) or 'none'}; dead: {', '.join(report.dead) or 'none'}"
+    )
     return 0 if report.state == "done" else 1
 
 
@@ -69,9 +71,11 @@ def _queue(job_id: int, settings: object) -> int:
     try:
         task_id = schedule_export(make_celery(settings), settings, job_id)  # type: ignore[arg-type]
     except OperationalError as exc:
-        print(f"job {job_id}: the broker is unreachable ({exc}); the job stays 'exporting' and "
-              "is re-queued when a worker's sweep finds it overdue, or run `ribnode resend "
-              f"{job_id} --here`")
+        print(
+            f"job {job_id}: the broker is unreachable ({exc}); the job stays 'exporting' and "
+            "is re-queued when a worker's sweep finds it overdue, or run `ribnode resend "
+            f"{job_id} --here`"
+        )
         return 1
     print(f"job {job_id}: export queued (task {task_id})")
     return 0

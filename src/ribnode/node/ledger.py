@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,7 @@ class LedgerError(RuntimeError):
 
 def utcnow() -> datetime:
     """Naive UTC now: the ledger stores naive UTC so SQLite and PostgreSQL compare alike."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def idempotency_key(study_uid: str, sop_uids: Sequence[str], model_versions: dict[str, str]) -> str:
@@ -287,9 +287,7 @@ class Ledger:
     def count_duplicate(self, sop_instance_uid: str) -> None:
         """Count a second copy of an instance already received (it is not processed again)."""
         with self._write() as s:
-            study_id = s.scalar(
-                select(Instance.study_id).where(Instance.sop_instance_uid == sop_instance_uid)
-            )
+            study_id = s.scalar(select(Instance.study_id).where(Instance.sop_instance_uid == sop_instance_uid))
             if study_id is None:
                 raise LedgerError(f"no instance {sop_instance_uid!r} to count a duplicate of")
             s.execute(
@@ -383,13 +381,18 @@ class Ledger:
             study = s.scalar(select(Study).where(Study.study_instance_uid == study_instance_uid))
             if study is None:
                 raise LedgerError(f"no study {study_instance_uid!r} in the ledger")
-            busy = list(s.scalars(select(Job.id).where(
-                Job.study_id == study.id, Job.state.not_in([str(t) for t in TERMINAL_JOB_STATES]))))
+            busy = list(
+                s.scalars(
+                    select(Job.id).where(
+                        Job.study_id == study.id, Job.state.not_in([str(t) for t in TERMINAL_JOB_STATES])
+                    )
+                )
+            )
             if busy:
-                raise LedgerError(f"study {study_instance_uid} has unfinished job(s) {busy}; "
-                                  "rerun it when they are done")
-            query = select(Instance).where(Instance.study_id == study.id,
-                                           Instance.state == InstanceState.DISPATCHED)
+                raise LedgerError(
+                    f"study {study_instance_uid} has unfinished job(s) {busy}; rerun it when they are done"
+                )
+            query = select(Instance).where(Instance.study_id == study.id, Instance.state == InstanceState.DISPATCHED)
             if sop_instance_uids is not None:
                 query = query.where(Instance.sop_instance_uid.in_(list(sop_instance_uids)))
             instances = list(s.scalars(query))
@@ -409,9 +412,7 @@ class Ledger:
                 raise LedgerError(f"no study with id {study_id}")
             pending = list(
                 s.scalars(
-                    select(Instance).where(
-                        Instance.study_id == study_id, Instance.state == InstanceState.PENDING
-                    )
+                    select(Instance).where(Instance.study_id == study_id, Instance.state == InstanceState.PENDING)
                 )
             )
             if not pending:
@@ -421,7 +422,8 @@ class Ledger:
             # the same instances and models make a new job, told apart by the job count.
             rerun = any(i.job_id is not None for i in pending)
             key = idempotency_key(
-                study.study_instance_uid, [i.sop_instance_uid for i in pending],
+                study.study_instance_uid,
+                [i.sop_instance_uid for i in pending],
                 {**model_versions, "rerun": str(previous)} if rerun else model_versions,
             )
             now = utcnow()
@@ -526,8 +528,7 @@ class Ledger:
             )
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
-    def defer_retry(self, job_id: int, worker: str, delay_s: float, lease_s: float,
-                    error: str) -> bool:
+    def defer_retry(self, job_id: int, worker: str, delay_s: float, lease_s: float, error: str) -> bool:
         """A running job failed and ``worker`` re-sends it after ``delay_s``: move it to
         "queued" with a lease that ends ``lease_s`` after the retry is due. The retry message
         (a Celery ETA task) waits in one worker's memory; if that worker dies, nothing else
@@ -562,7 +563,8 @@ class Ledger:
             expired = expired | ((Job.worker == worker) & renewed_before)
             retry_lost = retry_lost | ((Job.worker == worker) & (Job.updated_at < started_at))
         lost = ((Job.state == str(JobState.RUNNING)) & expired) | (
-            (Job.state == str(JobState.QUEUED)) & Job.lease_until.is_not(None) & retry_lost)
+            (Job.state == str(JobState.QUEUED)) & Job.lease_until.is_not(None) & retry_lost
+        )
         query = (
             select(Job, Study.study_instance_uid)
             .join(Study, Study.id == Job.study_id)
@@ -581,11 +583,15 @@ class Ledger:
                 error = f"worker {holder or 'unknown'} lost {what} (lease until {until}); sent again"
                 if not self._move(s, job.id, JobState.RECEIVED, {JobState.RUNNING, JobState.QUEUED}, error):
                     continue
-                s.add(AuditEvent(
-                    at=now, event=str(AuditEventName.APPLICATION_ACTIVITY),
-                    outcome=AuditOutcome.MINOR_FAILURE, study_instance_uid=study_uid,
-                    detail=f"job {job.id}: {error}",
-                ))
+                s.add(
+                    AuditEvent(
+                        at=now,
+                        event=str(AuditEventName.APPLICATION_ACTIVITY),
+                        outcome=AuditOutcome.MINOR_FAILURE,
+                        study_instance_uid=study_uid,
+                        detail=f"job {job.id}: {error}",
+                    )
+                )
                 moved.append(_job_ref(job, study_uid))
         if moved:
             logger.warning("reclaimed running jobs %s (their worker is gone)", [j.id for j in moved])
@@ -607,20 +613,27 @@ class Ledger:
         with self.session() as s:  # the usual answer is "none": no write lock for it
             if s.scalar(select(func.count(Job.id)).where(stale)) == 0:
                 return []
-        query = (select(Job, Study.study_instance_uid).join(Study, Study.id == Job.study_id)
-                 .where(stale).order_by(Job.id))
+        query = (
+            select(Job, Study.study_instance_uid).join(Study, Study.id == Job.study_id).where(stale).order_by(Job.id)
+        )
         moved: list[JobRef] = []
         with self._write() as s:
             for job, study_uid in s.execute(query).all():
-                error = (f"queued since {job.updated_at:%Y-%m-%d %H:%M:%S}Z and no worker took it "
-                         "(broker message lost?); published again")
+                error = (
+                    f"queued since {job.updated_at:%Y-%m-%d %H:%M:%S}Z and no worker took it "
+                    "(broker message lost?); published again"
+                )
                 if not self._move(s, job.id, JobState.RECEIVED, {JobState.QUEUED}, error):
                     continue
-                s.add(AuditEvent(
-                    at=now, event=str(AuditEventName.APPLICATION_ACTIVITY),
-                    outcome=AuditOutcome.MINOR_FAILURE, study_instance_uid=study_uid,
-                    detail=f"job {job.id}: {error}",
-                ))
+                s.add(
+                    AuditEvent(
+                        at=now,
+                        event=str(AuditEventName.APPLICATION_ACTIVITY),
+                        outcome=AuditOutcome.MINOR_FAILURE,
+                        study_instance_uid=study_uid,
+                        detail=f"job {job.id}: {error}",
+                    )
+                )
                 moved.append(_job_ref(job, study_uid))
         if moved:
             logger.warning("re-publishing queued jobs %s (no worker took them)", [j.id for j in moved])
@@ -674,7 +687,8 @@ class Ledger:
         # The state check again, inside the UPDATE: SQLite ignores FOR UPDATE, so two writers
         # that both read the old state (two dispatchers of one reclaimed job) must not both move it.
         moved = s.execute(
-            update(Job).where(Job.id == job_id, Job.state == job.state)
+            update(Job)
+            .where(Job.id == job_id, Job.state == job.state)
             .values(state=str(to_state), updated_at=now)
             .execution_options(synchronize_session=False)
         )
@@ -751,9 +765,7 @@ class Ledger:
             out.last_errors = [(i, st, err, at) for i, st, err, at in last]
             out.security_alerts = (
                 s.scalar(
-                    select(func.count(AuditEvent.id)).where(
-                        AuditEvent.event == str(AuditEventName.SECURITY_ALERT)
-                    )
+                    select(func.count(AuditEvent.id)).where(AuditEvent.event == str(AuditEventName.SECURITY_ALERT))
                 )
                 or 0
             )

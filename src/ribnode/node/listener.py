@@ -31,8 +31,8 @@ from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pynetdicom import (
-    ALL_TRANSFER_SYNTAXES,
     AE,
+    ALL_TRANSFER_SYNTAXES,
     AllStoragePresentationContexts,
     evt,
 )
@@ -108,7 +108,6 @@ class AllowListACSE(ACSE):
         evt.trigger(self.assoc, evt.EVT_REJECTED, {})
         self.assoc.kill()
 
-
     def _audit_if_over_the_limit(self, calling: str, host: str) -> None:
         """pynetdicom rejects an association over ``max_associations`` (local limit
         exceeded, PS3.8 9.3.4); say so in the log and the audit trail."""
@@ -116,11 +115,19 @@ class AllowListACSE(ACSE):
         acceptors = [a for a in ae.active_associations if a.is_acceptor]
         if len(acceptors) <= ae.maximum_associations:
             return
-        detail = (f"association from {calling!r} at {host} rejected: {len(acceptors) - 1} "
-                  f"associations open, limit {ae.maximum_associations}")
+        detail = (
+            f"association from {calling!r} at {host} rejected: {len(acceptors) - 1} "
+            f"associations open, limit {ae.maximum_associations}"
+        )
         logger.warning(detail)
-        _audit_quietly(self._ledger, AuditEventName.SECURITY_ALERT, AuditOutcome.MINOR_FAILURE,
-                       source_aet=calling[:16], source_host=host, detail=detail)
+        _audit_quietly(
+            self._ledger,
+            AuditEventName.SECURITY_ALERT,
+            AuditOutcome.MINOR_FAILURE,
+            source_aet=calling[:16],
+            source_host=host,
+            detail=detail,
+        )
 
 
 class AllowListRequestHandler(RequestHandler):
@@ -174,8 +181,11 @@ class GuardedAssociationServer(ThreadedAssociationServer):
                 self._connections[host] += 1
                 refused = False
         if refused:
-            self._alert(host, f"connection from {host} refused: {self._per_host_limit} "
-                              "connections from that host already open (listener.max_connections_per_host)")
+            self._alert(
+                host,
+                f"connection from {host} refused: {self._per_host_limit} "
+                "connections from that host already open (listener.max_connections_per_host)",
+            )
         return not refused
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
@@ -212,8 +222,13 @@ class GuardedAssociationServer(ThreadedAssociationServer):
 
     def _alert(self, host: str, detail: str) -> None:
         logger.warning(detail)
-        _audit_quietly(self.ribnode_ledger, AuditEventName.SECURITY_ALERT, AuditOutcome.MINOR_FAILURE,
-                       source_host=host, detail=detail)
+        _audit_quietly(
+            self.ribnode_ledger,
+            AuditEventName.SECURITY_ALERT,
+            AuditOutcome.MINOR_FAILURE,
+            source_host=host,
+            detail=detail,
+        )
 
 
 def _audit_quietly(ledger: Ledger, name: AuditEventName, outcome: int, **fields: Any) -> None:
@@ -340,7 +355,10 @@ def received_instance(
 
 def _received(ds: Dataset, event: Event, path: str, size: int, routing: RoutingRule) -> ReceivedInstance:
     return received_instance(
-        ds, routing, path=path, size=size,
+        ds,
+        routing,
+        path=path,
+        size=size,
         sop_class_uid=str(_request(event).AffectedSOPClassUID or "") or None,
         transfer_syntax_uid=str(event.context.transfer_syntax),
         calling_aet=str(event.assoc.requestor.ae_title).strip()[:16],
@@ -355,8 +373,9 @@ def handle_c_store(event: Event, ctx: StoreContext) -> int:
         # Not 0xA700: that tells the sender to retry, and an instance that trips a bug would
         # be retried for ever. Refuse it, log and audit it (PS3.7 C.4 processing failure).
         logger.exception("unexpected error storing an instance; answering 0x0110")
-        _audit_failure(ctx, event, AuditOutcome.SERIOUS_FAILURE,
-                       f"0x0110 unexpected error: {type(exc).__name__}: {exc}")
+        _audit_failure(
+            ctx, event, AuditOutcome.SERIOUS_FAILURE, f"0x0110 unexpected error: {type(exc).__name__}: {exc}"
+        )
         return PROCESSING_FAILURE
 
 
@@ -402,9 +421,7 @@ def _store(event: Event, ctx: StoreContext) -> int:
     return SUCCESS
 
 
-def _audit_failure(
-    ctx: StoreContext, event: Event, outcome: int, detail: str, study_uid: str | None = None
-) -> None:
+def _audit_failure(ctx: StoreContext, event: Event, outcome: int, detail: str, study_uid: str | None = None) -> None:
     _audit_quietly(
         ctx.ledger,
         AuditEventName.INSTANCES_TRANSFERRED,
@@ -438,11 +455,14 @@ def handle_connection_close(event: Event, ctx: StoreContext, acse_timeout_s: flo
     if held < 0.9 * acse_timeout_s:
         logger.debug("connection from %s closed after %.1f s without an association request", host, held)
         return
-    detail = (f"connection from {host} sent no association request within {acse_timeout_s:g} s "
-              "(listener.acse_timeout_s): closed")
+    detail = (
+        f"connection from {host} sent no association request within {acse_timeout_s:g} s "
+        "(listener.acse_timeout_s): closed"
+    )
     logger.warning(detail)
-    _audit_quietly(ctx.ledger, AuditEventName.SECURITY_ALERT, AuditOutcome.MINOR_FAILURE,
-                   source_host=host, detail=detail)
+    _audit_quietly(
+        ctx.ledger, AuditEventName.SECURITY_ALERT, AuditOutcome.MINOR_FAILURE, source_host=host, detail=detail
+    )
 
 
 def handle_association_end(event: Event, ctx: StoreContext) -> None:
@@ -560,13 +580,17 @@ class DicomListener:
             tuple(self.settings.allowed_senders), self.settings.open_mode
         )
         cast(GuardedAssociationServer, server).guard(
-            self.ledger, self.settings.max_connections_per_host, self.settings.tls_handshake_timeout_s)
+            self.ledger, self.settings.max_connections_per_host, self.settings.tls_handshake_timeout_s
+        )
         ae._servers.append(server)  # server.shutdown() removes itself from this list
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="dicom-listener", daemon=True)
         self._thread.start()
         logger.info(
-            "listening as %s on %s:%d%s", self.settings.ae_title, address[0], self.port,
+            "listening as %s on %s:%d%s",
+            self.settings.ae_title,
+            address[0],
+            self.port,
             " (TLS)" if self.settings.tls_cert else "",
         )
 

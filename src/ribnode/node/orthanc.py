@@ -98,8 +98,7 @@ def find_dicomweb_plugin(dirs: Iterable[Path] = PLUGIN_DIRS) -> Path:
                 return candidate
     searched = ", ".join(str(d) for d in dirs)
     raise OrthancError(
-        f"Orthanc DICOMweb plugin not found in {searched}; install the Debian package "
-        "'orthanc-dicomweb' (make system)"
+        f"Orthanc DICOMweb plugin not found in {searched}; install the Debian package 'orthanc-dicomweb' (make system)"
     )
 
 
@@ -218,9 +217,7 @@ class OrthancServer:
             "HttpPort": self.http_port,
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": self.username is not None,
-            "RegisteredUsers": (
-                {self.username: self.password} if self.username is not None else {}
-            ),
+            "RegisteredUsers": ({self.username: self.password} if self.username is not None else {}),
             "OrthancExplorerEnabled": False,
             "WebDavEnabled": False,
             "HttpDescribeErrors": True,
@@ -254,8 +251,7 @@ class OrthancServer:
             return self
         if shutil.which(self.binary) is None:
             raise OrthancError(
-                f"Orthanc binary {self.binary!r} not on PATH; install the Debian package "
-                "'orthanc' (make system)"
+                f"Orthanc binary {self.binary!r} not on PATH; install the Debian package 'orthanc' (make system)"
             )
         attempts = 1 if self._fixed_ports else 3
         for attempt in range(1, attempts + 1):
@@ -289,7 +285,10 @@ class OrthancServer:
         self._wait_ready()
         logger.info(
             "Orthanc %s up: http %d, dicom %d (%s)",
-            self.ae_title, self.http_port, self.dicom_port, self.work_dir,
+            self.ae_title,
+            self.http_port,
+            self.dicom_port,
+            self.work_dir,
         )
 
     def _wait_ready(self) -> None:
@@ -298,8 +297,7 @@ class OrthancServer:
             if not self.running:
                 code = self._process.returncode if self._process else None
                 raise OrthancError(
-                    f"Orthanc exited with code {code} while starting; log {self.log_path}:\n"
-                    f"{self.log_tail()}"
+                    f"Orthanc exited with code {code} while starting; log {self.log_path}:\n{self.log_tail()}"
                 )
             try:
                 answer = self._session.get(f"{self.url}/system", timeout=1.0)
@@ -359,17 +357,13 @@ class OrthancServer:
         url = f"{self.url}/{path.lstrip('/')}"
         answer = self._session.request(method, url, **kw)
         if check and answer.status_code >= 400:
-            raise OrthancError(
-                f"Orthanc {method} {path} answered HTTP {answer.status_code}: {answer.text[:500]}"
-            )
+            raise OrthancError(f"Orthanc {method} {path} answered HTTP {answer.status_code}: {answer.text[:500]}")
         return answer
 
     def upload(self, source: Path | str | bytes) -> str:
         """Store one DICOM file (path or bytes) with POST /instances; its Orthanc ID."""
         data = source if isinstance(source, bytes) else Path(source).read_bytes()
-        answer = self.rest(
-            "POST", "/instances", data=data, headers={"Content-Type": "application/dicom"}
-        ).json()
+        answer = self.rest("POST", "/instances", data=data, headers={"Content-Type": "application/dicom"}).json()
         return str(answer["ID"])
 
     def add_modality(self, name: str, ae_title: str, host: str, port: int) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from datetime import timedelta, timezone
+from datetime import UTC, timedelta
 from pathlib import Path
 
 import pydicom
@@ -53,7 +53,7 @@ def _scan_since(ledger: Ledger) -> float:
         newest = s.scalar(select(func.max(Instance.received_at)))
     if newest is None:
         return 0.0
-    return (newest - MARGIN).replace(tzinfo=timezone.utc).timestamp()
+    return (newest - MARGIN).replace(tzinfo=UTC).timestamp()
 
 
 class UnregistrableError(ValueError):
@@ -83,8 +83,15 @@ def _register(path: Path, spool: Spool, ledger: Ledger, routing: RoutingRule) ->
     except Exception as exc:  # no or malformed file meta
         raise UnregistrableError(f"no Transfer Syntax UID in the file meta: {exc}") from exc
     relative = os.path.relpath(path, spool.directory)
-    record = received_instance(ds, routing, path=relative, size=path.stat().st_size,
-                               sop_class_uid=None, transfer_syntax_uid=syntax, calling_aet=None)
+    record = received_instance(
+        ds,
+        routing,
+        path=relative,
+        size=path.stat().st_size,
+        sop_class_uid=None,
+        transfer_syntax_uid=syntax,
+        calling_aet=None,
+    )
     try:
         ledger.record_instance(record)
     except (OperationalError, InterfaceError):
@@ -102,8 +109,7 @@ def _quarantine(path: Path, spool: Spool, ledger: Ledger, reason: str) -> None:
     message = f"spool file {relative} cannot be registered ({reason}); moved to {target}"
     logger.error(message)
     try:
-        ledger.audit(AuditEventName.APPLICATION_ACTIVITY, AuditOutcome.SERIOUS_FAILURE,
-                     detail=message[:2000])
+        ledger.audit(AuditEventName.APPLICATION_ACTIVITY, AuditOutcome.SERIOUS_FAILURE, detail=message[:2000])
     except SQLAlchemyError as exc:
         logger.error("could not audit the quarantine of %s: %s", relative, exc)
 
@@ -132,4 +138,3 @@ def recover_spool(spool: Spool, ledger: Ledger, routing: RoutingRule) -> Recover
     if report.registered or report.temporary_removed or report.unreadable:
         logger.warning("spool recovery: %s", report)
     return report
-

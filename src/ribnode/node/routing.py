@@ -60,8 +60,7 @@ def _raw_value(ds: Dataset, keyword: str) -> Any:
             return None
         return ds[keyword].value
     except Exception as exc:  # every pydicom conversion error means "cannot be read"
-        raise UnreadableAttributeError(
-            f"{keyword} cannot be read: {type(exc).__name__}: {exc}"[:500]) from exc
+        raise UnreadableAttributeError(f"{keyword} cannot be read: {type(exc).__name__}: {exc}"[:500]) from exc
 
 
 def attribute_text(ds: Dataset, keyword: str, limit: int) -> str | None:
@@ -132,9 +131,7 @@ def _leaf(rule: Mapping[str, Any]) -> Evaluator:
     ops = [k for k in rule if k in _LEAF_OPS]
     unknown = set(rule) - _LEAF_OPS - _LEAF_OPTIONS
     if len(ops) != 1 or unknown:
-        raise RuleError(
-            f"routing rule on {keyword} needs exactly one of {sorted(_LEAF_OPS)}, got {sorted(rule)}"
-        )
+        raise RuleError(f"routing rule on {keyword} needs exactly one of {sorted(_LEAF_OPS)}, got {sorted(rule)}")
     op = ops[0]
     test = _leaf_test(op, rule[op], bool(rule.get("ignore_case", False)), keyword)
     missing_ok = bool(rule.get("missing_ok", False))
@@ -228,7 +225,7 @@ def compile_rule(rule: Mapping[str, Any]) -> Evaluator:
         return _leaf(rule)
     if len(rule) != 1:
         raise RuleError(f"routing rule needs one of all/any/not/attr, got keys {sorted(rule)}")
-    (op, operand), = rule.items()
+    ((op, operand),) = rule.items()
     if op in ("all", "any"):
         if not isinstance(operand, list) or not operand:
             raise RuleError(f"routing rule {op!r} needs a non-empty list, got {operand!r}")

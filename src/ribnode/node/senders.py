@@ -171,8 +171,7 @@ def _stow_failures(name: str, answer: pydicom.Dataset) -> None:
         return
     reasons = [int(getattr(item, "FailureReason", 0x0110)) for item in failed]
     listing = ", ".join(
-        f"{getattr(item, 'ReferencedSOPInstanceUID', '?')} (0x{reason:04X})"
-        for item, reason in zip(failed, reasons)
+        f"{getattr(item, 'ReferencedSOPInstanceUID', '?')} (0x{reason:04X})" for item, reason in zip(failed, reasons)
     )
     message = f"STOW-RS refused {len(failed)} instance(s): {listing}"
     if all(0xA700 <= r <= 0xA7FF or r == 0x0110 for r in reasons):
@@ -230,10 +229,7 @@ def _association_failure(name: str, assoc: object) -> DeliveryError:
         result = getattr(primitive, "result", None)
         source = getattr(primitive, "result_source", None)
         diagnostic = getattr(primitive, "diagnostic", None)
-        message = (
-            f"association rejected (result 0x{result or 0:02X}, source {source}, "
-            f"reason {diagnostic})"
-        )
+        message = f"association rejected (result 0x{result or 0:02X}, source {source}, reason {diagnostic})"
         if result == 0x02:  # rejected-transient
             return TransientDeliveryError(name, message)
         return PermanentDeliveryError(name, message)
@@ -241,13 +237,9 @@ def _association_failure(name: str, assoc: object) -> DeliveryError:
     if rejected and not list(getattr(assoc, "accepted_contexts", []) or []):
         # The SCP answered but took none of our SOP classes; pynetdicom then aborts.
         classes = sorted({str(cx.abstract_syntax) for cx in rejected})
-        return PermanentDeliveryError(
-            name, f"SOP class(es) {', '.join(classes)} not accepted by the SCP"
-        )
+        return PermanentDeliveryError(name, f"SOP class(es) {', '.join(classes)} not accepted by the SCP")
     # pynetdicom reports a refused TCP connection as an abort too.
-    return TransientDeliveryError(
-        name, "no association (connection refused, timed out or aborted by the peer)"
-    )
+    return TransientDeliveryError(name, "no association (connection refused, timed out or aborted by the peer)")
 
 
 def _store_status(name: str, dataset: pydicom.Dataset, status: pydicom.Dataset) -> None:
@@ -293,7 +285,9 @@ def send_cstore(
     except (OSError, ssl.SSLError) as exc:
         raise PermanentDeliveryError(name, f"cannot load TLS files: {exc}") from exc
     assoc = ae.associate(
-        str(destination.host), int(destination.port or 0), ae_title=str(destination.ae_title),
+        str(destination.host),
+        int(destination.port or 0),
+        ae_title=str(destination.ae_title),
         tls_args=tls,
     )
     if not assoc.is_established:
@@ -311,10 +305,7 @@ def _store_one(name: str, assoc: object, dataset: pydicom.Dataset) -> None:
         status = assoc.send_c_store(dataset)  # type: ignore[attr-defined]
     except ValueError as exc:
         # pynetdicom: no accepted presentation context for this SOP class / transfer syntax.
-        raise PermanentDeliveryError(
-            name, f"SOP class {dataset.SOPClassUID} not accepted by the SCP: {exc}"
-        ) from exc
+        raise PermanentDeliveryError(name, f"SOP class {dataset.SOPClassUID} not accepted by the SCP: {exc}") from exc
     except RuntimeError as exc:  # association released or aborted under us
         raise TransientDeliveryError(name, f"association lost: {exc}") from exc
     _store_status(name, dataset, status)
-

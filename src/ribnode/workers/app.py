@@ -88,7 +88,6 @@ def make_celery(settings: Settings) -> Celery:
     )
     app.ribnode_settings = settings  # type: ignore[attr-defined]
     from ribnode.workers.export_tasks import ExportSweep  # the export sweep (bootstep)
-
     from ribnode.workers.lease import LeaseSweep  # reclaims jobs whose worker died
 
     app.steps["worker"].add(ExportSweep)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 
-def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register this part's subcommands on the ``ribnode`` parser."""
     worker = sub.add_parser(
         "worker",
@@ -18,8 +18,9 @@ def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
     )
     worker.add_argument("-Q", "--queues", help="comma-separated queues (default: the GPU and CPU queues)")
     worker.add_argument("-c", "--concurrency", type=int, default=1, help="worker processes (default 1)")
-    worker.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"],
-                        help="Celery pool (default prefork)")
+    worker.add_argument(
+        "--pool", default="prefork", choices=["prefork", "solo", "threads"], help="Celery pool (default prefork)"
+    )
     worker.add_argument("--ledger-url", help="SQLAlchemy URL of the ledger (ledger.url)")
     worker.add_argument("--broker-url", help="Celery broker URL (broker.url)")
     worker.add_argument("--spool", help="spool folder (spool.directory)")
@@ -41,12 +42,19 @@ def worker_command(args: argparse.Namespace) -> int:
     _audit_activity(settings.ledger.url, f"ribnode worker started (queues {queues})")
     argv = [
         "worker",
-        "-Q", queues,
-        "-c", str(args.concurrency),
-        "-P", args.pool,
-        "-n", args.hostname or "ribnode@%h",
-        "--loglevel", (args.log_level or "INFO").upper(),
-        "--without-gossip", "--without-mingle", "--without-heartbeat",
+        "-Q",
+        queues,
+        "-c",
+        str(args.concurrency),
+        "-P",
+        args.pool,
+        "-n",
+        args.hostname or "ribnode@%h",
+        "--loglevel",
+        (args.log_level or "INFO").upper(),
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
     ]
     try:
         app.worker_main(argv=argv)

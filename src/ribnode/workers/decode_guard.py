@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import struct
+
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments
 
@@ -40,8 +41,11 @@ JPEG_SYNTAXES = {
 }
 JPEG_LS_SYNTAXES = {"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"}
 JPEG_2000_SYNTAXES = {
-    "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",
-    "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203",
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.4.201",
+    "1.2.840.10008.1.2.4.202",
+    "1.2.840.10008.1.2.4.203",
 }
 RLE_SYNTAX = "1.2.840.10008.1.2.5"
 # ISO 10918-1 B.1.1.3: SOF0-SOF15 except DHT (C4), JPG (C8) and DAC (CC); JPEG-LS SOF55 (F7).
@@ -76,8 +80,7 @@ def check_pixel_stream(ds: Dataset, max_pixels: int) -> None:
     if rows <= 0 or columns <= 0 or samples <= 0 or allocated <= 0:
         raise PixelStreamError(f"matrix {rows}x{columns}, {samples} samples, {allocated} bits: not an image")
     if rows * columns > max_pixels:
-        raise PixelStreamError(
-            f"matrix {rows}x{columns} = {rows * columns} px: over the budget of {max_pixels} px")
+        raise PixelStreamError(f"matrix {rows}x{columns} = {rows * columns} px: over the budget of {max_pixels} px")
     syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
     element = ds["PixelData"]
     if not element.is_undefined_length:
@@ -94,15 +97,17 @@ def check_pixel_stream(ds: Dataset, max_pixels: int) -> None:
         _check_rle(frame, samples, allocated)
 
 
-def _check_native(length: int, rows: int, columns: int, samples: int, allocated: int, frames: int,
-                  photometric: str) -> None:
+def _check_native(
+    length: int, rows: int, columns: int, samples: int, allocated: int, frames: int, photometric: str
+) -> None:
     expected = rows * columns * samples * allocated * max(frames, 1) // 8
     if photometric == "YBR_FULL_422":  # PS3.3 C.7.6.3.1.2: two chroma samples per two pixels
         expected = expected * 2 // 3
     if length not in (expected, expected + 1):  # PS3.5 8.4: padded to an even length
         raise PixelStreamError(
             f"Pixel Data holds {length} bytes; Rows {rows} x Columns {columns} x {samples} sample(s) "
-            f"x {allocated} bits x {frames} frame(s) needs {expected}")
+            f"x {allocated} bits x {frames} frame(s) needs {expected}"
+        )
 
 
 def _first_frame(value: bytes) -> bytes:
@@ -131,12 +136,12 @@ def _check_jpeg(frame: bytes, rows: int, columns: int, samples: int, allocated: 
         if marker in _STANDALONE:
             at += 2
             continue
-        (length,) = struct.unpack(">H", frame[at + 2:at + 4])
+        (length,) = struct.unpack(">H", frame[at + 2 : at + 4])
         if marker in _SOF_MARKERS:
             if at + 10 > len(frame):
                 raise PixelStreamError("JPEG frame header (SOF) is truncated")
             precision = frame[at + 4]
-            lines, per_line = struct.unpack(">HH", frame[at + 5:at + 9])
+            lines, per_line = struct.unpack(">HH", frame[at + 5 : at + 9])
             components = frame[at + 9]
             break
         if marker in (0xDA, 0xD9):  # SOS or EOI before any SOF
@@ -145,7 +150,8 @@ def _check_jpeg(frame: bytes, rows: int, columns: int, samples: int, allocated: 
     if (lines, per_line, components) != (rows, columns, samples):
         raise PixelStreamError(
             f"JPEG frame header says {lines}x{per_line}, {components} component(s); the DICOM header "
-            f"says Rows {rows}, Columns {columns}, {samples} sample(s)")
+            f"says Rows {rows}, Columns {columns}, {samples} sample(s)"
+        )
     if precision > allocated:
         raise PixelStreamError(f"JPEG precision {precision} bits exceeds Bits Allocated {allocated}")
     if b"\xff\xd9" not in frame[-16:]:  # PS3.5 A.4: the item may be padded; some encoders add a byte
@@ -157,14 +163,15 @@ def _check_jpeg_2000(frame: bytes, rows: int, columns: int, samples: int, alloca
     at = frame.find(b"\xff\x4f\xff\x51")  # SOC then SIZ
     if at < 0 or at + 42 > len(frame):
         raise PixelStreamError("JPEG 2000 stream has no SOC + SIZ marker")
-    siz = frame[at + 4:]
+    siz = frame[at + 4 :]
     x, y, x0, y0 = struct.unpack(">IIII", siz[4:20])
     (components,) = struct.unpack(">H", siz[36:38])
     width, height = x - x0, y - y0
     if (height, width, components) != (rows, columns, samples):
         raise PixelStreamError(
             f"JPEG 2000 SIZ says {height}x{width}, {components} component(s); the DICOM header says "
-            f"Rows {rows}, Columns {columns}, {samples} sample(s)")
+            f"Rows {rows}, Columns {columns}, {samples} sample(s)"
+        )
     if len(siz) < 38 + 3 * components:
         raise PixelStreamError("JPEG 2000 SIZ marker is truncated")
     depths = [(siz[38 + 3 * c] & 0x7F) + 1 for c in range(components)]
@@ -181,7 +188,8 @@ def _check_rle(frame: bytes, samples: int, allocated: int) -> None:
     expected = samples * ((allocated + 7) // 8)
     if count != expected:
         raise PixelStreamError(
-            f"RLE header has {count} segment(s); {samples} sample(s) of {allocated} bits need {expected}")
+            f"RLE header has {count} segment(s); {samples} sample(s) of {allocated} bits need {expected}"
+        )
     used = list(offsets[:count])
     if used[0] != 64 or any(b <= a for a, b in zip(used, used[1:])) or used[-1] >= len(frame):
         raise PixelStreamError(f"RLE segment offsets {used} do not lie in order inside the {len(frame)}-byte frame")

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from datetime import timedelta
-
 from collections.abc import Sequence
-
+from datetime import timedelta
 from typing import Any
 
 from celery import Celery, Task, shared_task
@@ -43,12 +41,10 @@ def export_job_task(self: Task, job_id: int) -> None:
     try:
         report = export_job(job_id, settings, ledger)
     except OperationalError as exc:
-        logger.warning("job %d: ledger unavailable (%s); export retried in %.0f s",
-                       job_id, exc, LEDGER_RETRY_S)
+        logger.warning("job %d: ledger unavailable (%s); export retried in %.0f s", job_id, exc, LEDGER_RETRY_S)
         raise self.retry(exc=exc, countdown=LEDGER_RETRY_S) from exc
     if report.retry_in_s is not None:
-        logger.info("job %d: %s pending; next attempt in %.1f s",
-                    job_id, ", ".join(report.pending), report.retry_in_s)
+        logger.info("job %d: %s pending; next attempt in %.1f s", job_id, ", ".join(report.pending), report.retry_in_s)
         raise self.retry(countdown=max(0.05, report.retry_in_s))
     logger.info("job %d export finished: %s", job_id, report.state)
 
@@ -86,14 +82,15 @@ def deliver_outputs(
         try:
             schedule_export(app, settings, job_id, countdown_s=max(0.05, report.retry_in_s))
         except BrokerError as exc:
-            logger.error("job %d: cannot schedule the export retry (%s); it stays exporting "
-                         "until a sweep re-enqueues it", job_id, exc)
+            logger.error(
+                "job %d: cannot schedule the export retry (%s); it stays exporting until a sweep re-enqueues it",
+                job_id,
+                exc,
+            )
     return report
 
 
-def requeue_due_exports(
-    app: Celery, settings: Settings, ledger: Ledger, overdue_s: float = 60.0
-) -> list[int]:
+def requeue_due_exports(app: Celery, settings: Settings, ledger: Ledger, overdue_s: float = 60.0) -> list[int]:
     """Enqueue the export of every exporting job with a delivery overdue by ``overdue_s``
     (its task was lost with a worker or the broker). Returns the job ids enqueued."""
     due = DeliveryLedger(ledger).jobs_due(utcnow() - timedelta(seconds=overdue_s))

@@ -34,8 +34,8 @@ from ribnode.node.spool import Spool
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
-    from ribnode.models.preprocess import Radiograph
     from ribnode.dicom_sr import OutputSet
+    from ribnode.models.preprocess import Radiograph
     from ribnode.workers.pipeline_step import ModelStep
 
 logger = logging.getLogger(__name__)
@@ -75,8 +75,9 @@ class LeaseHeartbeat:
         self._thread.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
 
@@ -169,8 +170,9 @@ def describe_radiograph(radiograph: Radiograph) -> InstanceCheck:
     )
 
 
-def _check_all(instances: list[SpooledInstance], spool: Spool, settings: Settings, ledger: Ledger,
-               step: ModelStep | None = None) -> tuple[list[str], list[OutputSet]]:
+def _check_all(
+    instances: list[SpooledInstance], spool: Spool, settings: Settings, ledger: Ledger, step: ModelStep | None = None
+) -> tuple[list[str], list[OutputSet]]:
     """Process each instance (through ``step`` when given), record what was found; return the
     errors and the objects built."""
     errors: list[str] = []
@@ -192,8 +194,9 @@ def _check_all(instances: list[SpooledInstance], spool: Spool, settings: Setting
     return errors, output_sets
 
 
-def run_job(job_id: int, settings: Settings, ledger: Ledger, step: ModelStep | None = None,
-            worker: str | None = None) -> None:
+def run_job(
+    job_id: int, settings: Settings, ledger: Ledger, step: ModelStep | None = None, worker: str | None = None
+) -> None:
     """Run one job to "done" (or "failed" when no instance can be used). Idempotent: a job
     already finished is left alone, so a duplicate delivery does nothing.
 
@@ -228,8 +231,10 @@ def _deliveries_spent(job: JobRef, settings: Settings, ledger: Ledger) -> bool:
     limit = settings.broker.max_retries + 1
     if job.attempts < limit or job.state not in CLAIMABLE:
         return False  # an exporting job went past the models: its deliveries retry on their own
-    error = (f"could not be decoded safely: taken {job.attempts} times and its worker never "
-             "finished it (killed: out of memory or the time limit?)")
+    error = (
+        f"could not be decoded safely: taken {job.attempts} times and its worker never "
+        "finished it (killed: out of memory or the time limit?)"
+    )
     if ledger.transition(job.id, JobState.FAILED, error=error, from_states=set(CLAIMABLE)):
         logger.error("job %d: %s", job.id, error)
     return True
@@ -244,8 +249,7 @@ def _run_claimed(job_id: int, settings: Settings, ledger: Ledger, step: ModelSte
         return
     if step is not None and output_sets:
         state = step.deliver(job_id, output_sets, settings, ledger)
-        logger.info("job %d %s: %d instance(s) processed, %d unusable", job_id, state,
-                    len(output_sets), len(errors))
+        logger.info("job %d %s: %d instance(s) processed, %d unusable", job_id, state, len(output_sets), len(errors))
         return
     summary = f"{len(errors)} of {len(instances)} instances unusable: " + "; ".join(errors) if errors else None
     ledger.transition(job_id, JobState.DONE, error=summary[:4000] if summary else None)

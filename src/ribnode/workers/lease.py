@@ -31,8 +31,9 @@ logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
 
 
-def sweep_leases(app: Celery, settings: Settings, worker: str | None = None,
-                 started_at: datetime | None = None) -> list[int]:
+def sweep_leases(
+    app: Celery, settings: Settings, worker: str | None = None, started_at: datetime | None = None
+) -> list[int]:
     """Reclaim running jobs whose worker is gone and send them again; the job ids sent. With
     ``worker`` and ``started_at`` (a starting worker), also the jobs that node name held
     before ``started_at``. A short-lived ledger connection (safe in a forking worker); a job

@@ -61,8 +61,7 @@ class ModelStep:
     ``requeue_due_exports``, e.g. when called outside a worker).
     """
 
-    def __init__(self, settings: Settings, app: Any = None,
-                 pipeline: RibPipeline | None = None) -> None:
+    def __init__(self, settings: Settings, app: Any = None, pipeline: RibPipeline | None = None) -> None:
         from ribnode.models.pipeline import RibPipeline
 
         start = time.perf_counter()
@@ -70,9 +69,17 @@ class ModelStep:
         self.pipeline = pipeline if pipeline is not None else RibPipeline(settings.models)
         self.app = app
         seg, sup = self.pipeline.models
-        logger.info("models loaded in %.2f s: %s %s (%s), %s %s (%s, %d steps)",
-                    time.perf_counter() - start, seg.name, seg.version, seg.weights_sha256[:12],
-                    sup.name, sup.version, sup.weights_sha256[:12], self.pipeline.suppressor.steps)
+        logger.info(
+            "models loaded in %.2f s: %s %s (%s), %s %s (%s, %d steps)",
+            time.perf_counter() - start,
+            seg.name,
+            seg.version,
+            seg.weights_sha256[:12],
+            sup.name,
+            sup.version,
+            sup.weights_sha256[:12],
+            self.pipeline.suppressor.steps,
+        )
 
     @staticmethod
     def result_series(paths: Sequence[Path]) -> ResultSeries:
@@ -88,8 +95,9 @@ class ModelStep:
                 logger.warning("%s: header unreadable for the series description (%s)", path, exc)
         return result_series(headers)
 
-    def __call__(self, path: Path, settings: Settings, series: ResultSeries | None = None,
-                 ledger: Ledger | None = None) -> InstanceOutcome:
+    def __call__(
+        self, path: Path, settings: Settings, series: ResultSeries | None = None, ledger: Ledger | None = None
+    ) -> InstanceOutcome:
         """Run the models on one spooled instance and build its SC, SEG and SR.
 
         ``series``: the job's result series (:meth:`result_series`); ``ledger``: where the
@@ -113,20 +121,21 @@ class ModelStep:
         except NotAChestError as exc:  # permanent, and nothing may be made of it
             return InstanceOutcome(InstanceCheck(error=f"ignored: {exc}"))
         try:
-            outputs = build_job_outputs(source, output.segmentation, output.suppression,
-                                        settings, series, ledger)
+            outputs = build_job_outputs(source, output.segmentation, output.suppression, settings, series, ledger)
         except ValueError as exc:  # a source dicom_sr cannot derive from (named in the message)
-            return InstanceOutcome(InstanceCheck(
-                error=f"cannot build outputs for {path.name}: {exc}"))
+            return InstanceOutcome(InstanceCheck(error=f"cannot build outputs for {path.name}: {exc}"))
         seconds = time.perf_counter() - start
-        logger.info("instance %s: models %.2f s (segmentation %.2f, suppression %.2f), "
-                    "objects %.2f s", source.SOPInstanceUID, output.seconds,
-                    output.segmentation_seconds, output.suppression_seconds,
-                    seconds - output.seconds)
+        logger.info(
+            "instance %s: models %.2f s (segmentation %.2f, suppression %.2f), objects %.2f s",
+            source.SOPInstanceUID,
+            output.seconds,
+            output.segmentation_seconds,
+            output.suppression_seconds,
+            seconds - output.seconds,
+        )
         return InstanceOutcome(describe(output), outputs, seconds)
 
-    def deliver(self, job_id: int, output_sets: Sequence[OutputSet], settings: Settings,
-                ledger: Ledger) -> str:
+    def deliver(self, job_id: int, output_sets: Sequence[OutputSet], settings: Settings, ledger: Ledger) -> str:
         """Stage the objects (job "exporting"), attempt delivery now, and schedule any retry on
         the CPU queue. Returns the job's state afterwards."""
         from ribnode.node.export import export_job, stage_outputs
@@ -140,8 +149,12 @@ class ModelStep:
 
 
 def build_job_outputs(
-    source: pydicom.Dataset, segmentation: SegmentationResult, suppression: SuppressionResult,
-    settings: Settings, series: ResultSeries | None = None, ledger: Ledger | None = None,
+    source: pydicom.Dataset,
+    segmentation: SegmentationResult,
+    suppression: SuppressionResult,
+    settings: Settings,
+    series: ResultSeries | None = None,
+    ledger: Ledger | None = None,
 ) -> OutputSet:
     """``dicom_sr.build_outputs`` as a job calls it: in the job's result series, naming what
     earlier runs on this source made (from the ledger), and with an earlier run's time for
@@ -149,19 +162,20 @@ def build_job_outputs(
     from ribnode.dicom_sr import build_outputs
     from ribnode.node.delivery_ledger import DeliveryLedger
 
-    previous = (DeliveryLedger(ledger).earlier_outputs(str(source.SOPInstanceUID))
-                if ledger is not None else {})
-    outputs = build_outputs(source, segmentation, suppression, settings.outputs, series=series,
-                            previous=previous)
+    previous = DeliveryLedger(ledger).earlier_outputs(str(source.SOPInstanceUID)) if ledger is not None else {}
+    outputs = build_outputs(source, segmentation, suppression, settings.outputs, series=series, previous=previous)
     earlier = earlier_times(outputs, previous, Path(settings.export.staging_dir))
     if earlier:
-        outputs = build_outputs(source, segmentation, suppression, settings.outputs,
-                                created=earlier, series=series, previous=previous)
+        outputs = build_outputs(
+            source, segmentation, suppression, settings.outputs, created=earlier, series=series, previous=previous
+        )
     return outputs
 
 
 def earlier_times(
-    outputs: OutputSet, previous: Mapping[str, Sequence[Mapping[str, str]]], staging: Path,
+    outputs: OutputSet,
+    previous: Mapping[str, Sequence[Mapping[str, str]]],
+    staging: Path,
 ) -> dict[str, datetime.datetime]:
     """For each object an earlier run already made (same SOP Instance UID: same content), the
     time it was made, read back from its staged copy (Contribution DateTime, which
@@ -174,14 +188,23 @@ def earlier_times(
                 continue
             try:
                 staged = pydicom.dcmread(staging / record["path"], stop_before_pixels=True)
-                value = next(item.ContributionDateTime
-                             for item in staged.ContributingEquipmentSequence
-                             if "ContributionDateTime" in item)
+                value = next(
+                    item.ContributionDateTime
+                    for item in staged.ContributingEquipmentSequence
+                    if "ContributionDateTime" in item
+                )
                 times[kind] = pydicom.valuerep.DT(str(value))
-            except (OSError, KeyError, AttributeError, StopIteration, ValueError,
-                    pydicom.errors.InvalidDicomError) as exc:
-                logger.warning("earlier %s %s: its time is unreadable (%s); written anew",
-                               kind, dataset.SOPInstanceUID, exc)
+            except (
+                OSError,
+                KeyError,
+                AttributeError,
+                StopIteration,
+                ValueError,
+                pydicom.errors.InvalidDicomError,
+            ) as exc:
+                logger.warning(
+                    "earlier %s %s: its time is unreadable (%s); written anew", kind, dataset.SOPInstanceUID, exc
+                )
             break
     return times
 

@@ -45,8 +45,7 @@ def process_study(self: Task, job_id: int) -> None:
 
     settings, ledger = worker_context(self.app)
     try:
-        run_job(job_id, settings, ledger, step=model_step(self.app, settings),
-                worker=self.request.hostname or None)
+        run_job(job_id, settings, ledger, step=model_step(self.app, settings), worker=self.request.hostname or None)
     except Exception as exc:  # classified below: permanent fails the job, the rest retries
         error = f"{type(exc).__name__}: {exc}"
         if is_permanent(exc):

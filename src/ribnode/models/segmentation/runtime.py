@@ -46,7 +46,8 @@ def select_providers(device: str, available: list[str]) -> list[str]:
     if device == "cuda" and not cuda:
         raise ValueError(
             f"device 'cuda' requested but onnxruntime offers only {available}; "
-            "install onnxruntime-gpu or use device 'auto'/'cpu'")
+            "install onnxruntime-gpu or use device 'auto'/'cpu'"
+        )
     if device in ("auto", "cuda") and cuda:
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
@@ -60,8 +61,7 @@ def load_config(weights: Path) -> dict[str, Any]:
     config = json.loads(config_path.read_text())
     digest = sha256_file(weights)
     if config.get("sha256") not in (None, digest):
-        raise ValueError(
-            f"{config_path} names weights sha256 {config['sha256']}, but {weights} has {digest}")
+        raise ValueError(f"{config_path} names weights sha256 {config['sha256']}, but {weights} has {digest}")
     config["sha256"] = digest
     return config
 
@@ -72,8 +72,14 @@ def load_config(weights: Path) -> dict[str, Any]:
 #: image where the network is unsure (probability 0.2-0.8). Measured with segmentation 4.0.0:
 #: JSRT 0.27-0.52 / >= 0.974 / <= 0.031, RG1 0.45 / 0.967 / 0.049, phantoms 0.35-0.45 / >= 0.971 /
 #: <= 0.038; uniform noise 0.07-0.13 / 0.73-0.82 / 0.10-0.12 (docs/models/rib-segmentation.md).
-CHEST_GATE = {"area": [0.18, 0.62], "half_area": 0.04, "centre_x": [0.35, 0.65],
-              "centre_y": [0.25, 0.75], "confidence": 0.9, "unsure": 0.07}
+CHEST_GATE = {
+    "area": [0.18, 0.62],
+    "half_area": 0.04,
+    "centre_x": [0.35, 0.65],
+    "centre_y": [0.25, 0.75],
+    "confidence": 0.9,
+    "unsure": 0.07,
+}
 
 
 def chest_gate(lung_probability: np.ndarray, limits: dict[str, Any] | None = None) -> list[str]:
@@ -84,8 +90,9 @@ def chest_gate(lung_probability: np.ndarray, limits: dict[str, Any] | None = Non
     reasons = []
     area = float(mask.mean())
     if not limits["area"][0] <= area <= limits["area"][1]:
-        reasons.append(f"lung fields cover {area:.0%} of the image (expected "
-                       f"{limits['area'][0]:.0%}-{limits['area'][1]:.0%})")
+        reasons.append(
+            f"lung fields cover {area:.0%} of the image (expected {limits['area'][0]:.0%}-{limits['area'][1]:.0%})"
+        )
     if not mask.any():
         return reasons
     half = mask.shape[1] // 2
@@ -94,22 +101,27 @@ def chest_gate(lung_probability: np.ndarray, limits: dict[str, Any] | None = Non
             reasons.append(f"no lung field in the image's {side} half ({part.mean():.0%})")
     rows, cols = np.nonzero(mask)
     cx, cy = cols.mean() / mask.shape[1], rows.mean() / mask.shape[0]
-    if not (limits["centre_x"][0] <= cx <= limits["centre_x"][1] and limits["centre_y"][0] <= cy <= limits["centre_y"][1]):
+    if not (
+        limits["centre_x"][0] <= cx <= limits["centre_x"][1] and limits["centre_y"][0] <= cy <= limits["centre_y"][1]
+    ):
         reasons.append(f"lung fields centred at ({cx:.2f}, {cy:.2f}) of the image, not near its middle")
     confidence = float(np.asarray(lung_probability)[mask].mean())
     if confidence < limits["confidence"]:
         reasons.append(f"mean lung-field probability {confidence:.2f} (expected >= {limits['confidence']})")
     unsure = float(np.mean(np.abs(np.asarray(lung_probability) - 0.5) < 0.3))
     if unsure > limits["unsure"]:
-        reasons.append(f"the lung fields are unsure over {unsure:.0%} of the image (expected <= {limits['unsure']:.0%})")
+        reasons.append(
+            f"the lung fields are unsure over {unsure:.0%} of the image (expected <= {limits['unsure']:.0%})"
+        )
     return reasons
 
 
 class RibSegmenter:
     """Chest anatomy (ribs, clavicles, lung fields) of a radiograph, as masks on the source matrix."""
 
-    def __init__(self, weights: Path | None = None, device: str = "auto", threads: int = 0,
-                 threshold: float = 0.5) -> None:
+    def __init__(
+        self, weights: Path | None = None, device: str = "auto", threads: int = 0, threshold: float = 0.5
+    ) -> None:
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
         if threads < 0:
@@ -118,7 +130,8 @@ class RibSegmenter:
         if not self.weights.is_file():
             raise FileNotFoundError(
                 f"segmentation weights {self.weights} not found; train them with "
-                "'ribnode-lab train-seg' (docs/models/rib-segmentation.md) or pass weights=")
+                "'ribnode-lab train-seg' (docs/models/rib-segmentation.md) or pass weights="
+            )
         self.config = load_config(self.weights)
         self.working_size = int(self.config["working_size"])
         self.threshold = threshold
@@ -128,13 +141,16 @@ class RibSegmenter:
             name=self.config.get("name", "ribnode rib-segmentation"),
             version=str(self.config.get("version", "0")),
             weights_sha256=self.config["sha256"],
-            parameters={"working_size": self.working_size, "threshold": threshold,
-                        "normalisation": self.config.get("normalisation"),
-                        "providers": self.providers, "outputs": list(self.config.get("outputs", ["ribs"])),
-                        "parameters": self.config.get("architecture", {}).get("parameters")},
+            parameters={
+                "working_size": self.working_size,
+                "threshold": threshold,
+                "normalisation": self.config.get("normalisation"),
+                "providers": self.providers,
+                "outputs": list(self.config.get("outputs", ["ribs"])),
+                "parameters": self.config.get("architecture", {}).get("parameters"),
+            },
         )
-        logger.info("anatomy segmenter %s (%s) on %s", self.weights.name,
-                    self.info.weights_sha256[:12], self.providers)
+        logger.info("anatomy segmenter %s (%s) on %s", self.weights.name, self.info.weights_sha256[:12], self.providers)
 
     def _session(self, device: str, threads: int) -> Any:
         ort = _import_onnxruntime()
@@ -199,6 +215,10 @@ class RibSegmenter:
             if name == "ribs":
                 probability = prob.astype(np.float32)
             structures[name] = mask
-        return SegmentationResult(mask=structures["ribs"], probability=probability, model=self.info,
-                                  structures=structures,
-                                  working_probabilities=dict(zip(self.outputs, working)))
+        return SegmentationResult(
+            mask=structures["ribs"],
+            probability=probability,
+            model=self.info,
+            structures=structures,
+            working_probabilities=dict(zip(self.outputs, working)),
+        )

@@ -19,7 +19,8 @@ from it only as much as it changes the probability there.
    estimate plus a little seeded noise and takes ``steps`` Euler steps (``scheduler``) towards
    the layer, seeing the radiograph and the estimate at every step.
 
-The weighted layer returns to the source matrix by linear interpolation. Every inference parameter lives in the model's json: changing one is a new
+The weighted layer returns to the source matrix by linear interpolation. Every inference
+parameter lives in the model's json: changing one is a new
 model version. The product's knobs are ``steps``, ``seed`` and ``device``.
 """
 
@@ -85,7 +86,7 @@ class SuppressionConfig:
     record: dict[str, Any]  # the rest of the json (training, metrics, sha256 of each file)
 
     @classmethod
-    def load(cls, path: Path) -> "SuppressionConfig":
+    def load(cls, path: Path) -> SuppressionConfig:
         data = json.loads(Path(path).read_text())
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data and k != "record"}
         missing = set(cls.__dataclass_fields__) - set(known) - {"record"}
@@ -116,8 +117,9 @@ def _session(path: Path, device: str, threads: int) -> Any:
 class RibSuppressor:
     """Bone suppression inside the lung fields (see the module docstring)."""
 
-    def __init__(self, weights: Path | None = None, steps: int | None = None, device: str = "auto",
-                 threads: int = 0) -> None:
+    def __init__(
+        self, weights: Path | None = None, steps: int | None = None, device: str = "auto", threads: int = 0
+    ) -> None:
         if device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device {device!r}: expected auto, cpu or cuda")
         path = Path(weights) if weights is not None else DEFAULT_CONFIG
@@ -141,12 +143,20 @@ class RibSuppressor:
         self.working_size = int(self.config.working_size)
         # one hash names the model: sha256 over the two networks' hashes, in this order
         combined = hashlib.sha256(f"{digests['estimator']}:{digests['refiner']}".encode()).hexdigest()
-        self.info = ModelInfo(self.config.name, self.config.version, combined, {
-            "steps": self.steps, "device": self.device, "working_size": self.working_size,
-            "estimator_sha256": digests["estimator"], "refiner_sha256": digests["refiner"],
-            "scheduler": "FlowMatchEuler (rectified-flow bridge from the estimate)",
-            "derivation": self.config.derivation,
-        })
+        self.info = ModelInfo(
+            self.config.name,
+            self.config.version,
+            combined,
+            {
+                "steps": self.steps,
+                "device": self.device,
+                "working_size": self.working_size,
+                "estimator_sha256": digests["estimator"],
+                "refiner_sha256": digests["refiner"],
+                "scheduler": "FlowMatchEuler (rectified-flow bridge from the estimate)",
+                "derivation": self.config.derivation,
+            },
+        )
 
     def weight(self, lung_probability: np.ndarray) -> np.ndarray:
         """The region weight at the working size from a lung-field probability map (any square
@@ -166,8 +176,9 @@ class RibSuppressor:
         near = ndimage.distance_transform_edt(~fields) <= reach if fields.any() else np.zeros_like(fields)
         return np.where(near, ramp, 0.0).astype(np.float32)
 
-    def estimate(self, image: np.ndarray, seed: int, steps: int | None = None,
-                 refine: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def estimate(
+        self, image: np.ndarray, seed: int, steps: int | None = None, refine: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(bone layer at the working size in the image's units, the estimator's alone), no region.
 
         ``refine`` False returns the estimator's layer twice (the comparison the model card makes).
@@ -186,8 +197,9 @@ class RibSuppressor:
         levels = scheduler.sigmas(steps or self.steps)
         for sigma, sigma_next in zip(levels[:-1], levels[1:]):
             model_input = np.concatenate([state, norm, first], axis=1)
-            velocity = self.refiner.run(None, {"sample": model_input,
-                                               "timestep": np.array([scheduler.timestep(sigma)], np.float32)})[0]
+            velocity = self.refiner.run(
+                None, {"sample": model_input, "timestep": np.array([scheduler.timestep(sigma)], np.float32)}
+            )[0]
             state = scheduler.euler_step(state, velocity, sigma, sigma_next)
         return np.maximum(state[0, 0], 0.0) * unit, np.maximum(first[0, 0], 0.0) * unit
 
@@ -195,8 +207,9 @@ class RibSuppressor:
         """Where the output may differ from the input, on a source matrix of ``shape``."""
         return np.asarray(to_source(self.weight(lung_probability), shape, "linear") > 0.0)
 
-    def bone_layer(self, image: np.ndarray, lung_probability: np.ndarray, seed: int, steps: int | None = None,
-                   refine: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def bone_layer(
+        self, image: np.ndarray, lung_probability: np.ndarray, seed: int, steps: int | None = None, refine: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(weighted bone layer on the source matrix of ``image``, region): zero outside the region."""
         shape = np.asarray(image).shape
         weight = self.weight(lung_probability)
@@ -206,8 +219,9 @@ class RibSuppressor:
         bone[~region] = 0.0
         return bone, region
 
-    def __call__(self, radiograph: Radiograph, segmentation: SegmentationResult,
-                 seed: int | None = None) -> SuppressionResult:
+    def __call__(
+        self, radiograph: Radiograph, segmentation: SegmentationResult, seed: int | None = None
+    ) -> SuppressionResult:
         """Suppress the bone of ``radiograph`` inside the lung fields of ``segmentation``."""
         start = time.perf_counter()
         lungs = segmentation.working_probabilities.get("lungs")
@@ -218,6 +232,7 @@ class RibSuppressor:
         bone, region = self.bone_layer(radiograph.image, lungs, seed)
         soft = radiograph.subtract_layer(bone, region)
         seconds = time.perf_counter() - start
-        logger.info("suppressed %s in %.2f s (seed %d, %d steps)", radiograph.sop_instance_uid, seconds,
-                    seed, self.steps)
+        logger.info(
+            "suppressed %s in %.2f s (seed %d, %d steps)", radiograph.sop_instance_uid, seconds, seed, self.steps
+        )
         return SuppressionResult(soft, bone, region, int(seed), self.steps, self.working_size, self.info, seconds)

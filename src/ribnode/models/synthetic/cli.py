@@ -27,7 +27,7 @@ def parse_size(text: str) -> int | tuple[int, int]:
     raise argparse.ArgumentTypeError(f"size {text!r}: expected N or ROWSxCOLS, each >= 64")
 
 
-def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``synth`` on the ``ribnode`` parser."""
     parser = sub.add_parser(
         "synth",
@@ -45,10 +45,12 @@ def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
     parser.add_argument("--size", type=parse_size, default=512, help="N or ROWSxCOLS (default 512)")
     parser.add_argument("--bits", type=int, choices=(12, 14, 16), default=12, help="bits stored")
     parser.add_argument("--nodules", type=int, default=2, help="nodules per image (default 2)")
-    parser.add_argument("--pixel-spacing", action="store_true",
-                        help="also write calibrated Pixel Spacing (Imager Pixel Spacing always)")
-    parser.add_argument("--truth", action="store_true",
-                        help="also write <stem>-soft.png, <stem>-ribs.png and <stem>.json")
+    parser.add_argument(
+        "--pixel-spacing", action="store_true", help="also write calibrated Pixel Spacing (Imager Pixel Spacing always)"
+    )
+    parser.add_argument(
+        "--truth", action="store_true", help="also write <stem>-soft.png, <stem>-ribs.png and <stem>.json"
+    )
     parser.set_defaults(handler=run_synth)
 
 
@@ -60,15 +62,16 @@ def run_synth(args: argparse.Namespace) -> int:
         raise SystemExit(f"--count {args.count}: expected >= 1")
     for seed in range(args.seed, args.seed + args.count):
         chest = generate_chest(seed, size=args.size, nodules=args.nodules)
-        paths = write_dicom_study(chest, args.out, seed, photometric=args.photometric,
-                                  bits_stored=args.bits, pixel_spacing=args.pixel_spacing)
+        paths = write_dicom_study(
+            chest, args.out, seed, photometric=args.photometric, bits_stored=args.bits, pixel_spacing=args.pixel_spacing
+        )
         if args.truth:
             _write_truth(chest, paths[0], seed)
         print(paths[0])
     return 0
 
 
-def _write_truth(chest: "SyntheticChest", dicom_path: Path, seed: int) -> None:
+def _write_truth(chest: SyntheticChest, dicom_path: Path, seed: int) -> None:
     """Ground truth beside the DICOM: 16-bit bone-free PNG, 0/255 rib mask, nodules JSON."""
     import numpy as np
     from PIL import Image

@@ -3,7 +3,8 @@
 PS3.3 A.26 (DX IOD) with the modules of a real PA chest: Patient, General Study, General
 Series, DX Series, General Equipment, General Image, Image Pixel, DX Anatomy Imaged, DX Image,
 DX Detector, DX Positioning, VOI LUT, Acquisition Context, SOP Common. UIDs are deterministic
-by seed (``2.25.`` + a name-based UUID of the seed), so the same seed gives the same study. Stored values are linear in the bone-bright image:
+by seed (``2.25.`` + a name-based UUID of the seed), so the same seed gives the same study.
+Stored values are linear in the bone-bright image:
 ``stored = round(image * (2**bits - 1))``, inverted for MONOCHROME1.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
 MANUFACTURER = "ribnode synthetic phantom"
 _MAGNIFICATION = 1.1  # source-to-detector / source-to-patient of a 180 cm PA chest
 # Study dates are fixed per seed so that files are byte-identical for one seed.
-_EPOCH = datetime(2024, 1, 1, 8, 0, tzinfo=timezone.utc)
+_EPOCH = datetime(2024, 1, 1, 8, 0, tzinfo=UTC)
 
 
 def synthetic_uid(seed: int, kind: str) -> str:

@@ -92,8 +92,7 @@ class _Grid:
         return rows, cols
 
 
-def _make_grid(shape: tuple[int, int], scale: float = 1.0,
-               offset: tuple[float, float] = (0.0, 0.0)) -> _Grid:
+def _make_grid(shape: tuple[int, int], scale: float = 1.0, offset: tuple[float, float] = (0.0, 0.0)) -> _Grid:
     rows, cols = shape
     pixel = FIELD_OF_VIEW_MM / rows
     y = (((np.arange(rows, dtype=np.float32) + 0.5) * pixel - offset[1]) / scale)[:, None]
@@ -106,8 +105,7 @@ def _chord(u2: np.ndarray) -> np.ndarray:
     return np.sqrt(np.clip(1.0 - u2, 0.0, None))
 
 
-def _ellipsoid(grid: _Grid, cx: float, cy: float, ax: float, ay: float, depth: float,
-               angle: float = 0.0) -> np.ndarray:
+def _ellipsoid(grid: _Grid, cx: float, cy: float, ax: float, ay: float, depth: float, angle: float = 0.0) -> np.ndarray:
     """Path length (mm) through an ellipsoid with in-plane semi-axes ax, ay rotated by angle."""
     dx, dy = grid.x - cx, grid.y - cy
     if angle:
@@ -202,8 +200,7 @@ def _lungs(grid: _Grid, p: dict[str, Any]) -> np.ndarray:
 
 
 def _heart(grid: _Grid, p: dict[str, Any]) -> np.ndarray:
-    heart = _ellipsoid(grid, p["heart_x"], p["heart_y"], p["heart_ax"], p["heart_ay"], 58.0,
-                       p["heart_angle"])
+    heart = _ellipsoid(grid, p["heart_x"], p["heart_y"], p["heart_ax"], p["heart_ay"], 58.0, p["heart_angle"])
     knob = _ellipsoid(grid, p["heart_x"] + 12.0, p["heart_y"] - p["heart_ay"] - 35.0, 20.0, 17.0, 18.0)
     return heart + knob
 
@@ -225,8 +222,15 @@ def _tube_segment(grid: _Grid, a: tuple[float, float], b: tuple[float, float], r
     return out
 
 
-def _add_capsule(out: np.ndarray, grid: _Grid, a: tuple[float, float], b: tuple[float, float],
-                 ra: float, rb: float, union: bool = False) -> None:
+def _add_capsule(
+    out: np.ndarray,
+    grid: _Grid,
+    a: tuple[float, float],
+    b: tuple[float, float],
+    ra: float,
+    rb: float,
+    union: bool = False,
+) -> None:
     """Add the chord through a tapered tube a->b (radius ra->rb) in its bounding box.
 
     ``union``: take the maximum instead (joined branches of one tree do not double up).
@@ -341,8 +345,12 @@ def _render_bone(extra: np.ndarray, path: np.ndarray, grid: _Grid, bone: _Bone) 
     is an ellipse (projected half height h, thickness tau) with a 1.1 mm cortical shell.
     """
     h_max = float(bone.half_height.max())
-    rows, cols = grid.box(float(bone.x.min()) - h_max, float(bone.x.max()) + h_max,
-                          float(bone.y.min()) - h_max, float(bone.y.max()) + h_max)
+    rows, cols = grid.box(
+        float(bone.x.min()) - h_max,
+        float(bone.x.max()) + h_max,
+        float(bone.y.min()) - h_max,
+        float(bone.y.max()) + h_max,
+    )
     if rows.start >= rows.stop or cols.start >= cols.stop:
         return
     shape = (rows.stop - rows.start, cols.stop - cols.start)
@@ -391,8 +399,15 @@ def _vessels(grid: _Grid, p: dict[str, Any], rng: np.random.Generator) -> np.nda
     return out
 
 
-def _branch(out: np.ndarray, grid: _Grid, start: tuple[float, float], direction: tuple[float, float],
-            radius: float, depth: int, rng: np.random.Generator) -> None:
+def _branch(
+    out: np.ndarray,
+    grid: _Grid,
+    start: tuple[float, float],
+    direction: tuple[float, float],
+    radius: float,
+    depth: int,
+    rng: np.random.Generator,
+) -> None:
     """One vessel segment, then two or three thinner children (random lengths and angles)."""
     if radius < 0.55 or depth > 5:
         return
@@ -404,12 +419,12 @@ def _branch(out: np.ndarray, grid: _Grid, start: tuple[float, float], direction:
     children = 3 if rng.random() < 0.2 else 2
     for child in range(children):
         turn = base + rng.uniform(-0.55, 0.55) + (child - (children - 1) / 2.0) * 0.35
-        _branch(out, grid, end, (math.cos(turn), math.sin(turn)), radius * rng.uniform(0.66, 0.8),
-                depth + 1, rng)
+        _branch(out, grid, end, (math.cos(turn), math.sin(turn)), radius * rng.uniform(0.66, 0.8), depth + 1, rng)
 
 
-def _place_nodules(grid: _Grid, lung: np.ndarray, heart: np.ndarray, count: int,
-                   rng: np.random.Generator) -> list[tuple[float, float, float]]:
+def _place_nodules(
+    grid: _Grid, lung: np.ndarray, heart: np.ndarray, count: int, rng: np.random.Generator
+) -> list[tuple[float, float, float]]:
     """Nodule centres (x, y, radius mm) where the lung is thick and the heart absent."""
     nodules: list[tuple[float, float, float]] = []
     candidates = np.argwhere((lung > 70.0) & (heart <= 0.0))
@@ -460,8 +475,9 @@ def _blur(image: np.ndarray, sigma_px: float) -> np.ndarray:
     return _blur_axis(_blur_axis(image, sigma_px, 0), sigma_px, 1)
 
 
-def _detect(soft_a: np.ndarray, bone_a: np.ndarray, mask: np.ndarray, grid: _Grid,
-            p: dict[str, Any], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _detect(
+    soft_a: np.ndarray, bone_a: np.ndarray, mask: np.ndarray, grid: _Grid, p: dict[str, Any], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Attenuation images -> (radiograph, soft) bone-bright [0, 1] through one detector chain."""
     scatter_sigma = 35.0 / grid.pixel_mm
     primary_soft = np.exp(-soft_a)
@@ -514,9 +530,15 @@ def generate_chest(seed: int, size: int | tuple[int, int] = 512, nodules: int = 
         nodule_path += _ellipsoid(grid, x, y, r, r, r)
     gastric = _ellipsoid(grid, 70.0, p["dome_right_y"] + p["dome_left_offset"] + 30.0, 32.0, 18.0, 14.0)
     air = _airways(grid, p) + gastric
-    soft_a = (MU_SOFT * body - (MU_SOFT - MU_LUNG) * lung - MU_SOFT * air + MU_LUNG * texture * lung
-              + (MU_BLOOD - MU_LUNG) * (vessels + nodule_path) + _spine(grid, p)
-              + _humeral_heads(grid, p))
+    soft_a = (
+        MU_SOFT * body
+        - (MU_SOFT - MU_LUNG) * lung
+        - MU_SOFT * air
+        + MU_LUNG * texture * lung
+        + (MU_BLOOD - MU_LUNG) * (vessels + nodule_path)
+        + _spine(grid, p)
+        + _humeral_heads(grid, p)
+    )
     bone_a = np.zeros(shape, np.float32)
     bone_path = np.zeros(shape, np.float32)
     for side in (-1.0, 1.0):

@@ -136,9 +136,14 @@ class _Length:
 def _received(ds: Dataset, path: str, size: int, caller: StowCaller, routing: RoutingRule) -> ReceivedInstance:
     """The ledger record of a stored part: the listener's, with the sender as calling AE."""
     return received_instance(
-        ds, routing, path=path, size=size,
+        ds,
+        routing,
+        path=path,
+        size=size,
         sop_class_uid=str(ds.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", "")) or None,
-        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID), calling_aet=caller.sender[:16])
+        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+        calling_aet=caller.sender[:16],
+    )
 
 
 def store_part(ctx: StowContext, tmp: Path, caller: StowCaller, study_uid: str | None) -> PartOutcome:

@@ -70,4 +70,3 @@ def _main(argv: list[str]) -> int:
     upgrade(engine)
     command.revision(alembic_config(engine), message=argv[1], autogenerate=True)
     return 0
-
