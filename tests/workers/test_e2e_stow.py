@@ -1,9 +1,8 @@
 """End to end over DICOMweb: studies come in by STOW-RS instead of C-STORE.
 
-* ``ribnode serve --http-port --no-dimse`` as its own process: dicomweb-client stores the
-  RG1 files of pydicom-data, a worker on the same settings takes the job to done, and /metrics
-  and /readyz of the serve process show it (the models on RG1 are end-to-end tested by
-  test_e2e_orthanc);
+* ``ribnode serve --http-port --no-dimse`` and ``ribnode worker`` as their own processes:
+  dicomweb-client stores the RG1 files of pydicom-data, the worker runs the shipped models and
+  takes the job to done, and /metrics and /readyz of the serve process show it;
 * a real Orthanc, configured with ribnode as a DICOMweb server, sends a study with its
   ``/dicom-web/servers/{name}/stow`` call (HTTP basic credentials); the job ends done.
 """
@@ -60,9 +59,8 @@ def _metrics(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def test_dicomweb_client_stow_to_a_serve_process(tmp_path: Path, rg1_files: dict[str, Path]) -> None:
-    """``ribnode serve --no-dimse --http-port`` as its own process; a Celery worker (in this
-    process, validating instead of running the models, so the test does not hang on the
-    model weights of the moment) on the same settings file takes the job to done."""
+    """``ribnode serve --no-dimse --http-port`` and ``ribnode worker`` as their own processes on
+    one settings file; the worker runs the shipped models and takes the job to done."""
     http_port = free_port()
     config = tmp_path / "ribnode.yaml"
     config.write_text(
@@ -93,13 +91,19 @@ def test_dicomweb_client_stow_to_a_serve_process(tmp_path: Path, rg1_files: dict
     url = f"http://127.0.0.1:{http_port}"
     datasets = [pydicom.dcmread(p) for p in rg1_files.values()]  # UNCI and J2KI share a SOP UID
     study = str(datasets[0].StudyInstanceUID)
+    work_log = (tmp_path / "worker.log").open("w")
+    work = subprocess.Popen(
+        [*RIBNODE, "--config", str(config), "worker", "--pool", "solo"],
+        stdout=work_log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     try:
-        with celery_worker(make_celery(settings), settings):
-            wait_for(lambda: _get_ok(url + "/healthz"), 60, "the HTTP service of ribnode serve")
-            client = DICOMwebClient(f"{url}/dicom-web", headers={"Authorization": f"Bearer {TOKEN}"})
-            answer = client.store_instances(datasets, study_instance_uid=study)
-            assert len(answer.ReferencedSOPSequence) == 4 and "FailedSOPSequence" not in answer
-            wait_for(lambda: job_of_study(ledger, study, JobState.DONE), 300, "the job to be done")
+        wait_for(lambda: _get_ok(url + "/healthz"), 60, "the HTTP service of ribnode serve")
+        client = DICOMwebClient(f"{url}/dicom-web", headers={"Authorization": f"Bearer {TOKEN}"})
+        answer = client.store_instances(datasets, study_instance_uid=study)
+        assert len(answer.ReferencedSOPSequence) == 4 and "FailedSOPSequence" not in answer
+        wait_for(lambda: job_of_study(ledger, study, JobState.DONE), 300, "the job to be done")
         summary = ledger.summary()
         assert summary.instances == {"dispatched": 3} and summary.duplicates == 1
         samples = _metrics(url)
@@ -109,13 +113,17 @@ def test_dicomweb_client_stow_to_a_serve_process(tmp_path: Path, rg1_files: dict
         ready = requests.get(url + "/readyz", timeout=30)
         assert ready.status_code == 200, ready.text
     finally:
-        serve.send_signal(signal.SIGTERM)
-        try:
-            serve.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            serve.kill()
+        for proc in (serve, work):
+            proc.send_signal(signal.SIGTERM)
+        for proc in (serve, work):
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
         log.close()
+        work_log.close()
     assert serve.returncode == 0, (tmp_path / "serve.log").read_text()[-3000:]
+    assert any(p.name.endswith(".dcm") for p in (tmp_path / "outbox").rglob("*")), "nothing delivered"
     rows = [ledger.instance(str(ds.SOPInstanceUID)) for ds in datasets]
     assert {r.calling_aet for r in rows if r is not None} == {"E2E-VNA"}
     ledger.dispose()

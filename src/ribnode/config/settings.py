@@ -185,8 +185,9 @@ class ModelSettings(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     segmentation_weights: Path | None = None  # None: the shipped ONNX model
     suppression_weights: Path | None = None  # the model's json; None: the shipped model
-    # Refiner sampling steps of the bone suppression (1-16); unset: the model's own default (its json).
-    suppression_steps: int | None = Field(default=None, ge=1, le=16)
+    # Refiner sampling steps of the bone suppression (1-1000; each costs one refiner pass); unset:
+    # the model's own default (its json).
+    suppression_steps: int | None = Field(default=None, ge=1, le=1000)
     intra_op_threads: int = 0  # 0: let the runtime choose
     # Largest Rows x Columns read_radiograph accepts (checked before decoding pixel data).
     max_pixels: int = Field(default=8192 * 8192, ge=64 * 64)

@@ -129,8 +129,8 @@ class RibSuppressor:
             raise FileNotFoundError(f"suppression model {path} not found")
         self.config = SuppressionConfig.load(path)
         self.steps = int(steps) if steps is not None else int(self.config.default_steps)
-        if not 1 <= self.steps <= 16:
-            raise ValueError(f"steps {self.steps}: expected 1..16")
+        if not 1 <= self.steps <= 1000:
+            raise ValueError(f"steps {self.steps}: expected 1..1000")
         files = {role: path.parent / getattr(self.config, role) for role in ("estimator", "refiner")}
         digests = {role: sha256_file(f) for role, f in files.items()}
         for role, digest in digests.items():
