@@ -139,7 +139,11 @@ class _FoldedEstimator(nn.Module):
 def load_suppression(run: Path, name: str = "final.pt") -> tuple[Estimator, nn.Module, dict[str, Any]]:
     state = torch.load(run / name, map_location="cpu", weights_only=False)
     config = state.get("config") or json.loads((run / "config.json").read_text())
-    estimator = Estimator(UNetConfig(in_channels=1, out_channels=1, base=config["base"], depth=config["depth"]))
+    estimator = Estimator(
+        UNetConfig(
+            in_channels=1, out_channels=1, base=config["base"], depth=config["depth"], groups=config.get("groups", 0)
+        )
+    )
     estimator.load_state_dict(state["estimator"])
     refiner = build_refiner(tuple(int(c) for c in config["refiner_channels"].split(",")))
     refiner.load_state_dict(state["refiner"])

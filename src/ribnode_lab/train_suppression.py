@@ -48,21 +48,28 @@ PERCENTILES = (1.0, 99.0)
 @dataclass
 class SuppressionTrainConfig:
     data: str = "../shared/data"
-    out: str = "runs/supp-v3"
-    steps: int = 4000
+    out: str = "runs/supp-v4"
+    steps: int = 7000  # the estimator's steps: phantom, then crops of the pairs, then whole images
+    phantom_steps: int = 700  # pretraining on synthetic chests with exact bone layers
+    phantoms: int = 60
     batch: int = 8
     crop: int = 128
-    full_from: float = 0.85  # share of the steps after which whole 512 images are used
+    full_from: float = 0.955  # share of the estimator's steps after which whole 512 images are used
     full_batch: int = 2
-    refiner_from: float = 0.3
+    groups: int = 8  # GroupNorm: the same statistics in training (crops) and at inference
     lr: float = 2e-3
     base: int = 16
     depth: int = 5
+    refiner_steps: int = 400  # then the refiner alone, on the frozen estimator's outputs
+    refiner_crop: int = 256
+    refiner_batch: int = 4
+    refiner_lr: float = 5e-4
     refiner_channels: str = "16,32,64,64"
     eta: float = 0.02  # the refiner's starting noise, network units
-    nodule_prob: float = 0.8
-    seed: int = 20261207
-    threads: int = 1
+    nodule_prob: float = 0.9
+    nodule_weight: float = 3.0  # loss weight inside an inserted nodule's disc
+    seed: int = 20261208
+    threads: int = 2
     checkpoint_every: int = 100
 
 
@@ -103,23 +110,37 @@ class Pair:
     x: np.ndarray
     s: np.ndarray
     weight: np.ndarray  # loss weight: 1 in the dilated lung field, 0.2 outside
-    bone_px: np.ndarray  # (K, 2) pixels with bone > 0.01 (nodule centres)
-    field_px: np.ndarray
+    pools: dict[str, np.ndarray]  # (K, 2) nodule centres: on ribs, behind clavicles, anywhere in the field
+
+
+NODULE_POOLS = {"bone": 0.45, "clavicle": 0.2, "field": 0.35}
+
+
+def _pair(case_id: str, x: np.ndarray, s: np.ndarray, field: np.ndarray, clavicles: np.ndarray) -> Pair:
+    weight = np.where(ndimage.binary_dilation(field, iterations=8), 1.0, 0.2).astype(np.float32)
+    bone = x - s
+    pools = {
+        "bone": np.argwhere((bone > 0.01) & field),
+        "clavicle": np.argwhere(clavicles & field),
+        "field": np.argwhere(field),
+    }
+    return Pair(case_id, x.astype(np.float32), s.astype(np.float32), weight, pools)
 
 
 def make_pair(case: Case) -> Pair:
     assert case.soft is not None
-    field = ndimage.binary_dilation(case.lung_field, iterations=8)
-    weight = np.where(field, 1.0, 0.2).astype(np.float32)
-    bone = case.image - case.soft
-    return Pair(
-        case.case_id,
-        case.image,
-        case.soft,
-        weight,
-        np.argwhere((bone > 0.01) & case.lung_field),
-        np.argwhere(case.lung_field),
-    )
+    return _pair(case.case_id, case.image, case.soft, case.lung_field, case.clavicles)
+
+
+def make_phantom(seed: int) -> Pair:
+    """A synthetic chest (``ribnode.models.synthetic``) with its exact bone layer; the phantom's
+    clavicles are part of its bone layer but have no separate mask (their pool is the bone's)."""
+    from ribnode.models.synthetic import generate_chest
+
+    chest = generate_chest(seed, 512)
+    assert chest.lung_mask is not None
+    field = np.asarray(ndimage.binary_fill_holes(chest.lung_mask), dtype=bool)
+    return _pair(f"phantom-{seed}", chest.radiograph, chest.soft_tissue, field, np.zeros_like(field))
 
 
 def window(x: np.ndarray) -> tuple[float, float]:
@@ -127,27 +148,34 @@ def window(x: np.ndarray) -> tuple[float, float]:
     return float(lo), float(max(hi, lo + 1e-6))
 
 
-def sample(pair: Pair, rng: np.random.Generator, crop: int, nodule_prob: float) -> tuple[np.ndarray, ...]:
-    """(normalised input, target layer, loss weight), all (1, crop, crop), network units."""
-    x, s = pair.x.astype(np.float32), pair.s.astype(np.float32)
-    b = np.clip(x - s, 0.0, None)
-    a = rng.uniform(0.6, 1.4)
-    b = a * b
-    s = s.copy()
+def sample(
+    pair: Pair, rng: np.random.Generator, crop: int, nodule_prob: float, nodule_weight: float = 1.0
+) -> tuple[np.ndarray, ...]:
+    """(normalised input, target layer, loss weight), all (1, crop, crop), network units.
+
+    The window is the whole augmented image's (as at inference); nodules are placed inside the
+    crop, so that most crops teach that a nodule over bone is not bone."""
+    b = rng.uniform(0.6, 1.4) * np.clip(pair.x - pair.s, 0.0, None)
+    x = pair.s + b
+    lo, hi = window(x[::2, ::2])
+    size = x.shape[0]
+    r, c = (int(v) for v in rng.integers(0, size - crop + 1, 2)) if crop < size else (0, 0)
+    view = (slice(r, r + crop), slice(c, c + crop))
+    x, b, weight = x[view].copy(), b[view], pair.weight[view].copy()
     if rng.random() < nodule_prob:
         for _ in range(int(rng.integers(1, 5))):
-            pool = pair.bone_px if (rng.random() < 0.6 and len(pair.bone_px)) else pair.field_px
-            centre = pool[rng.integers(len(pool))]
-            s += nodule(s.shape, (float(centre[0]), float(centre[1])), rng.uniform(2, 14), rng.uniform(0.005, 0.05))
-    x = s + b
-    lo, hi = window(x)
+            kind = rng.choice(list(NODULE_POOLS), p=list(NODULE_POOLS.values()))
+            pool = pair.pools[kind] if len(pair.pools[kind]) else pair.pools["field"]
+            inside = pool[(pool[:, 0] >= r) & (pool[:, 0] < r + crop) & (pool[:, 1] >= c) & (pool[:, 1] < c + crop)]
+            if not len(inside):
+                continue
+            centre = inside[rng.integers(len(inside))] - (r, c)
+            radius = rng.uniform(2, 14)
+            bump = nodule(x.shape, (float(centre[0]), float(centre[1])), radius, rng.uniform(0.005, 0.05))
+            x += bump  # added to x and s alike: the layer b does not change
+            weight[bump > 0] *= nodule_weight
     scale = BONE_SCALE / (hi - lo)
-    n = (x - lo) / (hi - lo)
-    target, weight = b * scale, pair.weight
-    size = x.shape[0]
-    if crop < size:
-        r, c = rng.integers(0, size - crop + 1, 2)
-        n, target, weight = (a_[r : r + crop, c : c + crop] for a_ in (n, target, weight))
+    n, target = (x - lo) / (hi - lo), b * scale
     if rng.random() < 0.5:
         n, target, weight = n[:, ::-1], target[:, ::-1], weight[:, ::-1]
     n = n + rng.normal(0, rng.uniform(0, 0.01), n.shape)  # noise on the input only
@@ -162,6 +190,8 @@ def recalibrate_batchnorm(estimator: Estimator, pairs: list[Pair]) -> None:
     running averages of crop statistics the estimator at inference removed 0.42 of the bone
     (slope, training images), against 0.76 with whole-image statistics (docs/lab/).
     """
+    if not any(isinstance(m, nn.BatchNorm2d) for m in estimator.modules()):
+        return  # GroupNorm: nothing to recalibrate
     for module in estimator.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.reset_running_stats()
@@ -199,10 +229,7 @@ def estimator_loss(pred: torch.Tensor, target: torch.Tensor, n: torch.Tensor, we
 def refiner_loss(
     refiner: nn.Module, estimate: torch.Tensor, target: torch.Tensor, n: torch.Tensor, weight: torch.Tensor, eta: float
 ) -> torch.Tensor:
-    # The estimate's strength is scaled at random (0.5-1.3): the estimator in training (batch
-    # statistics of crops) and at inference (whole-image statistics) differ in strength, and the
-    # refiner must correct whichever it gets; it sees the radiograph to tell the true strength.
-    estimate = estimate * torch.empty(len(n), 1, 1, 1).uniform_(0.5, 1.3)
+    """L1 on the bridge's velocity ``(e + eta) - b`` at a random time ``t``."""
     t = torch.rand(len(n), 1, 1, 1)
     start = estimate + eta * torch.randn_like(estimate)
     state = t * start + (1 - t) * target
@@ -210,75 +237,99 @@ def refiner_loss(
     return ((velocity - (start - target)).abs() * weight).mean()
 
 
+def build_estimator(config: SuppressionTrainConfig) -> Estimator:
+    return Estimator(
+        UNetConfig(in_channels=1, out_channels=1, base=config.base, depth=config.depth, groups=config.groups)
+    )
+
+
+def _lr_scale(step: int, config: SuppressionTrainConfig) -> float:
+    """Warm-up and cosine decay over the crops; the whole-image fine-tune and the refiner
+    restart from lower rates."""
+    full_start = int(config.full_from * config.steps)
+    if step < full_start:
+        return min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / full_start))
+    if step < config.steps:
+        return 0.25 * 0.5 * (1 + math.cos(math.pi * (step - full_start) / max(1, config.steps - full_start)))
+    k = step - config.steps
+    return min(1.0, (k + 1) / 20) * 0.5 * (1 + math.cos(math.pi * k / max(1, config.refiner_steps)))
+
+
 def train(config: SuppressionTrainConfig) -> Path:
+    """Phantom pretraining, crops of the pairs and whole images for the estimator, then the
+    refiner alone on the frozen estimator's outputs (what it meets at inference). Resumable:
+    a checkpoint every ``checkpoint_every`` steps; re-running the same command goes on."""
     torch.set_num_threads(config.threads)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(config), indent=1) + "\n")
     train_cases, test_cases = load_cases(Path(config.data))
     pairs = [make_pair(c) for c in train_cases if c.paired]
+    phantoms = [make_phantom(5000 + i) for i in range(config.phantoms if config.phantom_steps else 0)]
     (out / "split.json").write_text(
         json.dumps(
             {"train": [p.case_id for p in pairs], "held_out": [c.case_id for c in test_cases if c.paired]}, indent=1
         )
     )
     torch.manual_seed(config.seed)
-    estimator = Estimator(UNetConfig(in_channels=1, out_channels=1, base=config.base, depth=config.depth))
+    estimator = build_estimator(config)
     refiner = build_refiner(tuple(int(c) for c in config.refiner_channels.split(",")))
     opt_e = torch.optim.AdamW(estimator.parameters(), lr=config.lr, weight_decay=1e-5)
-    opt_r = torch.optim.AdamW(refiner.parameters(), lr=config.lr / 2, weight_decay=1e-5)
+    opt_r = torch.optim.AdamW(refiner.parameters(), lr=config.refiner_lr, weight_decay=1e-5)
     rng = np.random.default_rng(config.seed)
     step, history = 0, []
     ckpt = out / "checkpoint.pt"
     if ckpt.is_file():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
         estimator.load_state_dict(state["estimator"])
+        refiner.load_state_dict(state["refiner"])
         opt_e.load_state_dict(state["opt_e"])
+        opt_r.load_state_dict(state["opt_r"])
         step, history = state["step"], state["history"]
-        if step > int(config.refiner_from * config.steps):  # before that the refiner is untouched
-            refiner.load_state_dict(state["refiner"])
-            opt_r.load_state_dict(state["opt_r"])
         rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
-    bar = tqdm(total=config.steps, initial=step, desc="train-suppression", mininterval=10)
+    total = config.steps + config.refiner_steps
+    bar = tqdm(total=total, initial=step, desc="train-suppression", mininterval=10)
     start = time.time()
     running: list[tuple[float, float]] = []
-    refine_start = int(config.refiner_from * config.steps)
     full_start = int(config.full_from * config.steps)
-    while step < config.steps:
-        full = step >= full_start
-        lr_scale = min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / config.steps))
-        if full:  # the fine-tune at 512 restarts from a lower rate
-            lr_scale = 0.25 * 0.5 * (1 + math.cos(math.pi * (step - full_start) / max(1, config.steps - full_start)))
-        for opt, base_lr in ((opt_e, config.lr), (opt_r, config.lr / 2)):
-            for group in opt.param_groups:
-                group["lr"] = base_lr * lr_scale
-        batch_size, crop = (config.full_batch, 512) if full else (config.batch, config.crop)
-        picks = rng.integers(0, len(pairs), batch_size)
-        batch = [sample(pairs[i], rng, crop, config.nodule_prob) for i in picks]
-        n, target, weight = (torch.from_numpy(np.stack([b[k] for b in batch])) for k in range(3))
-        estimator.train()
-        pred = estimator(n)
-        loss_e = estimator_loss(pred, target, n, weight)
-        opt_e.zero_grad()
-        loss_e.backward()
-        opt_e.step()
-        loss_r = 0.0
-        if step >= refine_start:
+    while step < total:
+        scale = _lr_scale(step, config)
+        loss_e, loss_r = 0.0, 0.0
+        if step < config.steps:
+            for group in opt_e.param_groups:
+                group["lr"] = config.lr * scale
+            full = step >= full_start
+            source = phantoms if step < config.phantom_steps and phantoms else pairs
+            batch_size, crop = (config.full_batch, 512) if full else (config.batch, config.crop)
+            picks = rng.integers(0, len(source), batch_size)
+            batch = [sample(source[i], rng, crop, config.nodule_prob, config.nodule_weight) for i in picks]
+            n, target, weight = (torch.from_numpy(np.stack([b[k] for b in batch])) for k in range(3))
+            estimator.train()
+            loss = estimator_loss(estimator(n), target, n, weight)
+            opt_e.zero_grad()
+            loss.backward()
+            opt_e.step()
+            loss_e = float(loss)
+        else:
+            for group in opt_r.param_groups:
+                group["lr"] = config.refiner_lr * scale
+            picks = rng.integers(0, len(pairs), config.refiner_batch)
+            batch = [sample(pairs[i], rng, config.refiner_crop, config.nodule_prob) for i in picks]
+            n, target, weight = (torch.from_numpy(np.stack([b[k] for b in batch])) for k in range(3))
+            estimator.eval()
+            with torch.no_grad():
+                estimate = estimator(n)
             refiner.train()
-            estimate = pred.detach()
-            if full:  # the refiner sees a 256-px window of the whole image: 4 times cheaper
-                r, c = (int(v) for v in rng.integers(0, 512 - 256 + 1, 2))
-                estimate, target, n, weight = (t[..., r : r + 256, c : c + 256] for t in (estimate, target, n, weight))
             loss = refiner_loss(refiner, estimate, target, n, weight, config.eta)
             opt_r.zero_grad()
             loss.backward()
             opt_r.step()
             loss_r = float(loss)
         step += 1
-        running.append((float(loss_e), loss_r))
+        running.append((loss_e, loss_r))
         bar.update(1)
-        if step % config.checkpoint_every == 0 or step == config.steps:
+        if step % config.checkpoint_every == 0 or step == total:
             means = np.mean(running, axis=0)
             history.append([step, float(means[0]), float(means[1]), time.time() - start])
             bar.set_postfix(est=f"{means[0]:.4f}", ref=f"{means[1]:.4f}")
@@ -322,56 +373,3 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-
-
-def finetune_refiner(
-    run: Path, steps: int, crop: int = 256, batch: int = 4, lr: float = 2e-4, threads: int = 2
-) -> Path:
-    """Train the refiner alone on what it will see at inference: the finished estimator in
-    inference mode (recalibrated statistics), no strength scaling, 256-px windows.
-
-    The joint run trains the refiner on the estimator's training-mode outputs, whose strength
-    differs; measured on the held-out pairs, that refiner lowered the BSR (docs/lab/).
-    Writes ``final.pt`` (the previous one is kept as ``final-joint.pt``)."""
-    torch.set_num_threads(threads)
-    final = run / "final.pt"
-    state = torch.load(final, map_location="cpu", weights_only=False)
-    config = SuppressionTrainConfig(**state["config"])
-    estimator = Estimator(UNetConfig(in_channels=1, out_channels=1, base=config.base, depth=config.depth))
-    estimator.load_state_dict(state["estimator"])
-    estimator.eval()
-    refiner = build_refiner(tuple(int(c) for c in config.refiner_channels.split(",")))
-    refiner.load_state_dict(state["refiner"])
-    train_ids = set(json.loads((run / "split.json").read_text())["train"])
-    cases, _ = load_cases(Path(config.data))
-    pairs = [make_pair(c) for c in cases if c.case_id in train_ids]
-    optimiser = torch.optim.AdamW(refiner.parameters(), lr=lr, weight_decay=1e-5)
-    rng = np.random.default_rng(config.seed + 1)
-    history = []
-    refiner.train()
-    for _ in tqdm(range(steps), desc="finetune-refiner", mininterval=10):
-        picks = rng.integers(0, len(pairs), batch)
-        samples = [sample(pairs[i], rng, crop, config.nodule_prob) for i in picks]
-        n, target, weight = (torch.from_numpy(np.stack([s[k] for s in samples])) for k in range(3))
-        with torch.no_grad():
-            estimate = estimator(n)
-        t = torch.rand(len(n), 1, 1, 1)
-        start = estimate + config.eta * torch.randn_like(estimate)
-        z = t * start + (1 - t) * target
-        velocity = refiner(torch.cat([z, n, estimate], 1), (t.flatten() * 1000).float()).sample
-        loss = ((velocity - (start - target)).abs() * weight).mean()
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        history.append(float(loss))
-    final.replace(run / "final-joint.pt")
-    state["refiner"] = refiner.state_dict()
-    state["refiner_finetune"] = {
-        "steps": steps,
-        "crop": crop,
-        "batch": batch,
-        "lr": lr,
-        "loss_first_last_50": [float(np.mean(history[:50])), float(np.mean(history[-50:]))],
-    }
-    torch.save(state, final)
-    return final

@@ -29,6 +29,7 @@ class UNetConfig:
     base: int = 16
     depth: int = 5  # resolution levels, including the bottleneck
     batchnorm: bool = True  # False: BatchNorm folded into biased convolutions (exported form)
+    groups: int = 0  # > 0: GroupNorm with this many groups instead of BatchNorm (same in training and inference)
     bone_head: bool = False  # training only: a second 1x1 head estimating the bone layer
 
     def as_dict(self) -> dict[str, Any]:
@@ -41,17 +42,20 @@ class UNetConfig:
 
 
 class DoubleConv(nn.Sequential):
-    """(3x3 conv, BatchNorm, ReLU) twice; without BatchNorm the convolutions carry a bias."""
+    """(3x3 conv, norm, ReLU) twice; without a norm the convolutions carry a bias."""
 
-    def __init__(self, in_channels: int, out_channels: int, batchnorm: bool = True) -> None:
+    def __init__(self, in_channels: int, out_channels: int, batchnorm: bool = True, groups: int = 0) -> None:
         def norm() -> nn.Module:
+            if groups:
+                return nn.GroupNorm(groups, out_channels)
             return nn.BatchNorm2d(out_channels) if batchnorm else nn.Identity()
 
+        bias = not (batchnorm or groups)
         super().__init__(
-            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=not batchnorm),
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=bias),
             norm(),
             nn.ReLU(inplace=True),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=not batchnorm),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=bias),
             norm(),
             nn.ReLU(inplace=True),
         )
@@ -60,10 +64,10 @@ class DoubleConv(nn.Sequential):
 class Up(nn.Module):
     """Bilinear x2 upsampling, 1x1 channel reduction, concatenation with the skip, DoubleConv."""
 
-    def __init__(self, in_channels: int, out_channels: int, batchnorm: bool = True) -> None:
+    def __init__(self, in_channels: int, out_channels: int, batchnorm: bool = True, groups: int = 0) -> None:
         super().__init__()
         self.reduce = nn.Conv2d(in_channels, out_channels, 1)
-        self.conv = DoubleConv(2 * out_channels, out_channels, batchnorm)
+        self.conv = DoubleConv(2 * out_channels, out_channels, batchnorm, groups)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
@@ -79,10 +83,10 @@ class UNet(nn.Module):
         if self.config.depth < 2:
             raise ValueError(f"UNet depth must be >= 2, got {self.config.depth}")
         widths = [self.config.base * 2**level for level in range(self.config.depth)]
-        bn = self.config.batchnorm
-        self.down = nn.ModuleList([DoubleConv(self.config.in_channels, widths[0], bn)])
-        self.down.extend(DoubleConv(a, b, bn) for a, b in zip(widths[:-1], widths[1:]))
-        self.up = nn.ModuleList(Up(b, a, bn) for a, b in zip(widths[:-1], widths[1:]))
+        bn, groups = self.config.batchnorm, self.config.groups
+        self.down = nn.ModuleList([DoubleConv(self.config.in_channels, widths[0], bn, groups)])
+        self.down.extend(DoubleConv(a, b, bn, groups) for a, b in zip(widths[:-1], widths[1:]))
+        self.up = nn.ModuleList(Up(b, a, bn, groups) for a, b in zip(widths[:-1], widths[1:]))
         self.head = nn.Conv2d(widths[0], self.config.out_channels, 1)
         self.bone = nn.Conv2d(widths[0], 1, 1) if self.config.bone_head else None
 
@@ -127,8 +131,8 @@ def fold_batchnorm(model: UNet) -> UNet:
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     model = model.eval()
-    if not model.config.batchnorm and not model.config.bone_head:
-        return model
+    if (model.config.groups or not model.config.batchnorm) and not model.config.bone_head:
+        return model  # GroupNorm has no running statistics to fold
     folded = UNet(replace(model.config, batchnorm=False, bone_head=False)).eval()
     folded.load_state_dict(model.state_dict(), strict=False)
     if not model.config.batchnorm:

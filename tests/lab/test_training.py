@@ -72,22 +72,29 @@ def test_suppression_trains_both_networks_resumes_and_exports(data: Path, tmp_pa
         data=str(data),
         out=str(tmp_path / "run"),
         steps=3,
+        phantom_steps=1,
+        phantoms=2,
         batch=2,
         crop=64,
-        full_from=0.7,
-        refiner_from=0.34,
+        full_from=0.67,
+        refiner_steps=1,
+        refiner_crop=64,
+        refiner_batch=2,
         base=4,
         depth=3,
+        groups=2,
         refiner_channels="8,8",
+        threads=1,
         checkpoint_every=1,
     )
-    train(config)  # step 1 the estimator alone, steps 2-3 both networks
-    config.steps = 4
-    train(config)  # resumes; step 4 is the whole-image fine-tune
+    train(config)  # step 1 on phantoms, step 2 on crops, step 3 a whole image, step 4 the refiner
+    config.refiner_steps = 2
+    train(config)  # resumes: one more refiner step
     state = torch.load(tmp_path / "run" / "final.pt", weights_only=False)
     history = state["history"]
-    assert [h[0] for h in history] == [1, 2, 3, 4]
-    assert history[0][2] == 0.0 and history[-1][2] > 0.0  # the refiner trains from its start step on
+    assert [h[0] for h in history] == [1, 2, 3, 4, 5]
+    assert all(h[1] > 0.0 and h[2] == 0.0 for h in history[:3])  # the estimator alone first
+    assert all(h[1] == 0.0 and h[2] > 0.0 for h in history[3:])  # then the refiner alone
     path = export_suppression(tmp_path / "run", tmp_path / "weights")
     suppressor = RibSuppressor(path, threads=1)
     layer, first = suppressor.estimate(np.random.default_rng(0).random((64, 64)).astype(np.float32), seed=1)
