@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
 
 CLAIMABLE = {JobState.RECEIVED, JobState.QUEUED, JobState.RUNNING}
+DEFER_BYTES = 64 * 1024  # values larger than this are read from the spool file when used
 
 
 def default_worker_id() -> str:
@@ -103,13 +104,17 @@ def decode_for_models(path: Path, settings: Settings | None) -> tuple[Dataset, R
     from celery.exceptions import SoftTimeLimitExceeded
 
     from ribnode.models.preprocess import read_radiograph
+    from ribnode.node.listener import check_declared_lengths
     from ribnode.workers.decode_guard import check_pixel_stream
 
     max_pixels = settings.models.max_pixels if settings is not None else ModelSettings().max_pixels
     if not path.is_file():
         raise FileNotFoundError(errno.ENOENT, "spool file missing (is the spool mounted here?)", str(path))
     try:
-        source = pydicom.dcmread(path)
+        # Large values stay on disk until the element lengths are checked against the file: a
+        # Pixel Data whose length lies (4 GB in an 8 MB file) would make the read ask for it.
+        source = pydicom.dcmread(path, defer_size=DEFER_BYTES)
+        check_declared_lengths(source, path.stat().st_size)
         check_pixel_stream(source, max_pixels)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -30,6 +30,7 @@ from ribnode.node.listener import (
     UndecodableError,
     _audit_quietly,
     _check_pixel_data,
+    check_declared_lengths,
     received_instance,
 )
 from ribnode.node.routing import RoutingRule
@@ -89,6 +90,7 @@ def decode_part(path: Path) -> Dataset:
         raise UndecodableError("dataset has no Study or SOP Instance UID")
     if len(study_uid) > 64 or len(sop_uid) > 64:  # PS3.5 9.1: at most 64 characters
         raise UndecodableError(f"UID longer than 64 characters: {max(study_uid, sop_uid, key=len)[:80]!r}")
+    check_declared_lengths(ds, path.stat().st_size)
     _check_pixel_data(cast(Dataset, _PixelView(ds, path.stat().st_size)), syntax)
     return ds
 
