@@ -34,3 +34,17 @@ def test_short_fuzz_of_the_store_and_decode_paths(tmp_path: Path) -> None:
     assert report.sent == COUNT
     assert report.statuses["0x0000"] > 0 and report.statuses["0xC210"] > 0  # both paths exercised
     assert sum(report.jobs.values()) > 0 and report.jobs["failed"] > 0  # bad images reached a worker
+
+
+def test_log_alarms_skip_pydicom_decoder_records_only() -> None:
+    from tests.fuzz.harness import log_alarms
+
+    text = (
+        "2026-12-07 11:03:24,529 ERROR pydicom.pixels.decoders.base: libjpeg error\n"
+        "Traceback (most recent call last):\n  ...\nRuntimeError: corrupt\n"
+        "2026-12-07 11:03:25,334 WARNING ribnode.workers.jobs: instance 1.2: cannot decode\n"
+        "2026-12-07 11:03:26,000 ERROR celery.app.trace: Task x raised unexpected: KeyError()\n"
+        "Traceback (most recent call last):\n  ...\n"
+    )
+    [alarm] = log_alarms(text)
+    assert "raised unexpected" in alarm
