@@ -103,6 +103,9 @@ class HttpSettings(BaseModel):
     max_instance_bytes: int = Field(default=1024**3, ge=1)
     # longest wait for the next piece of a request body, seconds; a slower client gets 408
     read_timeout_s: float = Field(default=30.0, gt=0)
+    # longest wait from a connection (or the previous request's end) to the end of a request's
+    # headers, seconds; a slower client (slowloris) gets 408, the connection is closed, audited
+    header_timeout_s: float = Field(default=10.0, gt=0)
     # /readyz fails (503) when the spool's file system has less free space than this, bytes
     min_spool_free_bytes: int = Field(default=1024**3, ge=0)
     # HTTPS: off when tls_cert is unset (the same settings as listener.tls_*)

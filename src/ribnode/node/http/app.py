@@ -393,7 +393,7 @@ def make_app(
     async def metrics(request: Request) -> Response:
         return Response(await run_in_threadpool(generate_latest, registry), media_type=CONTENT_TYPE_LATEST)
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/dicom-web/studies", stow.handle, methods=["POST"]),
             Route("/dicom-web/studies/{study}", stow.handle, methods=["POST"]),
@@ -402,3 +402,6 @@ def make_app(
             Route("/metrics", metrics, methods=["GET"]),
         ]
     )
+    # a client too slow to send its request head (the server closes it: http.header_timeout_s)
+    app.state.on_slow_client = lambda host, detail: audit_security_alert(stow.ctx, host, detail)
+    return app

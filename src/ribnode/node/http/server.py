@@ -2,18 +2,28 @@
 
 The socket is bound here (not by uvicorn, which would ``sys.exit`` from its thread on a port
 clash), so a taken port or unreadable TLS files fail ``start()`` with a message.
+
+uvicorn has no deadline on a request's head: a client that connects and sends nothing, or
+dribbles its request line and headers a byte at a time (slowloris), holds its connection for
+ever. :class:`HeadDeadlineProtocol` gives every request ``http.header_timeout_s`` from the
+connection (or the end of the previous request) to the end of its headers; then it answers 408,
+closes the connection, logs it and calls the app's ``state.on_slow_client`` (the STOW-RS
+service audits a Security Alert). A body that stalls is the app's: ``http.read_timeout_s``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ribnode.config.settings import HttpSettings
 
@@ -25,9 +35,75 @@ class HttpServiceError(RuntimeError):
     """The HTTP service cannot start (port in use, bad TLS files, ...)."""
 
 
+SlowClientHook = Callable[[str, str], None]  # (host, detail), called in a worker thread
+TIMEOUT_408 = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 16\r\nconnection: close\r\n\r\nRequest Timeout\n"
+)
+
+
+class HeadDeadlineProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a deadline on each request's head (see the module
+    docstring). ``head_timeout_s`` and ``on_slow_client`` are set by :func:`head_deadline`."""
+
+    head_timeout_s: float = 10.0
+    on_slow_client: SlowClientHook | None = None
+    _head_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm()  # a keep-alive connection's next request: from its first byte
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self._head_deadline is None:
+            self._head_deadline = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+
+    def _disarm(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+
+    def _head_timed_out(self) -> None:
+        self._head_deadline = None
+        if self.transport.is_closing():
+            return
+        host = self.client[0] if self.client else ""
+        detail = (
+            f"HTTP 408 request head not complete within {self.head_timeout_s:g} s "
+            f"(http.header_timeout_s) from {host}: connection closed"
+        )
+        logger.warning(detail)
+        self.transport.write(TIMEOUT_408)
+        self.transport.close()
+        if self.on_slow_client is not None:
+            self.loop.run_in_executor(None, self.on_slow_client, host, detail)
+
+
+def head_deadline(timeout_s: float, on_slow_client: SlowClientHook | None) -> type[HeadDeadlineProtocol]:
+    """The protocol class of one service: its head timeout and slow-client hook."""
+    return type(
+        "HeadDeadlineProtocol",
+        (HeadDeadlineProtocol,),
+        {"head_timeout_s": timeout_s, "on_slow_client": staticmethod(on_slow_client) if on_slow_client else None},
+    )
+
+
 def uvicorn_config(app: Any, settings: HttpSettings) -> uvicorn.Config:
-    """uvicorn settings: the httptools (C) parser, TLS from ``http.tls_*`` (the style of
-    ``listener.tls_*``), no logging set-up of its own (entry points do that), no lifespan."""
+    """uvicorn settings: the httptools (C) parser with a deadline on each request's head
+    (``http.header_timeout_s``), TLS from ``http.tls_*`` (the style of ``listener.tls_*``), no
+    logging set-up of its own (entry points do that), no lifespan."""
     if (settings.tls_cert is None) != (settings.tls_key is None):
         raise HttpServiceError("set http.tls_cert and http.tls_key together")
     if settings.tls_verify_client and settings.tls_ca is None:
@@ -45,7 +121,7 @@ def uvicorn_config(app: Any, settings: HttpSettings) -> uvicorn.Config:
         log_config=None,
         access_log=False,
         lifespan="off",
-        http="httptools",
+        http=head_deadline(settings.header_timeout_s, getattr(getattr(app, "state", None), "on_slow_client", None)),
         timeout_keep_alive=5,
         timeout_graceful_shutdown=5,
         **tls,
