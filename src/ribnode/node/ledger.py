@@ -36,6 +36,7 @@ from ribnode.node.schema import (
     Job,
     JobState,
     JobTransition,
+    ModelRun,
     Study,
 )
 
@@ -744,6 +745,15 @@ class Ledger:
             values["transfer_syntax_uid"] = check.transfer_syntax_uid
         with self._write() as s:
             s.execute(update(Instance).where(Instance.id == instance_id).values(**values))
+
+    def record_model_runs(self, instance_id: int, runs: Sequence[tuple[str, str, float]]) -> None:
+        """Store how long each model (name, version, seconds) took on an instance."""
+        if not runs:
+            return
+        now = utcnow()
+        rows = [{"instance_id": instance_id, "model": m, "version": v, "seconds": sec, "at": now} for m, v, sec in runs]
+        with self._write() as s:
+            s.execute(insert(ModelRun), rows)
 
     # -- status ------------------------------------------------------------------------------
 

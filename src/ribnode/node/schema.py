@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text
+from sqlalchemy import Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 UID = String(64)
@@ -141,6 +141,19 @@ class JobTransition(Base):
     to_state: Mapped[str] = mapped_column(String(16))
     at: Mapped[datetime]
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class ModelRun(Base):
+    """One model's inference on one instance, timed by the worker (``/metrics`` histogram of
+    the inference time per model)."""
+
+    __tablename__ = "model_runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id"), index=True)
+    model: Mapped[str] = mapped_column(String(32))  # "segmentation" | "suppression"
+    version: Mapped[str] = mapped_column(String(64))
+    seconds: Mapped[float] = mapped_column(Float)
+    at: Mapped[datetime]
 
 
 class AuditEvent(Base):

@@ -192,6 +192,7 @@ def _check_all(
             check = outcome.check
             if outcome.outputs is not None:
                 output_sets.append(outcome.outputs)
+            ledger.record_model_runs(inst.id, outcome.model_seconds)
         ledger.record_check(inst.id, check)
         if check.error:
             logger.warning("instance %s: %s", inst.sop_instance_uid, check.error)

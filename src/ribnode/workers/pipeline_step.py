@@ -47,6 +47,8 @@ class InstanceOutcome:
     check: InstanceCheck
     outputs: OutputSet | None = None
     seconds: float = 0.0
+    # (model, version, seconds) of each model that ran: the ledger's ``model_runs``
+    model_seconds: tuple[tuple[str, str, float], ...] = ()
 
 
 def describe(output: PipelineOutput) -> InstanceCheck:
@@ -133,7 +135,12 @@ class ModelStep:
             output.suppression_seconds,
             seconds - output.seconds,
         )
-        return InstanceOutcome(describe(output), outputs, seconds)
+        seg, sup = self.pipeline.models
+        timed = (
+            ("segmentation", seg.version, output.segmentation_seconds),
+            ("suppression", sup.version, output.suppression_seconds),
+        )
+        return InstanceOutcome(describe(output), outputs, seconds, timed)
 
     def deliver(self, job_id: int, output_sets: Sequence[OutputSet], settings: Settings, ledger: Ledger) -> str:
         """Stage the objects (job "exporting"), attempt delivery now, and schedule any retry on

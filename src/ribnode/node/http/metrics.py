@@ -8,7 +8,8 @@ process dies), the HTTP service computes every figure from the ledger when Prome
 figures add up across processes and hosts, survive restarts, and cannot disagree with
 ``ribnode status``. Counters come from append-only rows (audit events, job transitions); the
 stage-duration histograms are folded incrementally from the new ``job_transitions`` rows at
-each scrape, so a scrape costs a few aggregate queries.
+each scrape, and the inference-time histograms from the new ``model_runs`` rows (each worker
+records how long each model took on each instance), so a scrape costs a few aggregate queries.
 
 Receive counters follow the audit records: a C-STORE is counted when its association ends
 (one "DICOM Instances Transferred" record per study and association), a STOW-RS when its
@@ -45,6 +46,7 @@ from ribnode.node.schema import (
     Job,
     JobState,
     JobTransition,
+    ModelRun,
     Study,
 )
 
@@ -97,6 +99,17 @@ class _StageFold:
             del self.entered[job_id]
 
 
+@dataclass
+class _ModelFold:
+    """Inference times folded from ``model_runs`` rows, oldest first, from ``last_id``."""
+
+    last_id: int = 0
+    histograms: dict[str, _Histogram] = field(default_factory=dict)
+
+    def add(self, model: str, seconds: float) -> None:
+        self.histograms.setdefault(model, _Histogram()).observe(max(0.0, seconds))
+
+
 class LedgerCollector(Collector):
     """Every ribnode metric, from the ledger (and the spool's file system) at scrape time."""
 
@@ -105,6 +118,7 @@ class LedgerCollector(Collector):
         self._spool_dir = spool_dir
         self._ae_title = ae_title
         self._stages = _StageFold()
+        self._models = _ModelFold()
         self._lock = threading.Lock()
 
     def collect(self) -> Iterator[Metric]:
@@ -115,6 +129,7 @@ class LedgerCollector(Collector):
             yield from self._exports(s)
             with self._lock:
                 yield self._stage_histogram(s)
+                yield self._model_histogram(s)
         yield GaugeMetricFamily(
             "ribnode_spool_free_bytes",
             "Free bytes on the spool's file system",
@@ -162,6 +177,10 @@ class LedgerCollector(Collector):
         detail = AuditEvent.detail
         reason = case(
             (detail.like("association rejected%"), "unknown_caller"),
+            (detail.like("association from % rejected:%"), "max_associations"),
+            (detail.like("connection from % refused:%"), "per_host_limit"),
+            (detail.like("connection from % sent no association request%"), "acse_timeout"),
+            (detail.like("TLS handshake with %"), "tls_handshake"),
             (detail.like("STOW-RS HTTP 401%"), "unauthorized"),
             (detail.like("STOW-RS HTTP %"), func.replace(func.substr(detail, 9, 8), " ", "_")),
             else_="other",
@@ -170,18 +189,16 @@ class LedgerCollector(Collector):
         query = (
             select(protocol, reason, func.count(AuditEvent.id))
             .where(
-                (
-                    (AuditEvent.event == str(AuditEventName.SECURITY_ALERT))
-                    & (detail.like("association rejected%") | detail.like("STOW-RS %"))
-                )
+                (AuditEvent.event == str(AuditEventName.SECURITY_ALERT))
                 | ((AuditEvent.event == str(AuditEventName.INSTANCES_TRANSFERRED)) & detail.like("STOW-RS HTTP %"))
             )
             .group_by(protocol, reason)
         )
         rejected = CounterMetricFamily(
             "ribnode_requests_rejected",
-            "Associations (dimse) and STOW-RS requests refused as a whole, by reason "
-            "(unknown_caller, unauthorized, HTTP_400, HTTP_408, HTTP_413, HTTP_415)",
+            "Connections and associations (dimse) and STOW-RS requests refused as a whole, by reason "
+            "(unknown_caller, max_associations, per_host_limit, acse_timeout, tls_handshake; "
+            "unauthorized, HTTP_400, HTTP_408, HTTP_413, HTTP_415)",
             labels=["protocol", "reason"],
         )
         for proto, why, count in s.execute(query):
@@ -248,6 +265,25 @@ class LedgerCollector(Collector):
         )
         for stage, hist in self._stages.histograms.items():
             family.add_metric([stage], hist.cumulative(), hist.total)
+        return family
+
+    def _model_histogram(self, s: Session) -> Metric:
+        rows = s.execute(
+            select(ModelRun.id, ModelRun.model, ModelRun.seconds)
+            .where(ModelRun.id > self._models.last_id)
+            .order_by(ModelRun.id)
+        )
+        for row_id, model, seconds in rows:
+            self._models.add(str(model), float(seconds))
+            self._models.last_id = row_id
+        family = HistogramMetricFamily(
+            "ribnode_model_inference_seconds",
+            "Seconds of inference per instance, by model (segmentation, suppression), as the workers timed it",
+            labels=["model"],
+        )
+        for model in sorted({"segmentation", "suppression", *self._models.histograms}):
+            hist = self._models.histograms.get(model, _Histogram())
+            family.add_metric([model], hist.cumulative(), hist.total)
         return family
 
 
