@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 import requests
-import yaml
 from pydicom.uid import generate_uid
 
+from ribnode.config.settings import Settings
 from ribnode.console.auth import hash_password, new_token
 from ribnode.node.ledger import JobState, Ledger, ReceivedInstance
 from tests.peers.fixtures import free_port
@@ -40,14 +40,30 @@ def require_browser() -> None:
         pytest.skip(f"not installed: {', '.join(missing)} (apt-get install chromium chromium-driver)")
 
 
-def run_demo(work: Path, out: Path) -> subprocess.CompletedProcess[str]:
-    """``ribnode demo``: a real study through listener, worker and models into the ledger."""
-    argv = [sys.executable, "-m", "ribnode", "demo", "--work-dir", str(work), "--output", str(out)]
-    argv += ["--size", "512", "--steps", "2", "--timeout", "300"]
-    env = dict(os.environ, RIBNODE_MODELS__INTRA_OP_THREADS="1")
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
-    assert result.returncode == 0, f"demo failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
+@dataclass(frozen=True)
+class DemoStudy:
+    """The study that went through the whole node: its UID and the settings it ran under."""
+
+    study_uid: str
+    settings: Settings
+
+
+def run_real_job(tmp: Path) -> DemoStudy:
+    """A synthetic chest study through a whole node (listener, completion, Celery worker, the
+    shipped models, folder export), as ``ribnode demo`` does; returns once its job is done."""
+    import pydicom
+
+    from ribnode.models.synthetic import generate_chest, write_dicom_study
+    from tests.node.helpers import c_store, wait_for
+    from tests.workers.e2e import e2e_settings, job_of_study, running_node
+
+    settings = e2e_settings(tmp / "node")
+    [source] = write_dicom_study(generate_chest(42, (512, 512)), tmp / "study", 42)
+    study_uid = str(pydicom.dcmread(source, stop_before_pixels=True).StudyInstanceUID)
+    with running_node(settings) as node:
+        assert c_store(node.listener.port, [source]) == [0]
+        wait_for(lambda: job_of_study(node.ledger, study_uid, JobState.DONE), 600, "the demo study's job to be done")
+    return DemoStudy(study_uid, settings)
 
 
 def add_jobs(ledger: Ledger, count: int) -> list[tuple[str, int, str]]:
@@ -158,7 +174,6 @@ class ConsoleNode:
     work: Path
     ledger: Ledger
     token: str  # alice's bearer token
-    demo_stdout: str
     added: list[tuple[str, int, str]]
     syslog: SyslogReceiver
     config: dict[str, Any]
@@ -168,9 +183,9 @@ class ConsoleNode:
         return requests.get(self.url + path, headers=headers, verify=str(self.ca), timeout=30, **kwargs)
 
 
-def console_config(demo_config: Path, pki: dict[str, Path], port: int, syslog_port: int) -> tuple[dict[str, Any], str]:
-    """The demo's settings with the HTTP service on HTTPS and the console on."""
-    config = yaml.safe_load(demo_config.read_text())
+def console_config(settings: Settings, pki: dict[str, Path], port: int, syslog_port: int) -> tuple[dict[str, Any], str]:
+    """The job's settings with the HTTP service on HTTPS and the console on."""
+    config = settings.model_dump(mode="json")
     token, digest = new_token()
     config["http"] = {
         **config.get("http", {}),
@@ -211,7 +226,7 @@ def serve_console(config_path: Path, log: Path) -> Iterator[subprocess.Popen[byt
             proc.wait()
 
 
-def wait_until_up(url: str, ca: Path, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 60) -> None:
+def wait_until_up(url: str, ca: Path, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 180) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -9,11 +9,10 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from ribnode.config.settings import SyslogSettings
+from ribnode.config.settings import ConsoleSettings, ConsoleUser, SyslogSettings
 from ribnode.console import queries
 from ribnode.console.audit_export import AuditSource, to_csv, to_xml
 from ribnode.console.auth import Auth, LoginLimiter, hash_password, new_token
-from ribnode.config.settings import ConsoleSettings, ConsoleUser
 from ribnode.console.syslog import SyslogForwarder, frame, rfc5424
 from ribnode.node.ledger import AuditEventName, AuditOutcome, Ledger
 from tests.console.helpers import SyslogReceiver
@@ -35,8 +34,14 @@ def _ledger(tmp_path: Path) -> Ledger:
         sop_class_uids="1.2.840.10008.5.1.4.1.1.1.1",
         instance_count=2,
     )
-    queries.record(ledger, queries.USER_AUTHENTICATION, "alice (qa)", "127.0.0.1", "login failed for 'alice'",
-                   outcome=AuditOutcome.MINOR_FAILURE)  # fmt: skip
+    queries.record(
+        ledger,
+        queries.USER_AUTHENTICATION,
+        "alice (qa)",
+        "127.0.0.1",
+        "login failed for 'alice'",
+        outcome=AuditOutcome.MINOR_FAILURE,
+    )
     queries.record(ledger, queries.QUERY, "alice (qa)", "127.0.0.1", "jobs page 1: state=done (1 found)")
     return ledger
 
@@ -46,16 +51,21 @@ def test_audit_messages_follow_ps3_15_a5(tmp_path: Path) -> None:
     rows = queries.all_audit(ledger, queries.AuditFilter())
     root = ET.fromstring(to_xml(rows, SOURCE))
     assert [m.find("EventIdentification/EventID").get("csd-code") for m in root] == [  # type: ignore[union-attr]
-        "110100", "110104", "110114", "110112"
-    ]  # fmt: skip
+        "110100",
+        "110104",
+        "110114",
+        "110112",
+    ]
     for message in root:
         _check_audit_message(message, {"110100", "110104", "110114", "110112"})
     received = root[1]
     assert received[0].get("EventActionCode") == "C"  # received by the node: created here
     sender, receiver = received.findall("ActiveParticipant")
     assert (sender.get("UserID"), sender.get("NetworkAccessPointID"), receiver.get("UserID")) == (
-        "MODALITY", "10.0.0.7", "RIBNODE"
-    )  # fmt: skip
+        "MODALITY",
+        "10.0.0.7",
+        "RIBNODE",
+    )
     study = received.find("ParticipantObjectIdentification")
     assert study is not None and study.get("ParticipantObjectID") == "1.2.3"
     assert study.find("SOPClass").get("NumberOfInstances") == "2"  # type: ignore[union-attr]
@@ -71,8 +81,9 @@ def test_rfc5424_message_and_rfc5425_frame() -> None:
     from datetime import datetime
 
     message = rfc5424(b"<AuditMessage/>", datetime(2026, 1, 2, 3, 4, 5, 678000), "node a", "ribnode")
-    assert re.fullmatch(rb"<85>1 2026-01-02T03:04:05\.678Z nodea ribnode \d+ IHE\+RFC-3881 - \xef\xbb\xbf<AuditMessage/>",
-                        message)  # fmt: skip
+    assert re.fullmatch(
+        rb"<85>1 2026-01-02T03:04:05\.678Z nodea ribnode \d+ IHE\+RFC-3881 - \xef\xbb\xbf<AuditMessage/>", message
+    )
     assert frame(b"abc") == b"3 abc"
 
 
@@ -95,9 +106,13 @@ def test_forwarder_sends_every_event_once_over_tls_and_resumes(tmp_path: Path) -
         receiver.close()
     bodies = [m.partition(b"\xef\xbb\xbf")[2] for m in receiver.messages]
     assert [ET.fromstring(b).find("EventIdentification/EventID").get("originalText") for b in bodies] == [  # type: ignore[union-attr]
-        "Application Activity", "DICOM Instances Transferred", "User Authentication", "Query", "Security Alert",
         "Application Activity",
-    ]  # fmt: skip
+        "DICOM Instances Transferred",
+        "User Authentication",
+        "Query",
+        "Security Alert",
+        "Application Activity",
+    ]
     assert receiver.messages[4].startswith(b"<84>1 ")  # a failure: warning severity
 
 

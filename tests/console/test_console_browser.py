@@ -1,5 +1,6 @@
 """The QA console in a real browser: headless Debian Chromium (Selenium, Debian's chromedriver)
-against ``ribnode serve`` over HTTPS, on a ledger filled by really running ``ribnode demo``.
+against ``ribnode serve`` over HTTPS, on a ledger filled by a real job (a synthetic chest sent
+over C-STORE through listener, Celery worker and the shipped models, as ``ribnode demo`` does).
 
 The browser logs in, finds the demo study by filtering on the weights sha256, opens it, checks
 the provenance shown against the stored objects' tags and the mismatch flag of an object
@@ -36,13 +37,13 @@ from tests.console.helpers import (
     chromium,
     console_config,
     require_browser,
-    run_demo,
+    run_real_job,
     screenshot,
     serve_console,
     wait_until_up,
 )
-from tests.node.test_tls import _cert, _write
 from tests.node.helpers import wait_for
+from tests.node.test_tls import _cert, _write
 from tests.peers.fixtures import free_port
 from tests.workers.e2e import require_weights
 
@@ -60,7 +61,9 @@ def _pki(folder: Path) -> dict[str, Path]:
     out = {}
     out["ca"], _ = _write(folder, "ca", ca, ca_key)
     key = ec.generate_private_key(ec.SECP256R1())
-    out["server"], out["server_key"] = _write(folder, "server", _cert("server", key, "ribnode test CA", ca_key, False, True), key)
+    out["server"], out["server_key"] = _write(
+        folder, "server", _cert("server", key, "ribnode test CA", ca_key, False, True), key
+    )
     return out
 
 
@@ -85,22 +88,22 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleNode]:
     require_browser()
     require_weights()
     tmp = tmp_path_factory.mktemp("console")
-    work = tmp / "work"
-    demo = run_demo(work, tmp / "demo-output")
+    demo = run_real_job(tmp)
+    work = Path(demo.settings.var_dir)
     _tamper_seg(work / "outputs")
-    ledger = Ledger(f"sqlite:///{work / 'ledger.sqlite'}")
+    ledger = Ledger(demo.settings.ledger.url)
     added = add_jobs(ledger, 4)
     pki = _pki(tmp / "pki")
     syslog = SyslogReceiver(pki["server"], pki["server_key"])
     port = free_port()
-    config, token = console_config(work / "ribnode.yaml", pki, port, syslog.port)
+    config, token = console_config(demo.settings, pki, port, syslog.port)
     config_path = tmp / "console.yaml"
     config_path.write_text(yaml.safe_dump(config))
     log = tmp / "serve.log"
     url = f"https://127.0.0.1:{port}/console"
     with serve_console(config_path, log) as proc:
         wait_until_up(f"{url}/login", pki["ca"], proc, log)
-        yield ConsoleNode(url, pki["ca"], work, ledger, token, demo.stdout, added, syslog, config)
+        yield ConsoleNode(url, pki["ca"], work, ledger, token, added, syslog, config)
     syslog.close()
     ledger.dispose()
 
@@ -136,6 +139,15 @@ def _stored(node: ConsoleNode, kind: str) -> pydicom.Dataset:
     raise AssertionError(f"no stored {kind}")
 
 
+def _session(node: ConsoleNode) -> requests.Session:
+    """A cookie-keeping client that trusts the test CA (``trust_env`` off: a CA bundle named in
+    the environment would take precedence over ``verify``)."""
+    s = requests.Session()
+    s.trust_env = False
+    s.verify = str(node.ca)
+    return s
+
+
 def _audit(node: ConsoleNode, event: str) -> list[Any]:
     return node.ledger.audit_events(event)
 
@@ -153,20 +165,24 @@ def test_security_headers_cookie_flags_and_login_required(node: ConsoleNode) -> 
     assert "max-age" in page.headers["strict-transport-security"]
     cookie = page.headers["set-cookie"].lower()
     assert "secure" in cookie and "httponly" in cookie and "samesite=strict" in cookie
-    assert requests.get(f"{node.url}/jobs", headers={"Authorization": "Bearer wrong"}, verify=str(node.ca),
-                        timeout=10).status_code == 401  # fmt: skip
+    assert (
+        requests.get(
+            f"{node.url}/jobs", headers={"Authorization": "Bearer wrong"}, verify=str(node.ca), timeout=10
+        ).status_code
+        == 401
+    )
 
 
 def test_csrf_token_is_required_for_login_and_logout(node: ConsoleNode) -> None:
-    s = requests.Session()
-    s.verify = str(node.ca)
+    s = _session(node)
     s.get(f"{node.url}/login", timeout=10)
     form = {"username": "alice", "password": PASSWORDS["alice"]}
     assert s.post(f"{node.url}/login", data=form, timeout=10).status_code == 403  # no token
     assert s.post(f"{node.url}/login", data={**form, "csrf": "forged"}, timeout=10).status_code == 403
     token = s.cookies.get("ribnode_console_login")
-    cross = s.post(f"{node.url}/login", data={**form, "csrf": token}, headers={"Origin": "https://evil.example"},
-                   timeout=10)  # fmt: skip
+    cross = s.post(
+        f"{node.url}/login", data={**form, "csrf": token}, headers={"Origin": "https://evil.example"}, timeout=10
+    )
     assert cross.status_code == 403
     answer = s.post(f"{node.url}/login", data={**form, "csrf": token}, allow_redirects=False, timeout=10)
     assert answer.status_code == 303, answer.text
@@ -177,13 +193,13 @@ def test_csrf_token_is_required_for_login_and_logout(node: ConsoleNode) -> None:
 
 
 def test_failed_logins_are_audited_and_rate_limited(node: ConsoleNode) -> None:
-    s = requests.Session()
-    s.verify = str(node.ca)
+    s = _session(node)
     s.get(f"{node.url}/login", timeout=10)
     token = s.cookies.get("ribnode_console_login")
     statuses = [
-        s.post(f"{node.url}/login", data={"username": "mallory", "password": f"guess{i}", "csrf": token},
-               timeout=30).status_code  # fmt: skip
+        s.post(
+            f"{node.url}/login", data={"username": "mallory", "password": f"guess{i}", "csrf": token}, timeout=30
+        ).status_code
         for i in range(5)
     ]
     assert statuses[:3] == [401, 401, 401] and statuses[3:] == [429, 429], statuses
@@ -228,8 +244,9 @@ def test_qa_finds_the_demo_study_by_weights_and_checks_its_provenance(node: Cons
     # thumbnails: three images, loaded (decoded by the browser), from the stored objects
     images = browser.find_elements(By.CSS_SELECTOR, ".thumbs img")
     assert len(images) == 3
-    wait_for(lambda: all(browser.execute_script("return arguments[0].naturalWidth", i) > 0 for i in images),
-             30, "thumbnails")  # fmt: skip
+    wait_for(
+        lambda: all(browser.execute_script("return arguments[0].naturalWidth", i) > 0 for i in images), 30, "thumbnails"
+    )
     # provenance of the SC: what the page shows is what the object's tags say
     section = browser.find_element(By.CSS_SELECTOR, "section.output[data-kind=sc]")
     facts = {
@@ -243,8 +260,11 @@ def test_qa_finds_the_demo_study_by_weights_and_checks_its_provenance(node: Cons
     assert facts["Synthetic Data (0008,001C)"] == (str(sc.SyntheticData), "yes")
     assert facts["Weights sha256 (Contribution Description)"][1] == "yes"
     assert weights[0] in facts["Weights sha256 (Contribution Description)"][0]
-    models = {f"{i.ManufacturerModelName} {i.SoftwareVersions[0]}" for i in sc.ContributingEquipmentSequence
-              if i.get("Manufacturer") == "ribnode"}  # fmt: skip
+    models = {
+        f"{i.ManufacturerModelName} {i.SoftwareVersions[0]}"
+        for i in sc.ContributingEquipmentSequence
+        if i.get("Manufacturer") == "ribnode"
+    }
     assert facts["Algorithms (Contributing Equipment)"] == ("; ".join(sorted(models)), "yes")
     source_uid = str(sc.SourceImageSequence[0].ReferencedSOPInstanceUID)
     assert facts["Source instances (Source Image / Evidence)"] == (source_uid, "yes")
@@ -262,8 +282,9 @@ def test_qa_finds_the_demo_study_by_weights_and_checks_its_provenance(node: Cons
     deliveries = browser.find_element(By.CSS_SELECTOR, "table.deliveries tbody").text
     assert "outbox" in deliveries and "delivered" in deliveries
     assert browser.find_element(By.ID, "patient-id").text == str(sc.PatientID)
-    browser.execute_script("window.scrollTo(0, 0)")
+    browser.set_window_size(1400, 2400)  # the thumbnails and the first provenance tables
     screenshot(browser, browser.downloads, "console-study")
+    browser.set_window_size(1400, 1000)
     accessed = [e for e in _audit(node, "DICOM Instances Accessed") if "viewed study page" in (e.detail or "")]
     assert accessed and accessed[-1].study_instance_uid == str(sc.StudyInstanceUID)
     assert (accessed[-1].detail or "").startswith("user alice (qa):")
@@ -323,8 +344,14 @@ def test_audit_xml_is_dicom_audit_messages(node: ConsoleNode) -> None:
     for message in root:
         _check_audit_message(message, codes)
         seen.add(message.find("EventIdentification/EventID").get("originalText"))  # type: ignore[union-attr]
-    assert {"Application Activity", "DICOM Instances Transferred", "DICOM Instances Accessed", "Query",
-            "User Authentication", "Security Alert"} <= seen  # fmt: skip
+    assert {
+        "Application Activity",
+        "DICOM Instances Transferred",
+        "DICOM Instances Accessed",
+        "Query",
+        "User Authentication",
+        "Security Alert",
+    } <= seen
 
 
 def _check_audit_message(message: ET.Element, codes: set[str]) -> None:
@@ -387,8 +414,11 @@ def test_job_list_filters_sort_and_pages(node: ConsoleNode) -> None:
     assert ids("model=rib-segmentation")[0] == [1]
     assert ids("model=no-such-model")[0] == []
     sc = _stored(node, "sc")
-    version = next(i.SoftwareVersions[0] for i in sc.ContributingEquipmentSequence
-                   if "segmentation" in str(i.get("ManufacturerModelName", "")))  # fmt: skip
+    version = next(
+        i.SoftwareVersions[0]
+        for i in sc.ContributingEquipmentSequence
+        if "segmentation" in str(i.get("ManufacturerModelName", ""))
+    )
     assert ids(f"model=rib-segmentation&version={version}")[0] == [1]
     assert ids("model=rib-segmentation&version=0.0.0")[0] == []
     assert ids("from=2000-01-01&to=2000-01-02")[0] == []
@@ -460,8 +490,9 @@ def test_keyboard_only(node: ConsoleNode, browser: Any) -> None:
 
 def test_audit_trail_reaches_the_syslog_collector_over_tls(node: ConsoleNode) -> None:
     wanted = node.ledger.audit_events()[-1].id
-    messages = wait_for(lambda: len(node.syslog.messages) >= wanted and node.syslog.messages, 60,
-                        f"{wanted} syslog messages")  # fmt: skip
+    messages = wait_for(
+        lambda: len(node.syslog.messages) >= wanted and node.syslog.messages, 60, f"{wanted} syslog messages"
+    )
     first = messages[0]
     header, _, body = first.partition(b"\xef\xbb\xbf")
     parts = header.decode().split(" ")

@@ -50,7 +50,7 @@ SECURITY_HEADERS = {
     ),
     "x-frame-options": "DENY",
     "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
+    "referrer-policy": "same-origin",  # no URL (study UIDs) leaves the site; Origin still sent on our POSTs
     "cross-origin-opener-policy": "same-origin",
     "cross-origin-resource-policy": "same-origin",
     "permissions-policy": "camera=(), microphone=(), geolocation=()",
@@ -190,7 +190,9 @@ class Console:
         return lambda v: v
 
     # -- authentication ----------------------------------------------------------------------
-    def authenticated(self, handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    def authenticated(
+        self, handler: Callable[[Request], Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]:
         """Wrap a page: a session cookie or a bearer token, else the login page (HTML) or 401."""
 
         async def wrapped(request: Request) -> Response:
@@ -202,9 +204,12 @@ class Console:
                 if principal is None:
                     if not wait:
                         self.ctx.auth.limiter.failed(host, "bearer")
-                    await self._audit(request, queries.USER_AUTHENTICATION,
-                                      "bearer token refused" + (" (rate limited)" if wait else ""),
-                                      outcome=AuditOutcome.MINOR_FAILURE)  # fmt: skip
+                    await self._audit(
+                        request,
+                        queries.USER_AUTHENTICATION,
+                        "bearer token refused" + (" (rate limited)" if wait else ""),
+                        outcome=AuditOutcome.MINOR_FAILURE,
+                    )
                     return PlainTextResponse("401 Unauthorized", 401, headers={"WWW-Authenticate": "Bearer"})
                 request.scope["principal"] = principal
                 return await handler(request)
@@ -247,7 +252,9 @@ class Console:
 
     async def login_page(self, request: Request) -> Response:
         token = secrets.token_urlsafe(32)
-        response = self._render(request, "login.html", login_csrf=token, next=_safe_next(request.query_params.get("next")))
+        response = self._render(
+            request, "login.html", login_csrf=token, next=_safe_next(request.query_params.get("next"))
+        )
         self._cookie(response, LOGIN_CSRF_COOKIE, token, 3600)
         return response
 
@@ -255,40 +262,69 @@ class Console:
         form = await self._form(request)
         host, name = _host(request), form.get("username", "")[:64]
         if not self._same_origin(request) or not same_token(request.cookies.get(LOGIN_CSRF_COOKIE), form.get("csrf")):
-            await self._audit(request, str(AuditEventName.SECURITY_ALERT), f"login form without a valid CSRF token ({name!r})",
-                              outcome=AuditOutcome.MINOR_FAILURE)  # fmt: skip
-            return PlainTextResponse("403 Forbidden: the form's CSRF token is missing or wrong; reload the login page", 403)
+            await self._audit(
+                request,
+                str(AuditEventName.SECURITY_ALERT),
+                f"login form without a valid CSRF token ({name!r})",
+                outcome=AuditOutcome.MINOR_FAILURE,
+            )
+            return PlainTextResponse(
+                "403 Forbidden: the form's CSRF token is missing or wrong; reload the login page", 403
+            )
         wait = self.ctx.auth.limiter.blocked(host, name)
         if wait:
-            await self._audit(request, str(AuditEventName.SECURITY_ALERT),
-                              f"login of {name!r} refused: too many failed logins (rate limited)",
-                              outcome=AuditOutcome.SERIOUS_FAILURE)  # fmt: skip
-            response = self._render(request, "login.html", 429, login_csrf=form.get("csrf"), next=_safe_next(form.get("next")),
-                                    error=f"Too many failed logins. Try again in {int(wait) + 1} seconds.")  # fmt: skip
+            await self._audit(
+                request,
+                str(AuditEventName.SECURITY_ALERT),
+                f"login of {name!r} refused: too many failed logins (rate limited)",
+                outcome=AuditOutcome.SERIOUS_FAILURE,
+            )
+            response = self._render(
+                request,
+                "login.html",
+                429,
+                login_csrf=form.get("csrf"),
+                next=_safe_next(form.get("next")),
+                error=f"Too many failed logins. Try again in {int(wait) + 1} seconds.",
+            )
             response.headers["retry-after"] = str(int(wait) + 1)
             return response
         principal = await run_in_threadpool(self.ctx.auth.users.check_password, name, form.get("password", ""))
         if principal is None:
             self.ctx.auth.limiter.failed(host, name)
-            await self._audit(request, queries.USER_AUTHENTICATION, f"login failed for {name!r}: wrong user name or password",
-                              outcome=AuditOutcome.MINOR_FAILURE)  # fmt: skip
-            return self._render(request, "login.html", 401, login_csrf=form.get("csrf"), next=_safe_next(form.get("next")),
-                                error="Wrong user name or password.")  # fmt: skip
+            await self._audit(
+                request,
+                queries.USER_AUTHENTICATION,
+                f"login failed for {name!r}: wrong user name or password",
+                outcome=AuditOutcome.MINOR_FAILURE,
+            )
+            return self._render(
+                request,
+                "login.html",
+                401,
+                login_csrf=form.get("csrf"),
+                next=_safe_next(form.get("next")),
+                error="Wrong user name or password.",
+            )
         self.ctx.auth.limiter.succeeded(host, name)
         session_id, _ = self.ctx.auth.sessions.create(principal)
         request.scope["principal"] = principal
         await self._audit(request, queries.USER_AUTHENTICATION, "login")
-        response = RedirectResponse(_safe_next(form.get("next")) or f"{PREFIX}/jobs", 303)
-        self._cookie(response, SESSION_COOKIE, session_id, int(self.ctx.settings.console.session_s))
-        response.delete_cookie(LOGIN_CSRF_COOKIE, path=PREFIX)
-        return response
+        redirect = RedirectResponse(_safe_next(form.get("next")) or f"{PREFIX}/jobs", 303)
+        self._cookie(redirect, SESSION_COOKIE, session_id, int(self.ctx.settings.console.session_s))
+        redirect.delete_cookie(LOGIN_CSRF_COOKIE, path=PREFIX)
+        return redirect
 
     async def logout(self, request: Request) -> Response:
         form = await self._form(request)
         session = request.scope.get("console_session")
         if session is None or not self._same_origin(request) or not same_token(session.csrf, form.get("csrf")):
-            await self._audit(request, str(AuditEventName.SECURITY_ALERT), "logout without a valid CSRF token",
-                              outcome=AuditOutcome.MINOR_FAILURE)  # fmt: skip
+            await self._audit(
+                request,
+                str(AuditEventName.SECURITY_ALERT),
+                "logout without a valid CSRF token",
+                outcome=AuditOutcome.MINOR_FAILURE,
+            )
             return PlainTextResponse("403 Forbidden: CSRF token missing or wrong", 403)
         self.ctx.auth.sessions.end(request.cookies.get(SESSION_COOKIE))
         await self._audit(request, queries.USER_AUTHENTICATION, "logout")
@@ -305,8 +341,16 @@ class Console:
         page = await run_in_threadpool(queries.list_jobs, self.ctx.ledger, f, self.ctx.settings.console.page_size)
         await self._audit(request, queries.QUERY, f"jobs page {page.page}: {f.describe()} ({page.total} found)")
         params = {k: v for k, v in request.query_params.items() if v and k != "page"}
-        return self._render(request, "jobs.html", page=page, f=f, params=params, states=queries.STAGES,
-                            stages=queries.STAGES[:4], link=_link)  # fmt: skip
+        return self._render(
+            request,
+            "jobs.html",
+            page=page,
+            f=f,
+            params=params,
+            states=queries.STAGES,
+            stages=queries.STAGES[:4],
+            link=_link,
+        )
 
     async def study(self, request: Request) -> Response:
         uid = request.path_params["uid"]
@@ -318,10 +362,14 @@ class Console:
         provenance = await run_in_threadpool(self._provenance, view)
         outputs = sum(len(s.outputs) for s in view.sources)
         classes = " ".join(sorted({s.sop_class_uid for s in view.sources}))
-        await self._audit(request, str(AuditEventName.INSTANCES_ACCESSED),
-                          f"viewed study page: {len(view.sources)} source(s), {outputs} output(s)",
-                          study_uid=view.study_uid, instance_count=len(view.sources) + outputs,
-                          sop_class_uids=classes or None)  # fmt: skip
+        await self._audit(
+            request,
+            str(AuditEventName.INSTANCES_ACCESSED),
+            f"viewed study page: {len(view.sources)} source(s), {outputs} output(s)",
+            study_uid=view.study_uid,
+            instance_count=len(view.sources) + outputs,
+            sop_class_uids=classes or None,
+        )
         return self._render(request, "study.html", view=view, provenance=provenance)
 
     def _provenance(self, view: queries.StudyView) -> dict[str, Any]:
@@ -346,8 +394,13 @@ class Console:
         except (OSError, ValueError, AttributeError) as exc:
             logger.warning("thumbnail %s of %s: %s", kind, uid, exc)
             return PlainTextResponse(f"404 Not Found: the stored objects cannot be rendered ({exc})", 404)
-        await self._audit(request, str(AuditEventName.INSTANCES_ACCESSED), f"viewed {kind} thumbnail of SC {uid}",
-                          study_uid=pair.study_uid, instance_count=1 if kind == "original" else 2)  # fmt: skip
+        await self._audit(
+            request,
+            str(AuditEventName.INSTANCES_ACCESSED),
+            f"viewed {kind} thumbnail of SC {uid}",
+            study_uid=pair.study_uid,
+            instance_count=1 if kind == "original" else 2,
+        )
         return Response(png, media_type="image/png")
 
     async def models(self, request: Request) -> Response:
@@ -363,8 +416,16 @@ class Console:
         page = await run_in_threadpool(queries.list_audit, self.ctx.ledger, f, self.ctx.settings.console.page_size)
         await self._audit(request, queries.QUERY, f"audit page {page.page}: {f.describe()} ({page.total} found)")
         params = {k: v for k, v in request.query_params.items() if v and k != "page"}
-        return self._render(request, "audit.html", page=page, f=f, params=params, events=queries.EVENT_NAMES,
-                            console_user=queries.console_user, link=_link)  # fmt: skip
+        return self._render(
+            request,
+            "audit.html",
+            page=page,
+            f=f,
+            params=params,
+            events=queries.EVENT_NAMES,
+            console_user=queries.console_user,
+            link=_link,
+        )
 
     async def audit_export(self, request: Request) -> Response:
         kind = request.path_params["kind"]

@@ -112,8 +112,13 @@ def _participants(message: ET.Element, row: AuditRow, source: AuditSource) -> No
             person |= {"NetworkAccessPointID": row.source_host, "NetworkAccessPointTypeCode": "2"}
         _code(ET.SubElement(message, "ActiveParticipant", person), "RoleIDCode", SOURCE_ROLE[0], "DCM", SOURCE_ROLE[1])
         node = {"UserID": f"{source.source_id} console", "UserIsRequestor": "false"}
-        _code(ET.SubElement(message, "ActiveParticipant", node), "RoleIDCode", DESTINATION_ROLE[0], "DCM",
-              DESTINATION_ROLE[1])  # fmt: skip
+        _code(
+            ET.SubElement(message, "ActiveParticipant", node),
+            "RoleIDCode",
+            DESTINATION_ROLE[0],
+            "DCM",
+            DESTINATION_ROLE[1],
+        )
         return
     added = False
     if row.source_aet or row.source_host:
@@ -126,8 +131,8 @@ def _participants(message: ET.Element, row: AuditRow, source: AuditSource) -> No
         added = True
     if row.destination_aet:
         receiver = {"UserID": row.destination_aet, "UserIsRequestor": "false"}
-        node = ET.SubElement(message, "ActiveParticipant", receiver)
-        _code(node, "RoleIDCode", DESTINATION_ROLE[0], "DCM", DESTINATION_ROLE[1])
+        destination = ET.SubElement(message, "ActiveParticipant", receiver)
+        _code(destination, "RoleIDCode", DESTINATION_ROLE[0], "DCM", DESTINATION_ROLE[1])
         added = True
     if not added:  # the application itself (Application Activity, alerts without a peer)
         app = ET.SubElement(message, "ActiveParticipant", {"UserID": source.source_id, "UserIsRequestor": "false"})
@@ -139,18 +144,24 @@ def _objects(message: ET.Element, row: AuditRow, mask: Mask) -> None:
         query = ET.SubElement(
             message,
             "ParticipantObjectIdentification",
-            {"ParticipantObjectID": "ribnode console", "ParticipantObjectTypeCode": "2",
-             "ParticipantObjectTypeCodeRole": "24"},
-        )  # fmt: skip
+            {
+                "ParticipantObjectID": "ribnode console",
+                "ParticipantObjectTypeCode": "2",
+                "ParticipantObjectTypeCodeRole": "24",
+            },
+        )
         _code(query, "ParticipantObjectIDTypeCode", "110181", "DCM", "SOP Class UID")
         ET.SubElement(query, "ParticipantObjectQuery").text = base64.b64encode((row.detail or "").encode()).decode()
     if row.study_uid:
         study = ET.SubElement(
             message,
             "ParticipantObjectIdentification",
-            {"ParticipantObjectID": row.study_uid, "ParticipantObjectTypeCode": "2",
-             "ParticipantObjectTypeCodeRole": "3"},
-        )  # fmt: skip
+            {
+                "ParticipantObjectID": row.study_uid,
+                "ParticipantObjectTypeCode": "2",
+                "ParticipantObjectTypeCodeRole": "3",
+            },
+        )
         _code(study, "ParticipantObjectIDTypeCode", "110180", "DCM", "Study Instance UID")
         for uid in row.sop_class_uids:
             sop = {"UID": uid}

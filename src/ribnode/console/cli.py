@@ -19,7 +19,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         ),
     )
     actions = console.add_subparsers(dest="console_command", metavar="ACTION", required=True)
-    hashing = actions.add_parser("hash-password", help="print the argon2 hash of a password (read from the terminal or stdin)")
+    hashing = actions.add_parser(
+        "hash-password", help="print the argon2 hash of a password (read from the terminal or stdin)"
+    )
     hashing.set_defaults(handler=hash_password_command)
     token = actions.add_parser("new-token", help="print a new bearer token and the sha256 to configure")
     token.set_defaults(handler=new_token_command)

@@ -81,21 +81,41 @@ def compare(
     expected_synthetic = output.kind == "sc" or bool(source_synthetic)
     synthetic = described["synthetic_data"] or "(absent)"
     return [
-        Fact("SOP Instance UID", described["sop_instance_uid"], output.sop_instance_uid,
-             described["sop_instance_uid"] == output.sop_instance_uid),
+        Fact(
+            "SOP Instance UID",
+            described["sop_instance_uid"],
+            output.sop_instance_uid,
+            described["sop_instance_uid"] == output.sop_instance_uid,
+        ),
         Fact("Study Instance UID", object_study, study_uid, object_study == study_uid),
         Fact("SOP Class", described["sop_class"], output.kind.upper(), _kind_matches(output.kind, described)),
-        Fact("Synthetic Data (0008,001C)", synthetic, "YES" if expected_synthetic else "(absent)",
-             (synthetic == "YES") == expected_synthetic),
-        Fact("Algorithms (Contributing Equipment)", _pairs(models_in_object), _pairs(models_in_ledger),
-             models_in_object == models_in_ledger),
-        Fact("Weights sha256 (Contribution Description)", ", ".join(weights_in_object) or "(none)",
-             output.weights_sha256, output.weights_sha256 in weights_in_object),
-        Fact("Source instances (Source Image / Evidence)", ", ".join(described["derived_from"]) or "(none)",
-             output.source_sop_instance_uid, output.source_sop_instance_uid in described["derived_from"]),
+        Fact(
+            "Synthetic Data (0008,001C)",
+            synthetic,
+            "YES" if expected_synthetic else "(absent)",
+            (synthetic == "YES") == expected_synthetic,
+        ),
+        Fact(
+            "Algorithms (Contributing Equipment)",
+            _pairs(models_in_object),
+            _pairs(models_in_ledger),
+            models_in_object == models_in_ledger,
+        ),
+        Fact(
+            "Weights sha256 (Contribution Description)",
+            ", ".join(weights_in_object) or "(none)",
+            output.weights_sha256,
+            output.weights_sha256 in weights_in_object,
+        ),
+        Fact(
+            "Source instances (Source Image / Evidence)",
+            ", ".join(described["derived_from"]) or "(none)",
+            output.source_sop_instance_uid,
+            output.source_sop_instance_uid in described["derived_from"],
+        ),
         Fact("Content Qualification", described["content_qualification"] or "(absent)", None),
         Fact("Derivation Description", described["derivation_description"] or "(absent)", None),
-    ]  # fmt: skip
+    ]
 
 
 def _kind_matches(kind: str, described: dict[str, Any]) -> bool:

@@ -14,7 +14,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Select, exists, func, or_, select
+from sqlalchemy import exists, func, or_, select
 
 from ribnode.node.ledger import AuditEventName, AuditOutcome, Ledger
 from ribnode.node.schema import AuditEvent, Delivery, Instance, Job, JobState, JobTransition, OutputObject, Study
@@ -440,7 +440,8 @@ class AuditPage:
     pages: int
 
 
-def _audit_query(f: AuditFilter) -> Select[Any]:
+def _audit_query(f: AuditFilter) -> Any:
+    """SELECT of the events matching ``f``, each with its study's patient ID."""
     conditions: list[Any] = []
     if f.event:
         conditions.append(AuditEvent.event == f.event)
@@ -493,17 +494,15 @@ def list_audit(ledger: Ledger, f: AuditFilter, page_size: int) -> AuditPage:
         total = s.scalar(select(func.count()).select_from(query.subquery())) or 0
         pages = max(1, math.ceil(total / page_size))
         page = min(max(1, f.page), pages)
-        found = s.execute(
-            query.order_by(AuditEvent.id.desc()).offset((page - 1) * page_size).limit(page_size)
-        ).all()
-    return AuditPage([_audit_row(e, p) for e, p in found], total, page, pages)
+        found = s.execute(query.order_by(AuditEvent.id.desc()).offset((page - 1) * page_size).limit(page_size)).all()
+    return AuditPage([_audit_row(row[0], row[1]) for row in found], total, page, pages)
 
 
 def all_audit(ledger: Ledger, f: AuditFilter, limit: int = 100_000) -> list[AuditRow]:
     """Every audit event matching ``f``, oldest first (the exports), at most ``limit``."""
     with ledger.session() as s:
         found = s.execute(_audit_query(f).order_by(AuditEvent.id).limit(limit)).all()
-    return [_audit_row(e, p) for e, p in found]
+    return [_audit_row(row[0], row[1]) for row in found]
 
 
 def audit_after(ledger: Ledger, last_id: int, limit: int = 500) -> list[AuditRow]:

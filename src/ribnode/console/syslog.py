@@ -140,8 +140,9 @@ class SyslogForwarder:
                 try:
                     self._connect().sendall(frame(self.message(row)))
                 except (OSError, ssl.SSLError) as exc:
-                    logger.warning("audit syslog to %s:%d failed (%s); retried", self.settings.host,
-                                   self.settings.port, exc)  # fmt: skip
+                    logger.warning(
+                        "audit syslog to %s:%d failed (%s); retried", self.settings.host, self.settings.port, exc
+                    )
                     self._close()
                     return sent
                 last = row.id
