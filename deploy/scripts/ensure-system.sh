@@ -13,6 +13,9 @@ have redis-server || need+=(redis-server)  # the broker of a site deployment (th
 if [ "${1:-}" = "test" ]; then
   have pg_ctlcluster || need+=(postgresql)
   have socat || need+=(socat)  # TLS in front of Orthanc for the STOW-over-HTTPS test
+  # the QA console's browser test: Debian's Chromium and its chromedriver (nothing downloads a browser)
+  [ -x /usr/bin/chromium ] || need+=(chromium)
+  [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 fi
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 echo "ensure-system: installing ${need[*]}"

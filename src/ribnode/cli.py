@@ -16,6 +16,7 @@ from ribnode import __version__
 
 def build_parser() -> argparse.ArgumentParser:
     from ribnode import demo
+    from ribnode.console import cli as console_cli
     from ribnode.dicom_sr import cli as dicom_sr_cli
     from ribnode.models import cli as models_cli
     from ribnode.node import cli as node_cli
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     workers_cli.add_commands(sub)
     models_cli.add_commands(sub)
     dicom_sr_cli.add_commands(sub)
+    console_cli.add_commands(sub)
     demo.add_commands(sub)
     return parser
 

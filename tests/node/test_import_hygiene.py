@@ -1,5 +1,6 @@
-"""``ribnode.node`` (and the Celery plumbing the listener uses) never imports torch, diffusers
-or onnxruntime: the listener starts fast and a model bug cannot take it down."""
+"""``ribnode.node`` (and the Celery plumbing the listener uses, and the QA console it serves)
+never imports torch, diffusers or onnxruntime: the listener starts fast and a model bug cannot
+take it down."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ MODULES = [
     "ribnode.node.http",
     "ribnode.node.http.app",
     "ribnode.workers.app",
+    "ribnode.console.app",
+    "ribnode.console.syslog",
+    "ribnode.console.cli",
 ]
 
 

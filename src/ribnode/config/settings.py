@@ -115,6 +115,61 @@ class HttpSettings(BaseModel):
     tls_verify_client: bool = False  # require a client certificate signed by tls_ca
 
 
+class ConsoleUser(BaseModel):
+    """One person allowed into the QA console: an argon2 password hash (``ribnode console
+    hash-password``) and/or the sha256 of a bearer token (``ribnode console new-token``)."""
+
+    name: str = Field(min_length=1, max_length=64)  # login name, recorded in every audit event
+    role: Literal["qa", "technical"] = "qa"  # "technical": patient identifiers masked
+    password_hash: str | None = None  # argon2 hash ("$argon2id$..."); never the password itself
+    token_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")  # hex sha256 of the bearer token
+
+    @model_validator(mode="after")
+    def _check_credentials(self) -> ConsoleUser:
+        """At least one way in, and a password hash that is argon2's (not a clear password)."""
+        if self.password_hash is None and self.token_sha256 is None:
+            raise ValueError(f"console user {self.name!r}: set password_hash or token_sha256")
+        if self.password_hash is not None and not self.password_hash.startswith("$argon2"):
+            raise ValueError(
+                f"console user {self.name!r}: password_hash must be an argon2 hash "
+                "(`ribnode console hash-password`), not the password"
+            )
+        return self
+
+
+class SyslogSettings(BaseModel):
+    """Forwarding of the ledger's audit events to a syslog collector (IHE ATNA: RFC 5424
+    messages over TLS, RFC 5425 framing); off when ``host`` is unset."""
+
+    host: str | None = None  # collector host name or address; forwarding is off when unset
+    port: int = Field(default=6514, ge=1, le=65535)  # RFC 5425 port
+    tls_ca: Path | None = None  # PEM CA bundle to verify the collector with (None: system CAs)
+    tls_cert: Path | None = None  # client certificate (mutual TLS, as ATNA nodes use)
+    tls_key: Path | None = None  # PEM private key of tls_cert
+    app_name: str = Field(default="ribnode", max_length=48)  # RFC 5424 APP-NAME
+    poll_s: float = Field(default=2.0, gt=0)  # how often new audit events are looked for, seconds
+    timeout_s: float = Field(default=10.0, gt=0)  # connect and send timeout, seconds
+
+
+class ConsoleSettings(BaseModel):
+    """The read-only QA console (provenance and audit), served by the HTTP service under
+    /console; off by default."""
+
+    enabled: bool = False  # serve /console on the HTTP service (needs http.port)
+    users: list[ConsoleUser] = Field(default_factory=list)  # who may log in
+    session_s: float = Field(default=8 * 3600, gt=0)  # a login lasts this long, seconds
+    # after this many failed logins for one user name (4 times as many from one address) within
+    # login_window_s, further logins are refused (429) and audited as a Security Alert
+    login_max_failures: int = Field(default=5, ge=1)
+    login_window_s: float = Field(default=900.0, gt=0)  # window of login_max_failures, seconds
+    # cookies with the Secure flag; leave on unless the console is reached over plain HTTP on loopback
+    secure_cookies: bool = True
+    page_size: int = Field(default=25, ge=1, le=500)  # rows per page of the job and audit lists
+    # where the model cards are published ("{name}" is the model's card name, e.g. rib-suppression)
+    model_card_url: str = "docs/models/{name}.md"
+    syslog: SyslogSettings = Field(default_factory=SyslogSettings)
+
+
 class SpoolSettings(BaseModel):
     """Where received instances are written before C-STORE success goes back."""
 
@@ -295,6 +350,7 @@ class Settings(BaseSettings):
     var_dir: Path = Path("var")
     listener: ListenerSettings = Field(default_factory=ListenerSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     spool: SpoolSettings = Field(default_factory=SpoolSettings)
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
     broker: BrokerSettings = Field(default_factory=BrokerSettings)

@@ -148,6 +148,7 @@ def _serve(settings: Any, dimse: bool = True) -> int:
     from ribnode.workers.app import enqueue_job, make_celery
 
     routing = RoutingRule(settings.routing.rules)  # a malformed rule fails here, before binding
+    _check_console(settings)
     ledger = Ledger(settings.ledger.url)
     spool = Spool(settings.spool.directory)
     try:
@@ -167,6 +168,8 @@ def _serve(settings: Any, dimse: bool = True) -> int:
         if settings.http.port is not None:
             http = stack.enter_context(_http_service(settings, ledger, spool, routing, app))
         stack.enter_context(completion)
+        if settings.console.syslog.host is not None:
+            stack.enter_context(_audit_forwarder(settings, ledger))
         ledger.audit(AuditEventName.APPLICATION_ACTIVITY, detail="ribnode serve started")
         if dimse:
             print(
@@ -178,6 +181,11 @@ def _serve(settings: Any, dimse: bool = True) -> int:
             print(
                 f"ribnode serve: HTTP (STOW-RS, /healthz, /readyz, /metrics) on "
                 f"{http.scheme}://{settings.http.bind_address}:{http.port}",
+                flush=True,
+            )
+        if settings.console.enabled:
+            print(
+                f"ribnode serve: QA console on {http.scheme}://{settings.http.bind_address}:{http.port}/console/",
                 flush=True,
             )
         stop.wait()
@@ -212,11 +220,51 @@ def warn_if_exposed(listener: Any) -> str | None:
 
 
 def _http_service(settings: Any, ledger: Any, spool: Any, routing: Any, celery_app: Any) -> Any:
-    """The HTTP service (``ribnode.node.http``), not yet started."""
+    """The HTTP service (``ribnode.node.http``), not yet started; with the QA console
+    (``ribnode.console``) mounted at /console when ``console.enabled``."""
     from ribnode.node.http import HttpService
     from ribnode.node.http.app import broker_probe, make_app
 
-    return HttpService(make_app(settings, ledger, spool, routing, broker_probe(celery_app)), settings.http)
+    console = None
+    if settings.console.enabled:
+        from ribnode.console.app import make_console
+
+        console = make_console(settings, ledger)
+    app = make_app(settings, ledger, spool, routing, broker_probe(celery_app), console)
+    return HttpService(app, settings.http)
+
+
+def _check_console(settings: Any) -> None:
+    """The console needs the HTTP service and users; warn when it is reachable off the host
+    without TLS (passwords and session cookies would cross the network in clear)."""
+    from ribnode.node.http import HttpServiceError
+
+    if not settings.console.enabled:
+        return
+    if settings.http.port is None:
+        raise HttpServiceError("console.enabled needs the HTTP service: set http.port (--http-port)")
+    if not settings.console.users:
+        raise HttpServiceError("console.enabled but console.users is empty: nobody could log in")
+    loopback = str(settings.http.bind_address) in ("127.0.0.1", "::1", "localhost")
+    if not loopback and settings.http.tls_cert is None:
+        text = (
+            f"WARNING: the QA console is served on {settings.http.bind_address} without TLS: "
+            "passwords and session cookies cross the network in clear. Set http.tls_cert/tls_key."
+        )
+        logger.warning(text)
+        print(f"ribnode serve: {text}", file=sys.stderr, flush=True)
+
+
+def _audit_forwarder(settings: Any, ledger: Any) -> Any:
+    """The syslog forwarder of the audit trail (``console.syslog``), not yet started."""
+    from pathlib import Path
+
+    from ribnode.console.audit_export import AuditSource
+    from ribnode.console.syslog import SyslogForwarder
+
+    source = AuditSource(settings.outputs.node_id, settings.listener.ae_title)
+    cursor = Path(settings.var_dir) / "audit-syslog.cursor"
+    return SyslogForwarder(settings.console.syslog, ledger, source, cursor)
 
 
 def status_command(args: argparse.Namespace) -> int:

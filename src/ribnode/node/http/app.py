@@ -31,7 +31,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from ribnode.config.settings import HttpSettings, Settings
 from ribnode.node.http.metrics import LedgerCollector
@@ -375,8 +375,10 @@ def make_app(
     spool: Spool,
     routing: RoutingRule,
     broker_check: Callable[[], None],
+    console: Any = None,
 ) -> Starlette:
-    """The ASGI app of the node's HTTP service (no globals: everything is passed in)."""
+    """The ASGI app of the node's HTTP service (no globals: everything is passed in);
+    ``console``, an ASGI app (the QA console, ``ribnode.console``), is mounted at /console."""
     stow = StowService(settings.http, StowContext(spool, ledger, routing, settings.listener.ae_title))
     readiness = Readiness(ledger, broker_check, spool.directory, settings.http.min_spool_free_bytes)
     registry = CollectorRegistry(auto_describe=False)
@@ -393,15 +395,16 @@ def make_app(
     async def metrics(request: Request) -> Response:
         return Response(await run_in_threadpool(generate_latest, registry), media_type=CONTENT_TYPE_LATEST)
 
-    app = Starlette(
-        routes=[
-            Route("/dicom-web/studies", stow.handle, methods=["POST"]),
-            Route("/dicom-web/studies/{study}", stow.handle, methods=["POST"]),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-            Route("/metrics", metrics, methods=["GET"]),
-        ]
-    )
+    routes: list[BaseRoute] = [
+        Route("/dicom-web/studies", stow.handle, methods=["POST"]),
+        Route("/dicom-web/studies/{study}", stow.handle, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    if console is not None:
+        routes.append(Mount("/console", app=console))
+    app = Starlette(routes=routes)
     # a client too slow to send its request head (the server closes it: http.header_timeout_s)
     app.state.on_slow_client = lambda host, detail: audit_security_alert(stow.ctx, host, detail)
     return app
