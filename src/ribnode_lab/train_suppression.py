@@ -60,9 +60,9 @@ class SuppressionTrainConfig:
     lr: float = 2e-3
     base: int = 16
     depth: int = 5
-    refiner_steps: int = 400  # then the refiner alone, on the frozen estimator's outputs
+    refiner_steps: int = 300  # then the refiner alone, on windows of the frozen estimator's whole-image outputs
     refiner_crop: int = 256
-    refiner_batch: int = 4
+    refiner_batch: int = 2
     refiner_lr: float = 5e-4
     refiner_channels: str = "16,32,64,64"
     eta: float = 0.02  # the refiner's starting noise, network units
@@ -315,11 +315,14 @@ def train(config: SuppressionTrainConfig) -> Path:
             for group in opt_r.param_groups:
                 group["lr"] = config.refiner_lr * scale
             picks = rng.integers(0, len(pairs), config.refiner_batch)
-            batch = [sample(pairs[i], rng, config.refiner_crop, config.nodule_prob) for i in picks]
+            batch = [sample(pairs[i], rng, 512, config.nodule_prob) for i in picks]
             n, target, weight = (torch.from_numpy(np.stack([b[k] for b in batch])) for k in range(3))
             estimator.eval()
-            with torch.no_grad():
+            with torch.no_grad():  # the whole image's estimate, as at inference (GroupNorm sees it all)
                 estimate = estimator(n)
+            r, c = (int(v) for v in rng.integers(0, 512 - config.refiner_crop + 1, 2))
+            window_ = (..., slice(r, r + config.refiner_crop), slice(c, c + config.refiner_crop))
+            estimate, target, n, weight = (v[window_] for v in (estimate, target, n, weight))
             refiner.train()
             loss = refiner_loss(refiner, estimate, target, n, weight, config.eta)
             opt_r.zero_grad()
