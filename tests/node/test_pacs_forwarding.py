@@ -24,7 +24,10 @@ VERSIONS = {"segmentation": "test", "suppression": "test"}
 
 def test_orthanc_forwards_rg1_study(tmp_path: Path, orthanc_factory, rg1_files, postgres_fresh_url, redis_url) -> None:
     port = free_port()
-    settings = make_settings(tmp_path, port, **{"ledger.url": postgres_fresh_url, "broker.url": redis_url})
+    # a quiet period longer than the helpers' 0.5 s: on a loaded 2-core machine Orthanc's three
+    # stores can be more than 0.5 s apart, and the study would be split into a job and a follow-up
+    overrides = {"ledger.url": postgres_fresh_url, "broker.url": redis_url, "spool.quiet_period_s": 3.0}
+    settings = make_settings(tmp_path, port, **overrides)
     ledger = Ledger(settings.ledger.url)
     app = make_celery(settings)
     completion = StudyCompletion(settings, ledger, functools.partial(enqueue_job, app), versions=VERSIONS)
