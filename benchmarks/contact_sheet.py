@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ribnode.models.synthetic import SyntheticChest, generate_chest  # noqa: E402
+from ribnode.phantom import SyntheticChest, generate_chest  # noqa: E402
 
 TILE = 256
 

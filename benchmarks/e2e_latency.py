@@ -15,7 +15,7 @@ Orthanc by STOW-RS. Each run, Orthanc sends a new study (fresh UIDs) to ribnode 
 
 The first job of a worker loads the models (cold); it is reported apart and excluded from the
 median. Sources: the RG1 CR chest of pydicom-data (1955x1841, MONOCHROME1) and a synthetic DX
-chest (``ribnode.models.synthetic``). Prints a Markdown section; its figures go into the rows of
+chest (``ribnode.phantom``). Prints a Markdown section; its figures go into the rows of
 ``docs/benchmarks.md``:
 
     .venv/bin/python benchmarks/e2e_latency.py --runs 3
@@ -45,9 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 
 from ribnode.config.settings import Settings, load_settings  # noqa: E402
-from ribnode.demo import DEMO_AE, demo_routing, start_node, write_config  # noqa: E402
+from ribnode.demo.orthanc import OrthancServer, free_port  # noqa: E402
+from ribnode.demo.run import DEMO_AE, demo_routing, start_node, write_config  # noqa: E402
 from ribnode.node.ledger import Ledger  # noqa: E402
-from ribnode.node.orthanc import OrthancServer, free_port  # noqa: E402
 
 POLL_S = 0.05
 # received -> running is one phase: with Redis the worker may start the job before the
@@ -103,7 +103,7 @@ def fresh_copy(path: Path, out: Path, index: int) -> Path:
 def sources(work: Path, size: int) -> dict[str, Path]:
     import data_store
 
-    from ribnode.models.synthetic import generate_chest, write_dicom_study
+    from ribnode.phantom import generate_chest, write_dicom_study
 
     rg1 = Path(data_store.__file__).parent / "data" / "RG1_UNCR.dcm"
     [synthetic] = write_dicom_study(generate_chest(7, size), work / "synthetic", 7)

@@ -34,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 
 from ribnode.config.settings import OutputSettings  # noqa: E402
+from ribnode.demo.orthanc import OrthancServer  # noqa: E402
 from ribnode.dicom_sr import OutputSet, build_outputs  # noqa: E402
 from ribnode.node.export import deliver, export_job, stage_outputs  # noqa: E402
 from ribnode.node.ledger import JobState, Ledger  # noqa: E402
-from ribnode.node.orthanc import OrthancServer  # noqa: E402
 from tests.dicom_sr.inputs import model_inputs, synthetic_dx  # noqa: E402
 from tests.node.export_helpers import (  # noqa: E402
     cstore,

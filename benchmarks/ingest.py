@@ -40,7 +40,7 @@ from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from ribnode.node.orthanc import OrthancServer, free_port
+from ribnode.demo.orthanc import OrthancServer, free_port
 
 DX = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
 RIBNODE = [sys.executable, "-m", "ribnode"]

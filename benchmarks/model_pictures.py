@@ -77,7 +77,7 @@ def main() -> None:
     from ribnode.models.preprocess import read_radiograph
     from ribnode.models.segmentation import RibSegmenter
     from ribnode.models.suppression import RibSuppressor
-    from ribnode.models.synthetic import generate_chest
+    from ribnode.phantom import generate_chest
 
     segmenter = RibSegmenter(threads=args.threads)
     suppressor = RibSuppressor(threads=args.threads)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.resample import cpu_model  # noqa: E402
 from ribnode.models import preprocess  # noqa: E402
-from ribnode.models.synthetic import generate_chest, write_dicom_study  # noqa: E402
+from ribnode.phantom import generate_chest, write_dicom_study  # noqa: E402
 
 DATA = Path(pydicom.__file__).parents[1] / "data_store" / "data"
 

@@ -38,7 +38,7 @@ from dicomweb_client.api import DICOMwebClient
 from ingest import RIBNODE, make_instances, wait_port  # noqa: E402  (benchmarks/ingest.py)
 from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 
-from ribnode.node.orthanc import OrthancServer, free_port
+from ribnode.demo.orthanc import OrthancServer, free_port
 
 TOKEN = "bench-token"
 

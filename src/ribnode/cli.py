@@ -15,11 +15,12 @@ from ribnode import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ribnode import demo
     from ribnode.console import cli as console_cli
+    from ribnode.demo import run as demo_cli
     from ribnode.dicom_sr import cli as dicom_sr_cli
     from ribnode.models import cli as models_cli
     from ribnode.node import cli as node_cli
+    from ribnode.phantom import cli as phantom_cli
     from ribnode.workers import cli as workers_cli
 
     parser = argparse.ArgumentParser(
@@ -39,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     models_cli.add_commands(sub)
     dicom_sr_cli.add_commands(sub)
     console_cli.add_commands(sub)
-    demo.add_commands(sub)
+    phantom_cli.add_commands(sub)
+    demo_cli.add_commands(sub)
     return parser
 
 

@@ -259,7 +259,7 @@ def evaluate_gate(segmenter: RibSegmenter, cases: list[Case], rg_files: dict[str
     import pydicom
 
     from ribnode.models.preprocess import NotAChestError, read_radiograph
-    from ribnode.models.synthetic import generate_chest
+    from ribnode.phantom import generate_chest
 
     def verdict(image: np.ndarray) -> str:
         try:

@@ -45,7 +45,7 @@ class SegTrainConfig:
     base: int = 16
     depth: int = 5
     nodule_prob: float = 0.7
-    phantoms: int = 40  # synthetic chests (ribnode.models.synthetic) added to the training cases
+    phantoms: int = 40  # synthetic chests (ribnode.phantom) added to the training cases
     seed: int = 20261207
     threads: int = 1
     checkpoint_every: int = 100
@@ -74,7 +74,7 @@ def prepare(case: Case, size: int) -> Sample:
 def prepare_phantom(seed: int, size: int) -> Sample:
     """A synthetic chest with exact labels: lung fields (lung path, retrocardiac included), ribs
     by the reference rule on its exact bone layer inside the lung field; clavicles unlabelled."""
-    from ribnode.models.synthetic import generate_chest
+    from ribnode.phantom import generate_chest
     from ribnode_lab.data import reference_rib_mask
 
     chest = generate_chest(seed, 512)

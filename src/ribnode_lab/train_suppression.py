@@ -133,9 +133,9 @@ def make_pair(case: Case) -> Pair:
 
 
 def make_phantom(seed: int) -> Pair:
-    """A synthetic chest (``ribnode.models.synthetic``) with its exact bone layer; the phantom's
+    """A synthetic chest (``ribnode.phantom``) with its exact bone layer; the phantom's
     clavicles are part of its bone layer but have no separate mask (their pool is the bone's)."""
-    from ribnode.models.synthetic import generate_chest
+    from ribnode.phantom import generate_chest
 
     chest = generate_chest(seed, 512)
     assert chest.lung_mask is not None

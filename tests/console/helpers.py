@@ -53,7 +53,7 @@ def run_real_job(tmp: Path) -> DemoStudy:
     shipped models, folder export), as ``ribnode demo`` does; returns once its job is done."""
     import pydicom
 
-    from ribnode.models.synthetic import generate_chest, write_dicom_study
+    from ribnode.phantom import generate_chest, write_dicom_study
     from tests.node.helpers import c_store, wait_for
     from tests.workers.e2e import e2e_settings, job_of_study, running_node
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from ribnode.demo.orthanc import OrthancServer
 from ribnode.dicom_sr import OutputSet
 from ribnode.dicom_sr.cli import add_commands
-from ribnode.node.orthanc import OrthancServer
 from tests.dicom_sr.inputs import SUP_MODEL
 
 

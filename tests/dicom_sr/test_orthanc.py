@@ -11,8 +11,8 @@ import pydicom
 from PIL import Image
 
 from ribnode.config.settings import OutputSettings
+from ribnode.demo.orthanc import OrthancServer
 from ribnode.dicom_sr import build_outputs
-from ribnode.node.orthanc import OrthancServer
 from tests.dicom_sr.conftest import write_outputs
 from tests.dicom_sr.inputs import CREATED, model_inputs
 

@@ -13,7 +13,7 @@ from ribnode.config.settings import OutputSettings
 from ribnode.dicom_sr import build_outputs
 from ribnode.models.info import SegmentationResult, SuppressionResult
 from ribnode.models.preprocess import read_radiograph
-from ribnode.models.synthetic import generate_chest, write_dicom_study
+from ribnode.phantom import generate_chest, write_dicom_study
 from tests.dicom_sr.conftest import write_outputs
 from tests.dicom_sr.inputs import CREATED, SEG_MODEL, SUP_MODEL
 from tests.dicom_sr.validation import assert_valid_and_explained as assert_valid

@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 from pydicom.filereader import read_file_meta_info
 
-from ribnode.demo import demo_routing
+from ribnode.demo.run import demo_routing
 from ribnode.node.ledger import JobState, Ledger
 from ribnode.node.schema import TERMINAL_JOB_STATES, Instance, InstanceState, Job
 from tests.fuzz.specimens import Mutator, Specimen, build_seeds

@@ -1,7 +1,7 @@
 """Seeded mutants of real DICOM instances, to send to the listener (issue 29, fuzz).
 
 Seeds are real instances: the RG1 (chest) and RG3 (extremity) radiographs of pydicom-data, the
-synthetic chest phantom (``ribnode.models.synthetic``) in MONOCHROME1 and MONOCHROME2, small DX
+synthetic chest phantom (``ribnode.phantom``) in MONOCHROME1 and MONOCHROME2, small DX
 and CR images, a 1-pixel and a large image, each native and in the compressed syntaxes the
 node accepts (JPEG 2000, RLE, JPEG-LS, JPEG baseline). A :class:`Mutator` draws one seed and
 one to three mutations from its own ``random.Random(seed)``:
@@ -121,8 +121,8 @@ def _reduced(path: Path, rows: int = SEED_ROWS) -> Dataset:
 def _phantoms(seed: int, size: int = SEED_ROWS) -> tuple[Dataset, Dataset]:
     """The synthetic chest phantom as the repo's writer makes it: MONOCHROME2 in 12 bits and
     MONOCHROME1 in 14 bits (one phantom: generating one takes seconds on a loaded machine)."""
-    from ribnode.models.synthetic import generate_chest
-    from ribnode.models.synthetic.dicom import build_dataset
+    from ribnode.phantom import generate_chest
+    from ribnode.phantom.dicom import build_dataset
 
     chest = generate_chest(seed, size)
     return build_dataset(chest, seed, "MONOCHROME2", 12), build_dataset(chest, seed, "MONOCHROME1", 14)

@@ -425,7 +425,7 @@ def test_read_png_8_and_16_bit_and_colour(tmp_path: Path) -> None:
 def test_preprocess_and_synthetic_import_no_ml_runtime() -> None:
     """The node and dicom_sr import these: no torch, onnxruntime or diffusers, no SimpleITK yet."""
     code = (
-        "import sys, ribnode.models.preprocess, ribnode.models.synthetic; "
+        "import sys, ribnode.models.preprocess, ribnode.phantom; "
         "print(sorted(m for m in ('torch', 'onnxruntime', 'diffusers', 'SimpleITK') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -32,7 +32,7 @@ def test_the_pipeline_runs_without_loading_torch_or_diffusers(tiny_models: dict)
         "import sys, numpy as np\n"
         "from ribnode.config.settings import ModelSettings\n"
         "from ribnode.models.pipeline import RibPipeline\n"
-        "from ribnode.models.synthetic import generate_chest\n"
+        "from ribnode.phantom import generate_chest\n"
         "from ribnode.models.preprocess import read_png\n"
         f"settings = ModelSettings(segmentation_weights={str(tiny_models['segmentation'])!r}, "
         f"suppression_weights={str(tiny_models['suppression'])!r}, intra_op_threads=1)\n"

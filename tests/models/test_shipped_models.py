@@ -81,7 +81,7 @@ def test_the_gate_refuses_an_extremity_and_non_chest_images(
 
 
 def test_the_gate_passes_the_phantom(segmenter: RibSegmenter) -> None:
-    from ribnode.models.synthetic import generate_chest
+    from ribnode.phantom import generate_chest
 
     for seed in (1, 2, 3):
         segmenter.check_chest(segmenter.segment_image(generate_chest(seed, 512).radiograph))

@@ -84,7 +84,7 @@ def test_runtime_sampling_matches_torch_and_diffusers(tiny_models: dict) -> None
 def chest_png(tmp_path: Path) -> Path:
     from PIL import Image
 
-    from ribnode.models.synthetic import generate_chest
+    from ribnode.phantom import generate_chest
 
     chest = generate_chest(seed=3, size=(300, 280))
     path = tmp_path / "chest.png"

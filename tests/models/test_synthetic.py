@@ -1,4 +1,4 @@
-"""ribnode.models.synthetic: determinism, exact ground truth, anatomy, DICOM DX round trip."""
+"""ribnode.phantom: determinism, exact ground truth, anatomy, DICOM DX round trip."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pydicom import uid
 
 from ribnode.cli import main
 from ribnode.models import preprocess as pp
-from ribnode.models.synthetic import generate_chest, synthetic_uid, write_dicom_study
+from ribnode.phantom import generate_chest, synthetic_uid, write_dicom_study
 from tests.peers.fixtures import dciodvfy
 
 SIZE = 256  # small and fast; the physics is resolution independent (mm units)

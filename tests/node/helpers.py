@@ -94,9 +94,9 @@ def dx_dataset(
 
 
 def chest_pixels(rows: int, columns: int, seed: int = 0) -> bytes:
-    """Pixel Data of a synthetic chest (``ribnode.models.synthetic``) for ``dx_dataset``'s 12 bits:
+    """Pixel Data of a synthetic chest (``ribnode.phantom``) for ``dx_dataset``'s 12 bits:
     an image the models' input gate takes for a frontal chest radiograph."""
-    from ribnode.models.synthetic import generate_chest
+    from ribnode.phantom import generate_chest
 
     image = generate_chest(seed, (rows, columns)).radiograph
     return np.round(np.clip(image, 0, 1) * 4095).astype(np.uint16).tobytes()

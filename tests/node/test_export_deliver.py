@@ -9,13 +9,13 @@ import pytest
 from dicomweb_client import DICOMwebClient
 from pydicom.uid import generate_uid
 
+from ribnode.demo.orthanc import OrthancServer
 from ribnode.node.export import (
     PermanentDeliveryError,
     TransientDeliveryError,
     backoff_delay,
     deliver,
 )
-from ribnode.node.orthanc import OrthancServer
 from tests.node.export_helpers import cstore, folder, make_output_set, stow
 from tests.peers.fixtures import assert_dicom_valid, free_port
 

@@ -11,6 +11,7 @@ import pytest
 from dicomweb_client import DICOMwebClient
 
 from ribnode.config.settings import OutputSettings
+from ribnode.demo.orthanc import OrthancServer
 from ribnode.dicom_sr import build_outputs
 from ribnode.node.export import (
     PermanentDeliveryError,
@@ -20,7 +21,6 @@ from ribnode.node.export import (
     stage_outputs,
 )
 from ribnode.node.ledger import JobState, Ledger
-from ribnode.node.orthanc import OrthancServer
 from tests.dicom_sr.inputs import model_inputs, synthetic_dx
 from tests.node.export_helpers import cstore, export_settings, make_running_job, stow
 from tests.node.test_tls import pki  # noqa: F401  (pytest fixture: CA, server and client certs)

@@ -16,10 +16,10 @@ import pydicom
 from dicomweb_client import DICOMwebClient
 from PIL import Image
 
+from ribnode.demo.orthanc import OrthancServer
 from ribnode.dicom_sr import build_outputs
 from ribnode.node.completion import StudyCompletion
 from ribnode.node.ledger import JobRef, JobState, Ledger
-from ribnode.node.orthanc import OrthancServer
 from ribnode.workers.app import make_celery
 from ribnode.workers.export_tasks import deliver_outputs
 from tests.dicom_sr.inputs import model_inputs, synthetic_dx

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pydicom
 
+from ribnode.demo.orthanc import OrthancServer
 from ribnode.node.completion import StudyCompletion
 from ribnode.node.delivery_ledger import DeliveryLedger
 from ribnode.node.ledger import JobRef, JobState, Ledger
-from ribnode.node.orthanc import OrthancServer
 from ribnode.workers.app import make_celery
 from ribnode.workers.export_tasks import deliver_outputs
 from ribnode.workers.pipeline_step import ModelStep, build_job_outputs

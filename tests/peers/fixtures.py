@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 
-from ribnode.node.orthanc import OrthancServer
-from ribnode.node.orthanc import free_port as _free_port
+from ribnode.demo.orthanc import OrthancServer
+from ribnode.demo.orthanc import free_port as _free_port
 
 POSTGRES_URL = "postgresql+psycopg://ribnode:ribnode@127.0.0.1:5432/ribnode_test"
 REDIS_BASE = "redis://127.0.0.1:6379"

@@ -13,7 +13,7 @@ from dicomweb_client import DICOMwebClient
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from ribnode.node.orthanc import OrthancError, OrthancServer
+from ribnode.demo.orthanc import OrthancError, OrthancServer
 from tests.peers.fixtures import (
     assert_dicom_valid,
     dciodvfy,

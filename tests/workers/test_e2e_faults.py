@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ribnode.models.synthetic import generate_chest, write_dicom_study
+from ribnode.demo.orthanc import OrthancServer, free_port
 from ribnode.node.delivery_ledger import DeliveryLedger, DeliveryState
 from ribnode.node.ledger import AuditEventName, JobState, Ledger
-from ribnode.node.orthanc import OrthancServer, free_port
+from ribnode.phantom import generate_chest, write_dicom_study
 from tests.node.helpers import c_store, running_listener, wait_for
 from tests.workers.e2e import (
     e2e_settings,

@@ -3,7 +3,7 @@ ribnode by C-STORE; ribnode runs both models and returns SC, SEG and SR by STOW-
 series must land in the same study, reference the source, render, and validate.
 
 Two studies go through one node: the real RG1 CR chest of pydicom-data (1955x1841,
-MONOCHROME1) and a synthetic DX chest from ``ribnode.models.synthetic``.
+MONOCHROME1) and a synthetic DX chest from ``ribnode.phantom``.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import pydicom
 import pytest
 from PIL import Image
 
+from ribnode.demo.orthanc import OrthancServer
 from ribnode.models.preprocess import dilate_mask
-from ribnode.models.synthetic import generate_chest, write_dicom_study
 from ribnode.node.delivery_ledger import DeliveryLedger
 from ribnode.node.ledger import JobState
-from ribnode.node.orthanc import OrthancServer
+from ribnode.phantom import generate_chest, write_dicom_study
 from tests.node.helpers import wait_for
 from tests.peers.fixtures import pydicom_data_dir
 from tests.workers.e2e import (

@@ -1,4 +1,4 @@
-"""Subcommands of ribnode.models: ``infer`` and ``synth`` (training lives in ``ribnode-lab``)."""
+"""Subcommands of ribnode.models: ``infer`` (training lives in ``ribnode-lab``)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,6 @@ from pathlib import Path
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register the models' subcommands on the ``ribnode`` parser."""
-    from ribnode.models.synthetic import cli as synthetic_cli
-
-    synthetic_cli.add_commands(sub)
     parser = sub.add_parser("infer", help="run the two models on DICOM files or bone-bright grayscale PNGs")
     parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT")
     parser.add_argument(

@@ -20,7 +20,7 @@ from pydicom import uid as dicom_uid
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 
-from ribnode.models.synthetic.generator import SyntheticChest
+from ribnode.phantom.generator import SyntheticChest
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
@@ -74,7 +74,7 @@ def _patient_study_series(ds: Dataset, seed: int, when: datetime) -> None:
     ds.PresentationIntentType = "FOR PRESENTATION"
     ds.BodyPartExamined = "CHEST"
     ds.Manufacturer = MANUFACTURER
-    ds.ManufacturerModelName = "ribnode.models.synthetic"
+    ds.ManufacturerModelName = "ribnode.phantom"
     ds.SoftwareVersions = "1"
     ds.InstitutionName = "ribnode synthetic"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ribnode.models.synthetic.generator import SyntheticChest
+    from ribnode.phantom.generator import SyntheticChest
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 def run_synth(args: argparse.Namespace) -> int:
     """Generate ``--count`` chests and write them (plus ground truth with ``--truth``)."""
-    from ribnode.models.synthetic import generate_chest, write_dicom_study
+    from ribnode.phantom import generate_chest, write_dicom_study
 
     if args.count < 1:
         raise SystemExit(f"--count {args.count}: expected >= 1")

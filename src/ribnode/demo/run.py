@@ -38,8 +38,8 @@ if TYPE_CHECKING:
     import pydicom
 
     from ribnode.config.settings import Settings
+    from ribnode.demo.orthanc import OrthancServer
     from ribnode.node.ledger import Ledger
-    from ribnode.node.orthanc import OrthancServer
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
@@ -113,7 +113,7 @@ class DemoRun:
 
 def free_port() -> int:
     """A free TCP port on loopback."""
-    from ribnode.node.orthanc import free_port as orthanc_free_port
+    from ribnode.demo.orthanc import free_port as orthanc_free_port
 
     return orthanc_free_port()
 
@@ -200,8 +200,8 @@ def write_config(settings: Settings, path: Path) -> Path:
 
 
 def write_study(work: Path, size: int, seed: int) -> Path:
-    """A synthetic chest DX study (one instance) from ``ribnode.models.synthetic``."""
-    from ribnode.models.synthetic import generate_chest, write_dicom_study
+    """A synthetic chest DX study (one instance) from ``ribnode.phantom``."""
+    from ribnode.phantom import generate_chest, write_dicom_study
 
     chest = generate_chest(seed, size)
     [path] = write_dicom_study(chest, work / "study", seed)  # Imager Pixel Spacing, as DX
@@ -512,8 +512,8 @@ def run_demo(args: argparse.Namespace) -> DemoRun:
     """The whole loop; raises :class:`DemoError` with the reason when it does not close."""
     import pydicom
 
+    from ribnode.demo.orthanc import OrthancServer
     from ribnode.node.ledger import Ledger
-    from ribnode.node.orthanc import OrthancServer
 
     work, output = args.work_dir.resolve(), args.output.resolve()
     shutil.rmtree(work, ignore_errors=True)
