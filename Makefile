@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv system services lint bench clean
+.PHONY: demo test test-fast venv system services lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ demo: system venv
 
 test: services venv
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+# the developer's loop: everything but tests/e2e/ (spawned processes, Orthanc, a browser) and
+# the tests that run the shipped weights through the full pipeline
+test-fast: services venv
+	$(PY) -m pytest -p no:cacheprovider -q -m "not e2e and not slow" $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -5,6 +5,7 @@ receiver, and headless Debian Chromium driven by Selenium through Debian's chrom
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,6 +27,7 @@ from pydicom.uid import generate_uid
 from ribnode.config.settings import Settings
 from ribnode.console.auth import hash_password, new_token
 from ribnode.node.ledger import JobState, Ledger, ReceivedInstance
+from tests.node.test_tls import _cert, _write
 from tests.peers.fixtures import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -54,8 +57,8 @@ def run_real_job(tmp: Path) -> DemoStudy:
     import pydicom
 
     from ribnode.phantom import generate_chest, write_dicom_study
+    from tests.e2e.helpers import e2e_settings, job_of_study, running_node
     from tests.node.helpers import c_store, wait_for
-    from tests.workers.e2e import e2e_settings, job_of_study, running_node
 
     settings = e2e_settings(tmp / "node")
     [source] = write_dicom_study(generate_chest(42, (512, 512)), tmp / "study", 42)
@@ -268,3 +271,47 @@ def screenshot(driver: Any, folder: Path, name: str) -> Path:
         Path(extra).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, Path(extra) / path.name)
     return path
+
+
+def make_pki(folder: Path) -> dict[str, Path]:
+    """A test CA and a server certificate it signed, written under ``folder``."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    folder.mkdir()
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _cert("ribnode test CA", ca_key, "ribnode test CA", ca_key, ca=True, server=False)
+    out = {}
+    out["ca"], _ = _write(folder, "ca", ca, ca_key)
+    key = ec.generate_private_key(ec.SECP256R1())
+    out["server"], out["server_key"] = _write(
+        folder, "server", _cert("server", key, "ribnode test CA", ca_key, False, True), key
+    )
+    return out
+
+
+def check_audit_message(message: ET.Element, codes: set[str]) -> None:
+    """The structure of PS3.15 A.5.1: element order, required attributes, coded values."""
+    assert message.tag == "AuditMessage"
+    tags = [child.tag for child in message]
+    assert tags[0] == "EventIdentification"
+    i = 1
+    while i < len(tags) and tags[i] == "ActiveParticipant":
+        i += 1
+    assert i > 1, "at least one ActiveParticipant"
+    assert tags[i] == "AuditSourceIdentification"
+    assert set(tags[i + 1 :]) <= {"ParticipantObjectIdentification"}
+    event = message[0]
+    assert event.get("EventActionCode") in {"C", "R", "U", "D", "E"}
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", event.get("EventDateTime", ""))
+    assert event.get("EventOutcomeIndicator") in {"0", "4", "8", "12"}
+    event_id = event.find("EventID")
+    assert event_id is not None and event_id.get("codeSystemName") == "DCM" and event_id.get("csd-code") in codes
+    for participant in message.findall("ActiveParticipant"):
+        assert participant.get("UserID") and participant.get("UserIsRequestor") in {"true", "false"}
+        role = participant.find("RoleIDCode")
+        assert role is not None and role.get("csd-code") and role.get("codeSystemName") == "DCM"
+    source = message.find("AuditSourceIdentification")
+    assert source is not None and source.get("AuditSourceID")
+    for obj in message.findall("ParticipantObjectIdentification"):
+        assert obj.get("ParticipantObjectID") and obj.get("ParticipantObjectTypeCode") in {"1", "2", "3", "4"}
+        assert obj[0].tag == "ParticipantObjectIDTypeCode" and obj[0].get("csd-code")

@@ -15,8 +15,7 @@ from ribnode.console.audit_export import AuditSource, to_csv, to_xml
 from ribnode.console.auth import Auth, LoginLimiter, hash_password, new_token
 from ribnode.console.syslog import SyslogForwarder, frame, rfc5424
 from ribnode.node.ledger import AuditEventName, AuditOutcome, Ledger
-from tests.console.helpers import SyslogReceiver
-from tests.console.test_console_browser import _check_audit_message, _pki
+from tests.console.helpers import SyslogReceiver, check_audit_message, make_pki
 from tests.node.helpers import wait_for
 
 SOURCE = AuditSource("ribnode-test", "RIBNODE")
@@ -57,7 +56,7 @@ def test_audit_messages_follow_ps3_15_a5(tmp_path: Path) -> None:
         "110112",
     ]
     for message in root:
-        _check_audit_message(message, {"110100", "110104", "110114", "110112"})
+        check_audit_message(message, {"110100", "110104", "110114", "110112"})
     received = root[1]
     assert received[0].get("EventActionCode") == "C"  # received by the node: created here
     sender, receiver = received.findall("ActiveParticipant")
@@ -89,7 +88,7 @@ def test_rfc5424_message_and_rfc5425_frame() -> None:
 
 def test_forwarder_sends_every_event_once_over_tls_and_resumes(tmp_path: Path) -> None:
     ledger = _ledger(tmp_path)
-    pki = _pki(tmp_path / "pki")
+    pki = make_pki(tmp_path / "pki")
     receiver = SyslogReceiver(pki["server"], pki["server_key"])
     settings = SyslogSettings(host="127.0.0.1", port=receiver.port, tls_ca=pki["ca"], poll_s=0.2)
     cursor = tmp_path / "cursor"
@@ -118,8 +117,8 @@ def test_forwarder_sends_every_event_once_over_tls_and_resumes(tmp_path: Path) -
 
 def test_forwarder_refuses_a_collector_it_cannot_verify(tmp_path: Path) -> None:
     ledger = _ledger(tmp_path)
-    pki = _pki(tmp_path / "pki")
-    other = _pki(tmp_path / "other")
+    pki = make_pki(tmp_path / "pki")
+    other = make_pki(tmp_path / "other")
     receiver = SyslogReceiver(other["server"], other["server_key"])
     settings = SyslogSettings(host="127.0.0.1", port=receiver.port, tls_ca=pki["ca"])
     try:

@@ -35,6 +35,7 @@ def test_split_keeps_every_fifth_case_per_stratum_and_labels_the_lung_field(data
     assert energy[case.lung_field].sum() / energy.sum() > 0.98
 
 
+@pytest.mark.slow
 def test_segmentation_trains_resumes_and_exports(data: Path, tmp_path: Path) -> None:
     from ribnode.models.segmentation import RibSegmenter
     from ribnode_lab.export import export_segmentation
@@ -63,6 +64,7 @@ def test_segmentation_trains_resumes_and_exports(data: Path, tmp_path: Path) -> 
     assert set(result.structures) == {"ribs", "clavicles", "lungs"}
 
 
+@pytest.mark.slow
 def test_suppression_trains_both_networks_resumes_and_exports(data: Path, tmp_path: Path) -> None:
     from ribnode.models.suppression import RibSuppressor
     from ribnode_lab.export import export_suppression

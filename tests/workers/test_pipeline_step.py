@@ -18,8 +18,8 @@ from ribnode.node.ledger import JobRef, JobState, Ledger
 from ribnode.phantom import generate_chest, write_dicom_study
 from ribnode.workers.jobs import run_job
 from ribnode.workers.pipeline_step import ModelStep, model_step
+from tests.e2e.helpers import e2e_settings, require_weights
 from tests.node.helpers import c_store, dx_dataset, running_listener
-from tests.workers.e2e import e2e_settings, require_weights
 
 
 @pytest.fixture(scope="module")

@@ -33,9 +33,9 @@ from ribnode.node.ledger import AuditEventName, JobState, Ledger
 from ribnode.node.routing import RoutingRule
 from ribnode.node.spool import Spool
 from ribnode.workers.app import enqueue_job, make_celery
+from tests.e2e.helpers import job_of_study
 from tests.node.helpers import celery_worker, make_settings, wait_for
 from tests.peers.fixtures import free_port
-from tests.workers.e2e import job_of_study
 
 RIBNODE = [sys.executable, "-m", "ribnode"]
 TOKEN = "token-of-the-e2e-vna"

@@ -23,8 +23,7 @@ from ribnode.demo.orthanc import OrthancServer, free_port
 from ribnode.node.delivery_ledger import DeliveryLedger, DeliveryState
 from ribnode.node.ledger import AuditEventName, JobState, Ledger
 from ribnode.phantom import generate_chest, write_dicom_study
-from tests.node.helpers import c_store, running_listener, wait_for
-from tests.workers.e2e import (
+from tests.e2e.helpers import (
     e2e_settings,
     job_of_study,
     require_weights,
@@ -32,6 +31,7 @@ from tests.workers.e2e import (
     stow_destination,
     wait_for_series,
 )
+from tests.node.helpers import c_store, running_listener, wait_for
 
 
 def _study(tmp: Path, seed: int, size: tuple[int, int] = (640, 560)) -> Path:

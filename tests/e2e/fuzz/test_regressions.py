@@ -20,8 +20,8 @@ from ribnode.node.http.stow import decode_part
 from ribnode.node.ledger import Ledger
 from ribnode.node.listener import UndecodableError
 from ribnode.workers.jobs import process_instance
-from tests.fuzz.harness import CALLING_AET, _chunked_sending, send_batch
-from tests.fuzz.specimens import Specimen
+from tests.e2e.fuzz.harness import CALLING_AET, _chunked_sending, send_batch
+from tests.e2e.fuzz.specimens import Specimen
 from tests.node.helpers import dx_dataset, make_settings, running_listener, write_dataset
 from tests.peers.fixtures import free_port
 

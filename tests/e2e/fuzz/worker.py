@@ -4,7 +4,7 @@ jobs stop after the decode path: each instance is decoded exactly as the models 
 thousands of instances through the decode path in minutes on a CPU; ``--models`` in the fuzz
 command runs ``ribnode worker`` itself instead.
 
-    python -m tests.fuzz.worker --config ribnode.yaml
+    python -m tests.e2e.fuzz.worker --config ribnode.yaml
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.fuzz.worker", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tests.e2e.fuzz.worker", description=__doc__)
     parser.add_argument("--config", required=True, help="the ribnode settings file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

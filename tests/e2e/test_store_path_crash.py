@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from ribnode.node.ledger import Ledger
+from tests.e2e.kill_at_step import STEPS
 from tests.node.helpers import dx_dataset, wait_for, write_dataset
-from tests.node.kill_at_step import STEPS
 from tests.peers.fixtures import echoscu, free_port, storescu
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,7 +59,7 @@ def test_killed_at_each_step_then_restarted(tmp_path: Path, step: str) -> None:
     path = write_dataset(ds, tmp_path / "a.dcm")
     log = tmp_path / "serve.log"
 
-    doomed = _serve(config, log, "tests.node.kill_at_step", step)
+    doomed = _serve(config, log, "tests.e2e.kill_at_step", step)
     _ready(doomed, port)
     first = storescu([path], port, called_aet="RIBNODE")
     assert doomed.wait(timeout=30) == -signal.SIGKILL, log.read_text()[-2000:]

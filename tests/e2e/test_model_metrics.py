@@ -26,8 +26,8 @@ from ribnode.node.spool import Spool
 from ribnode.phantom import generate_chest, write_dicom_study
 from ribnode.workers.jobs import run_job
 from ribnode.workers.pipeline_step import ModelStep
+from tests.e2e.helpers import e2e_settings, require_weights
 from tests.node.helpers import c_store, dx_dataset, running_listener
-from tests.workers.e2e import e2e_settings, require_weights
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -23,9 +23,7 @@ from ribnode.models.preprocess import dilate_mask
 from ribnode.node.delivery_ledger import DeliveryLedger
 from ribnode.node.ledger import JobState
 from ribnode.phantom import generate_chest, write_dicom_study
-from tests.node.helpers import wait_for
-from tests.peers.fixtures import pydicom_data_dir
-from tests.workers.e2e import (
+from tests.e2e.helpers import (
     Node,
     ai_kind,
     check_object,
@@ -40,6 +38,8 @@ from tests.workers.e2e import (
     wado_metadata,
     wait_for_series,
 )
+from tests.node.helpers import wait_for
+from tests.peers.fixtures import pydicom_data_dir
 
 
 @pytest.fixture(scope="module")

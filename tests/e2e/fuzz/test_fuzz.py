@@ -1,7 +1,7 @@
 """The short fuzz of ``make test`` (issue 29): a real ``ribnode serve`` and a real worker, a
 seeded batch of mutated instances by C-STORE, and the invariants of ``harness`` (no listener
 crash, clean statuses, nothing acknowledged and lost, no orphan spool file, every job final,
-no unhandled worker error, a clean restart). ``python -m tests.fuzz --minutes N`` runs it longer.
+no unhandled worker error, a clean restart). ``python -m tests.e2e.fuzz --minutes N`` runs it longer.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tests.fuzz.harness import FuzzConfig, run_fuzz
-from tests.fuzz.specimens import Mutator, build_seeds, meta_end
+from tests.e2e.fuzz.harness import FuzzConfig, run_fuzz
+from tests.e2e.fuzz.specimens import Mutator, build_seeds, meta_end
 from tests.peers.fixtures import pydicom_data_dir
 
 SEED = int(os.environ.get("RIBNODE_FUZZ_SEED", "29"))
@@ -37,7 +37,7 @@ def test_short_fuzz_of_the_store_and_decode_paths(tmp_path: Path) -> None:
 
 
 def test_log_alarms_skip_pydicom_decoder_records_only() -> None:
-    from tests.fuzz.harness import log_alarms
+    from tests.e2e.fuzz.harness import log_alarms
 
     text = (
         "2026-12-07 11:03:24,529 ERROR pydicom.pixels.decoders.base: libjpeg error\n"

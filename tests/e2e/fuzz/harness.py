@@ -38,7 +38,7 @@ from pydicom.filereader import read_file_meta_info
 from ribnode.demo.run import demo_routing
 from ribnode.node.ledger import JobState, Ledger
 from ribnode.node.schema import TERMINAL_JOB_STATES, Instance, InstanceState, Job
-from tests.fuzz.specimens import Mutator, Specimen, build_seeds
+from tests.e2e.fuzz.specimens import Mutator, Specimen, build_seeds
 from tests.peers.fixtures import free_port
 
 CALLING_AET = "FUZZ"
@@ -249,7 +249,7 @@ class FuzzRun:
         if self.cfg.models:
             command = ["-m", "ribnode", "--config", str(self.config), "worker", "-c", "1"]
         else:
-            command = ["-m", "tests.fuzz.worker", "--config", str(self.config)]
+            command = ["-m", "tests.e2e.fuzz.worker", "--config", str(self.config)]
         return Process("worker", [sys.executable, *command], self.cfg.workdir)
 
     def run(self) -> FuzzReport:

@@ -1,5 +1,5 @@
 """``ribnode serve`` that SIGKILLs itself at one step of the C-STORE store path (a test driver,
-run as ``python -m tests.node.kill_at_step STEP --config FILE``; never imported by ribnode).
+run as ``python -m tests.e2e.kill_at_step STEP --config FILE``; never imported by ribnode).
 
 Steps: ``write`` (half the bytes written, nothing synced), ``fsync`` (before the file's fsync),
 ``rename`` (before ``os.replace``), ``renamed`` (after it, before the folder's fsync), ``ledger``

@@ -1,4 +1,4 @@
-"""``python -m tests.fuzz --minutes N --seed S``: fuzz the C-STORE path and the worker's decode
+"""``python -m tests.e2e.fuzz --minutes N --seed S``: fuzz the C-STORE path and the worker's decode
 path for as long as asked, print a summary, exit 1 on any violation (see ``harness``)."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from tests.fuzz.harness import FuzzConfig, run_fuzz
+from tests.e2e.fuzz.harness import FuzzConfig, run_fuzz
 from tests.peers.fixtures import pydicom_data_dir
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.fuzz", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tests.e2e.fuzz", description=__doc__)
     parser.add_argument("--minutes", type=float, help="send for this long (default: --count instances)")
     parser.add_argument("--count", type=int, default=200, help="instances to send without --minutes (200)")
     parser.add_argument("--seed", type=int, default=29, help="the mutator's seed: same seed, same instances (29)")

@@ -34,37 +34,23 @@ from tests.console.helpers import (
     ConsoleNode,
     SyslogReceiver,
     add_jobs,
+    check_audit_message,
     chromium,
     console_config,
+    make_pki,
     require_browser,
     run_real_job,
     screenshot,
     serve_console,
     wait_until_up,
 )
+from tests.e2e.helpers import require_weights
 from tests.node.helpers import wait_for
-from tests.node.test_tls import _cert, _write
 from tests.peers.fixtures import free_port
-from tests.workers.e2e import require_weights
 
 pytestmark = pytest.mark.slow
 SHA = re.compile(r"weights sha256:([0-9a-f]{64})")
 SECURITY_HEADERS = ("content-security-policy", "x-frame-options", "x-content-type-options", "referrer-policy")
-
-
-def _pki(folder: Path) -> dict[str, Path]:
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    folder.mkdir()
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _cert("ribnode test CA", ca_key, "ribnode test CA", ca_key, ca=True, server=False)
-    out = {}
-    out["ca"], _ = _write(folder, "ca", ca, ca_key)
-    key = ec.generate_private_key(ec.SECP256R1())
-    out["server"], out["server_key"] = _write(
-        folder, "server", _cert("server", key, "ribnode test CA", ca_key, False, True), key
-    )
-    return out
 
 
 SOP_CLASSES = {"sc": "1.2.840.10008.5.1.4.1.1.7", "seg": "1.2.840.10008.5.1.4.1.1.66.4"}
@@ -93,7 +79,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleNode]:
     _tamper_seg(work / "outputs")
     ledger = Ledger(demo.settings.ledger.url)
     added = add_jobs(ledger, 4)
-    pki = _pki(tmp / "pki")
+    pki = make_pki(tmp / "pki")
     syslog = SyslogReceiver(pki["server"], pki["server_key"])
     port = free_port()
     config, token = console_config(demo.settings, pki, port, syslog.port)
@@ -342,7 +328,7 @@ def test_audit_xml_is_dicom_audit_messages(node: ConsoleNode) -> None:
     codes = {code for code, _ in EVENT_CODES.values()}
     seen = set()
     for message in root:
-        _check_audit_message(message, codes)
+        check_audit_message(message, codes)
         seen.add(message.find("EventIdentification/EventID").get("originalText"))  # type: ignore[union-attr]
     assert {
         "Application Activity",
@@ -352,34 +338,6 @@ def test_audit_xml_is_dicom_audit_messages(node: ConsoleNode) -> None:
         "User Authentication",
         "Security Alert",
     } <= seen
-
-
-def _check_audit_message(message: ET.Element, codes: set[str]) -> None:
-    """The structure of PS3.15 A.5.1: element order, required attributes, coded values."""
-    assert message.tag == "AuditMessage"
-    tags = [child.tag for child in message]
-    assert tags[0] == "EventIdentification"
-    i = 1
-    while i < len(tags) and tags[i] == "ActiveParticipant":
-        i += 1
-    assert i > 1, "at least one ActiveParticipant"
-    assert tags[i] == "AuditSourceIdentification"
-    assert set(tags[i + 1 :]) <= {"ParticipantObjectIdentification"}
-    event = message[0]
-    assert event.get("EventActionCode") in {"C", "R", "U", "D", "E"}
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", event.get("EventDateTime", ""))
-    assert event.get("EventOutcomeIndicator") in {"0", "4", "8", "12"}
-    event_id = event.find("EventID")
-    assert event_id is not None and event_id.get("codeSystemName") == "DCM" and event_id.get("csd-code") in codes
-    for participant in message.findall("ActiveParticipant"):
-        assert participant.get("UserID") and participant.get("UserIsRequestor") in {"true", "false"}
-        role = participant.find("RoleIDCode")
-        assert role is not None and role.get("csd-code") and role.get("codeSystemName") == "DCM"
-    source = message.find("AuditSourceIdentification")
-    assert source is not None and source.get("AuditSourceID")
-    for obj in message.findall("ParticipantObjectIdentification"):
-        assert obj.get("ParticipantObjectID") and obj.get("ParticipantObjectTypeCode") in {"1", "2", "3", "4"}
-        assert obj[0].tag == "ParticipantObjectIDTypeCode" and obj[0].get("csd-code")
 
 
 def test_thumbnails_are_rendered_at_the_original_window(node: ConsoleNode) -> None:

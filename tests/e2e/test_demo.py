@@ -13,7 +13,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from tests.workers.e2e import AI_DESCRIPTIONS, check_object, require_weights
+from tests.e2e.helpers import AI_DESCRIPTIONS, check_object, require_weights
 
 
 def _demo(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str], Path]:
