@@ -24,7 +24,7 @@ from pydicom.uid import generate_uid
 
 from ribnode.config.settings import Settings
 from ribnode.console.auth import hash_password, new_token
-from ribnode.node.ledger import JobState, Ledger, ReceivedInstance
+from ribnode.ledger.store import JobState, Ledger, ReceivedInstance
 from tests.peers.fixtures import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")

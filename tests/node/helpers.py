@@ -18,7 +18,7 @@ from pydicom.uid import (
 )
 
 from ribnode.config.settings import Settings, load_settings
-from ribnode.node.ledger import Ledger
+from ribnode.ledger.store import Ledger
 from ribnode.node.listener import DicomListener
 
 CALLING_AETS = ("STORESCU", "ECHOSCU", "ORTHANC", "PYNETDICOM", "BENCH")

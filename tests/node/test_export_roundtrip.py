@@ -17,8 +17,8 @@ from dicomweb_client import DICOMwebClient
 from PIL import Image
 
 from ribnode.dicom_sr import build_outputs
+from ribnode.ledger.store import JobRef, JobState, Ledger
 from ribnode.node.completion import StudyCompletion
-from ribnode.node.ledger import JobRef, JobState, Ledger
 from ribnode.node.orthanc import OrthancServer
 from ribnode.workers.app import make_celery
 from ribnode.workers.export_tasks import deliver_outputs

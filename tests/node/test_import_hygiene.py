@@ -11,7 +11,7 @@ HEAVY = ("torch", "diffusers", "onnxruntime")
 MODULES = [
     "ribnode.node",
     "ribnode.node.listener",
-    "ribnode.node.ledger",
+    "ribnode.ledger.store",
     "ribnode.node.completion",
     "ribnode.node.routing",
     "ribnode.node.spool",

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pydicom
 
+from ribnode.ledger.deliveries import DeliveryLedger
+from ribnode.ledger.store import JobRef, JobState, Ledger
 from ribnode.node.completion import StudyCompletion
-from ribnode.node.delivery_ledger import DeliveryLedger
-from ribnode.node.ledger import JobRef, JobState, Ledger
 from ribnode.node.orthanc import OrthancServer
 from ribnode.workers.app import make_celery
 from ribnode.workers.export_tasks import deliver_outputs
@@ -134,7 +134,7 @@ def test_same_content_same_uids_other_content_new_series(tmp_path: Path, orthanc
     with ledger.session() as session:
         from sqlalchemy import func, select
 
-        from ribnode.node.schema import OutputObject
+        from ribnode.ledger.schema import OutputObject
 
         assert session.scalar(select(func.count(OutputObject.id))) == 6 + 4
     ledger.dispose()

@@ -16,8 +16,8 @@ import pytest
 
 from ribnode.config.settings import Settings
 from ribnode.demo import demo_routing
+from ribnode.ledger.store import JobState, Ledger
 from ribnode.node.completion import StudyCompletion
-from ribnode.node.ledger import JobState, Ledger
 from ribnode.node.listener import DicomListener
 from ribnode.node.orthanc import OrthancServer
 from ribnode.workers.app import enqueue_job, make_celery

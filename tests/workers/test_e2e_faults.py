@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ribnode.ledger.deliveries import DeliveryLedger, DeliveryState
+from ribnode.ledger.store import AuditEventName, JobState, Ledger
 from ribnode.models.synthetic import generate_chest, write_dicom_study
-from ribnode.node.delivery_ledger import DeliveryLedger, DeliveryState
-from ribnode.node.ledger import AuditEventName, JobState, Ledger
 from ribnode.node.orthanc import OrthancServer, free_port
 from tests.node.helpers import c_store, running_listener, wait_for
 from tests.workers.e2e import (

@@ -18,10 +18,10 @@ import pydicom
 import pytest
 from PIL import Image
 
+from ribnode.ledger.deliveries import DeliveryLedger
+from ribnode.ledger.store import JobState
 from ribnode.models.preprocess import dilate_mask
 from ribnode.models.synthetic import generate_chest, write_dicom_study
-from ribnode.node.delivery_ledger import DeliveryLedger
-from ribnode.node.ledger import JobState
 from ribnode.node.orthanc import OrthancServer
 from tests.node.helpers import wait_for
 from tests.peers.fixtures import pydicom_data_dir

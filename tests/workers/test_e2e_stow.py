@@ -25,10 +25,10 @@ from dicomweb_client.api import DICOMwebClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from ribnode.config.settings import load_settings
+from ribnode.ledger.store import AuditEventName, JobState, Ledger
 from ribnode.node.completion import StudyCompletion
 from ribnode.node.http import HttpService
 from ribnode.node.http.app import make_app
-from ribnode.node.ledger import AuditEventName, JobState, Ledger
 from ribnode.node.orthanc import OrthancServer
 from ribnode.node.routing import RoutingRule
 from ribnode.node.spool import Spool

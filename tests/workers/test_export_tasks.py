@@ -15,9 +15,9 @@ from pydicom.uid import generate_uid
 
 from ribnode.cli import main
 from ribnode.config.settings import Settings
-from ribnode.node.delivery_ledger import DeliveryLedger
+from ribnode.ledger.deliveries import DeliveryLedger
+from ribnode.ledger.store import JobState, Ledger
 from ribnode.node.export import export_job, stage_outputs
-from ribnode.node.ledger import JobState, Ledger
 from ribnode.workers.app import make_celery
 from ribnode.workers.export_tasks import deliver_outputs, requeue_due_exports
 from tests.node.export_helpers import cstore, export_settings, make_output_set, make_running_job

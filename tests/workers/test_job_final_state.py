@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 from ribnode.config.settings import Settings
+from ribnode.ledger.store import JobRef, JobState, Ledger
 from ribnode.node.completion import StudyCompletion
-from ribnode.node.ledger import JobRef, JobState, Ledger
 from ribnode.workers.app import enqueue_job, make_celery
 from ribnode.workers.jobs import CLAIMABLE
 from tests.node.helpers import (

@@ -72,7 +72,7 @@ def _add_rerun(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def rerun_command(args: argparse.Namespace) -> int:
     """``ribnode rerun STUDY_UID``: exit 0 when instances were put back, 1 when the study had
     none to rerun, 2 when the ledger refuses (unknown study, a job still running)."""
-    from ribnode.node.ledger import AuditEventName, Ledger, LedgerError
+    from ribnode.ledger.store import AuditEventName, Ledger, LedgerError
 
     settings = _settings(args)
     ledger = Ledger(settings.ledger.url)
@@ -139,8 +139,8 @@ def _serve(settings: Any, dimse: bool = True) -> int:
     import functools
     from contextlib import ExitStack
 
+    from ribnode.ledger.store import AuditEventName, Ledger
     from ribnode.node.completion import StudyCompletion
-    from ribnode.node.ledger import AuditEventName, Ledger
     from ribnode.node.listener import DicomListener
     from ribnode.node.recovery import recover_spool
     from ribnode.node.routing import RoutingRule
@@ -271,8 +271,8 @@ def status_command(args: argparse.Namespace) -> int:
     """``ribnode status``: print the ledger summary and how each export destination stands
     (deliveries by state, latest error, next attempt). Credentials are masked."""
     from ribnode.config.redact import redact
-    from ribnode.node.delivery_ledger import DeliveryLedger
-    from ribnode.node.ledger import Ledger
+    from ribnode.ledger.deliveries import DeliveryLedger
+    from ribnode.ledger.store import Ledger
 
     settings = _settings(args)
     ledger = Ledger(settings.ledger.url)

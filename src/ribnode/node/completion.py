@@ -27,7 +27,7 @@ from pathlib import Path
 from sqlalchemy.exc import SQLAlchemyError
 
 from ribnode.config.settings import ModelSettings, Settings
-from ribnode.node.ledger import JobRef, JobState, Ledger
+from ribnode.ledger.store import JobRef, JobState, Ledger
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())

@@ -37,8 +37,8 @@ def add_resend_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def resend_command(args: argparse.Namespace) -> int:
     """Reset the job's deliveries, then queue (or run) its export."""
     from ribnode.config.settings import load_settings
+    from ribnode.ledger.store import Ledger, LedgerError
     from ribnode.node.export import ExportError, export_job, resend
-    from ribnode.node.ledger import Ledger, LedgerError
 
     settings = load_settings(args.config, {"ledger.url": args.ledger_url, "broker.url": args.broker_url})
     ledger = Ledger(settings.ledger.url)

@@ -45,7 +45,7 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 
 from ribnode.config.settings import AllowedSender, ListenerSettings, Settings
-from ribnode.node.ledger import AuditEventName, AuditOutcome, Ledger, LedgerError, ReceivedInstance
+from ribnode.ledger.store import AuditEventName, AuditOutcome, Ledger, LedgerError, ReceivedInstance
 from ribnode.node.routing import RoutingRule, attribute_text
 from ribnode.node.spool import Spool
 

@@ -23,7 +23,7 @@ from celery import Celery
 from celery.signals import worker_process_init
 
 from ribnode.config.settings import BrokerSettings, Settings, load_settings
-from ribnode.node.ledger import JobRef
+from ribnode.ledger.store import JobRef
 from ribnode.workers.fsbroker import TRANSPORT as FILESYSTEM_TRANSPORT
 
 logger = logging.getLogger(__name__)

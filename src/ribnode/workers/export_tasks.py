@@ -21,9 +21,9 @@ from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from ribnode.config.settings import Settings
-from ribnode.node.delivery_ledger import DeliveryLedger
+from ribnode.ledger.deliveries import DeliveryLedger
+from ribnode.ledger.store import Ledger, utcnow
 from ribnode.node.export import ExportReport, OutputSetLike, export_job, stage_outputs
-from ribnode.node.ledger import Ledger, utcnow
 from ribnode.workers.sweep import PeriodicSweep, SweepPlan
 from ribnode.workers.tasks import worker_context
 

@@ -21,14 +21,14 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from ribnode.config.settings import ModelSettings, Settings
-from ribnode.node.ledger import (
+from ribnode.ledger.schema import TERMINAL_JOB_STATES
+from ribnode.ledger.store import (
     InstanceCheck,
     JobRef,
     JobState,
     Ledger,
     SpooledInstance,
 )
-from ribnode.node.schema import TERMINAL_JOB_STATES
 from ribnode.node.spool import Spool
 
 if TYPE_CHECKING:

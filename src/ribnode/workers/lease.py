@@ -22,8 +22,8 @@ from celery import Celery
 from sqlalchemy.exc import SQLAlchemyError
 
 from ribnode.config.settings import Settings
+from ribnode.ledger.store import Ledger, utcnow
 from ribnode.node.completion import EnqueueError, dispatch
-from ribnode.node.ledger import Ledger, utcnow
 from ribnode.workers.app import enqueue_job
 from ribnode.workers.sweep import PeriodicSweep, SweepPlan
 

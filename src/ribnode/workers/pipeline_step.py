@@ -25,7 +25,7 @@ import pydicom.errors
 import pydicom.valuerep
 
 from ribnode.config.settings import ModelSettings, Settings
-from ribnode.node.ledger import InstanceCheck, Ledger
+from ribnode.ledger.store import InstanceCheck, Ledger
 from ribnode.workers.jobs import UnusableInputError, decode_for_models, describe_radiograph
 
 if TYPE_CHECKING:
@@ -167,7 +167,7 @@ def build_job_outputs(
     earlier runs on this source made (from the ledger), and with an earlier run's time for
     each object it already made, so the same content is the same object, byte for byte."""
     from ribnode.dicom_sr import build_outputs
-    from ribnode.node.delivery_ledger import DeliveryLedger
+    from ribnode.ledger.deliveries import DeliveryLedger
 
     previous = DeliveryLedger(ledger).earlier_outputs(str(source.SOPInstanceUID)) if ledger is not None else {}
     outputs = build_outputs(source, segmentation, suppression, settings.outputs, series=series, previous=previous)

@@ -9,7 +9,7 @@ from typing import Any
 from celery import Task, shared_task
 
 from ribnode.config.settings import BrokerSettings, Settings, load_settings
-from ribnode.node.ledger import JobState, Ledger
+from ribnode.ledger.store import JobState, Ledger
 from ribnode.workers.app import PROCESS_STUDY
 
 logger = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from sqlalchemy.exc import SQLAlchemyError
 
-from ribnode.node.ledger import AuditEventName, AuditOutcome, Ledger, ReceivedInstance
+from ribnode.ledger.store import AuditEventName, AuditOutcome, Ledger, ReceivedInstance
 from ribnode.node.listener import (
     CANNOT_UNDERSTAND,
     OUT_OF_RESOURCES,
