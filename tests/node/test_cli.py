@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from ribnode.ledger.store import Ledger
-from ribnode.node.completion import SHIPPED_WEIGHTS
+from ribnode.models.fingerprint import SHIPPED_WEIGHTS
 from tests.node.helpers import chest_pixels, dx_dataset, wait_for, write_dataset
 from tests.peers.fixtures import echoscu, free_port, storescu
 

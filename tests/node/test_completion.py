@@ -12,7 +12,8 @@ from pydicom.uid import generate_uid
 
 from ribnode.config.settings import Settings
 from ribnode.ledger.store import JobRef, JobState, Ledger
-from ribnode.node.completion import StudyCompletion, model_versions
+from ribnode.models.fingerprint import model_versions
+from ribnode.node.completion import StudyCompletion
 from ribnode.node.listener import DicomListener
 from ribnode.workers.app import enqueue_job, make_celery
 from tests.node.helpers import RedisProcess, c_store, dx_dataset, make_settings, running_listener, wait_for

@@ -103,8 +103,8 @@ def decode_for_models(path: Path, settings: Settings | None) -> tuple[Dataset, R
     import pydicom
     from celery.exceptions import SoftTimeLimitExceeded
 
+    from ribnode.dicom_checks import check_declared_lengths
     from ribnode.models.preprocess import read_radiograph
-    from ribnode.node.listener import check_declared_lengths
     from ribnode.workers.decode_guard import check_pixel_stream
 
     max_pixels = settings.models.max_pixels if settings is not None else ModelSettings().max_pixels

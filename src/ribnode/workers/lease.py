@@ -5,7 +5,7 @@ A worker holds each running job under a lease (``broker.job_lease_s``) that a he
 pool: host or container lost), its task message is gone (filesystem broker) or held until the
 Redis visibility timeout, and the job would stay "running" forever. This sweep moves such jobs
 back to "received" (:meth:`Ledger.reclaim_running`) and sends them again through the
-dispatcher's path (:func:`ribnode.node.completion.dispatch`): at start-up, every job this same
+dispatcher's path (:func:`ribnode.ledger.dispatch.dispatch`): at start-up, every job this same
 node name held before it restarted; then every half lease, every job whose lease expired.
 ``ribnode serve``'s completion thread reclaims expired leases too. Running a job twice is safe:
 its outputs have deterministic UIDs and each delivery is sent once (``node.export``).
@@ -22,8 +22,8 @@ from celery import Celery
 from sqlalchemy.exc import SQLAlchemyError
 
 from ribnode.config.settings import Settings
+from ribnode.ledger.dispatch import EnqueueError, dispatch
 from ribnode.ledger.store import Ledger, utcnow
-from ribnode.node.completion import EnqueueError, dispatch
 from ribnode.workers.app import enqueue_job
 from ribnode.workers.sweep import PeriodicSweep, SweepPlan
 
