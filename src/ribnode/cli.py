@@ -31,8 +31,8 @@ def broker(settings: Settings) -> Broker:
     (``ribnode.workers.app.make_celery``) and what publishes through it."""
     from ribnode.node.broker import Broker
     from ribnode.node.http.app import broker_probe
-    from ribnode.workers.app import enqueue_job, make_celery
-    from ribnode.workers.export_tasks import schedule_export
+    from ribnode.workers.app import make_celery
+    from ribnode.workers.queue import enqueue_job, schedule_export
 
     app = make_celery(settings)
     return Broker(

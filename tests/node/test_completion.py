@@ -15,7 +15,8 @@ from ribnode.ledger.store import JobRef, JobState, Ledger
 from ribnode.models.fingerprint import model_versions
 from ribnode.node.completion import StudyCompletion
 from ribnode.node.listener import DicomListener
-from ribnode.workers.app import enqueue_job, make_celery
+from ribnode.workers.app import make_celery
+from ribnode.workers.queue import enqueue_job
 from tests.node.helpers import RedisProcess, c_store, dx_dataset, make_settings, running_listener, wait_for
 from tests.peers.fixtures import free_port
 

@@ -22,8 +22,7 @@ from ribnode.ledger.store import JobRef, JobState, Ledger
 from ribnode.node.completion import StudyCompletion
 from ribnode.node.orthanc import OrthancServer
 from ribnode.workers.app import make_celery
-from ribnode.workers.export_tasks import deliver_outputs
-from ribnode.workers.pipeline_step import ModelStep, build_job_outputs
+from ribnode.workers.pipeline_step import ModelStep, build_job_outputs, deliver_outputs
 from tests.dicom_sr.inputs import model_inputs
 from tests.node.helpers import dx_dataset, make_settings, running_listener
 from tests.peers.fixtures import free_port

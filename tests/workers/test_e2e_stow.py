@@ -32,7 +32,8 @@ from ribnode.node.http.app import make_app
 from ribnode.node.orthanc import OrthancServer
 from ribnode.node.routing import RoutingRule
 from ribnode.node.spool import Spool
-from ribnode.workers.app import enqueue_job, make_celery
+from ribnode.workers.app import make_celery
+from ribnode.workers.queue import enqueue_job
 from tests.node.helpers import celery_worker, make_settings, wait_for
 from tests.peers.fixtures import free_port
 from tests.workers.e2e import job_of_study
