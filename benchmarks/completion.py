@@ -30,8 +30,8 @@ def study_latencies(quiet: float, repeats: int, study_size: int, work: Path) -> 
     """Latencies (s) of ``repeats`` studies sent one after another to one serve process."""
     from sqlalchemy import func, select
 
-    from ribnode.node.ledger import JobState, Ledger
-    from ribnode.node.schema import Instance, Job, JobTransition, Study
+    from ribnode.ledger.schema import Instance, Job, JobTransition, Study
+    from ribnode.ledger.store import JobState, Ledger
 
     node = Ribnode(work / f"serve-{quiet:g}", quiet_period_s=quiet)
     ledger = Ledger(node.ledger_url)

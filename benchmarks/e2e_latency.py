@@ -47,7 +47,7 @@ from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 from ribnode.config.settings import Settings, load_settings  # noqa: E402
 from ribnode.demo.orthanc import OrthancServer, free_port  # noqa: E402
 from ribnode.demo.run import DEMO_AE, demo_routing, start_node, write_config  # noqa: E402
-from ribnode.node.ledger import Ledger  # noqa: E402
+from ribnode.ledger.store import Ledger  # noqa: E402
 
 POLL_S = 0.05
 # received -> running is one phase: with Redis the worker may start the job before the

@@ -36,8 +36,8 @@ from machine import cpu_model  # noqa: E402  (benchmarks/machine.py)
 from ribnode.config.settings import OutputSettings  # noqa: E402
 from ribnode.demo.orthanc import OrthancServer  # noqa: E402
 from ribnode.dicom_sr import OutputSet, build_outputs  # noqa: E402
+from ribnode.ledger.store import JobState, Ledger  # noqa: E402
 from ribnode.node.export import deliver, export_job, stage_outputs  # noqa: E402
-from ribnode.node.ledger import JobState, Ledger  # noqa: E402
 from tests.dicom_sr.inputs import model_inputs, synthetic_dx  # noqa: E402
 from tests.node.export_helpers import (  # noqa: E402
     cstore,

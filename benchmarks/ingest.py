@@ -199,8 +199,8 @@ def completion_latency(files: list[Path], quiet_periods: list[float], work: Path
     """(quiet period, seconds from last instance stored to job queued) per quiet period."""
     from sqlalchemy import func, select
 
-    from ribnode.node.ledger import JobState, Ledger
-    from ribnode.node.schema import Instance, JobTransition
+    from ribnode.ledger.schema import Instance, JobTransition
+    from ribnode.ledger.store import JobState, Ledger
 
     out = []
     for quiet in quiet_periods:

@@ -1,4 +1,10 @@
-"""The ``ribnode`` command. Each part of the house registers its own subcommands.
+"""The ``ribnode`` command, and the one composition root of the house.
+
+Each part registers its own subcommands. The parts that must not know each other are wired
+here: the node's commands get the task queue (:func:`broker`: the Celery app of the workers,
+the functions that publish a study task and an export task, the broker's readiness probe) and
+the model fingerprint (:func:`fingerprint`) as arguments, so ``ribnode.node`` imports neither
+``ribnode.workers`` nor ``ribnode.models``.
 
 Subcommand modules import heavy dependencies (torch, onnxruntime) inside their handlers only,
 so ``ribnode --help`` and ``ribnode serve`` start fast.
@@ -7,11 +13,40 @@ so ``ribnode --help`` and ``ribnode serve`` start fast.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ribnode import __version__
+
+if TYPE_CHECKING:
+    from ribnode.config.settings import Settings
+    from ribnode.node.broker import Broker
+
+
+def broker(settings: Settings) -> Broker:
+    """The task queue of ``settings`` as the node uses it: a Celery app
+    (``ribnode.workers.app.make_celery``) and what publishes through it."""
+    from ribnode.node.broker import Broker
+    from ribnode.node.http.app import broker_probe
+    from ribnode.workers.app import make_celery
+    from ribnode.workers.queue import enqueue_job, schedule_export
+
+    app = make_celery(settings)
+    return Broker(
+        enqueue=functools.partial(enqueue_job, app),
+        schedule_export=functools.partial(schedule_export, app, settings),
+        check=broker_probe(app),
+    )
+
+
+def fingerprint(settings: Settings) -> dict[str, str]:
+    """The model fingerprint of ``settings`` (``ribnode.models.fingerprint.model_versions``)."""
+    from ribnode.models.fingerprint import model_versions
+
+    return model_versions(settings.models)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="YAML", help="settings file (environment RIBNODE_* overrides it)")
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    node_cli.add_commands(sub)
+    node_cli.add_commands(sub, broker, fingerprint)
     workers_cli.add_commands(sub)
     models_cli.add_commands(sub)
     dicom_sr_cli.add_commands(sub)

@@ -26,7 +26,7 @@ from pydicom.uid import generate_uid
 
 from ribnode.config.settings import Settings
 from ribnode.console.auth import hash_password, new_token
-from ribnode.node.ledger import JobState, Ledger, ReceivedInstance
+from ribnode.ledger.store import JobState, Ledger, ReceivedInstance
 from tests.node.test_tls import _cert, _write
 from tests.peers.fixtures import free_port
 

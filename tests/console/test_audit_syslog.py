@@ -14,7 +14,7 @@ from ribnode.console import queries
 from ribnode.console.audit_export import AuditSource, to_csv, to_xml
 from ribnode.console.auth import Auth, LoginLimiter, hash_password, new_token
 from ribnode.console.syslog import SyslogForwarder, frame, rfc5424
-from ribnode.node.ledger import AuditEventName, AuditOutcome, Ledger
+from ribnode.ledger.store import AuditEventName, AuditOutcome, Ledger
 from tests.console.helpers import SyslogReceiver, check_audit_message, make_pki
 from tests.node.helpers import wait_for
 

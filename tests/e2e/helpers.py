@@ -17,10 +17,11 @@ import pytest
 from ribnode.config.settings import Settings
 from ribnode.demo.orthanc import OrthancServer
 from ribnode.demo.run import demo_routing
+from ribnode.ledger.store import JobState, Ledger
 from ribnode.node.completion import StudyCompletion
-from ribnode.node.ledger import JobState, Ledger
 from ribnode.node.listener import DicomListener
-from ribnode.workers.app import enqueue_job, make_celery
+from ribnode.workers.app import make_celery
+from ribnode.workers.queue import enqueue_job
 from tests.node.helpers import celery_worker, make_settings, running_listener, wait_for
 from tests.peers.fixtures import assert_dicom_valid, dsrdump, free_port
 

@@ -13,8 +13,8 @@ import signal
 import sys
 from typing import Any
 
+from ribnode.ledger.store import Ledger
 from ribnode.node import spool as spool_module
-from ribnode.node.ledger import Ledger
 
 STEPS = ("write", "fsync", "rename", "renamed", "ledger", "recorded")
 

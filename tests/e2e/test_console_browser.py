@@ -28,7 +28,7 @@ import yaml
 from PIL import Image
 
 from ribnode.console.audit_export import EVENT_CODES
-from ribnode.node.ledger import Ledger
+from ribnode.ledger.store import Ledger
 from tests.console.helpers import (
     PASSWORDS,
     ConsoleNode,

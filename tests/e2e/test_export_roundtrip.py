@@ -18,10 +18,10 @@ from PIL import Image
 
 from ribnode.demo.orthanc import OrthancServer
 from ribnode.dicom_sr import build_outputs
+from ribnode.ledger.store import JobRef, JobState, Ledger
 from ribnode.node.completion import StudyCompletion
-from ribnode.node.ledger import JobRef, JobState, Ledger
 from ribnode.workers.app import make_celery
-from ribnode.workers.export_tasks import deliver_outputs
+from ribnode.workers.pipeline_step import deliver_outputs
 from tests.dicom_sr.inputs import model_inputs, synthetic_dx
 from tests.node.helpers import make_settings, running_listener
 from tests.peers.fixtures import free_port

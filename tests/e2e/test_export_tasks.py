@@ -15,11 +15,12 @@ from pydicom.uid import generate_uid
 
 from ribnode.cli import main
 from ribnode.config.settings import Settings
-from ribnode.node.delivery_ledger import DeliveryLedger
+from ribnode.ledger.deliveries import DeliveryLedger
+from ribnode.ledger.store import JobState, Ledger
 from ribnode.node.export import export_job, stage_outputs
-from ribnode.node.ledger import JobState, Ledger
 from ribnode.workers.app import make_celery
-from ribnode.workers.export_tasks import deliver_outputs, requeue_due_exports
+from ribnode.workers.pipeline_step import deliver_outputs
+from ribnode.workers.sweeps import requeue_due_exports
 from tests.node.export_helpers import cstore, export_settings, make_output_set, make_running_job
 from tests.peers.fixtures import free_port
 
@@ -27,7 +28,7 @@ from tests.peers.fixtures import free_port
 @contextmanager
 def export_worker(app: Celery, settings: Settings) -> Iterator[None]:
     """A real Celery worker on the CPU queue, in this process."""
-    import ribnode.workers.export_tasks  # noqa: F401  (registers the task)
+    import ribnode.workers.tasks  # noqa: F401  (registers the task)
 
     with start_worker(
         app, pool="solo", perform_ping_check=False, shutdown_timeout=20, queues=[settings.broker.cpu_queue]

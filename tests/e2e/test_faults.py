@@ -20,8 +20,8 @@ import pytest
 import yaml
 
 from ribnode.demo.orthanc import OrthancServer, free_port
-from ribnode.node.delivery_ledger import DeliveryLedger, DeliveryState
-from ribnode.node.ledger import AuditEventName, JobState, Ledger
+from ribnode.ledger.deliveries import DeliveryLedger, DeliveryState
+from ribnode.ledger.store import AuditEventName, JobState, Ledger
 from ribnode.phantom import generate_chest, write_dicom_study
 from tests.e2e.helpers import (
     e2e_settings,
@@ -123,7 +123,8 @@ def _kill_mid_job_and_check(
     import functools
 
     from ribnode.node.completion import StudyCompletion
-    from ribnode.workers.app import enqueue_job, make_celery
+    from ribnode.workers.app import make_celery
+    from ribnode.workers.queue import enqueue_job
 
     ledger = Ledger(settings.ledger.url)
     completion = StudyCompletion(settings, ledger, functools.partial(enqueue_job, make_celery(settings)))
@@ -177,7 +178,8 @@ def test_whole_worker_killed_mid_job_runs_again_after_restart(tmp_path: Path, br
     import functools
 
     from ribnode.node.completion import StudyCompletion
-    from ribnode.workers.app import enqueue_job, make_celery
+    from ribnode.workers.app import make_celery
+    from ribnode.workers.queue import enqueue_job
 
     completion = StudyCompletion(settings, ledger, functools.partial(enqueue_job, make_celery(settings)))
     source = _study(tmp_path, 23)
@@ -248,7 +250,8 @@ def test_a_job_over_its_time_limit_is_stopped_retried_then_dead(tmp_path: Path) 
     import functools
 
     from ribnode.node.completion import StudyCompletion
-    from ribnode.workers.app import enqueue_job, make_celery
+    from ribnode.workers.app import make_celery
+    from ribnode.workers.queue import enqueue_job
 
     completion = StudyCompletion(settings, ledger, functools.partial(enqueue_job, make_celery(settings)))
     source = _study(tmp_path, 24)

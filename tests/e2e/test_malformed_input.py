@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from ribnode.config.settings import Settings
-from ribnode.node.ledger import AuditEventName, InstanceState, Ledger
+from ribnode.ledger.store import AuditEventName, InstanceState, Ledger
 from ribnode.node.listener import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SUCCESS
 from ribnode.node.spool import Spool
 from tests.node.helpers import c_store, dx_dataset, running_listener, wait_for, write_dataset

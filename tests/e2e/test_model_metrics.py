@@ -17,10 +17,10 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from ribnode.config.settings import Settings
+from ribnode.ledger.store import JobState, Ledger
 from ribnode.node.completion import StudyCompletion
 from ribnode.node.http import HttpService
 from ribnode.node.http.app import make_app
-from ribnode.node.ledger import JobState, Ledger
 from ribnode.node.routing import RoutingRule
 from ribnode.node.spool import Spool
 from ribnode.phantom import generate_chest, write_dicom_study

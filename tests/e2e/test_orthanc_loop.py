@@ -19,9 +19,9 @@ import pytest
 from PIL import Image
 
 from ribnode.demo.orthanc import OrthancServer
+from ribnode.ledger.deliveries import DeliveryLedger
+from ribnode.ledger.store import JobState
 from ribnode.models.preprocess import dilate_mask
-from ribnode.node.delivery_ledger import DeliveryLedger
-from ribnode.node.ledger import JobState
 from ribnode.phantom import generate_chest, write_dicom_study
 from tests.e2e.helpers import (
     Node,

@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 from pydicom import dcmread
 
+from ribnode.ledger.store import InstanceState, JobState, Ledger
 from ribnode.node.completion import StudyCompletion
-from ribnode.node.ledger import InstanceState, JobState, Ledger
-from ribnode.workers.app import enqueue_job, make_celery
+from ribnode.workers.app import make_celery
+from ribnode.workers.queue import enqueue_job
 from tests.node.helpers import celery_worker as worker
 from tests.node.helpers import make_settings, running_listener, wait_for
 from tests.peers.fixtures import free_port

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from ribnode.config.settings import ListenerSettings, Settings
+from ribnode.ledger.store import JobState, Ledger, LedgerError
 from ribnode.node.cli import warn_if_exposed
 from ribnode.node.completion import StudyCompletion
-from ribnode.node.ledger import JobState, Ledger, LedgerError
 from tests.node.helpers import c_store, dx_dataset, make_settings, running_listener
 from tests.peers.fixtures import free_port
 

@@ -18,12 +18,11 @@ from pathlib import Path
 import pydicom
 
 from ribnode.demo.orthanc import OrthancServer
+from ribnode.ledger.deliveries import DeliveryLedger
+from ribnode.ledger.store import JobRef, JobState, Ledger
 from ribnode.node.completion import StudyCompletion
-from ribnode.node.delivery_ledger import DeliveryLedger
-from ribnode.node.ledger import JobRef, JobState, Ledger
 from ribnode.workers.app import make_celery
-from ribnode.workers.export_tasks import deliver_outputs
-from ribnode.workers.pipeline_step import ModelStep, build_job_outputs
+from ribnode.workers.pipeline_step import ModelStep, build_job_outputs, deliver_outputs
 from tests.dicom_sr.inputs import model_inputs
 from tests.node.helpers import dx_dataset, make_settings, running_listener
 from tests.peers.fixtures import free_port
@@ -134,7 +133,7 @@ def test_same_content_same_uids_other_content_new_series(tmp_path: Path, orthanc
     with ledger.session() as session:
         from sqlalchemy import func, select
 
-        from ribnode.node.schema import OutputObject
+        from ribnode.ledger.schema import OutputObject
 
         assert session.scalar(select(func.count(OutputObject.id))) == 6 + 4
     ledger.dispose()

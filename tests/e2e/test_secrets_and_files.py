@@ -20,9 +20,9 @@ from pydicom.uid import generate_uid
 
 from ribnode.config.redact import RedactingFilter, redact
 from ribnode.config.settings import ExportSettings
-from ribnode.node.delivery_ledger import DeliveryLedger
+from ribnode.ledger.deliveries import DeliveryLedger
+from ribnode.ledger.store import JobState, Ledger
 from ribnode.node.export import export_job, schedule_minimum_s, stage_outputs
-from ribnode.node.ledger import JobState, Ledger
 from ribnode.node.spool import Spool
 from tests.node.export_helpers import export_settings, make_output_set, make_running_job, stow
 from tests.peers.fixtures import free_port

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import yaml
 
-from ribnode.node.completion import SHIPPED_WEIGHTS
-from ribnode.node.ledger import Ledger
+from ribnode.ledger.store import Ledger
+from ribnode.models.fingerprint import SHIPPED_WEIGHTS
 from tests.node.helpers import chest_pixels, dx_dataset, wait_for, write_dataset
 from tests.peers.fixtures import echoscu, free_port, storescu
 
@@ -106,7 +106,7 @@ def test_serve_worker_status(tmp_path: Path) -> None:
     assert serve.returncode == 0, (tmp_path / "serve.log").read_text()[-3000:]
     text = subprocess.run([*RIBNODE, "--config", str(config), "status"], capture_output=True, text=True).stdout
     assert "studies    1" in text and ("done 1" in text or not SHIPPED_WEIGHTS_PRESENT)
-    from ribnode.node.ledger import AuditEventName
+    from ribnode.ledger.store import AuditEventName
 
     activity = [
         e.detail

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ribnode.node.ledger import Ledger
+from ribnode.ledger.store import Ledger
 from tests.e2e.kill_at_step import STEPS
 from tests.node.helpers import dx_dataset, wait_for, write_dataset
 from tests.peers.fixtures import echoscu, free_port, storescu

@@ -26,13 +26,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ribnode.config.settings import load_settings
 from ribnode.demo.orthanc import OrthancServer
+from ribnode.ledger.store import AuditEventName, JobState, Ledger
 from ribnode.node.completion import StudyCompletion
 from ribnode.node.http import HttpService
 from ribnode.node.http.app import make_app
-from ribnode.node.ledger import AuditEventName, JobState, Ledger
 from ribnode.node.routing import RoutingRule
 from ribnode.node.spool import Spool
-from ribnode.workers.app import enqueue_job, make_celery
+from ribnode.workers.app import make_celery
+from ribnode.workers.queue import enqueue_job
 from tests.e2e.helpers import job_of_study
 from tests.node.helpers import celery_worker, make_settings, wait_for
 from tests.peers.fixtures import free_port

@@ -9,7 +9,7 @@ import socket
 import time
 from pathlib import Path
 
-from ribnode.node.ledger import AuditEventName, Ledger
+from ribnode.ledger.store import AuditEventName, Ledger
 from tests.node.helpers import running_listener, wait_for
 from tests.node.test_http import http_settings, scrape, start, value
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from ribnode.ledger.store import AuditEventName, Ledger
 from ribnode.node.http import HttpService
-from ribnode.node.ledger import AuditEventName, Ledger
 from tests.node.helpers import dx_dataset
 from tests.node.test_http import CONTENT_TYPE, TOKEN, body, http_settings, part, scrape, start, value
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ribnode.config.settings import Settings
-from ribnode.node.ledger import Ledger
+from ribnode.ledger.store import Ledger
 from ribnode.node.listener import DicomListener
 from tests.node.helpers import make_settings, running_listener
 from tests.peers.fixtures import free_port

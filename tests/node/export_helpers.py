@@ -17,7 +17,7 @@ import pydicom
 from pydicom.uid import generate_uid
 
 from ribnode.config.settings import DestinationSettings, Settings
-from ribnode.node.ledger import JobState, Ledger, ReceivedInstance
+from ribnode.ledger.store import JobState, Ledger, ReceivedInstance
 
 KINDS = ("sc", "seg", "sr")
 

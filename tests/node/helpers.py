@@ -18,7 +18,7 @@ from pydicom.uid import (
 )
 
 from ribnode.config.settings import Settings, load_settings
-from ribnode.node.ledger import Ledger
+from ribnode.ledger.store import Ledger
 from ribnode.node.listener import DicomListener
 
 CALLING_AETS = ("STORESCU", "ECHOSCU", "ORTHANC", "PYNETDICOM", "BENCH")
@@ -219,8 +219,7 @@ class ValidationStep:
         return None
 
     def __call__(self, path: Path, settings: Settings, *args: Any) -> Any:
-        from ribnode.workers.jobs import process_instance
-        from ribnode.workers.pipeline_step import InstanceOutcome
+        from ribnode.workers.jobs import InstanceOutcome, process_instance
 
         return InstanceOutcome(process_instance(path, settings))
 

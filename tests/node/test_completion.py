@@ -11,10 +11,12 @@ import redis
 from pydicom.uid import generate_uid
 
 from ribnode.config.settings import Settings
-from ribnode.node.completion import StudyCompletion, model_versions
-from ribnode.node.ledger import JobRef, JobState, Ledger
+from ribnode.ledger.store import JobRef, JobState, Ledger
+from ribnode.models.fingerprint import model_versions
+from ribnode.node.completion import StudyCompletion
 from ribnode.node.listener import DicomListener
-from ribnode.workers.app import enqueue_job, make_celery
+from ribnode.workers.app import make_celery
+from ribnode.workers.queue import enqueue_job
 from tests.node.helpers import RedisProcess, c_store, dx_dataset, make_settings, running_listener, wait_for
 from tests.peers.fixtures import free_port
 

@@ -10,9 +10,9 @@ import pytest
 from pydicom.uid import generate_uid
 
 from ribnode.config.settings import Settings
-from ribnode.node.delivery_ledger import DeliveryLedger, DeliveryState
+from ribnode.ledger.deliveries import DeliveryLedger, DeliveryState
+from ribnode.ledger.store import AuditEventName, AuditOutcome, JobState, Ledger
 from ribnode.node.export import ExportError, ExportReport, export_job, resend, stage_outputs
-from ribnode.node.ledger import AuditEventName, AuditOutcome, JobState, Ledger
 from tests.node.export_helpers import (
     cstore,
     export_settings,

@@ -13,6 +13,7 @@ from dicomweb_client import DICOMwebClient
 from ribnode.config.settings import OutputSettings
 from ribnode.demo.orthanc import OrthancServer
 from ribnode.dicom_sr import build_outputs
+from ribnode.ledger.store import JobState, Ledger
 from ribnode.node.export import (
     PermanentDeliveryError,
     TransientDeliveryError,
@@ -20,7 +21,6 @@ from ribnode.node.export import (
     export_job,
     stage_outputs,
 )
-from ribnode.node.ledger import JobState, Ledger
 from tests.dicom_sr.inputs import model_inputs, synthetic_dx
 from tests.node.export_helpers import cstore, export_settings, make_running_job, stow
 from tests.node.test_tls import pki  # noqa: F401  (pytest fixture: CA, server and client certs)

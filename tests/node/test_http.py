@@ -23,10 +23,10 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 
 from ribnode.config.settings import Settings
+from ribnode.ledger.store import AuditEventName, Ledger
 from ribnode.node.http import HttpService, HttpServiceError
 from ribnode.node.http.app import make_app
 from ribnode.node.http.multipart import MultipartError, MultipartParser, PartData, PartEnd, PartStart
-from ribnode.node.ledger import AuditEventName, Ledger
 from ribnode.node.routing import RoutingRule
 from ribnode.node.spool import Spool
 from tests.node.helpers import c_store, dx_dataset, make_settings, running_listener
@@ -420,15 +420,15 @@ def test_metrics_move_by_what_the_test_did(http: Http, node_settings: Settings) 
 def test_metrics_of_jobs_stages_and_exports(http: Http) -> None:
     """Jobs, stage durations and deliveries as the ledger holds them (written here through
     the ledger's own API, as completion, workers and export write them)."""
-    from ribnode.node.delivery_ledger import DeliveryLedger
-    from ribnode.node.ledger import JobState, utcnow
+    from ribnode.ledger.deliveries import DeliveryLedger
+    from ribnode.ledger.store import JobState, utcnow
 
     for seed in range(2):
         assert http.post(body(part(dx_dataset(seed=seed)))).status_code == 200
     with http.ledger.session() as s:
         from sqlalchemy import select
 
-        from ribnode.node.schema import Study
+        from ribnode.ledger.schema import Study
 
         study_ids = list(s.scalars(select(Study.id)))
     jobs = [http.ledger.create_job(sid, {"m": "1"}) for sid in study_ids]

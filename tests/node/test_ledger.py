@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect
 
-from ribnode.node.ledger import (
+from ribnode.ledger.store import (
     AuditEventName,
     AuditOutcome,
     InstanceCheck,
@@ -134,12 +134,12 @@ def test_concurrent_writers_one_study(any_ledger: Ledger) -> None:
 
 
 def test_migrations_match_the_models(any_ledger: Ledger) -> None:
-    """A column added to ribnode.node.schema without an Alembic revision fails here
-    (add one with ``python -m ribnode.node.migrations revision "what changed"``)."""
+    """A column added to ribnode.ledger.schema without an Alembic revision fails here
+    (add one with ``python -m ribnode.ledger.migrations revision "what changed"``)."""
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    from ribnode.node.schema import Base
+    from ribnode.ledger.schema import Base
 
     with any_ledger.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
@@ -153,7 +153,7 @@ def test_concurrent_first_migrations(tmp_path: Path, request) -> None:
 
     urls = [f"sqlite:///{tmp_path / 'ledger.sqlite'}", request.getfixturevalue("postgres_fresh_url")]
     for url in urls:
-        code = f"from ribnode.node.ledger import Ledger; Ledger({url!r})"
+        code = f"from ribnode.ledger.store import Ledger; Ledger({url!r})"
         procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True) for _ in range(4)]
         errors = [p.communicate(timeout=120)[1] for p in procs]
         assert [p.returncode for p in procs] == [0] * 4, errors
@@ -166,7 +166,7 @@ def test_lease_claim_renew_and_reclaim(any_ledger: Ledger) -> None:
     import time
     from datetime import timedelta
 
-    from ribnode.node.ledger import utcnow
+    from ribnode.ledger.store import utcnow
 
     led = any_ledger
     led.record_instance(received("4.1", "4.1.1"))
@@ -218,7 +218,7 @@ def test_a_deferred_retry_whose_worker_died_is_reclaimed(any_ledger: Ledger) -> 
     retry's lease ends and the sweep sends the job again; a retry still due is left alone."""
     import time
 
-    from ribnode.node.ledger import utcnow
+    from ribnode.ledger.store import utcnow
 
     led = any_ledger
     led.record_instance(received("5.1", "5.1.1"))

@@ -12,7 +12,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from ribnode.node.ledger import AuditEventName, AuditOutcome, InstanceState, Ledger
+from ribnode.ledger.store import AuditEventName, AuditOutcome, InstanceState, Ledger
 from ribnode.node.listener import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, DicomListener
 from tests.node.helpers import (
     BASIC_TEXT_SR,

@@ -8,7 +8,7 @@ import socket
 import time
 from pathlib import Path
 
-from ribnode.node.ledger import AuditEventName, Ledger
+from ribnode.ledger.store import AuditEventName, Ledger
 from tests.node.helpers import dx_dataset, make_settings, running_listener, wait_for, write_dataset
 from tests.node.test_tls import pki  # noqa: F401  (pytest fixture)
 from tests.peers.fixtures import echoscu, free_port, storescu

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ribnode.config.settings import Settings
-from ribnode.node.ledger import InstanceState, Ledger
+from ribnode.ledger.store import InstanceState, Ledger
 from ribnode.node.recovery import recover_spool
 from ribnode.node.routing import RoutingRule
 from ribnode.node.spool import Spool

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from ribnode.node.ledger import Ledger
+from ribnode.ledger.store import Ledger
 from tests.node.helpers import c_store, dx_dataset, make_settings, running_listener, write_dataset
 from tests.peers.fixtures import free_port, storescu
 

@@ -16,7 +16,7 @@ from pydicom.encaps import encapsulate, generate_fragments
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from ribnode.config.settings import Settings
-from ribnode.node.ledger import JobState, Ledger
+from ribnode.ledger.store import JobState, Ledger
 from ribnode.node.listener import DicomListener
 from ribnode.workers.decode_guard import PixelStreamError, check_pixel_stream
 from ribnode.workers.jobs import process_instance, run_job

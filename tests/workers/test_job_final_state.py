@@ -8,10 +8,11 @@ import time
 from pathlib import Path
 
 from ribnode.config.settings import Settings
+from ribnode.ledger.store import JobRef, JobState, Ledger
 from ribnode.node.completion import StudyCompletion
-from ribnode.node.ledger import JobRef, JobState, Ledger
-from ribnode.workers.app import enqueue_job, make_celery
+from ribnode.workers.app import make_celery
 from ribnode.workers.jobs import CLAIMABLE
+from ribnode.workers.queue import enqueue_job
 from tests.node.helpers import (
     RedisProcess,
     c_store,

@@ -8,8 +8,8 @@ import pytest
 from pydicom import dcmread
 
 from ribnode.config.settings import Settings
+from ribnode.ledger.store import JobRef, JobState, Ledger
 from ribnode.node.completion import StudyCompletion
-from ribnode.node.ledger import JobRef, JobState, Ledger
 from ribnode.node.listener import DicomListener
 from ribnode.workers.jobs import process_instance, run_job
 from tests.node.helpers import c_store, dx_dataset

@@ -12,9 +12,9 @@ import pydicom
 import pytest
 
 from ribnode.config.settings import Settings
+from ribnode.ledger.deliveries import DeliveryLedger
+from ribnode.ledger.store import JobRef, JobState, Ledger
 from ribnode.node.completion import StudyCompletion
-from ribnode.node.delivery_ledger import DeliveryLedger
-from ribnode.node.ledger import JobRef, JobState, Ledger
 from ribnode.phantom import generate_chest, write_dicom_study
 from ribnode.workers.jobs import run_job
 from ribnode.workers.pipeline_step import ModelStep, model_step

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from ribnode.config.settings import Settings
+from ribnode.ledger.store import JobState, Ledger
 from ribnode.node.completion import StudyCompletion
-from ribnode.node.ledger import JobState, Ledger
-from ribnode.workers.app import enqueue_job, make_celery
+from ribnode.workers.app import make_celery
+from ribnode.workers.queue import enqueue_job
 from ribnode.workers.tasks import retry_delay
 from tests.node.helpers import c_store, dx_dataset, make_settings, running_listener, wait_for
 from tests.node.helpers import celery_worker as worker

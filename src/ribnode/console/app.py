@@ -32,7 +32,7 @@ from ribnode.console import queries, thumbnails
 from ribnode.console.audit_export import AuditSource, to_csv, to_xml
 from ribnode.console.auth import Auth, Principal, same_token
 from ribnode.console.provenance import read_provenance, source_is_synthetic
-from ribnode.node.ledger import AuditEventName, AuditOutcome, Ledger
+from ribnode.ledger.store import AuditEventName, AuditOutcome, Ledger
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ribnode.console.queries import QUERY, USER_AUTHENTICATION, AuditRow, console_user
-from ribnode.node.ledger import AuditEventName
+from ribnode.ledger.store import AuditEventName
 
 #: PS3.15 A.5.3: EventID code (DCM) of each event name, and its default EventActionCode.
 EVENT_CODES: dict[str, tuple[str, str]] = {

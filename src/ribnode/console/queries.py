@@ -16,8 +16,8 @@ from typing import Any
 
 from sqlalchemy import exists, func, or_, select
 
-from ribnode.node.ledger import AuditEventName, AuditOutcome, Ledger
-from ribnode.node.schema import AuditEvent, Delivery, Instance, Job, JobState, JobTransition, OutputObject, Study
+from ribnode.ledger.schema import AuditEvent, Delivery, Instance, Job, JobState, JobTransition, OutputObject, Study
+from ribnode.ledger.store import AuditEventName, AuditOutcome, Ledger
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())

@@ -24,7 +24,7 @@ from pathlib import Path
 from ribnode.config.settings import SyslogSettings
 from ribnode.console.audit_export import AuditSource, message_xml
 from ribnode.console.queries import AuditRow, audit_after
-from ribnode.node.ledger import Ledger
+from ribnode.ledger.store import Ledger
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
     from ribnode.config.settings import Settings
     from ribnode.demo.orthanc import OrthancServer
-    from ribnode.node.ledger import Ledger
+    from ribnode.ledger.store import Ledger
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
@@ -362,7 +362,7 @@ def wait_for_job(
 
 def _study_job(ledger: Ledger, study_uid: str) -> Any:
     """The latest job of the study, or None before the study is complete."""
-    from ribnode.node.schema import JobState
+    from ribnode.ledger.schema import JobState
 
     jobs = [j for state in JobState for j in ledger.jobs_in_state(state) if j.study_instance_uid == study_uid]
     return max(jobs, key=lambda j: j.id) if jobs else None
@@ -379,7 +379,7 @@ def collect_objects(run: DemoRun, ledger: Ledger) -> dict[str, pydicom.Dataset]:
     """The job's objects as delivered to the outbox folder, copied to ``run.output``."""
     import pydicom
 
-    from ribnode.node.delivery_ledger import DeliveryLedger
+    from ribnode.ledger.deliveries import DeliveryLedger
 
     assert run.job_id is not None
     rows = DeliveryLedger(ledger).outputs(run.job_id)
@@ -456,7 +456,7 @@ def print_summary(run: DemoRun, datasets: dict[str, pydicom.Dataset], ledger: Le
     from pydicom.uid import UID
 
     from ribnode.dicom_sr.provenance import describe_standard
-    from ribnode.node.delivery_ledger import DeliveryLedger
+    from ribnode.ledger.deliveries import DeliveryLedger
 
     print("\nTimes from the end of the C-STORE (ledger job transitions):")
     for state, seconds in run.timings.items():
@@ -513,7 +513,7 @@ def run_demo(args: argparse.Namespace) -> DemoRun:
     import pydicom
 
     from ribnode.demo.orthanc import OrthancServer
-    from ribnode.node.ledger import Ledger
+    from ribnode.ledger.store import Ledger
 
     work, output = args.work_dir.resolve(), args.output.resolve()
     shutil.rmtree(work, ignore_errors=True)
@@ -548,7 +548,7 @@ def run_demo(args: argparse.Namespace) -> DemoRun:
         else:
             c_store(source, settings.listener.port)
             print("sent the study to ribnode (C-STORE)", flush=True)
-        from ribnode.node.ledger import utcnow
+        from ribnode.ledger.store import utcnow
 
         run.sent_at = utcnow()
         wait_for_job(run, ledger, procs, args.timeout)

@@ -1,20 +1,32 @@
-"""Subcommands of this part of the house (see ribnode.cli): ``serve`` and ``status``."""
+"""Subcommands of this part of the house (see ribnode.cli): ``serve``, ``status``, ``rerun`` and
+``resend``.
+
+The task queue and the model fingerprint are passed in by the composition root
+(``ribnode.cli``), so the node imports neither the workers nor the models.
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import signal
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ribnode.node.broker import BrokerFactory, Fingerprint
 
 logger = logging.getLogger(__name__)
 
 
-def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register this part's subcommands on the ``ribnode`` parser."""
+def add_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], broker: BrokerFactory, fingerprint: Fingerprint
+) -> None:
+    """Register this part's subcommands on the ``ribnode`` parser. ``broker`` builds the task
+    queue of the settings a command runs with, ``fingerprint`` the model fingerprint."""
     serve = sub.add_parser(
         "serve",
         help="run the DICOM listener and the study-completion thread",
@@ -37,7 +49,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     serve.add_argument(
         "--no-dimse", action="store_true", help="no DICOM listener: the HTTP service (and study completion) only"
     )
-    serve.set_defaults(handler=serve_command)
+    serve.set_defaults(handler=functools.partial(serve_command, broker=broker, fingerprint=fingerprint))
 
     status = sub.add_parser(
         "status",
@@ -47,7 +59,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     status.add_argument("--ledger-url", help="SQLAlchemy URL of the ledger (ledger.url)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=status_command)
-    _add_resend(sub)
+    _add_resend(sub, broker)
     _add_rerun(sub)
 
 
@@ -72,7 +84,7 @@ def _add_rerun(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def rerun_command(args: argparse.Namespace) -> int:
     """``ribnode rerun STUDY_UID``: exit 0 when instances were put back, 1 when the study had
     none to rerun, 2 when the ledger refuses (unknown study, a job still running)."""
-    from ribnode.node.ledger import AuditEventName, Ledger, LedgerError
+    from ribnode.ledger.store import AuditEventName, Ledger, LedgerError
 
     settings = _settings(args)
     ledger = Ledger(settings.ledger.url)
@@ -95,11 +107,11 @@ def rerun_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_resend(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_resend(sub: argparse._SubParsersAction[argparse.ArgumentParser], broker: BrokerFactory) -> None:
     """``ribnode resend JOB`` (owned by the export code, ``ribnode.node.export_cli``)."""
     from ribnode.node.export_cli import add_resend_parser
 
-    add_resend_parser(sub)
+    add_resend_parser(sub, broker)
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -119,7 +131,7 @@ def _settings(args: argparse.Namespace) -> Any:
     return load_settings(args.config, overrides)
 
 
-def serve_command(args: argparse.Namespace) -> int:
+def serve_command(args: argparse.Namespace, broker: BrokerFactory, fingerprint: Fingerprint) -> int:
     """``ribnode serve``: listener + completion thread until SIGINT/SIGTERM. A configuration
     that cannot work (port taken, bad TLS files, malformed routing rule) exits with status 2
     and one line naming the problem."""
@@ -128,24 +140,22 @@ def serve_command(args: argparse.Namespace) -> int:
     from ribnode.node.routing import RuleError
 
     try:
-        return _serve(_settings(args), dimse=not getattr(args, "no_dimse", False))
+        return _serve(_settings(args), broker, fingerprint, dimse=not getattr(args, "no_dimse", False))
     except (ListenerError, RuleError, HttpServiceError) as exc:
         logger.error("ribnode serve cannot start: %s", exc)
         print(f"ribnode serve: {exc}", file=sys.stderr)
         return 2
 
 
-def _serve(settings: Any, dimse: bool = True) -> int:
-    import functools
+def _serve(settings: Any, broker: BrokerFactory, fingerprint: Fingerprint, dimse: bool = True) -> int:
     from contextlib import ExitStack
 
+    from ribnode.ledger.store import AuditEventName, Ledger
     from ribnode.node.completion import StudyCompletion
-    from ribnode.node.ledger import AuditEventName, Ledger
     from ribnode.node.listener import DicomListener
     from ribnode.node.recovery import recover_spool
     from ribnode.node.routing import RoutingRule
     from ribnode.node.spool import Spool
-    from ribnode.workers.app import enqueue_job, make_celery
 
     routing = RoutingRule(settings.routing.rules)  # a malformed rule fails here, before binding
     _check_console(settings)
@@ -155,8 +165,8 @@ def _serve(settings: Any, dimse: bool = True) -> int:
         recover_spool(spool, ledger, routing)
     except Exception:  # never refuse to start over recovery: log it, serve, retry next start
         logger.exception("spool recovery failed; serving anyway (it runs again at the next start)")
-    app = make_celery(settings)
-    completion = StudyCompletion(settings, ledger, functools.partial(enqueue_job, app))
+    queue = broker(settings)
+    completion = StudyCompletion(settings, ledger, queue.enqueue, fingerprint(settings))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -166,7 +176,7 @@ def _serve(settings: Any, dimse: bool = True) -> int:
         if dimse:
             listener = stack.enter_context(DicomListener(settings, ledger, spool, routing))
         if settings.http.port is not None:
-            http = stack.enter_context(_http_service(settings, ledger, spool, routing, app))
+            http = stack.enter_context(_http_service(settings, ledger, spool, routing, queue.check))
         stack.enter_context(completion)
         if settings.console.syslog.host is not None:
             stack.enter_context(_audit_forwarder(settings, ledger))
@@ -219,18 +229,18 @@ def warn_if_exposed(listener: Any) -> str | None:
     return text
 
 
-def _http_service(settings: Any, ledger: Any, spool: Any, routing: Any, celery_app: Any) -> Any:
+def _http_service(settings: Any, ledger: Any, spool: Any, routing: Any, broker_check: Any) -> Any:
     """The HTTP service (``ribnode.node.http``), not yet started; with the QA console
     (``ribnode.console``) mounted at /console when ``console.enabled``."""
     from ribnode.node.http import HttpService
-    from ribnode.node.http.app import broker_probe, make_app
+    from ribnode.node.http.app import make_app
 
     console = None
     if settings.console.enabled:
         from ribnode.console.app import make_console
 
         console = make_console(settings, ledger)
-    app = make_app(settings, ledger, spool, routing, broker_probe(celery_app), console)
+    app = make_app(settings, ledger, spool, routing, broker_check, console)
     return HttpService(app, settings.http)
 
 
@@ -271,8 +281,8 @@ def status_command(args: argparse.Namespace) -> int:
     """``ribnode status``: print the ledger summary and how each export destination stands
     (deliveries by state, latest error, next attempt). Credentials are masked."""
     from ribnode.config.redact import redact
-    from ribnode.node.delivery_ledger import DeliveryLedger
-    from ribnode.node.ledger import Ledger
+    from ribnode.ledger.deliveries import DeliveryLedger
+    from ribnode.ledger.store import Ledger
 
     settings = _settings(args)
     ledger = Ledger(settings.ledger.url)

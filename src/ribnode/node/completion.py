@@ -7,92 +7,46 @@ instance that arrives after its study was dispatched is pending again and makes 
 with only the new instances. When the broker refuses a task, the job stays "received" with the
 error and is retried every ``enqueue_retry_s``; jobs left "received" by a crash are sent on start.
 
-Every job reads received -> queued -> running: :func:`dispatch` commits "queued" *before* it
-publishes (a worker can take the task the instant it is published), and moves the job back to
-"received" with the error when publishing fails. Each pass also reclaims jobs left "running"
-by a dead worker (their lease, ``broker.job_lease_s``, expired), and jobs "queued" for longer
-than ``broker.queued_timeout_s`` that no worker took (their message was lost): they go back to
-"received" and are sent again like any other.
+Every job reads received -> queued -> running: :func:`ribnode.ledger.dispatch.dispatch` commits
+"queued" *before* it publishes (a worker can take the task the instant it is published), and
+moves the job back to "received" with the error when publishing fails. Each pass also reclaims
+jobs left "running" by a dead worker (their lease, ``broker.job_lease_s``, expired), and jobs
+"queued" for longer than ``broker.queued_timeout_s`` that no worker took (their message was
+lost): they go back to "received" and are sent again like any other.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Mapping
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from ribnode.config.settings import ModelSettings, Settings
-from ribnode.node.ledger import JobRef, JobState, Ledger
+from ribnode.config.settings import Settings
+from ribnode.ledger.dispatch import Enqueue, EnqueueError, dispatch
+from ribnode.ledger.store import JobRef, JobState, Ledger
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
 
-# Publishes a job to the broker and returns the task id; raises when the broker is unreachable.
-Enqueue = Callable[[JobRef], str]
-
-SHIPPED_WEIGHTS = Path(__file__).resolve().parent.parent / "models" / "weights"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def model_versions(models: ModelSettings) -> dict[str, str]:
-    """What the job's results depend on, for the idempotency key: the sha256 of the
-    segmentation's weights and json, that of the suppression's json (it names the sha256 of
-    both of its networks and holds every inference parameter), and the sampling steps."""
-    seg = models.segmentation_weights or SHIPPED_WEIGHTS / "rib-segmentation.onnx"
-    files = {
-        "segmentation": seg,
-        "segmentation_config": seg.with_suffix(".json"),
-        "suppression_config": models.suppression_weights or SHIPPED_WEIGHTS / "rib-suppression.json",
-    }
-    out = {name: _sha256(p) if p.is_file() else "absent" for name, p in files.items()}
-    out["suppression_steps"] = str(models.suppression_steps or "model default")
-    return out
-
-
-class EnqueueError(RuntimeError):
-    """The broker did not take a job's task (the job is back in "received")."""
-
-
-def dispatch(ledger: Ledger, enqueue: Enqueue, job: JobRef) -> bool:
-    """Send a "received" job to the broker: received -> queued is committed first, then the
-    task is published (so it is enqueued only after the ledger commit, and a worker always
-    finds it queued). Returns False when another dispatcher had already taken the job.
-    When publishing fails the job goes back to "received" with the error and the exception
-    :class:`EnqueueError` is raised (the caller retries later)."""
-    if not ledger.mark_queued(job.id):
-        return False
-    try:
-        task_id = enqueue(job)
-    except Exception as exc:  # kombu/redis raise many types; any means "not sent"
-        error = f"{type(exc).__name__}: {exc}"
-        ledger.unqueue(job.id, f"enqueue failed: {error}")
-        raise EnqueueError(error) from exc
-    ledger.record_task_id(job.id, task_id)
-    logger.info("job %d queued as task %s", job.id, task_id)
-    return True
-
 
 class StudyCompletion:
-    """The completion thread of ``ribnode serve``. ``tick()`` does one pass (tests call it)."""
+    """The completion thread of ``ribnode serve``. ``tick()`` does one pass (tests call it).
+
+    ``enqueue`` publishes a job's task (:data:`ribnode.ledger.dispatch.Enqueue`); ``versions``
+    is the model fingerprint (``ribnode.models.fingerprint.model_versions``), part of each
+    job's idempotency key. Both are passed in by the composition root (``ribnode.cli``): the
+    node neither imports the workers nor reads model files. Without ``versions`` the key
+    covers the study and its instances only."""
 
     def __init__(
         self,
         settings: Settings,
         ledger: Ledger,
         enqueue: Enqueue,
-        versions: dict[str, str] | None = None,
+        versions: Mapping[str, str] | None = None,
     ) -> None:
         self.spool = settings.spool
         self.retry_s = settings.broker.enqueue_retry_s
@@ -100,7 +54,7 @@ class StudyCompletion:
         self.queued_timeout_s = settings.broker.queued_timeout_s
         self.ledger = ledger
         self.enqueue = enqueue
-        self.versions = versions if versions is not None else model_versions(settings.models)
+        self.versions = dict(versions or {})
         self._next_try: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

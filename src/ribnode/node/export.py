@@ -34,14 +34,14 @@ import pydicom
 import pydicom.errors
 
 from ribnode.config.settings import DestinationSettings, Settings
-from ribnode.node.delivery_ledger import (
+from ribnode.ledger.deliveries import (
     DeliveryLedger,
     DeliveryRef,
     DeliveryState,
     OutputRecord,
 )
-from ribnode.node.ledger import AuditEventName, AuditOutcome, Ledger, LedgerError, utcnow
-from ribnode.node.schema import JobState
+from ribnode.ledger.schema import JobState
+from ribnode.ledger.store import AuditEventName, AuditOutcome, Ledger, LedgerError, utcnow
 from ribnode.node.senders import (
     DeliveryError,
     PermanentDeliveryError,

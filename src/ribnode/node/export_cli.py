@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ribnode.config.settings import Settings
+    from ribnode.node.broker import BrokerFactory
 
 logger = logging.getLogger(__name__)
 
 
-def add_resend_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """The ``resend`` subcommand."""
+def add_resend_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], broker: BrokerFactory) -> None:
+    """The ``resend`` subcommand; ``broker`` builds the task queue its export task goes to."""
     resend = sub.add_parser(
         "resend",
         help="deliver a job's results again to every export destination",
@@ -31,14 +37,14 @@ def add_resend_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     resend.add_argument("--ledger-url", help="SQLAlchemy URL of the ledger (ledger.url)")
     resend.add_argument("--broker-url", help="Celery broker URL (broker.url)")
-    resend.set_defaults(handler=resend_command)
+    resend.set_defaults(handler=functools.partial(resend_command, broker=broker))
 
 
-def resend_command(args: argparse.Namespace) -> int:
+def resend_command(args: argparse.Namespace, broker: BrokerFactory) -> int:
     """Reset the job's deliveries, then queue (or run) its export."""
     from ribnode.config.settings import load_settings
+    from ribnode.ledger.store import Ledger, LedgerError
     from ribnode.node.export import ExportError, export_job, resend
-    from ribnode.node.ledger import Ledger, LedgerError
 
     settings = load_settings(args.config, {"ledger.url": args.ledger_url, "broker.url": args.broker_url})
     ledger = Ledger(settings.ledger.url)
@@ -49,7 +55,7 @@ def resend_command(args: argparse.Namespace) -> int:
         return 2
     print(f"job {args.job}: deliveries reset for {', '.join(r.destination for r in rows)}")
     if not args.here:
-        return _queue(args.job, settings)
+        return _queue(args.job, settings, broker)
     deadline = time.monotonic() + args.wait
     report = export_job(args.job, settings, ledger)
     while report.retry_in_s is not None and time.monotonic() + report.retry_in_s < deadline:
@@ -62,14 +68,11 @@ def resend_command(args: argparse.Namespace) -> int:
     return 0 if report.state == "done" else 1
 
 
-def _queue(job_id: int, settings: object) -> int:
+def _queue(job_id: int, settings: Settings, broker: BrokerFactory) -> int:
     from kombu.exceptions import OperationalError
 
-    from ribnode.workers.app import make_celery
-    from ribnode.workers.export_tasks import schedule_export
-
     try:
-        task_id = schedule_export(make_celery(settings), settings, job_id)  # type: ignore[arg-type]
+        task_id = broker(settings).schedule_export(job_id)
     except OperationalError as exc:
         print(
             f"job {job_id}: the broker is unreachable ({exc}); the job stays 'exporting' and "

@@ -29,7 +29,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pynetdicom import (
     AE,
@@ -45,7 +44,8 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 
 from ribnode.config.settings import AllowedSender, ListenerSettings, Settings
-from ribnode.node.ledger import AuditEventName, AuditOutcome, Ledger, LedgerError, ReceivedInstance
+from ribnode.dicom_checks import UndecodableError, check_declared_lengths
+from ribnode.ledger.store import AuditEventName, AuditOutcome, Ledger, LedgerError, ReceivedInstance
 from ribnode.node.routing import RoutingRule, attribute_text
 from ribnode.node.spool import Spool
 
@@ -243,10 +243,6 @@ def _audit_quietly(ledger: Ledger, name: AuditEventName, outcome: int, **fields:
 # -- C-STORE -------------------------------------------------------------------------------
 
 
-class UndecodableError(ValueError):
-    """The C-STORE dataset cannot be decoded or lacks what ribnode needs to file it."""
-
-
 @dataclass
 class StoreContext:
     """What the C-STORE handler needs, passed in (no module globals)."""
@@ -303,32 +299,6 @@ def decode_store_dataset(event: Event) -> Dataset:
     check_declared_lengths(ds)
     _check_pixel_data(ds, event.context.transfer_syntax)
     return ds
-
-
-UNDEFINED_LENGTH = 0xFFFFFFFF
-
-
-def check_declared_lengths(ds: Dataset, file_size: int | None = None) -> None:
-    """Raise :class:`UndecodableError` when an element's length says more bytes than the data
-    holds. pydicom reads a value cut short by the end of the data without a word, so a Pixel
-    Data whose length claims 4 GB in an 8 MB instance passes for a complete image, and a later
-    full read of the file asks for 4 GB (PS3.5 7.1: the length is the value's, exactly).
-    ``file_size``: the size of the file a deferred value (``defer_size``) is read from."""
-    for tag in ds.keys():
-        raw = ds.get_item(tag, keep_deferred=True)
-        if not isinstance(raw, RawDataElement) or raw.length == UNDEFINED_LENGTH:
-            continue
-        if raw.value is not None:
-            present = len(raw.value)
-        elif file_size is not None:
-            present = max(0, file_size - raw.value_tell)
-        else:
-            continue
-        if present < raw.length:
-            raise UndecodableError(
-                f"element {raw.tag} declares {raw.length} bytes, the data holds {present} "
-                "(truncated, or a lying length)"
-            )
 
 
 def _check_pixel_data(ds: Dataset, transfer_syntax: Any) -> None:

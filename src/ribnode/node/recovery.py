@@ -25,10 +25,10 @@ import pydicom
 from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
-from ribnode.node.ledger import AuditEventName, AuditOutcome, Ledger
+from ribnode.ledger.schema import Instance
+from ribnode.ledger.store import AuditEventName, AuditOutcome, Ledger
 from ribnode.node.listener import received_instance
 from ribnode.node.routing import RoutingRule
-from ribnode.node.schema import Instance
 from ribnode.node.spool import QUARANTINE, Spool
 
 logger = logging.getLogger(__name__)

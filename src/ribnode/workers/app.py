@@ -7,9 +7,9 @@ Reliability settings (celery ``userguide/tasks.rst``, ``optimizing.rst``): ackno
 task whose worker dies is delivered again, prefetch one (long GPU work), reject on worker loss,
 ignore results (the ledger is the state store), and a time limit on every task
 (``broker.task_time_limit_s``) so that a stuck task neither holds a pool slot for ever nor
-stalls a warm shutdown. GPU work and CPU work (export) have their own
-queues. Publishing does not retry inside Celery: the completion thread keeps unsent jobs in the
-ledger and retries them itself, so a broker outage never blocks the listener.
+stalls a warm shutdown. GPU work and CPU work (export) have their own queues
+(``ribnode.workers.queue``); the worker runs the sweeps of ``ribnode.workers.sweeps`` as
+bootsteps.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ from celery import Celery
 from celery.signals import worker_process_init
 
 from ribnode.config.settings import BrokerSettings, Settings, load_settings
-from ribnode.node.ledger import JobRef
 from ribnode.workers.fsbroker import TRANSPORT as FILESYSTEM_TRANSPORT
+from ribnode.workers.queue import PROCESS_STUDY
+from ribnode.workers.sweeps import ExportSweep, LeaseSweep
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
 
-PROCESS_STUDY = "ribnode.process_study"
 #: Seconds between a task's soft time limit (an exception in the task) and its hard limit
 #: (the prefork pool child is killed).
 HARD_TIME_LIMIT_GRACE_S = 30.0
@@ -56,12 +56,13 @@ def transport_options(broker: BrokerSettings) -> dict[str, Any]:
 
 
 def make_celery(settings: Settings) -> Celery:
-    """A Celery app for ``settings`` (tasks from ``ribnode.workers.tasks``)."""
+    """A Celery app for ``settings`` (tasks from ``ribnode.workers.tasks``, loaded by the
+    worker)."""
     broker = settings.broker
     app = Celery(
         "ribnode",
         broker=broker.url,
-        include=["ribnode.workers.tasks", "ribnode.workers.export_tasks"],
+        include=["ribnode.workers.tasks"],
     )
     app.conf.update(
         # the embedded broker: kombu's filesystem transport with atomic message files
@@ -87,11 +88,8 @@ def make_celery(settings: Settings) -> Celery:
         worker_max_memory_per_child=broker.worker_max_memory_per_child_mb * 1024 or None,
     )
     app.ribnode_settings = settings  # type: ignore[attr-defined]
-    from ribnode.workers.export_tasks import ExportSweep  # the export sweep (bootstep)
-    from ribnode.workers.lease import LeaseSweep  # reclaims jobs whose worker died
-
-    app.steps["worker"].add(ExportSweep)
-    app.steps["worker"].add(LeaseSweep)
+    app.steps["worker"].add(ExportSweep)  # pending and overdue exports
+    app.steps["worker"].add(LeaseSweep)  # jobs whose worker died
     worker_process_init.connect(limit_child_memory, weak=False, dispatch_uid="ribnode-memory-limit")
     return app
 
@@ -111,21 +109,6 @@ def limit_child_memory(**_: Any) -> None:
         limit = limit_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         logger.info("worker process memory limited to %d MiB (RLIMIT_AS)", limit_mb)
-
-
-def enqueue_job(app: Celery, job: JobRef) -> str:
-    """Publish the study task for a committed job; returns the task id (the job's
-    idempotency key, so a re-publish is recognisably the same task). Raises when the broker
-    cannot take it."""
-    settings: Settings = app.ribnode_settings  # type: ignore[attr-defined]
-    result = app.send_task(
-        PROCESS_STUDY,
-        args=[job.id],
-        task_id=job.idempotency_key,
-        queue=settings.broker.gpu_queue,
-        retry=False,
-    )
-    return str(result.id)
 
 
 @functools.lru_cache(maxsize=1)

@@ -66,7 +66,7 @@ def worker_command(args: argparse.Namespace) -> int:
 def _audit_activity(ledger_url: str, detail: str) -> None:
     """PS3.15 "Application Activity" for the worker (its own short-lived ledger connection,
     so no database connection is inherited by the prefork pool's children)."""
-    from ribnode.node.ledger import AuditEventName, Ledger
+    from ribnode.ledger.store import AuditEventName, Ledger
 
     ledger = Ledger(ledger_url)
     try:

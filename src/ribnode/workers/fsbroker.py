@@ -13,7 +13,7 @@ Names start with a zero-padded nanosecond clock instead of kombu's milliseconds,
 put by one process within the same millisecond are still taken in order.
 A file that still cannot be decoded (written by something else, or damaged on disk) is logged
 as an error and skipped, so the worker stays up; the job it belonged to is recovered by the
-ledger's sweeps (``ribnode.workers.export_tasks``, ``ribnode.workers.lease``).
+ledger's sweeps (``ribnode.workers.sweeps``).
 """
 
 from __future__ import annotations

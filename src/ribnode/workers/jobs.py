@@ -1,9 +1,9 @@
 """Jobs: the plain functions a worker task calls (no Celery here).
 
 ``run_job`` claims a job, hands each of its spooled instances to ``process_instance`` and moves
-the job to its final state. In issue 2 ``process_instance`` decodes and validates the image and
-records what the models will be given (matrix, bits, photometric, transfer syntax). The worker
-task passes a model step (``ribnode.workers.pipeline_step.ModelStep``): then each instance goes
+the job to its final state. ``process_instance`` decodes and validates the image and records
+what the models will be given (matrix, bits, photometric, transfer syntax). The worker task
+passes a :class:`Step` (``ribnode.workers.pipeline_step.ModelStep``): then each instance goes
 through the rib pipeline and ``dicom_sr.build_outputs``, and the objects are staged and
 delivered (job "exporting", then "done"), without touching the task plumbing.
 """
@@ -16,33 +16,65 @@ import os
 import socket
 import threading
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ribnode.config.settings import ModelSettings, Settings
-from ribnode.node.ledger import (
+from ribnode.ledger.schema import TERMINAL_JOB_STATES
+from ribnode.ledger.store import (
     InstanceCheck,
     JobRef,
     JobState,
     Ledger,
     SpooledInstance,
 )
-from ribnode.node.schema import TERMINAL_JOB_STATES
 from ribnode.node.spool import Spool
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
-    from ribnode.dicom_sr import OutputSet
+    from ribnode.dicom_sr import OutputSet, ResultSeries
     from ribnode.models.preprocess import Radiograph
-    from ribnode.workers.pipeline_step import ModelStep
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
 
 CLAIMABLE = {JobState.RECEIVED, JobState.QUEUED, JobState.RUNNING}
 DEFER_BYTES = 64 * 1024  # values larger than this are read from the spool file when used
+
+
+@dataclass(frozen=True)
+class InstanceOutcome:
+    """What a step made of one instance: the ledger check, and the objects (or None when the
+    input cannot be used; ``check.error`` says why)."""
+
+    check: InstanceCheck
+    outputs: OutputSet | None = None
+    seconds: float = 0.0
+    # (model, version, seconds) of each model that ran: the ledger's ``model_runs``
+    model_seconds: tuple[tuple[str, str, float], ...] = ()
+
+
+class Step(Protocol):
+    """What :func:`run_job` hands a job's instances to (the worker task passes
+    ``ribnode.workers.pipeline_step.ModelStep``)."""
+
+    def result_series(self, paths: Sequence[Path]) -> ResultSeries:
+        """The job's result series, from the headers of all its instances."""
+        ...
+
+    def __call__(
+        self, path: Path, settings: Settings, series: ResultSeries | None = None, ledger: Ledger | None = None
+    ) -> InstanceOutcome:
+        """One spooled instance: its check and the objects made of it."""
+        ...
+
+    def deliver(self, job_id: int, output_sets: Sequence[OutputSet], settings: Settings, ledger: Ledger) -> str:
+        """Stage and deliver the job's objects; the job's state afterwards."""
+        ...
 
 
 def default_worker_id() -> str:
@@ -103,8 +135,8 @@ def decode_for_models(path: Path, settings: Settings | None) -> tuple[Dataset, R
     import pydicom
     from celery.exceptions import SoftTimeLimitExceeded
 
+    from ribnode.dicom_checks import check_declared_lengths
     from ribnode.models.preprocess import read_radiograph
-    from ribnode.node.listener import check_declared_lengths
     from ribnode.workers.decode_guard import check_pixel_stream
 
     max_pixels = settings.models.max_pixels if settings is not None else ModelSettings().max_pixels
@@ -176,7 +208,7 @@ def describe_radiograph(radiograph: Radiograph) -> InstanceCheck:
 
 
 def _check_all(
-    instances: list[SpooledInstance], spool: Spool, settings: Settings, ledger: Ledger, step: ModelStep | None = None
+    instances: list[SpooledInstance], spool: Spool, settings: Settings, ledger: Ledger, step: Step | None = None
 ) -> tuple[list[str], list[OutputSet]]:
     """Process each instance (through ``step`` when given), record what was found; return the
     errors and the objects built."""
@@ -201,7 +233,7 @@ def _check_all(
 
 
 def run_job(
-    job_id: int, settings: Settings, ledger: Ledger, step: ModelStep | None = None, worker: str | None = None
+    job_id: int, settings: Settings, ledger: Ledger, step: Step | None = None, worker: str | None = None
 ) -> None:
     """Run one job to "done" (or "failed" when no instance can be used). Idempotent: a job
     already finished is left alone, so a duplicate delivery does nothing.
@@ -246,7 +278,7 @@ def _deliveries_spent(job: JobRef, settings: Settings, ledger: Ledger) -> bool:
     return True
 
 
-def _run_claimed(job_id: int, settings: Settings, ledger: Ledger, step: ModelStep | None) -> None:
+def _run_claimed(job_id: int, settings: Settings, ledger: Ledger, step: Step | None) -> None:
     """The work of a claimed job (see :func:`run_job`)."""
     instances = ledger.job_instances(job_id)
     errors, output_sets = _check_all(instances, Spool(settings.spool.directory), settings, ledger, step)

@@ -2,8 +2,9 @@
 
 ``run_job`` (``ribnode.workers.jobs``) calls a :class:`ModelStep` for each routed instance of
 a job and hands the objects it built to :meth:`ModelStep.deliver`, which stages them (ledger
-``output_objects``, job "exporting") and makes the first delivery attempt; retries go to the
-export task on the CPU queue (``ribnode.workers.export_tasks``).
+``output_objects``, job "exporting") and makes the first delivery attempt
+(:func:`deliver_outputs`); retries go to the export task on the CPU queue
+(``ribnode.workers.tasks.export_job_task``).
 
 The models are loaded once per worker process: :func:`model_step` keeps the step on the Celery
 app object of that process (built after the prefork pool forked, on the first job), never in a
@@ -16,17 +17,21 @@ import datetime
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pydicom
 import pydicom.errors
 import pydicom.valuerep
+from celery import Celery
+from kombu.exceptions import OperationalError as BrokerError
 
 from ribnode.config.settings import ModelSettings, Settings
-from ribnode.node.ledger import InstanceCheck, Ledger
-from ribnode.workers.jobs import UnusableInputError, decode_for_models, describe_radiograph
+from ribnode.ledger.deliveries import DeliveryLedger
+from ribnode.ledger.store import InstanceCheck, Ledger
+from ribnode.node.export import ExportReport, OutputSetLike, export_job, stage_outputs
+from ribnode.workers.jobs import InstanceOutcome, UnusableInputError, decode_for_models, describe_radiograph
+from ribnode.workers.queue import schedule_export
 
 if TYPE_CHECKING:
     from ribnode.dicom_sr import OutputSet, ResultSeries
@@ -37,18 +42,6 @@ logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
 
 APP_ATTRIBUTE = "ribnode_model_step"
-
-
-@dataclass(frozen=True)
-class InstanceOutcome:
-    """What the model step made of one instance: the ledger check, and the objects (or None
-    when the input cannot be used; ``check.error`` says why)."""
-
-    check: InstanceCheck
-    outputs: OutputSet | None = None
-    seconds: float = 0.0
-    # (model, version, seconds) of each model that ran: the ledger's ``model_runs``
-    model_seconds: tuple[tuple[str, str, float], ...] = ()
 
 
 def describe(output: PipelineOutput) -> InstanceCheck:
@@ -145,14 +138,39 @@ class ModelStep:
     def deliver(self, job_id: int, output_sets: Sequence[OutputSet], settings: Settings, ledger: Ledger) -> str:
         """Stage the objects (job "exporting"), attempt delivery now, and schedule any retry on
         the CPU queue. Returns the job's state afterwards."""
-        from ribnode.node.export import export_job, stage_outputs
-        from ribnode.workers.export_tasks import deliver_outputs
-
         if self.app is not None:
             report = deliver_outputs(self.app, job_id, output_sets, settings, ledger)
             return report.state
         stage_outputs(job_id, output_sets, settings, ledger)
         return export_job(job_id, settings, ledger).state
+
+
+def deliver_outputs(
+    app: Celery,
+    job_id: int,
+    output_sets: Sequence[OutputSetLike],
+    settings: Settings,
+    ledger: Ledger,
+) -> ExportReport:
+    """What the model job calls once its objects are built: stage them, deliver now (no broker
+    round trip on the fast path), and leave any retry to the export task.
+
+    The job ends "done" or "dead" here, or stays "exporting" with the export task scheduled for
+    the next due attempt. A broker that is down at that moment loses nothing: the deliveries
+    are due in the ledger and :func:`ribnode.workers.sweeps.requeue_due_exports` finds them.
+    """
+    stage_outputs(job_id, output_sets, settings, ledger)
+    report = export_job(job_id, settings, ledger)
+    if report.retry_in_s is not None:
+        try:
+            schedule_export(app, settings, job_id, countdown_s=max(0.05, report.retry_in_s))
+        except BrokerError as exc:
+            logger.error(
+                "job %d: cannot schedule the export retry (%s); it stays exporting until a sweep re-enqueues it",
+                job_id,
+                exc,
+            )
+    return report
 
 
 def build_job_outputs(
@@ -167,7 +185,6 @@ def build_job_outputs(
     earlier runs on this source made (from the ledger), and with an earlier run's time for
     each object it already made, so the same content is the same object, byte for byte."""
     from ribnode.dicom_sr import build_outputs
-    from ribnode.node.delivery_ledger import DeliveryLedger
 
     previous = DeliveryLedger(ledger).earlier_outputs(str(source.SOPInstanceUID)) if ledger is not None else {}
     outputs = build_outputs(source, segmentation, suppression, settings.outputs, series=series, previous=previous)

@@ -1,4 +1,9 @@
-"""Celery tasks: thin. They turn ids into objects, call plain functions, handle retries."""
+"""Celery tasks: thin. They turn ids into objects, call plain functions, handle retries.
+
+- :func:`process_study` (GPU queue): :func:`ribnode.workers.jobs.run_job` with the model step.
+- :func:`export_job_task` (CPU queue): :func:`ribnode.node.export.export_job`, asking Celery to
+  run it again when a destination is due for a retry (the schedule itself is the ledger's).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,19 @@ import random
 from typing import Any
 
 from celery import Task, shared_task
+from sqlalchemy.exc import OperationalError
 
 from ribnode.config.settings import BrokerSettings, Settings, load_settings
-from ribnode.node.ledger import JobState, Ledger
-from ribnode.workers.app import PROCESS_STUDY
+from ribnode.ledger.store import JobState, Ledger
+from ribnode.node.export import export_job
+from ribnode.workers.jobs import UnusableInputError, run_job
+from ribnode.workers.pipeline_step import model_step
+from ribnode.workers.queue import EXPORT_JOB, PROCESS_STUDY
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
+
+LEDGER_RETRY_S = 5.0  # the ledger itself was unreachable
 
 
 def retry_delay(retries: int, broker: BrokerSettings, rng: random.Random | None = None) -> float:
@@ -40,9 +51,6 @@ def process_study(self: Task, job_id: int) -> None:
     count is the ledger's (``jobs.attempts``, one per time a worker took the job), not the
     message's, so it survives re-sends, sweeps and restarts: after ``broker.max_retries``
     retries the job is "dead" with the reason."""
-    from ribnode.workers.jobs import run_job
-    from ribnode.workers.pipeline_step import model_step
-
     settings, ledger = worker_context(self.app)
     try:
         run_job(job_id, settings, ledger, step=model_step(self.app, settings), worker=self.request.hostname or None)
@@ -68,6 +76,19 @@ def process_study(self: Task, job_id: int) -> None:
 def is_permanent(exc: BaseException) -> bool:
     """True for an error that retrying cannot fix: the input (decode error, invalid input, not
     a chest radiograph). Broker, ledger, PACS, disk and model errors are transient."""
-    from ribnode.workers.jobs import UnusableInputError
-
     return isinstance(exc, UnusableInputError)
+
+
+@shared_task(bind=True, name=EXPORT_JOB, acks_late=True, max_retries=None)
+def export_job_task(self: Task, job_id: int) -> None:
+    """Attempt the job's due deliveries; come back when the next one is due."""
+    settings, ledger = worker_context(self.app)
+    try:
+        report = export_job(job_id, settings, ledger)
+    except OperationalError as exc:
+        logger.warning("job %d: ledger unavailable (%s); export retried in %.0f s", job_id, exc, LEDGER_RETRY_S)
+        raise self.retry(exc=exc, countdown=LEDGER_RETRY_S) from exc
+    if report.retry_in_s is not None:
+        logger.info("job %d: %s pending; next attempt in %.1f s", job_id, ", ".join(report.pending), report.retry_in_s)
+        raise self.retry(countdown=max(0.05, report.retry_in_s))
+    logger.info("job %d export finished: %s", job_id, report.state)

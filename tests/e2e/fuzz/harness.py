@@ -36,8 +36,8 @@ import yaml
 from pydicom.filereader import read_file_meta_info
 
 from ribnode.demo.run import demo_routing
-from ribnode.node.ledger import JobState, Ledger
-from ribnode.node.schema import TERMINAL_JOB_STATES, Instance, InstanceState, Job
+from ribnode.ledger.schema import TERMINAL_JOB_STATES, Instance, InstanceState, Job
+from ribnode.ledger.store import JobState, Ledger
 from tests.e2e.fuzz.specimens import Mutator, Specimen, build_seeds
 from tests.peers.fixtures import free_port
 

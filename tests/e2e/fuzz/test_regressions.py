@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from ribnode.dicom_checks import UndecodableError
+from ribnode.ledger.store import Ledger
 from ribnode.node.http.stow import decode_part
-from ribnode.node.ledger import Ledger
-from ribnode.node.listener import UndecodableError
 from ribnode.workers.jobs import process_instance
 from tests.e2e.fuzz.harness import CALLING_AET, _chunked_sending, send_batch
 from tests.e2e.fuzz.specimens import Specimen

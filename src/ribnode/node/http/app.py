@@ -34,6 +34,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from ribnode.config.settings import HttpSettings, Settings
+from ribnode.ledger.store import Ledger
 from ribnode.node.http.metrics import LedgerCollector
 from ribnode.node.http.multipart import (
     MultipartError,
@@ -55,7 +56,6 @@ from ribnode.node.http.stow import (
     store_part,
     store_response,
 )
-from ribnode.node.ledger import Ledger
 from ribnode.node.routing import RoutingRule
 from ribnode.node.spool import Spool
 

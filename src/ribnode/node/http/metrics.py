@@ -38,8 +38,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from ribnode.node.ledger import Ledger, utcnow
-from ribnode.node.schema import (
+from ribnode.ledger.schema import (
     AuditEvent,
     AuditEventName,
     Delivery,
@@ -49,6 +48,7 @@ from ribnode.node.schema import (
     ModelRun,
     Study,
 )
+from ribnode.ledger.store import Ledger, utcnow
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())

@@ -22,15 +22,14 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from sqlalchemy.exc import SQLAlchemyError
 
-from ribnode.node.ledger import AuditEventName, AuditOutcome, Ledger, ReceivedInstance
+from ribnode.dicom_checks import UndecodableError, check_declared_lengths
+from ribnode.ledger.store import AuditEventName, AuditOutcome, Ledger, ReceivedInstance
 from ribnode.node.listener import (
     CANNOT_UNDERSTAND,
     OUT_OF_RESOURCES,
     SUCCESS,
-    UndecodableError,
     _audit_quietly,
     _check_pixel_data,
-    check_declared_lengths,
     received_instance,
 )
 from ribnode.node.routing import RoutingRule

@@ -3,7 +3,7 @@
 The ledger is the state store of ribnode: the listener writes studies and instances, the
 completion thread writes jobs, the workers write job transitions and what they found in each
 instance, the exporter writes deliveries and output objects. All times are naive UTC.
-Schema changes go through Alembic (``ribnode/node/migrations``), never ``create_all``.
+Schema changes go through Alembic (``ribnode/ledger/migrations``), never ``create_all``.
 """
 
 from __future__ import annotations

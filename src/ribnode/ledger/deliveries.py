@@ -1,7 +1,7 @@
 """Ledger operations of the export: output objects and per-destination deliveries.
 
-The tables (``deliveries``, ``output_objects``) belong to ``ribnode.node.schema``; this module
-adds the operations the exporter needs on top of :class:`ribnode.node.ledger.Ledger`, each one
+The tables (``deliveries``, ``output_objects``) belong to ``ribnode.ledger.schema``; this module
+adds the operations the exporter needs on top of :class:`ribnode.ledger.store.Ledger`, each one
 short transaction.
 
 Concurrency: two exporters may look at the same job (a task delivered twice after a worker
@@ -20,8 +20,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, or_, select, update
 
 from ribnode.config.redact import redact
-from ribnode.node.ledger import Ledger, utcnow
-from ribnode.node.schema import Delivery, Job, JobState, OutputObject
+from ribnode.ledger.schema import Delivery, Job, JobState, OutputObject
+from ribnode.ledger.store import Ledger, utcnow
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())

@@ -10,23 +10,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, update
+from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ribnode.config.redact import redact
-from ribnode.node.schema import (
+from ribnode.ledger.engine import make_engine
+from ribnode.ledger.schema import (
     TERMINAL_JOB_STATES,
     AuditEvent,
     AuditEventName,
@@ -142,44 +141,6 @@ class LedgerSummary:
     security_alerts: int = 0
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    """WAL: readers never block the writer; NORMAL sync is durable across process crashes
-    (the spool file itself is fsynced before success goes back)."""
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=15000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
-
-
-def _create_private_file(path: Path) -> None:
-    """Create the SQLite file (and a missing folder) owner-only, 0600 / 0700, whatever the
-    umask: the ledger holds patient identifiers. SQLite gives its -wal and -shm files the mode
-    of the database file. An existing file is tightened too."""
-    if not path.parent.is_dir():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(path.parent, 0o700)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    os.close(fd)
-    try:
-        os.chmod(path, 0o600)
-    except PermissionError as exc:  # a file of another user: say so, go on
-        logger.warning("cannot make the ledger %s private (0600): %s", path, exc)
-
-
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``; for a SQLite file, create its folder and set WAL pragmas."""
-    if url.startswith("sqlite"):
-        database = url.split("///", 1)[-1] if "///" in url else ""
-        if database and database != ":memory:":
-            _create_private_file(Path(database))
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 15})
-        event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
-
-
 class Ledger:
     """Typed access to the ledger tables. Thread safe: one short session per call."""
 
@@ -194,7 +155,7 @@ class Ledger:
 
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision."""
-        from ribnode.node.migrations import upgrade
+        from ribnode.ledger.migrations import upgrade
 
         upgrade(self.engine)
 

@@ -1,9 +1,10 @@
 """Alembic migrations of the ledger schema, run programmatically (no alembic.ini needed).
 
-``upgrade(engine)`` brings a database to the newest revision; ``ribnode`` calls it when it opens
-the ledger. To add a revision after changing ``ribnode.node.schema``::
+``upgrade(engine)`` brings the database behind an engine to the newest revision; the ledger
+(``ribnode.ledger.store``) calls it with its engine when it opens. The migrations never import
+the ledger: they are handed the engine. To add a revision after changing ``ribnode.ledger.schema``::
 
-    .venv/bin/python -m ribnode.node.migrations revision "what changed"
+    .venv/bin/python -m ribnode.ledger.migrations revision "what changed"
 """
 
 from __future__ import annotations
@@ -59,11 +60,11 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 
 def _main(argv: list[str]) -> int:
-    """``python -m ribnode.node.migrations revision MESSAGE [URL]``: autogenerate a revision."""
-    from ribnode.node.ledger import make_engine
+    """``python -m ribnode.ledger.migrations revision MESSAGE [URL]``: autogenerate a revision."""
+    from ribnode.ledger.engine import make_engine
 
     if len(argv) < 2 or argv[0] != "revision":
-        print("usage: python -m ribnode.node.migrations revision MESSAGE [URL]")
+        print("usage: python -m ribnode.ledger.migrations revision MESSAGE [URL]")
         return 2
     url = argv[2] if len(argv) > 2 else "sqlite:///var/alembic-autogen.sqlite"
     engine = make_engine(url)

@@ -1,11 +1,11 @@
-"""Alembic environment: migrate the engine handed in by ``ribnode.node.migrations.upgrade``."""
+"""Alembic environment: migrate the engine handed in by ``ribnode.ledger.migrations.upgrade``."""
 
 from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import text
 
-from ribnode.node.schema import Base
+from ribnode.ledger.schema import Base
 
 engine = context.config.attributes["engine"]
 
