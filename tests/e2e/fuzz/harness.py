@@ -146,7 +146,7 @@ class Process:
 
 
 def _repo_root() -> Path:
-    return Path(__file__).resolve().parents[2]
+    return Path(__file__).resolve().parents[3]
 
 
 def echo(port: int) -> bool:
