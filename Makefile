@@ -30,9 +30,10 @@ test: services venv
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 # the developer's loop: everything but tests/e2e/ (spawned processes, Orthanc, a browser) and
-# the tests that run the shipped weights through the full pipeline
+# the tests marked slow (training, the shipped weights through the whole pipeline), on 4
+# pytest-xdist workers: the subset mostly waits on real brokers and listeners
 test-fast: services venv
-	$(PY) -m pytest -p no:cacheprovider -q -m "not e2e and not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -p no:cacheprovider -q -n 4 -m "not e2e and not slow" $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks
