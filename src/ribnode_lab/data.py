@@ -80,7 +80,12 @@ def lung_field(lungs: np.ndarray, heart: np.ndarray) -> np.ndarray:
 
 def reference_rib_mask(radiograph: np.ndarray, soft: np.ndarray, threshold: float = REFERENCE_THRESHOLD) -> np.ndarray:
     """``derive_rib_masks.bone_mask`` exactly: smooth (sigma 1), threshold, open, islands >= 30 px, fill."""
-    bone = ndimage.gaussian_filter(np.asarray(radiograph, np.float64) - soft, sigma=1.0)
+    return bone_layer_mask(np.asarray(radiograph, np.float64) - soft, threshold)
+
+
+def bone_layer_mask(layer: np.ndarray, threshold: float = REFERENCE_THRESHOLD) -> np.ndarray:
+    """The reference rule on a bone layer (the true one, or an estimate of it)."""
+    bone = ndimage.gaussian_filter(np.asarray(layer, np.float64), sigma=1.0)
     mask = ndimage.binary_opening(bone > threshold, iterations=1)
     labels, count = ndimage.label(mask)
     sizes = ndimage.sum(mask, labels, range(1, count + 1))

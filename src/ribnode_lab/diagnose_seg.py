@@ -24,20 +24,9 @@ from scipy import ndimage
 from ribnode.models.preprocess import to_source, to_working
 from ribnode.models.segmentation.runtime import RibSegmenter
 from ribnode.models.suppression.runtime import RibSuppressor
-from ribnode_lab.data import Case, load_cases, nodule
+from ribnode_lab.data import Case, bone_layer_mask, load_cases, nodule
 from ribnode_lab.evaluate import draw_placements, location_masks
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * (a & b).sum() / max(int(a.sum() + b.sum()), 1))
-
-
-def rule(bone: np.ndarray, threshold: float) -> np.ndarray:
-    """``derive_rib_masks.bone_mask`` on a bone layer."""
-    mask = ndimage.binary_opening(ndimage.gaussian_filter(bone, 1.0) > threshold, iterations=1)
-    labels, count = ndimage.label(mask)
-    sizes = np.asarray(ndimage.sum(mask, labels, range(1, count + 1)))
-    return np.asarray(ndimage.binary_fill_holes(np.isin(labels, 1 + np.flatnonzero(sizes >= 30))), dtype=bool)
+from ribnode_lab.metrics import dice
 
 
 def size_ceiling(cases: list[Case], size: int) -> list[float]:
@@ -98,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         layer, _ = suppressor.estimate(case.image, 0, refine=False)
         bone = to_source(layer, case.image.shape, "linear").astype(np.float64)
         for t in thresholds:
-            by_threshold[t].append(dice(rule(bone, t), case.ribs))
+            by_threshold[t].append(dice(bone_layer_mask(bone, t), case.ribs))
         mask = segmenter.segment_image(case.image).structures["ribs"]
         tp, fp, fn = (
             tp + int((mask & case.ribs).sum()),
