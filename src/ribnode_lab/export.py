@@ -141,7 +141,12 @@ def load_suppression(run: Path, name: str = "final.pt") -> tuple[Estimator, nn.M
     config = state.get("config") or json.loads((run / "config.json").read_text())
     estimator = Estimator(
         UNetConfig(
-            in_channels=1, out_channels=1, base=config["base"], depth=config["depth"], groups=config.get("groups", 0)
+            in_channels=1,
+            out_channels=1,
+            base=config["base"],
+            depth=config["depth"],
+            groups=config.get("groups", 0),
+            widths=config.get("widths", ""),
         )
     )
     estimator.load_state_dict(state["estimator"])

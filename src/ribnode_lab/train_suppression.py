@@ -11,14 +11,15 @@ weighted 1 inside the lung field (SCR lungs + heart, dilated) and 0.2 outside.
 a rectified-flow bridge from the estimate to the true layer, ``z_t = t * (e + eta) + (1 - t) * b``
 (diffusers' ``FlowMatchEulerDiscreteScheduler.scale_noise`` with the estimate as the "noise"
 end), trained to predict the velocity ``(e + eta) - b``. Its last convolution starts at zero, so
-before training the refiner returns the estimate. It trains on the estimator's own (detached)
-outputs once the estimator has had ``refiner_from`` of the steps.
+before training the refiner returns the estimate. It trains after the estimator, on crops of the
+frozen estimator's whole-image outputs (what it meets at inference), cached for a few augmented
+versions of every training pair; half its samples sit at ``t = 1``, where sampling starts.
 
 Augmentation respects ``x = s + b``: joint flips and crops; bone scaling (``s + a * b``, target
 ``a * b``); nodules added to ``x`` and ``s`` alike (a nodule is not bone), most on bone; noise on
 the input only; the per-image window follows the augmented image. Crops first, then whole 512
-images for the estimator (and 256-px windows of them for the refiner) after ``full_from`` of the
-steps, so that both see statistics close to the whole image's.
+images for the estimator after ``full_from`` of the steps, so that it sees statistics close to
+the whole image's.
 """
 
 from __future__ import annotations
@@ -60,9 +61,12 @@ class SuppressionTrainConfig:
     lr: float = 2e-3
     base: int = 16
     depth: int = 5
+    widths: str = ""  # channels per level, overriding base and depth (ribnode_lab.unet.UNetConfig.widths)
     refiner_steps: int = 300  # then the refiner alone, on windows of the frozen estimator's whole-image outputs
     refiner_crop: int = 256
     refiner_batch: int = 2
+    refiner_versions: int = 3  # augmented versions of each training pair whose whole-image estimates are cached
+    refiner_t_one: float = 0.5  # share of refiner samples at t = 1, where sampling starts
     refiner_lr: float = 5e-4
     refiner_channels: str = "16,32,64,64"
     eta: float = 0.02  # the refiner's starting noise, network units
@@ -227,19 +231,51 @@ def estimator_loss(pred: torch.Tensor, target: torch.Tensor, n: torch.Tensor, we
 
 
 def refiner_loss(
-    refiner: nn.Module, estimate: torch.Tensor, target: torch.Tensor, n: torch.Tensor, weight: torch.Tensor, eta: float
+    refiner: nn.Module,
+    estimate: torch.Tensor,
+    target: torch.Tensor,
+    n: torch.Tensor,
+    weight: torch.Tensor,
+    eta: float,
+    t_one: float = 0.0,
 ) -> torch.Tensor:
-    """L1 on the bridge's velocity ``(e + eta) - b`` at a random time ``t``."""
-    t = torch.rand(len(n), 1, 1, 1)
+    """L1 on the bridge's velocity ``(e + eta) - b`` at a random time ``t``; a share ``t_one`` of
+    the samples sit at ``t = 1``, the start of sampling (the only time one step visits)."""
+    t = torch.where(torch.rand(len(n), 1, 1, 1) < t_one, torch.ones(len(n), 1, 1, 1), torch.rand(len(n), 1, 1, 1))
     start = estimate + eta * torch.randn_like(estimate)
     state = t * start + (1 - t) * target
     velocity = refiner(torch.cat([state, n, estimate], 1), (t.flatten() * 1000).float()).sample
     return ((velocity - (start - target)).abs() * weight).mean()
 
 
+@torch.no_grad()
+def refiner_cache(estimator: Estimator, pairs: list[Pair], config: SuppressionTrainConfig) -> list[torch.Tensor]:
+    """(normalised input, target, weight, the frozen estimator's whole-image estimate) for
+    ``refiner_versions`` augmented versions of every training pair, each (1, 512, 512).
+
+    The estimate is the whole image's, as at inference (GroupNorm sees the whole image); computing
+    it once per version lets the refiner train on many crops cheaply. A fixed seed makes the cache
+    the same when a run resumes."""
+    rng = np.random.default_rng(config.seed + 1)
+    estimator.eval()
+    items = []
+    for _ in range(config.refiner_versions):
+        for pair in pairs:
+            n, target, weight = (torch.from_numpy(v) for v in sample(pair, rng, 512, config.nodule_prob))
+            items.append(torch.stack([n, target, weight, estimator(n[None])[0]]))
+    return items
+
+
 def build_estimator(config: SuppressionTrainConfig) -> Estimator:
     return Estimator(
-        UNetConfig(in_channels=1, out_channels=1, base=config.base, depth=config.depth, groups=config.groups)
+        UNetConfig(
+            in_channels=1,
+            out_channels=1,
+            base=config.base,
+            depth=config.depth,
+            groups=config.groups,
+            widths=config.widths,
+        )
     )
 
 
@@ -293,6 +329,7 @@ def train(config: SuppressionTrainConfig) -> Path:
     start = time.time()
     running: list[tuple[float, float]] = []
     full_start = int(config.full_from * config.steps)
+    cache: list[torch.Tensor] = []
     while step < total:
         scale = _lr_scale(step, config)
         loss_e, loss_r = 0.0, 0.0
@@ -314,17 +351,16 @@ def train(config: SuppressionTrainConfig) -> Path:
         else:
             for group in opt_r.param_groups:
                 group["lr"] = config.refiner_lr * scale
-            picks = rng.integers(0, len(pairs), config.refiner_batch)
-            batch = [sample(pairs[i], rng, 512, config.nodule_prob) for i in picks]
-            n, target, weight = (torch.from_numpy(np.stack([b[k] for b in batch])) for k in range(3))
-            estimator.eval()
-            with torch.no_grad():  # the whole image's estimate, as at inference (GroupNorm sees it all)
-                estimate = estimator(n)
-            r, c = (int(v) for v in rng.integers(0, 512 - config.refiner_crop + 1, 2))
-            window_ = (..., slice(r, r + config.refiner_crop), slice(c, c + config.refiner_crop))
-            estimate, target, n, weight = (v[window_] for v in (estimate, target, n, weight))
+            if not cache:
+                cache = refiner_cache(estimator, pairs, config)
+            crops = []
+            for i in rng.integers(0, len(cache), config.refiner_batch):
+                r, c = (int(v) for v in rng.integers(0, 512 - config.refiner_crop + 1, 2))
+                crop = cache[i][:, :, r : r + config.refiner_crop, c : c + config.refiner_crop]
+                crops.append(crop.flip(-1) if rng.random() < 0.5 else crop)
+            n, target, weight, estimate = torch.stack(crops).unbind(1)
             refiner.train()
-            loss = refiner_loss(refiner, estimate, target, n, weight, config.eta)
+            loss = refiner_loss(refiner, estimate, target, n, weight, config.eta, config.refiner_t_one)
             opt_r.zero_grad()
             loss.backward()
             opt_r.step()

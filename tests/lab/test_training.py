@@ -47,8 +47,8 @@ def test_segmentation_trains_resumes_and_exports(data: Path, tmp_path: Path) -> 
         working_size=64,
         steps=2,
         batch=2,
-        base=4,
-        depth=3,
+        widths="4,8,8",
+        bone_weight=1.0,
         checkpoint_every=1,
     )
     train(config)
@@ -58,8 +58,12 @@ def test_segmentation_trains_resumes_and_exports(data: Path, tmp_path: Path) -> 
     train(config)  # resumes from the checkpoint: one more step
     state = torch.load(tmp_path / "run" / "final.pt", weights_only=False)
     assert [h[0] for h in state["history"]] == [1, 2, 3]
+    assert "bone.weight" in state["model"]  # the auxiliary bone head trains ...
     onnx = export_segmentation(tmp_path / "run", tmp_path / "weights")
-    assert json.loads(onnx.with_suffix(".json").read_text())["outputs"] == ["ribs", "clavicles", "lungs"]
+    exported = json.loads(onnx.with_suffix(".json").read_text())
+    assert exported["outputs"] == ["ribs", "clavicles", "lungs"]
+    architecture = exported["architecture"]
+    assert architecture["widths"] == "4,8,8" and not architecture["bone_head"]  # ... and is left out
     result = RibSegmenter(onnx, threads=1).segment_image(np.random.default_rng(0).random((80, 80)).astype(np.float32))
     assert set(result.structures) == {"ribs", "clavicles", "lungs"}
 
@@ -82,6 +86,7 @@ def test_suppression_trains_both_networks_resumes_and_exports(data: Path, tmp_pa
         refiner_steps=1,
         refiner_crop=64,
         refiner_batch=2,
+        refiner_versions=1,
         base=4,
         depth=3,
         groups=2,
@@ -101,3 +106,39 @@ def test_suppression_trains_both_networks_resumes_and_exports(data: Path, tmp_pa
     suppressor = RibSuppressor(path, threads=1)
     layer, first = suppressor.estimate(np.random.default_rng(0).random((64, 64)).astype(np.float32), seed=1)
     assert layer.shape == (512, 512) and (layer >= 0).all() and (first >= 0).all()
+
+
+def test_unet_widths_set_the_channels_of_each_level() -> None:
+    from ribnode_lab.unet import UNet, UNetConfig
+
+    config = UNetConfig(out_channels=2, widths="4,12,20")
+    assert config.level_widths == [4, 12, 20] and config.multiple == 4
+    assert UNetConfig(base=4, depth=3).level_widths == [4, 8, 16]
+    model = UNet(config).eval()
+    assert [block[0].out_channels for block in model.down] == [4, 12, 20]
+    assert model(torch.zeros(1, 1, 32, 32)).shape == (1, 2, 32, 32)
+    with pytest.raises(ValueError, match="levels"):
+        UNet(UNetConfig(widths="8"))
+
+
+def test_refiner_cache_holds_whole_image_estimates_of_augmented_pairs() -> None:
+    from ribnode_lab.train_suppression import Estimator, SuppressionTrainConfig, _pair, refiner_cache
+    from ribnode_lab.unet import UNetConfig
+
+    rng = np.random.default_rng(3)
+    s = rng.random((512, 512)).astype(np.float32) * 0.5
+    b = np.zeros_like(s)
+    b[100:140, 50:450] = 0.05  # one rib
+    field = np.zeros_like(s, dtype=bool)
+    field[60:460, 40:470] = True
+    pair = _pair("toy", s + b, s, field, np.zeros_like(field))
+    estimator = Estimator(UNetConfig(widths="4,8", groups=2)).eval()
+    config = SuppressionTrainConfig(refiner_versions=2, nodule_prob=0.0)
+    first = refiner_cache(estimator, [pair], config)
+    assert len(first) == 2 and first[0].shape == (4, 1, 512, 512)
+    n, target, _, estimate = first[0]
+    with torch.no_grad():
+        assert torch.equal(estimate, estimator(n[None])[0])  # the whole image's estimate
+    assert target.max() > 0 and (target[:, :90] == 0).all()  # the scaled layer, in network units
+    again = refiner_cache(estimator, [pair], config)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))  # the same after a resume
