@@ -249,21 +249,17 @@ def refiner_loss(
 
 
 @torch.no_grad()
-def refiner_cache(estimator: Estimator, pairs: list[Pair], config: SuppressionTrainConfig) -> list[torch.Tensor]:
-    """(normalised input, target, weight, the frozen estimator's whole-image estimate) for
-    ``refiner_versions`` augmented versions of every training pair, each (1, 512, 512).
+def refiner_item(estimator: Estimator, pairs: list[Pair], index: int, config: SuppressionTrainConfig) -> torch.Tensor:
+    """(normalised input, target, weight, the frozen estimator's whole-image estimate), (4, 1, 512, 512),
+    for augmented version ``index // len(pairs)`` of pair ``index % len(pairs)``.
 
-    The estimate is the whole image's, as at inference (GroupNorm sees the whole image); computing
-    it once per version lets the refiner train on many crops cheaply. A fixed seed makes the cache
-    the same when a run resumes."""
-    rng = np.random.default_rng(config.seed + 1)
+    The estimate is the whole image's, as at inference (GroupNorm sees the whole image); the
+    refiner trains on crops of a cache of these, which is cheap. The augmentation's seed is the
+    index's, so a resumed run rebuilds the same cache."""
+    rng = np.random.default_rng([config.seed + 1, index])
     estimator.eval()
-    items = []
-    for _ in range(config.refiner_versions):
-        for pair in pairs:
-            n, target, weight = (torch.from_numpy(v) for v in sample(pair, rng, 512, config.nodule_prob))
-            items.append(torch.stack([n, target, weight, estimator(n[None])[0]]))
-    return items
+    n, target, weight = (torch.from_numpy(v) for v in sample(pairs[index % len(pairs)], rng, 512, config.nodule_prob))
+    return torch.stack([n, target, weight, estimator(n[None])[0]])
 
 
 def build_estimator(config: SuppressionTrainConfig) -> Estimator:
@@ -329,7 +325,7 @@ def train(config: SuppressionTrainConfig) -> Path:
     start = time.time()
     running: list[tuple[float, float]] = []
     full_start = int(config.full_from * config.steps)
-    cache: list[torch.Tensor] = []
+    cache: dict[int, torch.Tensor] = {}
     while step < total:
         scale = _lr_scale(step, config)
         loss_e, loss_r = 0.0, 0.0
@@ -351,12 +347,12 @@ def train(config: SuppressionTrainConfig) -> Path:
         else:
             for group in opt_r.param_groups:
                 group["lr"] = config.refiner_lr * scale
-            if not cache:
-                cache = refiner_cache(estimator, pairs, config)
             crops = []
-            for i in rng.integers(0, len(cache), config.refiner_batch):
+            for i in rng.integers(0, config.refiner_versions * len(pairs), config.refiner_batch):
+                if int(i) not in cache:  # computed when first drawn
+                    cache[int(i)] = refiner_item(estimator, pairs, int(i), config)
                 r, c = (int(v) for v in rng.integers(0, 512 - config.refiner_crop + 1, 2))
-                crop = cache[i][:, :, r : r + config.refiner_crop, c : c + config.refiner_crop]
+                crop = cache[int(i)][:, :, r : r + config.refiner_crop, c : c + config.refiner_crop]
                 crops.append(crop.flip(-1) if rng.random() < 0.5 else crop)
             n, target, weight, estimate = torch.stack(crops).unbind(1)
             refiner.train()

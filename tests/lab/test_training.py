@@ -121,8 +121,8 @@ def test_unet_widths_set_the_channels_of_each_level() -> None:
         UNet(UNetConfig(widths="8"))
 
 
-def test_refiner_cache_holds_whole_image_estimates_of_augmented_pairs() -> None:
-    from ribnode_lab.train_suppression import Estimator, SuppressionTrainConfig, _pair, refiner_cache
+def test_refiner_items_hold_whole_image_estimates_of_augmented_pairs() -> None:
+    from ribnode_lab.train_suppression import Estimator, SuppressionTrainConfig, _pair, refiner_item
     from ribnode_lab.unet import UNetConfig
 
     rng = np.random.default_rng(3)
@@ -131,14 +131,14 @@ def test_refiner_cache_holds_whole_image_estimates_of_augmented_pairs() -> None:
     b[100:140, 50:450] = 0.05  # one rib
     field = np.zeros_like(s, dtype=bool)
     field[60:460, 40:470] = True
-    pair = _pair("toy", s + b, s, field, np.zeros_like(field))
+    pairs = [_pair("toy", s + b, s, field, np.zeros_like(field))]
     estimator = Estimator(UNetConfig(widths="4,8", groups=2)).eval()
     config = SuppressionTrainConfig(refiner_versions=2, nodule_prob=0.0)
-    first = refiner_cache(estimator, [pair], config)
-    assert len(first) == 2 and first[0].shape == (4, 1, 512, 512)
-    n, target, _, estimate = first[0]
+    first = refiner_item(estimator, pairs, 0, config)
+    assert first.shape == (4, 1, 512, 512)
+    n, target, _, estimate = first
     with torch.no_grad():
         assert torch.equal(estimate, estimator(n[None])[0])  # the whole image's estimate
     assert target.max() > 0 and (target[:, :90] == 0).all()  # the scaled layer, in network units
-    again = refiner_cache(estimator, [pair], config)
-    assert all(torch.equal(a, b) for a, b in zip(first, again))  # the same after a resume
+    assert torch.equal(refiner_item(estimator, pairs, 0, config), first)  # the same after a resume
+    assert not torch.equal(refiner_item(estimator, pairs, 1, config)[1], target)  # another version
