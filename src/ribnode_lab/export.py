@@ -73,7 +73,14 @@ def export_segmentation(
     train = state["config"]
     state.setdefault(
         "unet",
-        UNetConfig(in_channels=1, out_channels=len(STRUCTURES), base=train["base"], depth=train["depth"]).as_dict(),
+        UNetConfig(
+            in_channels=1,
+            out_channels=len(STRUCTURES),
+            base=train["base"],
+            depth=train["depth"],
+            widths=train.get("widths", ""),
+            bone_head=train.get("bone_weight", 0.0) > 0,
+        ).as_dict(),
     )
     model = UNet(UNetConfig(**state["unet"]))
     model.load_state_dict(state["model"])
