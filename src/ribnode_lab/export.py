@@ -73,14 +73,7 @@ def export_segmentation(
     train = state["config"]
     state.setdefault(
         "unet",
-        UNetConfig(
-            in_channels=1,
-            out_channels=len(STRUCTURES),
-            base=train["base"],
-            depth=train["depth"],
-            widths=train.get("widths", ""),
-            bone_head=train.get("bone_weight", 0.0) > 0,
-        ).as_dict(),
+        UNetConfig(in_channels=1, out_channels=len(STRUCTURES), base=train["base"], depth=train["depth"]).as_dict(),
     )
     model = UNet(UNetConfig(**state["unet"]))
     model.load_state_dict(state["model"])
@@ -148,12 +141,7 @@ def load_suppression(run: Path, name: str = "final.pt") -> tuple[Estimator, nn.M
     config = state.get("config") or json.loads((run / "config.json").read_text())
     estimator = Estimator(
         UNetConfig(
-            in_channels=1,
-            out_channels=1,
-            base=config["base"],
-            depth=config["depth"],
-            groups=config.get("groups", 0),
-            widths=config.get("widths", ""),
+            in_channels=1, out_channels=1, base=config["base"], depth=config["depth"], groups=config.get("groups", 0)
         )
     )
     estimator.load_state_dict(state["estimator"])

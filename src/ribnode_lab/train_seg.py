@@ -3,9 +3,7 @@
 Channels (``ribnode.models.info.STRUCTURES``): ribs (the reference masks of
 ``../shared/tools/derive_rib_masks.py``, paired cases only), clavicles (SCR) and lung fields
 (SCR lungs plus heart, holes filled: the region in which BSE-JSRT removes bone). A channel
-without a label on a case is left out of that case's loss. Loss: BCE + soft Dice per channel,
-plus (``--bone-weight``) L1 of an auxiliary head on the bone layer, which the rib labels are
-thresholded from (training only: the head is dropped at export).
+without a label on a case is left out of that case's loss. Loss: BCE + soft Dice per channel.
 Augmentation: small affine, gamma, blur, noise, and nodules inserted with the labels unchanged
 (a nodule is not anatomy: this is what keeps the masks still when a nodule is added).
 
@@ -34,9 +32,6 @@ from ribnode.models.segmentation.normalisation import normalise
 from ribnode_lab.data import Case, load_cases
 from ribnode_lab.unet import UNet, UNetConfig, count_parameters
 
-#: The auxiliary bone head's target units: the bone layer (bone-bright, [0, 1] scale) times this.
-BONE_SCALE = 10.0
-
 
 @dataclass
 class SegTrainConfig:
@@ -49,8 +44,6 @@ class SegTrainConfig:
     weight_decay: float = 1e-5
     base: int = 16
     depth: int = 5
-    widths: str = ""  # channels per level, overriding base and depth (ribnode_lab.unet.UNetConfig.widths)
-    bone_weight: float = 0.0  # > 0: an auxiliary head regresses the bone layer (paired cases, phantoms)
     nodule_prob: float = 0.7
     phantoms: int = 40  # synthetic chests (ribnode.phantom) added to the training cases
     seed: int = 20261207
@@ -65,7 +58,6 @@ class Sample:
     target: np.ndarray  # (3, S, S) float32 soft labels
     known: np.ndarray  # (3,) float32: 1 where the channel is labelled
     rib_weight: np.ndarray  # (S, S) where nodules go preferentially (ribs or lung)
-    bone: np.ndarray | None = None  # (S, S) the bone layer x - s times BONE_SCALE (paired cases, phantoms)
 
 
 def prepare(case: Case, size: int) -> Sample:
@@ -74,9 +66,8 @@ def prepare(case: Case, size: int) -> Sample:
     target = np.stack([np.clip(to_working(m.astype(np.float32), size), 0, 1) for m in layers])
     known = np.array([1.0 if case.paired else 0.0, 1.0, 1.0], np.float32)
     where = to_working((case.lung_field | case.clavicles).astype(np.float32), size) > 0.5
-    bone = BONE_SCALE * to_working(case.bone, size) if case.paired else None
     return Sample(
-        case.case_id, to_working(case.image, size), target.astype(np.float32), known, where.astype(np.float32), bone
+        case.case_id, to_working(case.image, size), target.astype(np.float32), known, where.astype(np.float32)
     )
 
 
@@ -100,13 +91,11 @@ def prepare_phantom(seed: int, size: int) -> Sample:
         target.astype(np.float32),
         np.array([1.0, 0.0, 1.0], np.float32),
         where.astype(np.float32),
-        BONE_SCALE * to_working(chest.radiograph - chest.soft_tissue, size),
     )
 
 
 def augment(sample: Sample, rng: np.random.Generator, nodule_prob: float) -> tuple[np.ndarray, np.ndarray]:
-    """One augmented (normalised image (1,S,S), target (3,S,S), or (4,S,S) with the bone layer
-    last where the sample has one)."""
+    """One augmented (normalised image (1,S,S), target (3,S,S))."""
     size = sample.image.shape[0]
     image = sample.image.copy()
     if rng.random() < nodule_prob:  # nodules are not anatomy: labels unchanged
@@ -126,8 +115,7 @@ def augment(sample: Sample, rng: np.random.Generator, nodule_prob: float) -> tup
     centre = np.array([size / 2 - 0.5] * 2)
     offset = centre - matrix @ (centre + shift)
     image = ndimage.affine_transform(image, matrix, offset, order=1, mode="nearest")
-    layers = list(sample.target) + ([sample.bone] if sample.bone is not None else [])
-    target = np.stack([ndimage.affine_transform(t, matrix, offset, order=1, mode="constant") for t in layers])
+    target = np.stack([ndimage.affine_transform(t, matrix, offset, order=1, mode="constant") for t in sample.target])
     image = normalise(image)
     gamma = math.exp(rng.uniform(-0.35, 0.35))
     image = np.clip(image, 0, 1) ** gamma
@@ -136,12 +124,6 @@ def augment(sample: Sample, rng: np.random.Generator, nodule_prob: float) -> tup
         image = ndimage.gaussian_filter(image, rng.uniform(0.3, 1.0))
     image = image + rng.normal(0, rng.uniform(0, 0.02), image.shape)
     return image[None].astype(np.float32), target.astype(np.float32)
-
-
-def bone_loss(bone: torch.Tensor, target: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
-    """L1 on the auxiliary bone-layer head, over the samples that have a bone layer."""
-    per = (bone - target).abs().mean(dim=(1, 2, 3)) * known
-    return per.sum() / known.sum().clamp(min=1)
 
 
 def loss_fn(logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
@@ -184,16 +166,7 @@ def train(config: SegTrainConfig) -> Path:
     samples = [prepare(c, config.working_size) for c in train_cases]
     samples += [prepare_phantom(5000 + i, config.working_size) for i in range(config.phantoms)]
     torch.manual_seed(config.seed)
-    model = UNet(
-        UNetConfig(
-            in_channels=1,
-            out_channels=len(STRUCTURES),
-            base=config.base,
-            depth=config.depth,
-            widths=config.widths,
-            bone_head=config.bone_weight > 0,
-        )
-    )
+    model = UNet(UNetConfig(in_channels=1, out_channels=len(STRUCTURES), base=config.base, depth=config.depth))
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     rng = np.random.default_rng(config.seed)
     step, history = 0, []
@@ -216,16 +189,9 @@ def train(config: SegTrainConfig) -> Path:
         picks = rng.integers(0, len(samples), config.batch)
         batch = [augment(samples[i], rng, config.nodule_prob) for i in picks]
         images = torch.from_numpy(np.stack([b[0] for b in batch]))
-        targets = torch.from_numpy(np.stack([b[1][:3] for b in batch]))
+        targets = torch.from_numpy(np.stack([b[1] for b in batch]))
         known = torch.from_numpy(np.stack([samples[i].known for i in picks]))
-        if config.bone_weight > 0:
-            logits, bone = model.forward_with_bone(images)
-            zero = np.zeros_like(batch[0][1][0])
-            bones = torch.from_numpy(np.stack([b[1][3] if len(b[1]) > 3 else zero for b in batch]))[:, None]
-            has_bone = torch.tensor([float(len(b[1]) > 3) for b in batch])
-            loss = loss_fn(logits, targets, known) + config.bone_weight * bone_loss(bone, bones, has_bone)
-        else:
-            loss = loss_fn(model(images), targets, known)
+        loss = loss_fn(model(images), targets, known)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()

@@ -61,7 +61,6 @@ class SuppressionTrainConfig:
     lr: float = 2e-3
     base: int = 16
     depth: int = 5
-    widths: str = ""  # channels per level, overriding base and depth (ribnode_lab.unet.UNetConfig.widths)
     refiner_steps: int = 300  # then the refiner alone, on windows of the frozen estimator's whole-image outputs
     refiner_crop: int = 256
     refiner_batch: int = 2
@@ -264,14 +263,7 @@ def refiner_item(estimator: Estimator, pairs: list[Pair], index: int, config: Su
 
 def build_estimator(config: SuppressionTrainConfig) -> Estimator:
     return Estimator(
-        UNetConfig(
-            in_channels=1,
-            out_channels=1,
-            base=config.base,
-            depth=config.depth,
-            groups=config.groups,
-            widths=config.widths,
-        )
+        UNetConfig(in_channels=1, out_channels=1, base=config.base, depth=config.depth, groups=config.groups)
     )
 
 

@@ -3,8 +3,7 @@
 Only training and ONNX export import this module; inference runs the exported graph in
 ONNX Runtime (``ribnode.models.segmentation.runtime``) and never imports torch.
 
-Design: ``depth`` resolution levels with ``base * 2**level`` channels (or explicit ``widths``:
-few channels at full resolution, many below, is cheaper for smooth targets such as the bone layer), two 3x3 convolutions
+Design: ``depth`` resolution levels with ``base * 2**level`` channels, two 3x3 convolutions
 with BatchNorm and ReLU per level (BatchNorm folds into the convolutions at export, so it
 costs nothing at inference), max-pool down, bilinear upsampling plus a 1x1 convolution up
 (no transposed convolutions: they leave checkerboard artefacts on thin structures such as
@@ -32,22 +31,14 @@ class UNetConfig:
     batchnorm: bool = True  # False: BatchNorm folded into biased convolutions (exported form)
     groups: int = 0  # > 0: GroupNorm with this many groups instead of BatchNorm (same in training and inference)
     bone_head: bool = False  # training only: a second 1x1 head estimating the bone layer
-    widths: str = ""  # comma-separated channels per level (overrides base and depth), e.g. "8,48,96,192,256"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @property
-    def level_widths(self) -> list[int]:
-        """Channels at each resolution level: ``widths`` if given, else ``base * 2**level``."""
-        if self.widths:
-            return [int(w) for w in self.widths.split(",")]
-        return [self.base * 2**level for level in range(self.depth)]
-
-    @property
     def multiple(self) -> int:
         """Input height and width must be multiples of this."""
-        return 2 ** (len(self.level_widths) - 1)
+        return 2 ** (self.depth - 1)
 
 
 class DoubleConv(nn.Sequential):
@@ -89,9 +80,9 @@ class UNet(nn.Module):
     def __init__(self, config: UNetConfig | None = None) -> None:
         super().__init__()
         self.config = config or UNetConfig()
-        widths = self.config.level_widths
-        if len(widths) < 2:
-            raise ValueError(f"UNet needs >= 2 resolution levels, got {widths}")
+        if self.config.depth < 2:
+            raise ValueError(f"UNet depth must be >= 2, got {self.config.depth}")
+        widths = [self.config.base * 2**level for level in range(self.config.depth)]
         bn, groups = self.config.batchnorm, self.config.groups
         self.down = nn.ModuleList([DoubleConv(self.config.in_channels, widths[0], bn, groups)])
         self.down.extend(DoubleConv(a, b, bn, groups) for a, b in zip(widths[:-1], widths[1:]))

@@ -47,8 +47,8 @@ def test_segmentation_trains_resumes_and_exports(data: Path, tmp_path: Path) -> 
         working_size=64,
         steps=2,
         batch=2,
-        widths="4,8,8",
-        bone_weight=1.0,
+        base=4,
+        depth=3,
         checkpoint_every=1,
     )
     train(config)
@@ -58,12 +58,8 @@ def test_segmentation_trains_resumes_and_exports(data: Path, tmp_path: Path) -> 
     train(config)  # resumes from the checkpoint: one more step
     state = torch.load(tmp_path / "run" / "final.pt", weights_only=False)
     assert [h[0] for h in state["history"]] == [1, 2, 3]
-    assert "bone.weight" in state["model"]  # the auxiliary bone head trains ...
     onnx = export_segmentation(tmp_path / "run", tmp_path / "weights")
-    exported = json.loads(onnx.with_suffix(".json").read_text())
-    assert exported["outputs"] == ["ribs", "clavicles", "lungs"]
-    architecture = exported["architecture"]
-    assert architecture["widths"] == "4,8,8" and not architecture["bone_head"]  # ... and is left out
+    assert json.loads(onnx.with_suffix(".json").read_text())["outputs"] == ["ribs", "clavicles", "lungs"]
     result = RibSegmenter(onnx, threads=1).segment_image(np.random.default_rng(0).random((80, 80)).astype(np.float32))
     assert set(result.structures) == {"ribs", "clavicles", "lungs"}
 
@@ -108,19 +104,6 @@ def test_suppression_trains_both_networks_resumes_and_exports(data: Path, tmp_pa
     assert layer.shape == (512, 512) and (layer >= 0).all() and (first >= 0).all()
 
 
-def test_unet_widths_set_the_channels_of_each_level() -> None:
-    from ribnode_lab.unet import UNet, UNetConfig
-
-    config = UNetConfig(out_channels=2, widths="4,12,20")
-    assert config.level_widths == [4, 12, 20] and config.multiple == 4
-    assert UNetConfig(base=4, depth=3).level_widths == [4, 8, 16]
-    model = UNet(config).eval()
-    assert [block[0].out_channels for block in model.down] == [4, 12, 20]
-    assert model(torch.zeros(1, 1, 32, 32)).shape == (1, 2, 32, 32)
-    with pytest.raises(ValueError, match="levels"):
-        UNet(UNetConfig(widths="8"))
-
-
 def test_refiner_items_hold_whole_image_estimates_of_augmented_pairs() -> None:
     from ribnode_lab.train_suppression import Estimator, SuppressionTrainConfig, _pair, refiner_item
     from ribnode_lab.unet import UNetConfig
@@ -132,7 +115,7 @@ def test_refiner_items_hold_whole_image_estimates_of_augmented_pairs() -> None:
     field = np.zeros_like(s, dtype=bool)
     field[60:460, 40:470] = True
     pairs = [_pair("toy", s + b, s, field, np.zeros_like(field))]
-    estimator = Estimator(UNetConfig(widths="4,8", groups=2)).eval()
+    estimator = Estimator(UNetConfig(base=4, depth=2, groups=2)).eval()
     config = SuppressionTrainConfig(refiner_versions=2, nodule_prob=0.0)
     first = refiner_item(estimator, pairs, 0, config)
     assert first.shape == (4, 1, 512, 512)
