@@ -15,6 +15,9 @@ before training the refiner returns the estimate. It trains after the estimator,
 frozen estimator's whole-image outputs (what it meets at inference), cached for a few augmented
 versions of every training pair; half its samples sit at ``t = 1``, where sampling starts.
 
+``--estimator-onnx`` starts from a shipped estimator, frozen, and trains the refiner alone (how
+3.2.0 retrained 3.1.0's refiner).
+
 Augmentation respects ``x = s + b``: joint flips and crops; bone scaling (``s + a * b``, target
 ``a * b``); nodules added to ``x`` and ``s`` alike (a nodule is not bone), most on bone; noise on
 the input only; the per-image window follows the augmented image. Crops first, then whole 512
@@ -72,6 +75,7 @@ class SuppressionTrainConfig:
     nodule_prob: float = 0.9
     nodule_weight: float = 3.0  # loss weight inside an inserted nodule's disc
     seed: int = 20261208
+    estimator_onnx: str = ""  # a shipped estimator to start from, frozen: the run trains the refiner only
     threads: int = 2
     checkpoint_every: int = 100
 
@@ -261,6 +265,40 @@ def refiner_item(estimator: Estimator, pairs: list[Pair], index: int, config: Su
     return torch.stack([n, target, weight, estimator(n[None])[0]])
 
 
+@torch.no_grad()
+def load_estimator_onnx(estimator: Estimator, path: Path) -> None:
+    """Load an exported estimator's weights (``ribnode_lab.export``) back into ``estimator``.
+
+    The convolutions keep their module names in the ONNX file; each GroupNorm's scale and shift
+    become a nameless ``Mul`` and ``Add`` constant, numbered in the order the forward pass meets
+    them, which is how they are matched here. The result is checked against ONNX Runtime."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    weights = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in graph.initializer}
+    order: list[nn.Module] = []
+    norms = [m for m in estimator.modules() if isinstance(m, nn.GroupNorm)]
+    hooks = [m.register_forward_hook(lambda m, i, o: order.append(m)) for m in norms]
+    estimator.eval()(torch.zeros(1, 1, estimator.unet.config.multiple * 2, estimator.unet.config.multiple * 2))
+    for hook in hooks:
+        hook.remove()
+    names = {id(m): n for n, m in estimator.named_modules()}
+    constants = sorted((k for k in weights if k.startswith("onnx::")), key=lambda k: int(k.rsplit("_", 1)[1]))
+    if len(constants) != 2 * len(order):
+        raise ValueError(f"{path}: {len(constants)} unnamed constants for {len(order)} GroupNorms")
+    for module, mul, add in zip(order, constants[::2], constants[1::2]):
+        weights[f"{names[id(module)]}.weight"] = weights[mul].reshape(-1)
+        weights[f"{names[id(module)]}.bias"] = weights[add].reshape(-1)
+    estimator.load_state_dict({k: weights[k] for k in estimator.state_dict()})
+    probe = np.random.default_rng(0).random((1, 1, 128, 128), np.float32)
+    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": probe})[0]
+    error = float(np.abs(estimator(torch.from_numpy(probe)).numpy() - expected).max())
+    if error > 1e-4:
+        raise ValueError(f"{path}: the rebuilt estimator differs from the ONNX file by {error}")
+
+
 def build_estimator(config: SuppressionTrainConfig) -> Estimator:
     return Estimator(
         UNetConfig(in_channels=1, out_channels=1, base=config.base, depth=config.depth, groups=config.groups)
@@ -303,6 +341,9 @@ def train(config: SuppressionTrainConfig) -> Path:
     rng = np.random.default_rng(config.seed)
     step, history = 0, []
     ckpt = out / "checkpoint.pt"
+    if config.estimator_onnx and not ckpt.is_file():
+        load_estimator_onnx(estimator, Path(config.estimator_onnx))
+        step = config.steps  # the estimator is done: straight to the refiner
     if ckpt.is_file():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
         estimator.load_state_dict(state["estimator"])

@@ -125,3 +125,21 @@ def test_refiner_items_hold_whole_image_estimates_of_augmented_pairs() -> None:
     assert target.max() > 0 and (target[:, :90] == 0).all()  # the scaled layer, in network units
     assert torch.equal(refiner_item(estimator, pairs, 0, config), first)  # the same after a resume
     assert not torch.equal(refiner_item(estimator, pairs, 1, config)[1], target)  # another version
+
+
+def test_an_exported_estimator_loads_back_for_a_refiner_only_run(tmp_path: Path) -> None:
+    from ribnode_lab.export import write_suppression
+    from ribnode_lab.train_suppression import Estimator, build_refiner, load_estimator_onnx
+    from ribnode_lab.unet import UNetConfig
+
+    torch.manual_seed(0)
+    config = UNetConfig(base=4, depth=3, groups=2)
+    exported = Estimator(config).eval()
+    with torch.no_grad():
+        for parameter in exported.parameters():  # GroupNorm scales and shifts away from 1 and 0
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    write_suppression(exported, build_refiner((8, 8)), tmp_path, eta=0.02, training={})
+    loaded = Estimator(config)
+    load_estimator_onnx(loaded, tmp_path / "rib-suppression-estimator.onnx")
+    for (name, a), b in zip(exported.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
