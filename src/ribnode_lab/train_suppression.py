@@ -64,9 +64,9 @@ class SuppressionTrainConfig:
     lr: float = 2e-3
     base: int = 16
     depth: int = 5
-    refiner_steps: int = 300  # then the refiner alone, on windows of the frozen estimator's whole-image outputs
-    refiner_crop: int = 256
-    refiner_batch: int = 2
+    refiner_steps: int = 800  # then the refiner alone, on crops of the frozen estimator's whole-image outputs
+    refiner_crop: int = 192
+    refiner_batch: int = 4
     refiner_versions: int = 3  # augmented versions of each training pair whose whole-image estimates are cached
     refiner_t_one: float = 0.5  # share of refiner samples at t = 1, where sampling starts
     refiner_lr: float = 5e-4
