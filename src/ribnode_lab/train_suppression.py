@@ -385,8 +385,8 @@ def train(config: SuppressionTrainConfig) -> Path:
                 if int(i) not in cache:  # computed when first drawn
                     cache[int(i)] = refiner_item(estimator, pairs, int(i), config)
                 r, c = (int(v) for v in rng.integers(0, 512 - config.refiner_crop + 1, 2))
-                crop = cache[int(i)][:, :, r : r + config.refiner_crop, c : c + config.refiner_crop]
-                crops.append(crop.flip(-1) if rng.random() < 0.5 else crop)
+                piece = cache[int(i)][:, :, r : r + config.refiner_crop, c : c + config.refiner_crop]
+                crops.append(piece.flip(-1) if rng.random() < 0.5 else piece)
             n, target, weight, estimate = torch.stack(crops).unbind(1)
             refiner.train()
             loss = refiner_loss(refiner, estimate, target, n, weight, config.eta, config.refiner_t_one)
