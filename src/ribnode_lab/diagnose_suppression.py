@@ -19,12 +19,11 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from ribnode.models.segmentation.runtime import RibSegmenter
 from ribnode.models.suppression.runtime import DEFAULT_CONFIG, RibSuppressor
 from ribnode_lab.data import load_cases, nodule
-from ribnode_lab.evaluate import draw_placements, location_masks
+from ribnode_lab.evaluate import beyond, draw_placements, location_masks, nodule_discs
 
 CELLS = ((5, 0.01), (8, 0.02), (12, 0.04), (12, 0.01))
 RINGS = ((1.0, 2.0), (2.0, 3.0), (3.0, 5.0), (5.0, np.inf))
@@ -56,8 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         b1, e1 = suppressor.estimate(case.image, 0)
         b2, e2 = suppressor.estimate(image2, 0)
         assert b1.shape == (512, 512), "run it on a model whose working size is the data's (512)"
-        discs = [((rows - p.centre[0]) ** 2 + (cols - p.centre[1]) ** 2) <= radius**2 for p in placements]
-        outside = ~np.any([ndimage.binary_dilation(d, iterations=radius) for d in discs], axis=0)
+        outside = beyond(nodule_discs(case.image.shape, placements, radius), radius)
         parts = {
             "layer": (b2 - b1) * w2,
             "estimator": (e2 - e1) * w2,

@@ -161,6 +161,17 @@ def draw_placements(
     return chosen
 
 
+def nodule_discs(shape: tuple[int, ...], placements: list[Placement], radius: float) -> list[np.ndarray]:
+    """One boolean disc of ``radius`` per placement."""
+    rows, cols = np.ogrid[: shape[0], : shape[1]]
+    return [((rows - pl.centre[0]) ** 2 + (cols - pl.centre[1]) ** 2) <= radius**2 for pl in placements]
+
+
+def beyond(discs: list[np.ndarray], margin: int) -> np.ndarray:
+    """Pixels farther than ``margin`` px from every disc (the footprint is the disc dilated by it)."""
+    return ~np.any([ndimage.binary_dilation(d, iterations=margin) for d in discs], axis=0)
+
+
 def evaluate_lesions(
     segmenter: RibSegmenter,
     suppressor: RibSuppressor,
@@ -197,11 +208,9 @@ def evaluate_lesions(
         p2 = image2.astype(np.float64) - bone2
         diff = p2 - p
         runs += 1
-        rows, cols = np.ogrid[: p.shape[0], : p.shape[1]]
-        discs = [((rows - pl.centre[0]) ** 2 + (cols - pl.centre[1]) ** 2) <= radius**2 for pl in placements]
-        outside = ~np.any([ndimage.binary_dilation(d, iterations=radius) for d in discs], axis=0)
-        spurious = float(np.abs(diff - total)[outside].max())
-        far = ~np.any([ndimage.binary_dilation(d, iterations=2) for d in discs], axis=0)
+        discs = nodule_discs(p.shape, placements, radius)
+        spurious = float(np.abs(diff - total)[beyond(discs, radius)].max())
+        far = beyond(discs, 2)
         flips = {name: int((seg.structures[name] ^ seg2.structures[name])[far].sum()) for name in STRUCTURES}
         flips["region"] = int((region ^ region2)[far].sum())
         for pl, n in zip(placements, nodules):
