@@ -107,13 +107,26 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 def _login(browser: Any, node: ConsoleNode, user: str, password: str) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
     browser.delete_all_cookies()
     browser.get(f"{node.url}/login")
     browser.find_element(By.ID, "username").send_keys(user)
     browser.find_element(By.ID, "password").send_keys(password)
-    browser.find_element(By.CSS_SELECTOR, "form.login button[type=submit]").click()
+    form = browser.find_element(By.CSS_SELECTOR, "form.login")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    # the click can return before the answer (a password hash on a busy machine) has replaced
+    # the page: wait until the login form is gone, whether the answer is the jobs page or a refusal
+
+    def replaced() -> bool:
+        try:
+            form.is_displayed()
+        except StaleElementReferenceException:
+            return True
+        return False
+
+    wait_for(replaced, 30, "the answer to the login form")
 
 
 def _stored(node: ConsoleNode, kind: str) -> pydicom.Dataset:
