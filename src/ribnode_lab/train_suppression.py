@@ -16,7 +16,8 @@ frozen estimator's whole-image outputs (what it meets at inference), cached for 
 versions of every training pair; half its samples sit at ``t = 1``, where sampling starts.
 
 ``--estimator-onnx`` starts from a shipped estimator, frozen, and trains the refiner alone (how
-3.2.0 retrained 3.1.0's refiner).
+3.2.0 retrained 3.1.0's refiner). ``--estimator-from`` starts from a shipped estimator and trains
+it on (with a fresh optimiser, so the whole-image phase then warms up), then the refiner.
 
 Augmentation respects ``x = s + b``: joint flips and crops; bone scaling (``s + a * b``, target
 ``a * b``); nodules added to ``x`` and ``s`` alike (a nodule is not bone), most on bone; noise on
@@ -76,6 +77,7 @@ class SuppressionTrainConfig:
     nodule_weight: float = 3.0  # loss weight inside an inserted nodule's disc
     seed: int = 20261208
     estimator_onnx: str = ""  # a shipped estimator to start from, frozen: the run trains the refiner only
+    estimator_from: str = ""  # a shipped estimator to train on from (with --full-from 0: whole images only)
     threads: int = 2
     checkpoint_every: int = 100
 
@@ -312,7 +314,9 @@ def _lr_scale(step: int, config: SuppressionTrainConfig) -> float:
     if step < full_start:
         return min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / full_start))
     if step < config.steps:
-        return 0.25 * 0.5 * (1 + math.cos(math.pi * (step - full_start) / max(1, config.steps - full_start)))
+        k = step - full_start
+        warm = min(1.0, (k + 1) / 50) if config.estimator_from else 1.0  # a fresh optimiser on trained weights
+        return warm * 0.25 * 0.5 * (1 + math.cos(math.pi * k / max(1, config.steps - full_start)))
     k = step - config.steps
     return min(1.0, (k + 1) / 20) * 0.5 * (1 + math.cos(math.pi * k / max(1, config.refiner_steps)))
 
@@ -321,6 +325,8 @@ def train(config: SuppressionTrainConfig) -> Path:
     """Phantom pretraining, crops of the pairs and whole images for the estimator, then the
     refiner alone on the frozen estimator's outputs (what it meets at inference). Resumable:
     a checkpoint every ``checkpoint_every`` steps; re-running the same command goes on."""
+    if config.estimator_onnx and config.estimator_from:
+        raise ValueError("--estimator-onnx (frozen) and --estimator-from (trained on) exclude each other")
     torch.set_num_threads(config.threads)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -344,6 +350,8 @@ def train(config: SuppressionTrainConfig) -> Path:
     if config.estimator_onnx and not ckpt.is_file():
         load_estimator_onnx(estimator, Path(config.estimator_onnx))
         step = config.steps  # the estimator is done: straight to the refiner
+    if config.estimator_from and not ckpt.is_file():
+        load_estimator_onnx(estimator, Path(config.estimator_from))
     if ckpt.is_file():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
         estimator.load_state_dict(state["estimator"])

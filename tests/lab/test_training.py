@@ -143,3 +143,15 @@ def test_an_exported_estimator_loads_back_for_a_refiner_only_run(tmp_path: Path)
     load_estimator_onnx(loaded, tmp_path / "rib-suppression-estimator.onnx")
     for (name, a), b in zip(exported.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_training_on_from_a_shipped_estimator_warms_up_and_excludes_the_frozen_mode(tmp_path: Path) -> None:
+    from ribnode_lab.train_suppression import SuppressionTrainConfig, _lr_scale, train
+
+    fresh = SuppressionTrainConfig(steps=100, full_from=0.0)
+    on = SuppressionTrainConfig(steps=100, full_from=0.0, estimator_from="estimator.onnx")
+    assert _lr_scale(0, fresh) == pytest.approx(0.25)  # the default recipe: no warm-up at whole images
+    assert _lr_scale(0, on) == pytest.approx(0.25 / 50)  # a fresh optimiser on trained weights
+    assert _lr_scale(49, on) == pytest.approx(_lr_scale(49, fresh))
+    with pytest.raises(ValueError, match="exclude each other"):
+        train(SuppressionTrainConfig(out=str(tmp_path), estimator_onnx="a.onnx", estimator_from="b.onnx"))
