@@ -71,6 +71,7 @@ class SuppressionTrainConfig:
     refiner_versions: int = 3  # augmented versions of each training pair whose whole-image estimates are cached
     refiner_t_one: float = 0.5  # share of refiner samples at t = 1, where sampling starts
     refiner_lr: float = 5e-4
+    refiner_soft: float = 0.0  # weight of the estimator's SSIM and gradient terms on the refiner's one-step result
     refiner_channels: str = "16,32,64,64"
     eta: float = 0.02  # the refiner's starting noise, network units
     nodule_prob: float = 0.9
@@ -243,14 +244,22 @@ def refiner_loss(
     weight: torch.Tensor,
     eta: float,
     t_one: float = 0.0,
+    soft: float = 0.0,
 ) -> torch.Tensor:
     """L1 on the bridge's velocity ``(e + eta) - b`` at a random time ``t``; a share ``t_one`` of
-    the samples sit at ``t = 1``, the start of sampling (the only time one step visits)."""
+    the samples sit at ``t = 1``, the start of sampling (the only time one step visits). With
+    ``soft`` > 0, the estimator's SSIM (soft image) and gradient terms are added, with that
+    weight, on the layer one Euler step reaches from ``t``: ``z_t - t * v``."""
     t = torch.where(torch.rand(len(n), 1, 1, 1) < t_one, torch.ones(len(n), 1, 1, 1), torch.rand(len(n), 1, 1, 1))
     start = estimate + eta * torch.randn_like(estimate)
     state = t * start + (1 - t) * target
     velocity = refiner(torch.cat([state, n, estimate], 1), (t.flatten() * 1000).float()).sample
-    return ((velocity - (start - target)).abs() * weight).mean()
+    loss = ((velocity - (start - target)).abs() * weight).mean()
+    if soft:
+        layer = state - t * velocity
+        soft_pred, soft_true = n - layer / BONE_SCALE, n - target / BONE_SCALE
+        loss = loss + soft * (0.5 * (1 - ssim(soft_pred, soft_true)) + gradient_l1(layer, target, weight))
+    return loss
 
 
 @torch.no_grad()
@@ -397,7 +406,9 @@ def train(config: SuppressionTrainConfig) -> Path:
                 crops.append(piece.flip(-1) if rng.random() < 0.5 else piece)
             n, target, weight, estimate = torch.stack(crops).unbind(1)
             refiner.train()
-            loss = refiner_loss(refiner, estimate, target, n, weight, config.eta, config.refiner_t_one)
+            loss = refiner_loss(
+                refiner, estimate, target, n, weight, config.eta, config.refiner_t_one, config.refiner_soft
+            )
             opt_r.zero_grad()
             loss.backward()
             opt_r.step()

@@ -155,3 +155,19 @@ def test_training_on_from_a_shipped_estimator_warms_up_and_excludes_the_frozen_m
     assert _lr_scale(49, on) == pytest.approx(_lr_scale(49, fresh))
     with pytest.raises(ValueError, match="exclude each other"):
         train(SuppressionTrainConfig(out=str(tmp_path), estimator_onnx="a.onnx", estimator_from="b.onnx"))
+
+
+def test_the_refiners_soft_image_terms_score_the_one_step_layer() -> None:
+    from ribnode_lab.train_suppression import build_refiner, refiner_loss
+
+    torch.manual_seed(0)
+    refiner = build_refiner((8, 8))  # its last convolution starts at zero: velocity 0, result = start
+    n = torch.rand(2, 1, 32, 32)
+    target = torch.rand(2, 1, 32, 32)
+    weight = torch.ones(2, 1, 32, 32)
+    exact = [float(refiner_loss(refiner, target, target, n, weight, eta=0.0, t_one=1.0, soft=s)) for s in (0, 1)]
+    assert exact == pytest.approx([0.0, 0.0], abs=1e-6)  # the estimate is the truth: nothing to pay
+    off = target + 0.3 * torch.rand(2, 1, 32, 32)
+    plain, soft = (float(refiner_loss(refiner, off, target, n, weight, eta=0.0, t_one=1.0, soft=s)) for s in (0, 1))
+    assert plain == pytest.approx(float((off - target).abs().mean()), rel=1e-5)
+    assert soft > plain + 0.01  # SSIM and gradient of the wrong layer add to the L1
