@@ -61,7 +61,6 @@ class SuppressionTrainConfig:
     crop: int = 128
     full_from: float = 0.955  # share of the estimator's steps after which whole 512 images are used
     full_batch: int = 2
-    full_nodules: int = 1  # whole images: this many times the crops' 1-4 nodules per sample
     groups: int = 8  # GroupNorm: the same statistics in training (crops) and at inference
     lr: float = 2e-3
     base: int = 16
@@ -77,7 +76,6 @@ class SuppressionTrainConfig:
     eta: float = 0.02  # the refiner's starting noise, network units
     nodule_prob: float = 0.9
     nodule_weight: float = 3.0  # loss weight inside an inserted nodule's disc
-    nodule_reach: float = 1.0  # that weight reaches this many radii from the centre (what the layer must not change)
     seed: int = 20261208
     estimator_onnx: str = ""  # a shipped estimator to start from, frozen: the run trains the refiner only
     estimator_from: str = ""  # a shipped estimator to train on from (with --full-from 0: whole images only)
@@ -161,13 +159,7 @@ def window(x: np.ndarray) -> tuple[float, float]:
 
 
 def sample(
-    pair: Pair,
-    rng: np.random.Generator,
-    crop: int,
-    nodule_prob: float,
-    nodule_weight: float = 1.0,
-    nodules: int = 1,
-    reach: float = 1.0,
+    pair: Pair, rng: np.random.Generator, crop: int, nodule_prob: float, nodule_weight: float = 1.0
 ) -> tuple[np.ndarray, ...]:
     """(normalised input, target layer, loss weight), all (1, crop, crop), network units.
 
@@ -181,7 +173,7 @@ def sample(
     view = (slice(r, r + crop), slice(c, c + crop))
     x, b, weight = x[view].copy(), b[view], pair.weight[view].copy()
     if rng.random() < nodule_prob:
-        for _ in range(int(rng.integers(1, 5)) * nodules):
+        for _ in range(int(rng.integers(1, 5))):
             kind = rng.choice(list(NODULE_POOLS), p=list(NODULE_POOLS.values()))
             pool = pair.pools[kind] if len(pair.pools[kind]) else pair.pools["field"]
             inside = pool[(pool[:, 0] >= r) & (pool[:, 0] < r + crop) & (pool[:, 1] >= c) & (pool[:, 1] < c + crop)]
@@ -191,7 +183,7 @@ def sample(
             radius = rng.uniform(2, 14)
             bump = nodule(x.shape, (float(centre[0]), float(centre[1])), radius, rng.uniform(0.005, 0.05))
             x += bump  # added to x and s alike: the layer b does not change
-            weight[nodule(x.shape, (float(centre[0]), float(centre[1])), reach * radius, 1.0) > 0] *= nodule_weight
+            weight[bump > 0] *= nodule_weight
     scale = BONE_SCALE / (hi - lo)
     n, target = (x - lo) / (hi - lo), b * scale
     if rng.random() < 0.5:
@@ -394,11 +386,7 @@ def train(config: SuppressionTrainConfig) -> Path:
             source = phantoms if step < config.phantom_steps and phantoms else pairs
             batch_size, crop = (config.full_batch, 512) if full else (config.batch, config.crop)
             picks = rng.integers(0, len(source), batch_size)
-            nodules = config.full_nodules if full else 1
-            batch = [
-                sample(source[i], rng, crop, config.nodule_prob, config.nodule_weight, nodules, config.nodule_reach)
-                for i in picks
-            ]
+            batch = [sample(source[i], rng, crop, config.nodule_prob, config.nodule_weight) for i in picks]
             n, target, weight = (torch.from_numpy(np.stack([b[k] for b in batch])) for k in range(3))
             estimator.train()
             loss = estimator_loss(estimator(n), target, n, weight)
