@@ -10,13 +10,14 @@ weighted 1 inside the lung field (SCR lungs + heart, dilated) and 0.2 outside.
 **Refiner** (diffusers ``UNet2DModel``; input: the bridge state, the radiograph, the estimate):
 a rectified-flow bridge from the estimate to the true layer, ``z_t = t * (e + eta) + (1 - t) * b``
 (diffusers' ``FlowMatchEulerDiscreteScheduler.scale_noise`` with the estimate as the "noise"
-end), trained to predict the velocity ``(e + eta) - b``. Its last convolution starts at zero, so
-before training the refiner returns the estimate. It trains after the estimator, on crops of the
+end), trained to predict the velocity ``(e + eta) - b`` (L1), plus the estimator's SSIM and
+gradient terms on the layer one step reaches (``refiner_soft``). Its last convolution starts at
+zero, so before training the refiner returns the estimate. It trains after the estimator, on crops of the
 frozen estimator's whole-image outputs (what it meets at inference), cached for a few augmented
 versions of every training pair; half its samples sit at ``t = 1``, where sampling starts.
 
 ``--estimator-onnx`` starts from a shipped estimator, frozen, and trains the refiner alone (how
-3.2.0 retrained 3.1.0's refiner). ``--estimator-from`` starts from a shipped estimator and trains
+3.2.0 and 3.3.0 retrained 3.1.0's refiner). ``--estimator-from`` starts from a shipped estimator and trains
 it on (with a fresh optimiser, so the whole-image phase then warms up), then the refiner.
 
 Augmentation respects ``x = s + b``: joint flips and crops; bone scaling (``s + a * b``, target
@@ -65,13 +66,13 @@ class SuppressionTrainConfig:
     lr: float = 2e-3
     base: int = 16
     depth: int = 5
-    refiner_steps: int = 800  # then the refiner alone, on crops of the frozen estimator's whole-image outputs
+    refiner_steps: int = 2000  # then the refiner alone, on crops of the frozen estimator's whole-image outputs
     refiner_crop: int = 192
     refiner_batch: int = 4
     refiner_versions: int = 3  # augmented versions of each training pair whose whole-image estimates are cached
     refiner_t_one: float = 0.5  # share of refiner samples at t = 1, where sampling starts
     refiner_lr: float = 5e-4
-    refiner_soft: float = 0.0  # weight of the estimator's SSIM and gradient terms on the refiner's one-step result
+    refiner_soft: float = 1.0  # weight of the estimator's SSIM and gradient terms on the refiner's one-step result
     refiner_channels: str = "16,32,64,64"
     eta: float = 0.02  # the refiner's starting noise, network units
     nodule_prob: float = 0.9
