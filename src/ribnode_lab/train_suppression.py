@@ -12,13 +12,15 @@ a rectified-flow bridge from the estimate to the true layer, ``z_t = t * (e + et
 (diffusers' ``FlowMatchEulerDiscreteScheduler.scale_noise`` with the estimate as the "noise"
 end), trained to predict the velocity ``(e + eta) - b`` (L1), plus the estimator's SSIM and
 gradient terms on the layer one step reaches (``refiner_soft``). Its last convolution starts at
-zero, so before training the refiner returns the estimate. It trains after the estimator, on crops of the
-frozen estimator's whole-image outputs (what it meets at inference), cached for a few augmented
-versions of every training pair; half its samples sit at ``t = 1``, where sampling starts.
+zero, so before training the refiner returns the estimate. It trains after the estimator, on
+crops of the frozen estimator's whole-image outputs (what it meets at inference), cached for a
+few augmented versions of every training pair; half its samples sit at ``t = 1``, where sampling
+starts.
 
 ``--estimator-onnx`` starts from a shipped estimator, frozen, and trains the refiner alone (how
-3.2.0 and 3.3.0 retrained 3.1.0's refiner). ``--estimator-from`` starts from a shipped estimator and trains
-it on (with a fresh optimiser, so the whole-image phase then warms up), then the refiner.
+3.2.0 and 3.3.0 retrained 3.1.0's refiner). ``--estimator-from`` starts from a shipped estimator
+and trains it on (with a fresh optimiser, so the whole-image phase then warms up), then the
+refiner.
 
 Augmentation respects ``x = s + b``: joint flips and crops; bone scaling (``s + a * b``, target
 ``a * b``); nodules added to ``x`` and ``s`` alike (a nodule is not bone), most on bone; noise on
@@ -231,10 +233,14 @@ def gradient_l1(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) 
     return dy.mean() + dx.mean()
 
 
-def estimator_loss(pred: torch.Tensor, target: torch.Tensor, n: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    l1 = ((pred - target).abs() * weight).mean()
+def soft_terms(pred: torch.Tensor, target: torch.Tensor, n: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """SSIM on the soft image ``n - b`` and L1 on the layer's gradients (estimator and refiner)."""
     soft_pred, soft_true = n - pred / BONE_SCALE, n - target / BONE_SCALE
-    return l1 + 0.5 * (1 - ssim(soft_pred, soft_true)) + gradient_l1(pred, target, weight)
+    return 0.5 * (1 - ssim(soft_pred, soft_true)) + gradient_l1(pred, target, weight)
+
+
+def estimator_loss(pred: torch.Tensor, target: torch.Tensor, n: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return ((pred - target).abs() * weight).mean() + soft_terms(pred, target, n, weight)
 
 
 def refiner_loss(
@@ -257,9 +263,7 @@ def refiner_loss(
     velocity = refiner(torch.cat([state, n, estimate], 1), (t.flatten() * 1000).float()).sample
     loss = ((velocity - (start - target)).abs() * weight).mean()
     if soft:
-        layer = state - t * velocity
-        soft_pred, soft_true = n - layer / BONE_SCALE, n - target / BONE_SCALE
-        loss = loss + soft * (0.5 * (1 - ssim(soft_pred, soft_true)) + gradient_l1(layer, target, weight))
+        loss = loss + soft * soft_terms(state - t * velocity, target, n, weight)
     return loss
 
 
