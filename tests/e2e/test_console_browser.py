@@ -16,7 +16,7 @@ import io
 import re
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,27 +106,38 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         driver.quit()
 
 
-def _login(browser: Any, node: ConsoleNode, user: str, password: str) -> None:
+def _navigate(browser: Any, action: Callable[[], Any], what: str) -> None:
+    """Do `action` (a click, a key) and wait until the page it leads to has replaced this one.
+
+    A click returns before the answer has arrived; on a busy machine the old page is still there
+    when the next line reads it, and its elements go stale under the reader. Waiting for the old
+    document to go stale closes that race for every form and link."""
     from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    old = browser.find_element(By.TAG_NAME, "html")
+    action()
+
+    def replaced() -> bool:
+        try:
+            old.is_displayed()
+        except StaleElementReferenceException:
+            return True
+        return False
+
+    wait_for(replaced, 30, what)
+
+
+def _login(browser: Any, node: ConsoleNode, user: str, password: str) -> None:
     from selenium.webdriver.common.by import By
 
     browser.delete_all_cookies()
     browser.get(f"{node.url}/login")
     browser.find_element(By.ID, "username").send_keys(user)
     browser.find_element(By.ID, "password").send_keys(password)
-    form = browser.find_element(By.CSS_SELECTOR, "form.login")
-    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    # the click can return before the answer (a password hash on a busy machine) has replaced
-    # the page: wait until the login form is gone, whether the answer is the jobs page or a refusal
-
-    def replaced() -> bool:
-        try:
-            form.is_displayed()
-        except StaleElementReferenceException:
-            return True
-        return False
-
-    wait_for(replaced, 30, "the answer to the login form")
+    # the answer (a password hash on a busy machine) may be the jobs page or a refusal
+    submit = browser.find_element(By.CSS_SELECTOR, "form.login button[type=submit]")
+    _navigate(browser, submit.click, "the answer to the login form")
 
 
 def _stored(node: ConsoleNode, kind: str) -> pydicom.Dataset:
@@ -233,12 +244,13 @@ def test_qa_finds_the_demo_study_by_weights_and_checks_its_provenance(node: Cons
     _login(browser, node, "alice", PASSWORDS["alice"])
     assert browser.current_url.endswith("/console/jobs")
     assert "5 jobs found" in browser.find_element(By.ID, "job-count").text
-    browser.find_element(By.ID, "weights").send_keys(weights[0], Keys.ENTER)
+    weights_box = browser.find_element(By.ID, "weights")
+    _navigate(browser, lambda: weights_box.send_keys(weights[0], Keys.ENTER), "the filtered job list")
     assert "1 job found" in browser.find_element(By.ID, "job-count").text
     links = browser.find_elements(By.CSS_SELECTOR, "a.study-link")
     assert [a.text for a in links] == [str(sc.StudyInstanceUID)]
     screenshot(browser, browser.downloads, "console-jobs")
-    links[0].click()
+    _navigate(browser, links[0].click, "the study page")
     assert str(sc.StudyInstanceUID) in browser.title
     # thumbnails: three images, loaded (decoded by the browser), from the stored objects
     images = browser.find_elements(By.CSS_SELECTOR, ".thumbs img")
@@ -320,7 +332,8 @@ def test_audit_filter_and_csv_download(node: ConsoleNode, browser: Any) -> None:
         browser.get(f"{node.url}/audit")
     Select(browser.find_element(By.ID, "event")).select_by_visible_text("User Authentication")
     Select(browser.find_element(By.ID, "outcome")).select_by_visible_text("minor failure")
-    browser.find_element(By.CSS_SELECTOR, "form.filters button[type=submit]").click()
+    submit = browser.find_element(By.CSS_SELECTOR, "form.filters button[type=submit]")
+    _navigate(browser, submit.click, "the filtered audit list")
     cells = browser.find_elements(By.CSS_SELECTOR, "table.audit tbody tr td:nth-child(2)")
     assert cells and {c.text for c in cells} == {"User Authentication"}
     screenshot(browser, browser.downloads, "console-audit")
