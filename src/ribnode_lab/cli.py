@@ -57,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     export.add_argument("--checkpoint", default="final.pt")
     export.add_argument("--default-steps", type=int, default=1)
+    comparison = sub.add_parser("compare", help="paired differences (B - A) of two eval JSONs, case by case")
+    comparison.add_argument("before", type=Path)
+    comparison.add_argument("after", type=Path)
     for name in ("eval-seg", "eval-suppression", "eval-lesions", "eval-gate"):
         p = sub.add_parser(name, help=f"{name.split('-', 1)[1]} figures on held-out JSRT cases")
         p.add_argument("--data", type=Path, default=DATA)
@@ -92,6 +95,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from ribnode_lab import evaluate
 
+    if args.command == "compare":
+        before, after = (json.loads(p.read_text()) for p in (args.before, args.after))
+        print(f"{'figure':34} {'B - A':>10} {'se':>8} {'higher':>8}")
+        for key, row in evaluate.compare(before, after).items():
+            print(f"{key:34} {row['diff']:+10.5f} {row['se']:8.5f} {row['higher']:>4}/{row['n']}")
+        return 0
     segmenter, suppressor = _models(args)
     cases = _cases(args)
     if args.command == "eval-gate":

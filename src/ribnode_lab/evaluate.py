@@ -255,6 +255,35 @@ def evaluate_lesions(
     }
 
 
+def _leaves(row: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in row.items():
+        if isinstance(value, dict):
+            out.update(_leaves(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[f"{prefix}{key}"] = float(value)
+    return out
+
+
+def compare(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Paired differences ``after - before`` of every per-case figure two eval JSONs share.
+
+    Cases are matched by id; per figure: the mean difference, its standard error, how many cases
+    went up and how many were compared. A difference smaller than two standard errors is noise."""
+    old = {row["case"]: _leaves(row) for row in before["cases"]}
+    new = {row["case"]: _leaves(row) for row in after["cases"]}
+    common = [case for case in new if case in old]
+    keys = sorted({k for case in common for k in new[case] if k in old[case]})
+    out: dict[str, dict[str, float]] = {}
+    for key in keys:
+        diff = np.array([new[c][key] - old[c][key] for c in common if key in new[c] and key in old[c]])
+        if not len(diff) or not np.all(np.isfinite(diff)):
+            continue
+        se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
+        out[key] = {"diff": float(diff.mean()), "se": se, "higher": int((diff > 0).sum()), "n": len(diff)}
+    return out
+
+
 def write(figures: dict[str, Any], path: Path | None) -> None:
     text = json.dumps(figures, indent=1)
     if path is not None:
