@@ -57,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     export.add_argument("--checkpoint", default="final.pt")
     export.add_argument("--default-steps", type=int, default=1)
+    export.add_argument(
+        "--flip-average", action="store_true", help="suppression: average the estimator on the image and its mirror"
+    )
     comparison = sub.add_parser("compare", help="paired differences (B - A) of two eval JSONs, case by case")
     comparison.add_argument("before", type=Path)
     comparison.add_argument("after", type=Path)
@@ -91,7 +94,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.model == "segmentation":
             print(export_segmentation(args.run, args.out, checkpoint=args.checkpoint))
         else:
-            print(export_suppression(args.run, args.out, default_steps=args.default_steps, checkpoint=args.checkpoint))
+            print(
+                export_suppression(
+                    args.run,
+                    args.out,
+                    default_steps=args.default_steps,
+                    checkpoint=args.checkpoint,
+                    flip_average=args.flip_average,
+                )
+            )
         return 0
     from ribnode_lab import evaluate
 

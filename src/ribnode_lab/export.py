@@ -156,6 +156,7 @@ def export_suppression(
     metrics: dict[str, Any] | None = None,
     default_steps: int = 1,
     checkpoint: str = "final.pt",
+    flip_average: bool = False,
 ) -> Path:
     """Export a ``train_suppression`` run into ``out_dir``, the estimator's BatchNorm statistics
     recalibrated on the run's whole training images first."""
@@ -167,8 +168,9 @@ def export_suppression(
     cases, _ = load_cases(Path(record["config"]["data"]))
     recalibrate_batchnorm(estimator, [make_pair(c) for c in cases if c.case_id in train_ids])
     training = {**record, "split": json.loads((run / "split.json").read_text())}
+    flip_average = flip_average or bool(record["config"].get("flip_average"))  # the refiner was trained on it
     return write_suppression(
-        estimator, refiner, out_dir, float(record["config"]["eta"]), training, metrics, default_steps
+        estimator, refiner, out_dir, float(record["config"]["eta"]), training, metrics, default_steps, flip_average
     )
 
 
@@ -180,6 +182,7 @@ def write_suppression(
     training: dict[str, Any],
     metrics: dict[str, Any] | None = None,
     default_steps: int = 1,
+    flip_average: bool = False,
 ) -> Path:
     """The two ONNX files and ``rib-suppression.json``, each network checked against torch."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -209,6 +212,7 @@ def write_suppression(
         "bone_scale": BONE_SCALE,
         "eta": eta,
         "default_steps": default_steps,
+        "estimator_flip_average": flip_average,
         "region_sigma_px_512": 4.0,
         "region_floor": 0.04,
         "region_ramp": 0.3,

@@ -76,6 +76,7 @@ class SuppressionTrainConfig:
     refiner_lr: float = 5e-4
     refiner_soft: float = 1.0  # weight of the estimator's SSIM and gradient terms on the refiner's one-step result
     refiner_channels: str = "16,32,64,64"
+    flip_average: int = 0  # 1: the refiner starts from the mean of the estimator on the image and its mirror
     eta: float = 0.02  # the refiner's starting noise, network units
     nodule_prob: float = 0.9
     nodule_weight: float = 3.0  # loss weight inside an inserted nodule's disc
@@ -278,7 +279,10 @@ def refiner_item(estimator: Estimator, pairs: list[Pair], index: int, config: Su
     rng = np.random.default_rng([config.seed + 1, index])
     estimator.eval()
     n, target, weight = (torch.from_numpy(v) for v in sample(pairs[index % len(pairs)], rng, 512, config.nodule_prob))
-    return torch.stack([n, target, weight, estimator(n[None])[0]])
+    estimate = estimator(n[None])[0]
+    if config.flip_average:  # as the runtime does with ``estimator_flip_average``
+        estimate = 0.5 * (estimate + estimator(n[None].flip(-1))[0].flip(-1))
+    return torch.stack([n, target, weight, estimate])
 
 
 @torch.no_grad()

@@ -147,6 +147,28 @@ def test_region_weight_follows_the_probability_continuously(tiny_models: dict) -
     assert 0 < change <= 1e-3 / suppressor.config.region_ramp + 1e-6
 
 
+def test_flip_average_is_the_mean_of_the_image_and_its_mirror(tiny_models: dict, tmp_path: Path) -> None:
+    """With ``estimator_flip_average`` the estimate is the mean of the estimator's layer for the
+    image and, mirrored back, for its mirror image; the refiner starts from that mean."""
+    plain = RibSuppressor(tiny_models["suppression"], threads=1)
+    assert not plain.config.estimator_flip_average  # absent from the json: off
+    folder = tmp_path / "flip"
+    shutil.copytree(tiny_models["suppression"].parent, folder)
+    config = json.loads((folder / "rib-suppression.json").read_text())
+    config["estimator_flip_average"] = True
+    (folder / "rib-suppression.json").write_text(json.dumps(config))
+    flipping = RibSuppressor(folder / "rib-suppression.json", steps=2, threads=1)
+    assert flipping.info.parameters["estimator_flip_average"] is True
+    image = np.random.default_rng(2).random((96, 80)).astype(np.float32)
+    _, direct = plain.estimate(image, seed=0, refine=False)
+    _, mirrored = plain.estimate(np.ascontiguousarray(image[:, ::-1]), seed=0, refine=False)
+    refined, averaged = flipping.estimate(image, seed=0)
+    expected = 0.5 * (direct + mirrored[:, ::-1])
+    assert np.abs(averaged - expected).max() < 1e-6 * max(1.0, float(expected.max()))
+    assert np.abs(direct - mirrored[:, ::-1]).max() > 1e-4  # the random network is not symmetric
+    assert np.abs(refined - averaged).max() > 1e-6
+
+
 def test_checks_on_construction(tiny_models: dict, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="steps"):
         RibSuppressor(tiny_models["suppression"], steps=0)

@@ -84,12 +84,16 @@ class SuppressionConfig:
     region_reach_px_512: float  # the weight is 0 farther than this from the lung fields (p > 0.5)
     derivation: str  # what the output is, for the Derivation Description
     record: dict[str, Any]  # the rest of the json (training, metrics, sha256 of each file)
+    # the estimate is the mean of the estimator on the image and on its mirror image, mirrored
+    # back (trained with flips, the network errs differently on the two; 3.4.0 on)
+    estimator_flip_average: bool = False
 
     @classmethod
     def load(cls, path: Path) -> SuppressionConfig:
         data = json.loads(Path(path).read_text())
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data and k != "record"}
-        missing = set(cls.__dataclass_fields__) - set(known) - {"record"}
+        optional = {"record", "estimator_flip_average"}
+        missing = set(cls.__dataclass_fields__) - set(known) - optional
         if missing:
             raise ValueError(f"{path}: missing {', '.join(sorted(missing))}")
         known["percentiles"] = tuple(known["percentiles"])
@@ -150,6 +154,7 @@ class RibSuppressor:
             {
                 "steps": self.steps,
                 "device": self.device,
+                "estimator_flip_average": self.config.estimator_flip_average,
                 "working_size": self.working_size,
                 "estimator_sha256": digests["estimator"],
                 "refiner_sha256": digests["refiner"],
@@ -188,6 +193,9 @@ class RibSuppressor:
         span = float(max(hi - lo, 1e-6))
         norm = ((working - lo) / span).astype(np.float32)[None, None]
         first = self.estimator.run(None, {"image": norm})[0].astype(np.float32)
+        if self.config.estimator_flip_average:
+            mirrored = self.estimator.run(None, {"image": np.ascontiguousarray(norm[..., ::-1])})[0]
+            first = (0.5 * (first + mirrored[..., ::-1])).astype(np.float32)
         unit = span / self.config.bone_scale
         if not refine:
             layer = np.maximum(first[0, 0], 0.0) * unit
