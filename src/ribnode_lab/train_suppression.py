@@ -17,6 +17,10 @@ crops of the frozen estimator's whole-image outputs (what it meets at inference)
 few augmented versions of every training pair; half its samples sit at ``t = 1``, where sampling
 starts.
 
+``--flip-average 1`` caches, for the refiner, the mean of the estimator's layer on the image and
+(mirrored back) on its mirror image, which is what the runtime starts from when the model's json
+sets ``estimator_flip_average`` (the export sets it for such a run).
+
 ``--estimator-onnx`` starts from a shipped estimator, frozen, and trains the refiner alone (how
 3.2.0 and 3.3.0 retrained 3.1.0's refiner). ``--estimator-from`` starts from a shipped estimator
 and trains it on (with a fresh optimiser, so the whole-image phase then warms up), then the
