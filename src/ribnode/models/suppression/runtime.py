@@ -30,7 +30,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +92,7 @@ class SuppressionConfig:
     def load(cls, path: Path) -> SuppressionConfig:
         data = json.loads(Path(path).read_text())
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data and k != "record"}
-        optional = {"record", "estimator_flip_average"}
+        optional = {"record"} | {f.name for f in fields(cls) if f.default is not MISSING}
         missing = set(cls.__dataclass_fields__) - set(known) - optional
         if missing:
             raise ValueError(f"{path}: missing {', '.join(sorted(missing))}")
