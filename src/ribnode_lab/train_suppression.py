@@ -406,7 +406,7 @@ def train(config: SuppressionTrainConfig) -> Path:
             opt_e.zero_grad()
             loss.backward()
             opt_e.step()
-            loss_e = float(loss)
+            loss_e = float(loss.detach())
         else:
             for group in opt_r.param_groups:
                 group["lr"] = config.refiner_lr * scale
@@ -425,7 +425,7 @@ def train(config: SuppressionTrainConfig) -> Path:
             opt_r.zero_grad()
             loss.backward()
             opt_r.step()
-            loss_r = float(loss)
+            loss_r = float(loss.detach())
         step += 1
         running.append((loss_e, loss_r))
         bar.update(1)
