@@ -73,13 +73,7 @@ def export_segmentation(
     train = state["config"]
     state.setdefault(
         "unet",
-        UNetConfig(
-            in_channels=1,
-            out_channels=len(STRUCTURES),
-            base=train["base"],
-            depth=train["depth"],
-            batchnorm=not train.get("from_onnx"),  # a fine-tune of a shipped model trains folded
-        ).as_dict(),
+        UNetConfig(in_channels=1, out_channels=len(STRUCTURES), base=train["base"], depth=train["depth"]).as_dict(),
     )
     model = UNet(UNetConfig(**state["unet"]))
     model.load_state_dict(state["model"])

@@ -7,12 +7,6 @@ without a label on a case is left out of that case's loss. Loss: BCE + soft Dice
 Augmentation: small affine, gamma, blur, noise, and nodules inserted with the labels unchanged
 (a nodule is not anatomy: this is what keeps the masks still when a nodule is added).
 
-**Stability fine-tune** (``--from-onnx`` a shipped model, ``--consistency W``): the exported
-network (BatchNorm folded) trains on, each batch half radiographs and half the same radiographs
-with nodules added (identical augmentation otherwise), and the loss adds ``W`` times the mean
-absolute change of the probabilities outside the nodules' discs (dilated by 2 px): a nodule
-must not move the masks elsewhere.
-
 Resumable: a checkpoint (model, optimiser, step, RNG) every ``--checkpoint-every`` steps; run
 the same command again to continue. The config is written beside the checkpoint.
 """
@@ -23,7 +17,7 @@ import argparse
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,9 +49,6 @@ class SegTrainConfig:
     seed: int = 20261207
     threads: int = 1
     checkpoint_every: int = 100
-    from_onnx: str = ""  # a shipped segmentation to train on from (BatchNorm folded: trains without it)
-    consistency: float = 0.0  # > 0: paired batches, weight of the probability change outside the nodules
-    warmup: int = 100
 
 
 @dataclass
@@ -103,26 +94,19 @@ def prepare_phantom(seed: int, size: int) -> Sample:
     )
 
 
-def _nodules(sample: Sample, rng: np.random.Generator) -> np.ndarray:
-    """1 to 4 nodules (spheres in projection) on the lung fields and clavicles, as an image."""
+def augment(sample: Sample, rng: np.random.Generator, nodule_prob: float) -> tuple[np.ndarray, np.ndarray]:
+    """One augmented (normalised image (1,S,S), target (3,S,S))."""
     size = sample.image.shape[0]
-    added = np.zeros_like(sample.image)
-    candidates = np.argwhere(sample.rib_weight > 0)
-    for _ in range(int(rng.integers(1, 5))):
-        cy, cx = candidates[rng.integers(len(candidates))] if len(candidates) else rng.integers(0, size, 2)
-        radius = rng.uniform(1.0, 7.0) * size / 256
-        contrast = rng.uniform(0.01, 0.06)
-        rows, cols = np.ogrid[:size, :size]
-        d2 = ((rows - cy) ** 2 + (cols - cx) ** 2) / radius**2
-        added += contrast * np.sqrt(np.clip(1 - d2, 0, None)).astype(np.float32)
-    return added
-
-
-def _transform(
-    images: list[np.ndarray], target: np.ndarray, rng: np.random.Generator
-) -> tuple[list[np.ndarray], np.ndarray, tuple[np.ndarray, np.ndarray]]:
-    """The same random affine, intensity and noise for every image of ``images``."""
-    size = images[0].shape[0]
+    image = sample.image.copy()
+    if rng.random() < nodule_prob:  # nodules are not anatomy: labels unchanged
+        candidates = np.argwhere(sample.rib_weight > 0)
+        for _ in range(int(rng.integers(1, 5))):
+            cy, cx = candidates[rng.integers(len(candidates))] if len(candidates) else rng.integers(0, size, 2)
+            radius = rng.uniform(1.0, 7.0) * size / 256
+            contrast = rng.uniform(0.01, 0.06)
+            rows, cols = np.ogrid[:size, :size]
+            d2 = ((rows - cy) ** 2 + (cols - cx) ** 2) / radius**2
+            image += contrast * np.sqrt(np.clip(1 - d2, 0, None)).astype(np.float32)
     angle = math.radians(rng.uniform(-8, 8))
     scale = rng.uniform(0.9, 1.1, 2)
     shift = rng.uniform(-0.06, 0.06, 2) * size
@@ -130,40 +114,16 @@ def _transform(
     matrix = rot @ np.diag(1.0 / scale)
     centre = np.array([size / 2 - 0.5] * 2)
     offset = centre - matrix @ (centre + shift)
-    moved = [ndimage.affine_transform(image, matrix, offset, order=1, mode="nearest") for image in images]
-    target = np.stack([ndimage.affine_transform(t, matrix, offset, order=1, mode="constant") for t in target])
+    image = ndimage.affine_transform(image, matrix, offset, order=1, mode="nearest")
+    target = np.stack([ndimage.affine_transform(t, matrix, offset, order=1, mode="constant") for t in sample.target])
+    image = normalise(image)
     gamma = math.exp(rng.uniform(-0.35, 0.35))
-    gain, bias = rng.uniform(0.85, 1.15), rng.uniform(-0.08, 0.08)
-    blur = rng.uniform(0.3, 1.0) if rng.random() < 0.3 else 0.0
-    noise = rng.normal(0, rng.uniform(0, 0.02), (size, size))
-    out = []
-    for image in moved:
-        image = (np.clip(normalise(image), 0, 1) ** gamma) * gain + bias
-        if blur:
-            image = ndimage.gaussian_filter(image, blur)
-        out.append((image + noise)[None].astype(np.float32))
-    return out, target.astype(np.float32), (matrix, offset)
-
-
-def augment(sample: Sample, rng: np.random.Generator, nodule_prob: float) -> tuple[np.ndarray, np.ndarray]:
-    """One augmented (normalised image (1,S,S), target (3,S,S))."""
-    image = sample.image.copy()
-    if rng.random() < nodule_prob:  # nodules are not anatomy: labels unchanged
-        image += _nodules(sample, rng)
-    (out,), target, _ = _transform([image], sample.target, rng)
-    return out, target
-
-
-def augment_pair(sample: Sample, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(image, the same image with nodules, target, where the nodules may change the masks:
-    their discs dilated by 2 px), augmented alike."""
-    added = _nodules(sample, rng)
-    (plain, with_nodules), target, (matrix, offset) = _transform(
-        [sample.image, sample.image + added], sample.target, rng
-    )
-    discs = ndimage.affine_transform((added > 0).astype(np.float32), matrix, offset, order=0, mode="constant") > 0
-    near = ndimage.binary_dilation(discs, iterations=2)
-    return plain, with_nodules, target, near[None]
+    image = np.clip(image, 0, 1) ** gamma
+    image = image * rng.uniform(0.85, 1.15) + rng.uniform(-0.08, 0.08)
+    if rng.random() < 0.3:
+        image = ndimage.gaussian_filter(image, rng.uniform(0.3, 1.0))
+    image = image + rng.normal(0, rng.uniform(0, 0.02), image.shape)
+    return image[None].astype(np.float32), target.astype(np.float32)
 
 
 def loss_fn(logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
@@ -174,25 +134,6 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor) -> 
     dice = 1 - (2 * inter + 1) / (prob.sum(dim=(2, 3)) + target.sum(dim=(2, 3)) + 1)
     per = (bce + dice) * known
     return per.sum() / known.sum().clamp(min=1)
-
-
-def load_onnx(model: UNet, path: Path) -> None:
-    """Load an exported segmentation (BatchNorm folded: its initializers carry the parameter
-    names of ``model`` built with ``batchnorm=False``); checked against ONNX Runtime."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import numpy_helper
-
-    weights = {
-        i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in onnx.load(str(path)).graph.initializer
-    }
-    model.load_state_dict({k: weights[k] for k in model.state_dict()})
-    probe = np.random.default_rng(0).random((1, 1, 64, 64), np.float32)
-    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": probe})[0]
-    with torch.no_grad():
-        error = float(np.abs(model.eval()(torch.from_numpy(probe)).numpy() - expected).max())
-    if error > 1e-4:
-        raise ValueError(f"{path}: the rebuilt network differs from the ONNX file by {error}")
 
 
 def save_checkpoint(
@@ -225,10 +166,7 @@ def train(config: SegTrainConfig) -> Path:
     samples = [prepare(c, config.working_size) for c in train_cases]
     samples += [prepare_phantom(5000 + i, config.working_size) for i in range(config.phantoms)]
     torch.manual_seed(config.seed)
-    unet = UNetConfig(in_channels=1, out_channels=len(STRUCTURES), base=config.base, depth=config.depth)
-    model = UNet(replace(unet, batchnorm=False) if config.from_onnx else unet)
-    if config.from_onnx:
-        load_onnx(model, Path(config.from_onnx))
+    model = UNet(UNetConfig(in_channels=1, out_channels=len(STRUCTURES), base=config.base, depth=config.depth))
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     rng = np.random.default_rng(config.seed)
     step, history = 0, []
@@ -240,7 +178,7 @@ def train(config: SegTrainConfig) -> Path:
         step, history = state["step"], state["history"]
         rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
-    warmup = config.warmup
+    warmup = 100
     bar = tqdm(total=config.steps, initial=step, desc="train-seg", mininterval=10)
     start, running = time.time(), []
     model.train()
@@ -248,25 +186,12 @@ def train(config: SegTrainConfig) -> Path:
         lr = config.lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / config.steps))
         for group in optimiser.param_groups:
             group["lr"] = lr
-        if config.consistency > 0:
-            picks = rng.integers(0, len(samples), config.batch // 2)
-            pairs = [augment_pair(samples[i], rng) for i in picks]
-            images = torch.from_numpy(np.stack([p[0] for p in pairs] + [p[1] for p in pairs]))
-            targets = torch.from_numpy(np.stack([p[2] for p in pairs] * 2))
-            known = torch.from_numpy(np.stack([samples[i].known for i in picks] * 2))
-            logits = model(images)
-            loss = loss_fn(logits, targets, known)
-            far = torch.from_numpy(~np.stack([p[3] for p in pairs])).float()
-            half = len(pairs)
-            change = (torch.sigmoid(logits[half:]) - torch.sigmoid(logits[:half])).abs() * far
-            loss = loss + config.consistency * change.sum() / (far.sum() * logits.shape[1]).clamp(min=1)
-        else:
-            picks = rng.integers(0, len(samples), config.batch)
-            batch = [augment(samples[i], rng, config.nodule_prob) for i in picks]
-            images = torch.from_numpy(np.stack([b[0] for b in batch]))
-            targets = torch.from_numpy(np.stack([b[1] for b in batch]))
-            known = torch.from_numpy(np.stack([samples[i].known for i in picks]))
-            loss = loss_fn(model(images), targets, known)
+        picks = rng.integers(0, len(samples), config.batch)
+        batch = [augment(samples[i], rng, config.nodule_prob) for i in picks]
+        images = torch.from_numpy(np.stack([b[0] for b in batch]))
+        targets = torch.from_numpy(np.stack([b[1] for b in batch]))
+        known = torch.from_numpy(np.stack([samples[i].known for i in picks]))
+        loss = loss_fn(model(images), targets, known)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
