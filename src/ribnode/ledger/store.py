@@ -543,18 +543,8 @@ class Ledger:
                 holder, until, state = job.worker, job.lease_until, job.state
                 what = "the job" if state == JobState.RUNNING else "the job's retry"
                 error = f"worker {holder or 'unknown'} lost {what} (lease until {until}); sent again"
-                if not self._move(s, job.id, JobState.RECEIVED, {JobState.RUNNING, JobState.QUEUED}, error):
-                    continue
-                s.add(
-                    AuditEvent(
-                        at=now,
-                        event=str(AuditEventName.APPLICATION_ACTIVITY),
-                        outcome=AuditOutcome.MINOR_FAILURE,
-                        study_instance_uid=study_uid,
-                        detail=f"job {job.id}: {error}",
-                    )
-                )
-                moved.append(_job_ref(job, study_uid))
+                if self._send_again(s, job, study_uid, {JobState.RUNNING, JobState.QUEUED}, error, now):
+                    moved.append(_job_ref(job, study_uid))
         if moved:
             logger.warning("reclaimed running jobs %s (their worker is gone)", [j.id for j in moved])
         return moved
@@ -585,18 +575,8 @@ class Ledger:
                     f"queued since {job.updated_at:%Y-%m-%d %H:%M:%S}Z and no worker took it "
                     "(broker message lost?); published again"
                 )
-                if not self._move(s, job.id, JobState.RECEIVED, {JobState.QUEUED}, error):
-                    continue
-                s.add(
-                    AuditEvent(
-                        at=now,
-                        event=str(AuditEventName.APPLICATION_ACTIVITY),
-                        outcome=AuditOutcome.MINOR_FAILURE,
-                        study_instance_uid=study_uid,
-                        detail=f"job {job.id}: {error}",
-                    )
-                )
-                moved.append(_job_ref(job, study_uid))
+                if self._send_again(s, job, study_uid, {JobState.QUEUED}, error, now):
+                    moved.append(_job_ref(job, study_uid))
         if moved:
             logger.warning("re-publishing queued jobs %s (no worker took them)", [j.id for j in moved])
         return moved
@@ -631,6 +611,25 @@ class Ledger:
         allowed = from_states or (set(JobState) - TERMINAL_JOB_STATES)
         with self._write() as s:
             return self._move(s, job_id, to_state, allowed, error)
+
+    @classmethod
+    def _send_again(
+        cls, s: Session, job: Job, study_uid: str, allowed: set[JobState], error: str, now: datetime
+    ) -> bool:
+        """Move a lost job back to "received" (the dispatcher publishes it again), audited as a
+        minor failure. False when it had already left ``allowed``."""
+        if not cls._move(s, job.id, JobState.RECEIVED, allowed, error):
+            return False
+        s.add(
+            AuditEvent(
+                at=now,
+                event=str(AuditEventName.APPLICATION_ACTIVITY),
+                outcome=AuditOutcome.MINOR_FAILURE,
+                study_instance_uid=study_uid,
+                detail=f"job {job.id}: {error}",
+            )
+        )
+        return True
 
     @staticmethod
     def _move(
