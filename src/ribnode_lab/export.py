@@ -25,7 +25,7 @@ from ribnode_lab.unet import UNet, UNetConfig, count_parameters, fold_batchnorm
 
 OPSET = 17
 SEG_NAME, SEG_VERSION = "ribnode rib-segmentation", "4.0.0"
-SUPP_NAME, SUPP_VERSION = "ribnode rib-suppression", "3.4.0"
+SUPP_NAME, SUPP_VERSION = "ribnode rib-suppression", "3.5.0"
 DERIVATION = (
     "rib and clavicle shadows attenuated inside the lung fields (estimated bone layer "
     "subtracted); not an acquired radiograph"
